@@ -1,0 +1,239 @@
+"""The `seqexport` command line: thin commands that parse, call one library function, render.
+
+Exit codes: 0 all passed, 1 a check failed, 2 bad input or usage. TensorFlow is
+imported only inside commands, so `--help` and usage errors answer fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from exporter import __version__
+from exporter.errors import EXIT_CHECK_FAILED, BadInput, SeqExportError
+
+app = typer.Typer(
+    name="seqexport",
+    help="Export stateful sequence models as explicit-state SavedModels, verified in a fresh process.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+stdout = Console()
+stderr = Console(stderr=True)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
+AllRowsOption = Annotated[bool, typer.Option("--all", help="Show every row, not the worst per check.")]
+TOLERANCES = "Tolerances"
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        stdout.print(f"seqexport {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version.")
+    ] = None,
+) -> None:
+    """Export stateful sequence models as explicit-state SavedModels, verified in a fresh process."""
+
+
+@contextlib.contextmanager
+def _user_errors(as_json: bool):
+    """Turns a SeqExportError into a one-paragraph message and its exit code (no traceback)."""
+    try:
+        yield
+    except SeqExportError as exc:
+        report = getattr(exc, "report", None)
+        if report is not None and not as_json:
+            _print_checks(report.checks, title=f"verification of {report.export_dir}", all_rows=False)
+        stderr.print(f"[bold red]error:[/] {escape(str(exc))}")
+        if as_json:
+            payload = {"ok": False, "exit_code": exc.exit_code, "error": str(exc)}
+            if report is not None:
+                payload["verify"] = report.to_json()
+            print(json.dumps(payload, indent=2))
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _print_checks(checks, *, title: str, all_rows: bool) -> None:
+    from exporter.report import checks_table
+
+    stdout.print(checks_table(tuple(checks), title=title, all_rows=all_rows))
+
+
+def _import_modules(modules: list[str]) -> None:
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # user code: any failure is a bad input
+            raise BadInput(f"--import {module!r} failed: {type(exc).__name__}: {exc}") from None
+
+
+def _progress(as_json: bool):
+    """A spinner on stderr naming the phase; returns (context manager, callback)."""
+    status = stderr.status("starting", spinner="dots")
+    return status, lambda phase: status.update(f"[bold]{phase}[/] ...")
+
+
+@app.command()
+def export(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="A .keras file, a SavedModel directory with a `step` signature, or "
+            "package.module:function returning a StepModel (this RUNS that code)."
+        ),
+    ],
+    name: Annotated[str, typer.Option("--name", help="Model name: the folder under --base and TF Serving's name.")],
+    base: Annotated[Path, typer.Option("--base", help="TF Serving base path; publishes BASE/NAME/VERSION/.")],
+    version: Annotated[
+        Optional[int], typer.Option("--version", min=1, help="Version to publish (default: next integer).")
+    ] = None,
+    with_input_gradients: Annotated[
+        bool, typer.Option("--with-input-gradients", help="Also export the input_gradients signature.")
+    ] = False,
+    unsafe: Annotated[
+        bool, typer.Option("--unsafe", help="Turn Keras safe mode off (runs code in the file; recorded).")
+    ] = False,
+    imports: Annotated[
+        Optional[list[str]], typer.Option("--import", help="Import MODULE first (registers custom layers; runs its code).")
+    ] = None,
+    atol: Annotated[float, typer.Option(min=0.0, help="Absolute tolerance of output checks.", rich_help_panel=TOLERANCES)] = 1e-5,
+    rtol: Annotated[float, typer.Option(min=0.0, help="Relative tolerance of output checks.", rich_help_panel=TOLERANCES)] = 1e-4,
+    grad_atol: Annotated[float, typer.Option(min=0.0, help="Absolute tolerance of gradient checks.", rich_help_panel=TOLERANCES)] = 1e-4,
+    grad_rtol: Annotated[float, typer.Option(min=0.0, help="Relative tolerance of gradient checks.", rich_help_panel=TOLERANCES)] = 1e-3,
+    seed: Annotated[int, typer.Option(help="Seed of the probe inputs and loss weights.")] = 0,
+    as_json: JsonOption = False,
+    all_rows: AllRowsOption = False,
+) -> None:
+    """Export MODEL, verify it in a fresh process, publish it only if every check passed."""
+    from exporter.specs import ExportOptions, Tolerance
+
+    with _user_errors(as_json):
+        _import_modules(imports or [])
+        options = ExportOptions(
+            with_input_gradients=with_input_gradients,
+            tolerance=Tolerance(atol=atol, rtol=rtol),
+            grad_tolerance=Tolerance(atol=grad_atol, rtol=grad_rtol),
+            seed=seed,
+            unsafe=unsafe,
+        )
+        _run_export(model, name=name, base=base, version=version, options=options, as_json=as_json,
+                    all_rows=all_rows)
+
+
+def _run_export(model: str, *, name, base, version, options, as_json: bool, all_rows: bool) -> None:
+    from exporter.pipeline import export as run_export
+
+    status, progress = _progress(as_json)
+    with status:
+        result = run_export(model, name=name, base=base, version=version, options=options, progress=progress)
+    if as_json:
+        print(json.dumps({"ok": True, **result.to_json()}, indent=2))
+        return
+    _print_checks(result.report.checks, title=f"verification (fresh process) of {name}", all_rows=all_rows)
+    timings = result.timings
+    stdout.print(
+        f"[green]published[/] {escape(name)} version {result.version} at {escape(str(result.path))}\n"
+        f"{result.report.summary()}; export {timings['total'] - timings['verify']:.1f} s, "
+        f"verify {timings['verify']:.1f} s, total {timings['total']:.1f} s"
+    )
+
+
+def _export_dir(path: Path) -> Path:
+    if not (path / "saved_model.pb").is_file():
+        raise BadInput(f"{str(path)!r} is not a SavedModel directory (no saved_model.pb in it).")
+    return path
+
+
+@app.command()
+def verify(
+    path: Annotated[Path, typer.Argument(help="An export version folder (BASE/NAME/VERSION) or any SavedModel.")],
+    as_json: JsonOption = False,
+    all_rows: AllRowsOption = False,
+) -> None:
+    """Re-run every check on an existing export in a fresh process (read-only)."""
+    from exporter.verify import verify_in_fresh_process
+
+    with _user_errors(as_json):
+        _export_dir(path)
+        status, progress = _progress(as_json)
+        with status:
+            progress("verify")
+            report = verify_in_fresh_process(path)
+    if as_json:
+        print(json.dumps({"ok": report.passed, **report.to_json()}, indent=2))
+    else:
+        _print_checks(report.checks, title=f"verification (fresh process) of {path}", all_rows=all_rows)
+        stdout.print(("[green]" if report.passed else "[bold red]") + escape(report.summary()))
+    if not report.passed:
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="An export version folder (BASE/NAME/VERSION).")],
+    as_json: JsonOption = False,
+) -> None:
+    """Show signatures, state names and specs, options and the last check results."""
+    from exporter.paths import manifest_path
+    from exporter.specs import Manifest
+
+    with _user_errors(as_json):
+        _export_dir(path)
+        if not manifest_path(path).is_file():
+            raise BadInput(
+                f"{str(path)!r} has no seqexport manifest ({manifest_path(Path('.'))}); it was not "
+                "made by seqexport. `seqexport verify` still checks what it can."
+            )
+        try:
+            manifest = Manifest.from_json(json.loads(manifest_path(path).read_text()))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BadInput(f"Manifest of {str(path)!r} is unreadable: {exc}") from None
+    if as_json:
+        print(json.dumps(manifest.to_json(), indent=2))
+        return
+    from exporter.report import manifest_tables
+
+    for table in manifest_tables(manifest):
+        stdout.print(table)
+    if manifest.checks:
+        _print_checks(manifest.checks, title="last checks", all_rows=False)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the trained model and the export base.")] = Path("demo-out"),
+    seconds: Annotated[float, typer.Option(min=0.5, help="Training time.")] = 4.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Train the built-in stateful LSTM+GRU model for a few seconds, export and verify it."""
+    from exporter.demo import train_demo_model
+    from exporter.specs import ExportOptions
+
+    with _user_errors(as_json):
+        with stderr.status(f"training the demo model for {seconds:.0f} s", spinner="dots"):
+            model_file = train_demo_model(out / "demo.keras", seconds=seconds)
+        _run_export(str(model_file), name="demo", base=out / "models", version=None,
+                    options=ExportOptions(), as_json=as_json, all_rows=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

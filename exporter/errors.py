@@ -1,0 +1,33 @@
+"""The exceptions seqexport raises, and the exit code each maps to.
+
+The CLI catches `SeqExportError` in one place and turns it into a message and an
+exit code; anything else is a bug and keeps its traceback.
+"""
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+class SeqExportError(Exception):
+    """Base of every error a user can cause or fix."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class BadInput(SeqExportError):
+    """The model, path or option given cannot be used (exit 2)."""
+
+
+class UnsupportedModel(BadInput):
+    """The model has a layer that cannot run one step at a time (exit 2)."""
+
+
+class VerifyFailed(SeqExportError):
+    """A check ran and the numbers did not match (exit 1)."""
+
+    exit_code = EXIT_CHECK_FAILED
+
+    def __init__(self, message: str, report: dict | None = None):
+        super().__init__(message)
+        self.report = report

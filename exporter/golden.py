@@ -1,0 +1,128 @@
+"""Record reference inputs, outputs and gradients from the in-memory model (`golden.npz`).
+
+Two kinds of reference, both checked later in a fresh process:
+- `<signature>/...`: what the traced signatures computed before saving (reload check);
+- `reference/...`: what the SOURCE model's own full-sequence call computed (ground truth).
+
+Keys: `<sig>/in/<key>`, `<sig>/out/<key>`, `<sig>/w/<key>` (loss weights),
+`<sig>/grad/<key>`, `<sig>/grad_var/<i>`, `var/<i>` (trained weights).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from exporter.gradients import is_float, outputs_and_gradients
+from exporter.specs import ExportOptions, SignatureName
+from exporter.step_model import StepModel
+from exporter.trace import TracedExport
+
+GRADIENT_SIGNATURES = (SignatureName.PREDICT, SignatureName.STREAM, SignatureName.STEP)
+
+
+def probe_inputs(model: StepModel, options: ExportOptions) -> dict[str, np.ndarray]:
+    """Random probe inputs for `serving_default`; masked models get ragged `lengths`."""
+    rng = np.random.default_rng(options.seed)
+    batch = model.reference_batch or options.probe_batch
+    steps = options.probe_steps
+    shape = (batch, steps, *model.input_shape)
+    if model.input_dtype.startswith("int"):
+        inputs = rng.integers(1, model.input_vocab or 2, size=shape).astype(model.input_dtype)
+    else:
+        inputs = rng.normal(size=shape).astype(model.input_dtype)
+    feed = {"inputs": inputs}
+    if model.masked:
+        lengths = rng.integers(1, steps + 1, size=batch).astype(np.int32)
+        lengths[0] = steps
+        if batch > 1:
+            lengths[-1] = max(1, steps // 2)
+        for row, length in enumerate(lengths):
+            inputs[row, length:] = model.mask_pad_value
+        feed["lengths"] = lengths
+    return feed
+
+
+def _loss_weights(rng, outputs: dict) -> dict[str, np.ndarray]:
+    return {k: rng.normal(size=np.shape(v)) for k, v in outputs.items() if is_float(v)}
+
+
+def _feed_for(signature: SignatureName, model: StepModel, predict_feed: dict, rng) -> dict:
+    inputs = predict_feed["inputs"]
+    batch = inputs.shape[0]
+    states = {
+        s.name: (0.5 * rng.normal(size=(batch, *s.shape))).astype(s.dtype) for s in model.states
+    }
+    if signature is SignatureName.PREDICT or signature is SignatureName.INPUT_GRADIENTS:
+        return dict(predict_feed)
+    if signature is SignatureName.STREAM:
+        return {**predict_feed, **states}
+    if signature is SignatureName.STEP:
+        return {"x": inputs[:, 0], **states}
+    return {"batch_size": np.int32(batch)}
+
+
+def capture(model: StepModel, traced: TracedExport, options: ExportOptions) -> dict[str, np.ndarray]:
+    """Runs every signature (and the source model) on probe inputs; returns the golden arrays."""
+    rng = np.random.default_rng(options.seed + 1)
+    predict_feed = probe_inputs(model, options)
+    golden: dict[str, np.ndarray] = {}
+    variables = list(model.trainable_variables)
+    for i, variable in enumerate(variables):
+        golden[f"var/{i}"] = variable.numpy()
+
+    for spec in traced.specs:
+        signature = SignatureName(spec.name)
+        function = traced.functions[spec.name]
+        names = [t.name for t in spec.inputs]
+        feed = _feed_for(signature, model, predict_feed, rng)
+        call = lambda f, fn=function, names=names: fn(*[f[n] for n in names])  # noqa: E731
+        for key, value in feed.items():
+            golden[f"{spec.name}/in/{key}"] = np.asarray(value)
+        if signature in GRADIENT_SIGNATURES:
+            first = {k: v.numpy() for k, v in call({k: tf.constant(v) for k, v in feed.items()}).items()}
+            weights = _loss_weights(rng, first)
+            outputs, input_grads, var_grads = outputs_and_gradients(call, feed, weights, variables)
+            for key, value in weights.items():
+                golden[f"{spec.name}/w/{key}"] = value
+            for key, value in input_grads.items():
+                golden[f"{spec.name}/grad/{key}"] = value
+            for i, value in enumerate(var_grads):
+                golden[f"{spec.name}/grad_var/{i}"] = value
+        else:
+            outputs = {k: v.numpy() for k, v in call({k: tf.constant(v) for k, v in feed.items()}).items()}
+        for key, value in outputs.items():
+            golden[f"{spec.name}/out/{key}"] = value
+
+    if model.reference_fn is not None:
+        golden.update(_reference(model, predict_feed, rng))
+    return golden
+
+
+def _reference(model: StepModel, feed: dict, rng) -> dict[str, np.ndarray]:
+    """The source model's own outputs and gradients on the probe inputs."""
+    variables = list(model.reference_variables or model.trainable_variables)
+
+    def call(tensors):
+        return {"outputs": model.reference_fn(tensors["inputs"], tensors.get("lengths"))}
+
+    first = call({k: tf.constant(v) for k, v in feed.items()})
+    weights = _loss_weights(rng, {"outputs": first["outputs"].numpy()})
+    outputs, input_grads, var_grads = outputs_and_gradients(call, feed, weights, variables)
+    golden = {"reference/out/outputs": outputs["outputs"], "reference/w/outputs": weights["outputs"]}
+    golden.update({f"reference/grad/{k}": v for k, v in input_grads.items()})
+    golden.update({f"reference/grad_var/{i}": v for i, v in enumerate(var_grads)})
+    return golden
+
+
+def save(golden: dict[str, np.ndarray], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        np.savez(handle, **golden)
+
+
+def load(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}

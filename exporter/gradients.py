@@ -1,0 +1,58 @@
+"""One definition of "the gradient we check", shared by golden capture and verification.
+
+The loss is a fixed random weighted sum of a signature's float outputs; its gradient
+is taken w.r.t. the signature's float inputs and every trainable variable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+
+def is_float(array) -> bool:
+    return np.issubdtype(np.asarray(array).dtype, np.floating)
+
+
+def weighted_loss(outputs: dict, weights: dict):
+    """sum over keys of sum(weights[k] * outputs[k]); keys missing from `weights` do not count."""
+    terms = [
+        tf.reduce_sum(tf.cast(outputs[key], tf.float64) * tf.constant(w, tf.float64))
+        for key, w in sorted(weights.items())
+    ]
+    return tf.add_n(terms) if terms else tf.constant(0.0, tf.float64)
+
+
+def outputs_and_gradients(
+    call: Callable[[dict], dict],
+    feed: dict[str, np.ndarray],
+    weights: dict[str, np.ndarray],
+    variables: Sequence[tf.Variable],
+) -> tuple[dict, dict, list]:
+    """Runs `call(feed)` under a tape.
+
+    Returns:
+        (outputs, input_grads, variable_grads) as numpy; an unconnected gradient is zeros.
+    """
+    tensors = {k: tf.constant(v) for k, v in feed.items()}
+    sources = {k: t for k, t in tensors.items() if t.dtype.is_floating}
+    with tf.GradientTape(persistent=False) as tape:
+        for tensor in sources.values():
+            tape.watch(tensor)
+        outputs = call(tensors)
+        loss = weighted_loss(outputs, weights)
+    keys = sorted(sources)
+    grads = tape.gradient(
+        loss,
+        [sources[k] for k in keys] + list(variables),
+        unconnected_gradients=tf.UnconnectedGradients.ZERO,
+    )
+    input_grads = {k: g.numpy() for k, g in zip(keys, grads[: len(keys)])}
+    variable_grads = [_dense(g).numpy() for g in grads[len(keys) :]]
+    return {k: v.numpy() for k, v in outputs.items()}, input_grads, variable_grads
+
+
+def _dense(grad):
+    return tf.convert_to_tensor(grad) if isinstance(grad, tf.IndexedSlices) else grad

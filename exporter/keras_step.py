@@ -1,0 +1,260 @@
+"""Rebuild a Keras sequence model as a `StepModel` around its RNN *cells*.
+
+Why cells: a stateful RNN *layer* keeps its state in variables and runs its own
+inner loop per call, which cuts the gradient path between chunks (the seed's
+"case 1" and "case 2"). A cell is one step with explicit state ("case 3").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+
+from exporter.errors import UnsupportedModel
+from exporter.specs import StateSpec
+from exporter.step_model import StepModel
+
+_STATE_NAMES = {"LSTMCell": ("h", "c"), "GRUCell": ("h",), "SimpleRNNCell": ("h",)}
+_BUILTIN_CELLS = tuple(_STATE_NAMES)
+
+# Layers that act on each timestep alone, so `layer(x_t)` equals `layer(x)[:, t]`.
+_PER_STEP = (
+    keras.layers.Dense,
+    keras.layers.Dropout,
+    keras.layers.GaussianNoise,
+    keras.layers.GaussianDropout,
+    keras.layers.AlphaDropout,
+    keras.layers.LayerNormalization,
+    keras.layers.Activation,
+    keras.layers.ReLU,
+    keras.layers.LeakyReLU,
+    keras.layers.ELU,
+    keras.layers.Embedding,
+)
+
+_WHOLE_SEQUENCE = {
+    "Bidirectional": "it reads the sequence backwards as well as forwards",
+    "GlobalAveragePooling1D": "it pools over the whole time axis",
+    "GlobalMaxPooling1D": "it pools over the whole time axis",
+    "MultiHeadAttention": "it attends over the whole sequence",
+    "Attention": "it attends over the whole sequence",
+    "AdditiveAttention": "it attends over the whole sequence",
+    "Flatten": "it mixes the time axis into the features",
+    "RepeatVector": "it builds a new time axis",
+    "Reshape": "it may mix the time axis into the features",
+    "Lambda": "its code cannot be checked to act on each step alone",
+}
+
+_FIX = (
+    "seqexport exports models that run one step at a time (RNN cells and per-step layers). "
+    "Remove or replace this layer, or write a step-model factory "
+    "(`seqexport export package.module:factory`, see the README)."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stage:
+    """One layer of the step model: `(x_t, states, mask_t) -> (y_t, new_states)`."""
+
+    name: str
+    states: tuple[StateSpec, ...]
+    call: Callable
+    ends_sequence: bool = False  # an RNN without return_sequences
+
+
+def _fail(index: int, layer, why: str) -> UnsupportedModel:
+    return UnsupportedModel(
+        f"Layer {index} {layer.name!r} ({type(layer).__name__}) cannot run step by step: {why}. {_FIX}"
+    )
+
+
+def _rnn_stage(index: int, layer: keras.layers.RNN, masked: bool) -> _Stage:
+    if layer.go_backwards:
+        raise _fail(index, layer, "it has go_backwards=True, so step t needs the steps after it")
+    cell = layer.cell
+    cell_type = type(cell).__name__
+    if isinstance(cell, keras.layers.StackedRNNCells):
+        raise _fail(index, layer, "StackedRNNCells are not supported; stack RNN layers instead")
+    if masked and cell_type not in _BUILTIN_CELLS:
+        raise _fail(index, layer, "masking is supported for SimpleRNN, GRU and LSTM cells only")
+    sizes = cell.state_size if isinstance(cell.state_size, (list, tuple)) else [cell.state_size]
+    labels = _STATE_NAMES.get(cell_type, tuple(f"state{i}" for i in range(len(sizes))))
+    states = tuple(
+        StateSpec(name=f"{layer.name}_{label}", layer=layer.name, index=i, shape=(int(size),))
+        for i, (label, size) in enumerate(zip(labels, sizes))
+    )
+    zero_output_for_mask = layer.zero_output_for_mask
+
+    def call(x, prev, mask):
+        output, new = cell(x, list(prev), training=False)
+        new = tuple(new) if isinstance(new, (list, tuple)) else (new,)
+        if mask is not None:
+            keep = mask[:, None]
+            # Keras repeats the previous output at a masked step; for these cells it is h.
+            previous_output = tf.zeros_like(output) if zero_output_for_mask else prev[0]
+            output = tf.where(keep, output, previous_output)
+            new = tuple(tf.where(keep, n, p) for n, p in zip(new, prev))
+        return output, new
+
+    return _Stage(layer.name, states, call, ends_sequence=not layer.return_sequences)
+
+
+def _per_step_stage(index: int, layer) -> _Stage:
+    if isinstance(layer, keras.layers.TimeDistributed):
+        _per_step_stage(index, layer.layer)  # the wrapped layer must be per-step too
+        inner = layer.layer
+        return _Stage(layer.name, (), lambda x, s, m: (inner(x, training=False), ()))
+    if isinstance(layer, keras.layers.Masking):
+        def mask_values(x, s, mask):
+            if mask is None:
+                return x, ()
+            return x * tf.cast(mask, x.dtype)[:, None], ()
+        return _Stage(layer.name, (), mask_values)
+    if isinstance(layer, keras.layers.BatchNormalization):
+        if layer.axis not in (-1, len(layer.input.shape) - 1):
+            raise _fail(index, layer, "it normalises over an axis other than the features")
+        return _Stage(layer.name, (), lambda x, s, m: (layer(x, training=False), ()))
+    if isinstance(layer, _PER_STEP) or getattr(layer, "seqexport_per_step", False):
+        return _Stage(layer.name, (), lambda x, s, m: (layer(x, training=False), ()))
+    kind = type(layer).__name__
+    if kind in _WHOLE_SEQUENCE:
+        raise _fail(index, layer, _WHOLE_SEQUENCE[kind])
+    if isinstance(layer, keras.layers.Conv1D):
+        why = "it is a causal convolution, which needs a window of past steps as state (not supported yet)"
+        if layer.padding != "causal":
+            why = f"its padding is {layer.padding!r}, so step t reads steps after t"
+        raise _fail(index, layer, why)
+    raise _fail(
+        index,
+        layer,
+        "it is not a layer seqexport knows to act on each timestep alone "
+        "(a custom per-step layer can declare `seqexport_per_step = True`)",
+    )
+
+
+def _sequence_layers(model: keras.Model) -> list:
+    """The model's layers in call order, if they form one chain from one input."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise UnsupportedModel(
+            f"Model {model.name!r} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+            "seqexport exports a model with one sequence input and one output."
+        )
+    layers = [l for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
+    if isinstance(model, keras.Sequential):
+        return layers
+    previous = None
+    for index, layer in enumerate(layers):
+        nodes = [n for n in layer._inbound_nodes if n.operation is layer]
+        parents = [p.operation for n in nodes for p in n.parent_nodes]
+        parents = [p for p in parents if not isinstance(p, keras.layers.InputLayer)]
+        if len(nodes) != 1 or parents != ([previous] if previous is not None else []):
+            raise UnsupportedModel(
+                f"Layer {index} {layer.name!r} ({type(layer).__name__}) is not fed by the layer "
+                "before it alone: seqexport exports a chain of layers (Sequential, or a "
+                "functional model without branches or shared layers)."
+            )
+        previous = layer
+    return layers
+
+
+def _has_mask_source(layers) -> tuple[bool, float]:
+    for layer in layers:
+        if isinstance(layer, keras.layers.Masking):
+            return True, float(layer.mask_value)
+        if isinstance(layer, keras.layers.Embedding) and layer.mask_zero:
+            return True, 0.0
+    return False, 0.0
+
+
+def _stateful_batch(layers) -> int | None:
+    for layer in layers:
+        if isinstance(layer, keras.layers.RNN) and layer.stateful:
+            return int(layer.states[0].shape[0]) if getattr(layer, "states", None) else None
+    return None
+
+
+def step_model_from_keras(model: keras.Model, description: str = "") -> StepModel:
+    """Builds the step model of a Keras model made of RNN and per-step layers.
+
+    Raises:
+        UnsupportedModel: naming the first layer that cannot run step by step.
+    """
+    if not isinstance(model, keras.Model):
+        raise UnsupportedModel(f"Expected a Keras model, got {type(model).__name__}.")
+    layers = _sequence_layers(model)
+    if not any(isinstance(l, keras.layers.RNN) for l in layers):
+        raise UnsupportedModel(
+            f"Model {model.name!r} has no RNN layer (SimpleRNN, GRU, LSTM or keras.layers.RNN); "
+            "seqexport exports recurrent sequence models."
+        )
+    masked, pad_value = _has_mask_source(layers)
+    stages: list[_Stage] = []
+    sequence_ended = False
+    for index, layer in enumerate(layers):
+        if isinstance(layer, keras.layers.RNN):
+            if sequence_ended:
+                raise _fail(index, layer, "it follows an RNN without return_sequences, so it sees one step")
+            stage = _rnn_stage(index, layer, masked)
+            sequence_ended = stage.ends_sequence
+        else:
+            stage = _per_step_stage(index, layer)
+        stages.append(stage)
+
+    states = tuple(spec for stage in stages for spec in stage.states)
+    counts = [len(stage.states) for stage in stages]
+
+    def masked_step(x, prev_states, mask):
+        new_states, offset = [], 0
+        for stage, count in zip(stages, counts):
+            x, new = stage.call(x, tuple(prev_states[offset : offset + count]), mask)
+            new_states.extend(new)
+            offset += count
+        return x, tuple(new_states)
+
+    def step(x, prev_states):
+        return masked_step(x, prev_states, None)
+
+    input_spec = model.inputs[0]
+    if len(input_spec.shape) < 2:
+        raise UnsupportedModel(
+            f"Model {model.name!r} input has shape {input_spec.shape}; expected [batch, time, ...]."
+        )
+    input_shape = tuple(input_spec.shape[2:])
+    if any(d is None for d in input_shape):
+        raise UnsupportedModel(
+            f"Model {model.name!r} input has shape {input_spec.shape}: every dimension after "
+            "[batch, time] must be static."
+        )
+    input_dtype = tf.as_dtype(input_spec.dtype).name
+    probe = tf.zeros((1, *input_shape), dtype=input_dtype)
+    y, _ = step(probe, tuple(tf.zeros((1, *s.shape)) for s in states))
+
+    def reference(inputs, lengths=None):
+        for layer in layers:
+            if isinstance(layer, keras.layers.RNN) and layer.stateful:
+                layer.reset_states()
+        return model(inputs, training=False)
+
+    variables = tuple(v.value for v in model.variables)
+    trainable = tuple(v.value for v in model.trainable_variables)
+    return StepModel(
+        step_fn=step,
+        masked_step_fn=masked_step if masked else None,
+        input_shape=input_shape,
+        input_dtype=input_dtype,
+        output_shape=tuple(int(d) for d in y.shape[1:]),
+        output_dtype=y.dtype.name,
+        states=states,
+        variables=variables,
+        trainable_variables=trainable,
+        trainable_names=tuple(v.path for v in model.trainable_variables),
+        last_step_only=sequence_ended,
+        reference_fn=reference,
+        mask_pad_value=pad_value,
+        reference_batch=_stateful_batch(layers),
+        input_vocab=next((l.input_dim for l in layers if isinstance(l, keras.layers.Embedding)), None),
+        description=description or f"Keras model {model.name!r}",
+    )

@@ -1,0 +1,139 @@
+"""Turn the MODEL argument into a `StepModel`: a `.keras` file, a SavedModel, or a factory.
+
+Each loader says what went wrong in terms of the user's input (the file, the
+factory, the layer), never with a traceback of ours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import re
+import sys
+import zipfile
+from pathlib import Path
+
+from exporter.errors import BadInput, SeqExportError, UnsupportedModel
+from exporter.specs import SourceKind
+from exporter.step_model import StepModel
+
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def classify(model_ref: str) -> SourceKind:
+    """Which kind of source MODEL names, without loading anything heavy."""
+    path = Path(model_ref)
+    if path.suffix == ".keras":
+        return SourceKind.KERAS_FILE
+    if path.is_dir():
+        return SourceKind.SAVED_MODEL
+    if _FACTORY.match(model_ref) and not path.exists():
+        return SourceKind.FACTORY
+    if not path.exists():
+        raise BadInput(
+            f"Model {model_ref!r} not found. Give a .keras file, a SavedModel directory, "
+            "or a factory as package.module:function."
+        )
+    raise BadInput(
+        f"Model {model_ref!r} is not a .keras file, a SavedModel directory or a "
+        "package.module:function factory. Save a Keras model with model.save('model.keras')."
+    )
+
+
+def source_info(model_ref: str, kind: SourceKind) -> dict:
+    """Kind, reference and content hash of the source, for the manifest."""
+    info = {"kind": kind.value, "ref": model_ref}
+    path = Path(model_ref)
+    digest = hashlib.sha256()
+    if kind is SourceKind.KERAS_FILE:
+        digest.update(path.read_bytes())
+        info["sha256"] = digest.hexdigest()
+    elif kind is SourceKind.SAVED_MODEL:
+        for file in sorted(p for p in path.rglob("*") if p.is_file() and "assets.extra" not in p.parts):
+            digest.update(str(file.relative_to(path)).encode())
+            digest.update(file.read_bytes())
+        info["sha256"] = digest.hexdigest()
+    return info
+
+
+def load_step_model(model_ref: str, *, unsafe: bool = False) -> tuple[StepModel, SourceKind]:
+    """Loads MODEL and rebuilds it as a step model.
+
+    Raises:
+        BadInput: the file is missing or unreadable, or the factory fails.
+        UnsupportedModel: a layer cannot run step by step.
+    """
+    kind = classify(model_ref)
+    if kind is SourceKind.KERAS_FILE:
+        return _from_keras_file(Path(model_ref), unsafe=unsafe), kind
+    if kind is SourceKind.SAVED_MODEL:
+        from exporter.saved_step import step_model_from_saved_model
+
+        return step_model_from_saved_model(Path(model_ref)), kind
+    return _from_factory(model_ref), kind
+
+
+def _from_keras_file(path: Path, *, unsafe: bool) -> StepModel:
+    if not path.is_file():
+        raise BadInput(f"Keras file {str(path)!r} not found.")
+    if not zipfile.is_zipfile(path):
+        raise BadInput(
+            f"{str(path)!r} is not a valid .keras file (a .keras file is a zip archive). "
+            "Re-save the model with model.save('model.keras')."
+        )
+    import keras
+
+    import exporter.layers  # noqa: F401  registers seqexport's own serializable layers
+
+    try:
+        model = keras.saving.load_model(path, safe_mode=not unsafe, compile=False)
+    except Exception as exc:  # Keras raises many types for one cause: an unreadable file.
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = "Re-save the model with model.save('model.keras')."
+        if "safe_mode" in str(exc) or "Lambda" in str(exc):
+            hint = (
+                "The file holds code (a Lambda layer) that Keras safe mode refuses to run. If you "
+                "trust the file, pass --unsafe (recorded in the manifest)."
+            )
+        elif "custom" in str(exc).lower() or "Could not locate" in str(exc):
+            hint = (
+                "The file uses a custom object that is not registered. Import the module that "
+                "defines it (decorated with @keras.saving.register_keras_serializable) via "
+                "--import MODULE, or write a step-model factory."
+            )
+        raise BadInput(f"Could not load Keras model {str(path)!r}: {message}. {hint}") from None
+    from exporter.keras_step import step_model_from_keras
+
+    return step_model_from_keras(model, description=f"Keras file {path.name}")
+
+
+def _from_factory(ref: str) -> StepModel:
+    module_name, _, function_name = ref.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise BadInput(f"Could not import factory module {module_name!r}: {type(exc).__name__}: {exc}") from None
+    factory = getattr(module, function_name, None)
+    if not callable(factory):
+        raise BadInput(f"{module_name!r} has no callable {function_name!r}.")
+    try:
+        result = factory()
+    except SeqExportError:
+        raise
+    except Exception as exc:
+        raise BadInput(f"Factory {ref!r} raised {type(exc).__name__}: {exc}") from None
+    if isinstance(result, StepModel):
+        return result
+    import keras
+
+    if isinstance(result, keras.Model):
+        from exporter.keras_step import step_model_from_keras
+
+        return step_model_from_keras(result, description=f"factory {ref}")
+    raise UnsupportedModel(
+        f"Factory {ref!r} returned {type(result).__name__}; it must return an exporter.StepModel "
+        "(a step function with its specs) or a Keras model."
+    )

@@ -1,0 +1,153 @@
+"""export(): load -> step model -> trace -> save (staging) -> golden -> fresh-process verify -> publish."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from exporter.errors import BadInput, VerifyFailed
+from exporter.specs import MANIFEST_FORMAT_VERSION, ExportOptions, Manifest
+from exporter.verify import VerifyReport
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExportResult:
+    """What `export` published, with the verification report and phase timings (seconds)."""
+
+    name: str
+    version: int
+    path: Path
+    manifest: Manifest
+    report: VerifyReport
+    timings: dict[str, float]
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "path": str(self.path),
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "verify": self.report.to_json(),
+        }
+
+
+def _tool_versions() -> dict[str, str]:
+    import keras
+    import numpy
+    import tensorflow as tf
+
+    import exporter
+
+    return {
+        "seqexport": exporter.__version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+def export(
+    model_ref: str,
+    *,
+    name: str,
+    base: Path,
+    version: int | None = None,
+    options: ExportOptions = ExportOptions(),
+    progress: Callable[[str], None] = _noop,
+) -> ExportResult:
+    """Exports MODEL as `<base>/<name>/<version>/`, published only if every check passed.
+
+    Args:
+        model_ref: a `.keras` file, a SavedModel directory with a `step` signature, or
+            `package.module:function` returning a `StepModel` (runs that code).
+        name: model name (a folder under `base`, TF Serving's model name).
+        base: TF Serving's base path.
+        version: version number to publish; default: one more than the highest.
+        options: see `ExportOptions`.
+        progress: called with the name of each phase as it starts.
+
+    Raises:
+        BadInput, UnsupportedModel: exit 2; nothing is written under `base`.
+        VerifyFailed: exit 1; nothing is published, the report says which check failed.
+    """
+    from exporter import golden as golden_io
+    from exporter.load import load_step_model, source_info
+    from exporter.paths import golden_path
+    from exporter.publish import check_name, clean_stale_staging, ensure_writable, new_staging_dir, publish
+    from exporter.save import save_saved_model, write_manifest
+    from exporter.trace import trace
+    from exporter.verify import verify_in_fresh_process
+
+    check_name(name)
+    if version is not None and version < 1:
+        raise BadInput(f"--version must be a positive integer. Got: {version}")
+    timings: dict[str, float] = {}
+    clock = time.monotonic()
+
+    def phase(label: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        progress(label)
+        timings[label] = now  # start time; turned into durations below
+        clock = now
+
+    phase("load")
+    step_model, kind = load_step_model(model_ref, unsafe=options.unsafe)
+    if options.with_input_gradients and not step_model.differentiable_inputs:
+        raise BadInput(
+            f"--with-input-gradients needs float inputs; this model takes {step_model.input_dtype} "
+            "(token ids have no gradient)."
+        )
+    base = Path(base)
+    created = not (base / name).exists()
+    directory = ensure_writable(base, name)
+    clean_stale_staging(directory)
+    staging = new_staging_dir(directory)
+    try:
+        phase("trace")
+        traced = trace(step_model, with_input_gradients=options.with_input_gradients)
+        phase("golden")
+        golden = golden_io.capture(step_model, traced, options)
+        phase("save")
+        save_saved_model(traced, staging)
+        golden_io.save(golden, golden_path(staging))
+        manifest = Manifest(
+            format_version=MANIFEST_FORMAT_VERSION,
+            name=name,
+            source=source_info(model_ref, kind) | {"description": step_model.description},
+            signatures=traced.specs,
+            states=step_model.states,
+            masked=step_model.masked,
+            last_step_only=step_model.last_step_only,
+            trainable_variables=step_model.variable_names(),
+            options=options,
+            versions=_tool_versions(),
+        )
+        write_manifest(manifest, staging)
+        phase("verify")
+        report = verify_in_fresh_process(staging)
+        manifest = dataclasses.replace(manifest, checks=report.checks)
+        write_manifest(manifest, staging)
+        if not report.passed:
+            raise VerifyFailed(f"Verification failed, nothing was published: {report.summary()}", report)
+        phase("publish")
+        version, path = publish(staging, directory, version)
+        phase("done")
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        if created and directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+    starts = list(timings.items())
+    durations = {label: starts[i + 1][1] - start for i, (label, start) in enumerate(starts[:-1])}
+    durations["total"] = starts[-1][1] - starts[0][1]
+    return ExportResult(name=name, version=version, path=path, manifest=manifest, report=report, timings=durations)

@@ -1,0 +1,276 @@
+"""Typed descriptions of what seqexport builds: states, signatures, checks, the manifest.
+
+Pure data: nothing here imports TensorFlow, so the CLI can read a manifest fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+
+# Manifest format history (bump on any change a reader must know about):
+#   Version 1, 2026-11-23: first format: signatures, states, source, checks.
+MANIFEST_FORMAT_VERSION = 1
+MIN_SUPPORTED_MANIFEST_VERSION = 1
+
+# TF Serving, gRPC and REST all accept these in tensor and signature keys.
+_KEY_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
+
+
+class SignatureName(str, enum.Enum):
+    """The signatures every export carries (design.md, "Signatures")."""
+
+    PREDICT = "serving_default"
+    STREAM = "stream"
+    STEP = "step"
+    INITIAL_STATE = "initial_state"
+    INPUT_GRADIENTS = "input_gradients"
+
+
+class SourceKind(str, enum.Enum):
+    KERAS_FILE = "keras_file"
+    SAVED_MODEL = "saved_model"
+    FACTORY = "factory"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TensorDesc:
+    """Shape (None = dynamic) and dtype name of one tensor, batch dimension included."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    def __post_init__(self):
+        if not _KEY_PATTERN.match(self.name):
+            raise ValueError(
+                f"`name` must match {_KEY_PATTERN.pattern} to be a serving key. Got: {self.name!r}"
+            )
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TensorDesc":
+        return cls(name=data["name"], shape=tuple(data["shape"]), dtype=data["dtype"])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StateSpec:
+    """One state tensor of the step model, `[batch, *shape]`.
+
+    Attributes:
+        name: stable serving key, e.g. `lstm_1_h`; also the output key of the new state.
+        layer: the layer (or factory cell) that owns it.
+        index: its position in that layer's state list (Keras order: LSTM is [h, c]).
+        shape: per-example shape, without the batch dimension.
+        dtype: dtype name, e.g. `float32`.
+    """
+
+    name: str
+    layer: str
+    index: int
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if not _KEY_PATTERN.match(self.name):
+            raise ValueError(
+                f"`name` must match {_KEY_PATTERN.pattern} to be a serving key. Got: {self.name!r}"
+            )
+        if self.index < 0:
+            raise ValueError(f"`index` must be >= 0. Got: {self.index}")
+        if any(d is None or d <= 0 for d in self.shape):
+            raise ValueError(f"`shape` of state {self.name!r} must be static and positive. Got: {self.shape}")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self) | {"shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "StateSpec":
+        return cls(**(data | {"shape": tuple(data["shape"])}))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SignatureSpec:
+    """Inputs and outputs of one exported signature, by serving key."""
+
+    name: str
+    inputs: tuple[TensorDesc, ...]
+    outputs: tuple[TensorDesc, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SignatureSpec":
+        return cls(
+            name=data["name"],
+            inputs=tuple(TensorDesc.from_json(t) for t in data["inputs"]),
+            outputs=tuple(TensorDesc.from_json(t) for t in data["outputs"]),
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Tolerance:
+    """Elementwise |got - want| <= atol + rtol * |want| (numpy.allclose's rule)."""
+
+    atol: float
+    rtol: float
+
+    def __post_init__(self):
+        if not (self.atol >= 0 and self.rtol >= 0):
+            raise ValueError(f"`atol` and `rtol` must be >= 0. Got: atol={self.atol}, rtol={self.rtol}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CheckResult:
+    """One comparison of one tensor: the row a user reads in the verify table.
+
+    `max_abs`/`max_rel` are None when the check could not compute numbers (then
+    `message` says why); `worst_index` is the element with the largest excess
+    over the tolerance.
+    """
+
+    check: str
+    signature: str
+    tensor: str
+    passed: bool
+    max_abs: float | None = None
+    max_rel: float | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    worst_index: tuple[int, ...] | None = None
+    message: str = ""
+
+    def to_json(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["worst_index"] = list(self.worst_index) if self.worst_index is not None else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "CheckResult":
+        index = data.get("worst_index")
+        return cls(**(data | {"worst_index": tuple(index) if index is not None else None}))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExportOptions:
+    """What the user asked for; recorded in the manifest.
+
+    Attributes:
+        with_input_gradients: also export the `input_gradients` signature.
+        tolerance: float32 tolerance of every check (float64 models get a tighter default).
+        grad_tolerance: tolerance of the gradient checks (longer chains, more rounding).
+        probe_batch: batch size of the golden probe inputs.
+        probe_steps: sequence length of the golden probe inputs.
+        seed: seed of the probe inputs and the loss weights.
+        unsafe: Keras safe mode was turned off to load the model.
+    """
+
+    with_input_gradients: bool = False
+    tolerance: Tolerance = Tolerance(atol=1e-5, rtol=1e-4)
+    grad_tolerance: Tolerance = Tolerance(atol=1e-4, rtol=1e-3)
+    probe_batch: int = 3
+    probe_steps: int = 6
+    seed: int = 0
+    unsafe: bool = False
+
+    def __post_init__(self):
+        if self.probe_batch < 1:
+            raise ValueError(f"`probe_batch` must be positive. Got: {self.probe_batch}")
+        if self.probe_steps < 2:
+            raise ValueError(f"`probe_steps` must be at least 2 (chunking needs 2 chunks). Got: {self.probe_steps}")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ExportOptions":
+        return cls(
+            **(
+                data
+                | {
+                    "tolerance": Tolerance(**data["tolerance"]),
+                    "grad_tolerance": Tolerance(**data["grad_tolerance"]),
+                }
+            )
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """`assets.extra/seqexport/manifest.json`: the contract of one export.
+
+    Clients may rely on: signature names, the input/output keys of each signature,
+    the order and names of `states` (each is both an input and an output key of
+    `stream` and `step`), and dtypes. `masked` says `serving_default` and `stream`
+    take `lengths [B]`. `last_step_only` says `serving_default` returns the last
+    step's output `[B, O]` instead of `[B, T, O]`. DO NOT RELY on `checks` beyond
+    reading them: rows may be added.
+    """
+
+    format_version: int
+    name: str
+    source: dict
+    signatures: tuple[SignatureSpec, ...]
+    states: tuple[StateSpec, ...]
+    masked: bool
+    last_step_only: bool
+    trainable_variables: tuple[str, ...]
+    options: ExportOptions
+    versions: dict
+    checks: tuple[CheckResult, ...] = ()
+
+    def signature(self, name: str) -> SignatureSpec:
+        for sig in self.signatures:
+            if sig.name == name:
+                return sig
+        raise KeyError(
+            f"No signature {name!r}. Available: {[s.name for s in self.signatures]}"
+        )
+
+    def to_json(self) -> dict:
+        return {
+            "format_version": self.format_version,
+            "name": self.name,
+            "source": self.source,
+            "signatures": [s.to_json() for s in self.signatures],
+            "states": [s.to_json() for s in self.states],
+            "masked": self.masked,
+            "last_step_only": self.last_step_only,
+            "trainable_variables": list(self.trainable_variables),
+            "options": self.options.to_json(),
+            "versions": self.versions,
+            "checks": [c.to_json() for c in self.checks],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Manifest":
+        version = data.get("format_version")
+        if not isinstance(version, int) or not (
+            MIN_SUPPORTED_MANIFEST_VERSION <= version <= MANIFEST_FORMAT_VERSION
+        ):
+            raise ValueError(
+                f"manifest format_version {version!r} is not supported by this seqexport "
+                f"(reads {MIN_SUPPORTED_MANIFEST_VERSION}..{MANIFEST_FORMAT_VERSION}); "
+                "re-export the model with this version of seqexport."
+            )
+        return cls(
+            format_version=version,
+            name=data["name"],
+            source=data["source"],
+            signatures=tuple(SignatureSpec.from_json(s) for s in data["signatures"]),
+            states=tuple(StateSpec.from_json(s) for s in data["states"]),
+            masked=data["masked"],
+            last_step_only=data["last_step_only"],
+            trainable_variables=tuple(data["trainable_variables"]),
+            options=ExportOptions.from_json(data["options"]),
+            versions=data["versions"],
+            checks=tuple(CheckResult.from_json(c) for c in data.get("checks", [])),
+        )

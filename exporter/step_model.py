@@ -1,0 +1,109 @@
+"""The one abstraction: a step function `(x_t, states) -> (y_t, new_states)` and its specs.
+
+A factory (`package.module:function`) returns a `StepModel`; the Keras loader builds
+one from a model's cells. Everything else (signatures, goldens, checks) is derived
+from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from exporter.specs import StateSpec
+
+StepFn = Callable[[Any, tuple], tuple[Any, tuple]]
+MaskedStepFn = Callable[[Any, tuple, Any], tuple[Any, tuple]]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepModel:
+    """A sequence model written as one step with explicit state.
+
+    Attributes:
+        step_fn: `(x_t [B, *input_shape], states) -> (y_t [B, *output_shape], new_states)`;
+            `states` is a tuple in the order of `states` specs, each `[B, *spec.shape]`.
+            Must be traceable by `tf.function`; `tf.custom_gradient` inside is kept.
+        input_shape: per-step input shape without batch (`()` for token ids).
+        input_dtype: dtype name of `x_t`, e.g. `float32` or `int32`.
+        output_shape: per-step output shape without batch.
+        output_dtype: dtype name of `y_t`.
+        states: one `StateSpec` per state tensor, in `step_fn` order.
+        variables: every `tf.Variable` the step reads (kept in the SavedModel).
+        trainable_variables: the ones gradients are checked against, in a stable order.
+        masked_step_fn: `(x_t, states, mask_t [B] bool) -> (y_t, new_states)`; when set,
+            `serving_default` and `stream` take `lengths [B]`.
+        last_step_only: `serving_default` returns only the last step's output.
+        reference_fn: `(inputs [B,T,...], lengths or None) -> outputs`: the source model's
+            own full-sequence call, the ground truth the export is checked against.
+        reference_variables: variables of `reference_fn` in `trainable_variables` order
+            (None when they are the same objects).
+        mask_pad_value: value that marks a padded step in `reference_fn` inputs.
+        reference_batch: batch size `reference_fn` needs (stateful Keras models are built
+            for one), or None for any.
+        trainable_names: readable, unique names of `trainable_variables` for reports
+            (default: the variables' own names, numbered where they clash).
+        input_vocab: for integer inputs (token ids), the number of ids; probes draw from it.
+        description: one line naming the source, for reports.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> w = tf.Variable(tf.random.normal([3, 4]))
+        >>> def step(x, states):
+        ...     h = tf.tanh(x @ w + states[0])
+        ...     return h, (h,)
+        >>> model = StepModel(step_fn=step, input_shape=(3,), output_shape=(4,),
+        ...     states=(StateSpec(name="cell_h", layer="cell", index=0, shape=(4,)),),
+        ...     variables=(w,), trainable_variables=(w,))
+    """
+
+    step_fn: StepFn
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    states: tuple[StateSpec, ...]
+    variables: tuple = ()
+    trainable_variables: tuple = ()
+    input_dtype: str = "float32"
+    output_dtype: str = "float32"
+    masked_step_fn: MaskedStepFn | None = None
+    last_step_only: bool = False
+    reference_fn: Callable | None = None
+    reference_variables: tuple | None = None
+    mask_pad_value: float = 0.0
+    reference_batch: int | None = None
+    trainable_names: tuple[str, ...] | None = None
+    input_vocab: int | None = None
+    description: str = ""
+
+    def __post_init__(self):
+        if not callable(self.step_fn):
+            raise TypeError(f"`step_fn` must be callable. Got: {type(self.step_fn).__name__}")
+        if not isinstance(self.states, Sequence) or not all(
+            isinstance(s, StateSpec) for s in self.states
+        ):
+            raise TypeError("`states` must be a tuple of exporter.StateSpec.")
+        names = [s.name for s in self.states]
+        if len(set(names)) != len(names):
+            raise ValueError(f"`states` names must be unique. Got: {names}")
+        reserved = {"inputs", "outputs", "lengths", "x", "y", "batch_size"} & set(names)
+        if reserved:
+            raise ValueError(f"state names {sorted(reserved)} clash with signature keys; rename them.")
+        if self.reference_variables is not None and len(self.reference_variables) != len(
+            self.trainable_variables
+        ):
+            raise ValueError("`reference_variables` must match `trainable_variables` one to one.")
+
+    def variable_names(self) -> tuple[str, ...]:
+        if self.trainable_names is not None:
+            return tuple(self.trainable_names)
+        names = [getattr(v, "name", f"var{i}").split(":")[0] for i, v in enumerate(self.trainable_variables)]
+        return tuple(n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names))
+
+    @property
+    def masked(self) -> bool:
+        return self.masked_step_fn is not None
+
+    @property
+    def differentiable_inputs(self) -> bool:
+        return self.input_dtype.startswith("float")

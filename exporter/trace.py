@@ -1,0 +1,162 @@
+"""Trace a `StepModel` into the signatures TF Serving sees (design.md, "Signatures").
+
+The sequence signatures unroll the step in ONE `tf.while_loop` over `TensorArray`s
+with `element_shape` set, the state threaded as loop variables with fixed shapes:
+TF then keeps every step's activations for the backward pass, so gradients flow
+through time and across chained `stream` calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import tensorflow as tf
+
+from exporter.specs import SignatureName, SignatureSpec, TensorDesc
+from exporter.step_model import StepModel
+
+
+@dataclasses.dataclass(frozen=True)
+class TracedExport:
+    """The module to save, its signature functions, and their specs."""
+
+    module: tf.Module
+    functions: dict[str, tf.types.experimental.ConcreteFunction]
+    specs: tuple[SignatureSpec, ...]
+
+
+def _desc(name: str, shape, dtype: str) -> TensorDesc:
+    return TensorDesc(name=name, shape=tuple(shape), dtype=dtype)
+
+
+def unroll(model: StepModel, inputs, states: tuple, lengths=None):
+    """Runs the step over `inputs [B, T, ...]` from `states`; returns (outputs [B, T, ...], states)."""
+    rank = len(inputs.shape)
+    time_major = tf.transpose(inputs, [1, 0, *range(2, rank)])
+    steps = tf.shape(time_major)[0]
+    input_ta = tf.TensorArray(
+        inputs.dtype, size=steps, element_shape=tf.TensorShape([None, *model.input_shape])
+    ).unstack(time_major)
+    output_ta = tf.TensorArray(
+        tf.as_dtype(model.output_dtype),
+        size=steps,
+        element_shape=tf.TensorShape([None, *model.output_shape]),
+    )
+    state_shapes = [tf.TensorShape([None, *s.shape]) for s in model.states]
+
+    def body(t, output_ta, *state):
+        x_t = input_ta.read(t)
+        if lengths is None:
+            y_t, new_state = model.step_fn(x_t, tuple(state))
+        else:
+            y_t, new_state = model.masked_step_fn(x_t, tuple(state), t < lengths)
+        new_state = tuple(new_state)
+        for tensor, shape in zip(new_state, state_shapes):
+            tensor.set_shape(shape)
+        return (t + 1, output_ta.write(t, y_t), *new_state)
+
+    _, output_ta, *final = tf.while_loop(
+        lambda t, *_: t < steps,
+        body,
+        (tf.constant(0), output_ta, *states),
+        maximum_iterations=steps,
+    )
+    outputs = output_ta.stack()
+    rank_out = len(model.output_shape) + 2
+    return tf.transpose(outputs, [1, 0, *range(2, rank_out)]), tuple(final)
+
+
+def _zero_states(model: StepModel, batch) -> tuple:
+    return tuple(tf.zeros(tf.stack([batch, *s.shape]), dtype=s.dtype) for s in model.states)
+
+
+def _signature(inputs: list[TensorDesc], body: Callable) -> Callable:
+    names = [t.name for t in inputs]
+    specs = [tf.TensorSpec(t.shape, tf.as_dtype(t.dtype), name=t.name) for t in inputs]
+
+    def fn(*args):
+        return body(dict(zip(names, args)))
+
+    return tf.function(fn, input_signature=specs, autograph=False)
+
+
+def trace(model: StepModel, *, with_input_gradients: bool = False) -> TracedExport:
+    """Builds the module with every signature of the export.
+
+    Args:
+        model: the step model.
+        with_input_gradients: also build `input_gradients` (float inputs only).
+
+    Returns:
+        A `TracedExport`; `module` tracks the variables (`trainable_variables` in a
+        stable order, reachable after reload) and the signature functions.
+    """
+    state_descs = [_desc(s.name, (None, *s.shape), s.dtype) for s in model.states]
+    x_desc = _desc("x", (None, *model.input_shape), model.input_dtype)
+    seq_desc = _desc("inputs", (None, None, *model.input_shape), model.input_dtype)
+    lengths_desc = [_desc("lengths", (None,), "int32")] if model.masked else []
+    out_seq = _desc("outputs", (None, None, *model.output_shape), model.output_dtype)
+    out_last = _desc("outputs", (None, *model.output_shape), model.output_dtype)
+    state_names = [s.name for s in model.states]
+
+    def state_outputs(states) -> dict:
+        return dict(zip(state_names, states))
+
+    def predict_outputs(feed):
+        inputs = feed["inputs"]
+        outputs, final = unroll(
+            model, inputs, _zero_states(model, tf.shape(inputs)[0]), feed.get("lengths")
+        )
+        if model.last_step_only:
+            outputs = outputs[:, -1]
+        return outputs, final
+
+    def predict(feed):
+        outputs, final = predict_outputs(feed)
+        return {"outputs": outputs, **state_outputs(final)}
+
+    def stream(feed):
+        states = tuple(feed[n] for n in state_names)
+        outputs, final = unroll(model, feed["inputs"], states, feed.get("lengths"))
+        return {"outputs": outputs, **state_outputs(final)}
+
+    def step(feed):
+        y, new = model.step_fn(feed["x"], tuple(feed[n] for n in state_names))
+        return {"y": y, **state_outputs(new)}
+
+    def initial_state(feed):
+        return state_outputs(_zero_states(model, feed["batch_size"]))
+
+    def input_gradients(feed):
+        inputs = feed["inputs"]
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs, _ = predict_outputs(feed)
+            total = tf.reduce_sum(outputs)
+        return {"input_gradients": tape.gradient(total, inputs)}
+
+    table = [
+        (SignatureName.PREDICT, [seq_desc, *lengths_desc], predict,
+         [out_last if model.last_step_only else out_seq, *state_descs]),
+        (SignatureName.STREAM, [seq_desc, *state_descs, *lengths_desc], stream, [out_seq, *state_descs]),
+        (SignatureName.STEP, [x_desc, *state_descs], step,
+         [_desc("y", (None, *model.output_shape), model.output_dtype), *state_descs]),
+        (SignatureName.INITIAL_STATE, [_desc("batch_size", (), "int32")], initial_state, state_descs),
+    ]
+    if with_input_gradients:
+        table.append(
+            (SignatureName.INPUT_GRADIENTS, [seq_desc, *lengths_desc], input_gradients,
+             [_desc("input_gradients", seq_desc.shape, seq_desc.dtype)])
+        )
+
+    module = tf.__internal__.tracking.AutoTrackable()
+    module.variables = list(model.variables)
+    module.trainable_variables = list(model.trainable_variables)
+    functions, specs = {}, []
+    for name, inputs, body, outputs in table:
+        function = _signature(inputs, body)
+        setattr(module, name.value, function)
+        functions[name.value] = function.get_concrete_function()
+        specs.append(SignatureSpec(name=name.value, inputs=tuple(inputs), outputs=tuple(outputs)))
+    return TracedExport(module=module, functions=functions, specs=tuple(specs))

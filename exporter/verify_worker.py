@@ -1,0 +1,219 @@
+"""The checks of design.md, run in a FRESH process: `python -m exporter.verify_worker DIR --out F`.
+
+Fresh because a `tf.custom_gradient` registered by the exporting process would
+mask a SavedModel that lost its custom gradients; only a new process sees what
+TF Serving will see. Writes a JSON list of `CheckResult`s to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from exporter.compare import compare, failed
+from exporter.specs import CheckResult, Manifest, SignatureName
+
+CUSTOM_GRADIENT_HELP = (
+    "The SavedModel has an op whose gradient is a tf.custom_gradient, but it was saved "
+    "without tf.saved_model.SaveOptions(experimental_custom_gradients=True): the gradient "
+    "existed only in the exporting process's registry and is gone after a restart. "
+    "Re-export with seqexport (it always saves with that option), or pass "
+    "options=tf.saved_model.SaveOptions(experimental_custom_gradients=True) to tf.saved_model.save."
+)
+
+
+def _explain(exc: Exception) -> str:
+    text = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if isinstance(exc, LookupError) and "No gradient defined" in str(exc):
+        return f"{text}. {CUSTOM_GRADIENT_HELP}"
+    return text
+
+
+def _section(golden: dict, prefix: str) -> dict:
+    return {k[len(prefix) :]: v for k, v in golden.items() if k.startswith(prefix) and "/" not in k[len(prefix) :]}
+
+
+class _Checker:
+    def __init__(self, export_dir: Path, manifest: Manifest, golden: dict):
+        import tensorflow as tf
+
+        self.tf = tf
+        self.manifest = manifest
+        self.golden = golden
+        self.tol = manifest.options.tolerance
+        self.grad_tol = manifest.options.grad_tolerance
+        self.results: list[CheckResult] = []
+        self.loaded = tf.saved_model.load(str(export_dir))
+        self.variables = list(getattr(self.loaded, "trainable_variables", []))
+
+    def signature(self, name: str):
+        return self.loaded.signatures[name]
+
+    def add(self, result: CheckResult):
+        self.results.append(result)
+
+    def compare_many(self, check, signature, got: dict, want: dict, tolerance, prefix=""):
+        for key in sorted(want):
+            if key not in got:
+                self.add(failed(check, signature, prefix + key, "missing from the reloaded outputs"))
+                continue
+            self.add(compare(check, signature, prefix + key, got[key], want[key], tolerance))
+
+    def compare_gradients(self, check, signature, input_grads, var_grads, prefix):
+        want = _section(self.golden, f"{prefix}/grad/")
+        self.compare_many(check, signature, input_grads, want, self.grad_tol, prefix="d/")
+        for i, grad in enumerate(var_grads):
+            key = f"{prefix}/grad_var/{i}"
+            if key in self.golden:
+                name = self.manifest.trainable_variables[i]
+                self.add(compare(check, signature, f"d/{name}", grad, self.golden[key], self.grad_tol))
+
+    def run_with_gradients(self, check_prefix, signature, call, feed, weights, golden_prefix):
+        """Forward + gradients; a gradient failure (e.g. lost custom gradient) is a failed row."""
+        from exporter.gradients import outputs_and_gradients
+
+        try:
+            outputs, input_grads, var_grads = outputs_and_gradients(call, feed, weights, self.variables)
+        except Exception as exc:  # noqa: BLE001  any error here is the finding we report
+            self.add(failed("gradients", signature, "*", _explain(exc)))
+            tensors = {k: self.tf.constant(v) for k, v in feed.items()}
+            return {k: v.numpy() for k, v in call(tensors).items()}
+        self.compare_gradients(f"{check_prefix}gradients", signature, input_grads, var_grads, golden_prefix)
+        return outputs
+
+    # --- the checks -------------------------------------------------------------
+
+    def weights(self):
+        if len(self.variables) != len(self.manifest.trainable_variables):
+            self.add(failed("weights", "-", "*", f"{len(self.variables)} trainable variables after reload, "
+                            f"manifest lists {len(self.manifest.trainable_variables)}"))
+            return
+        exact = type(self.tol)(atol=0.0, rtol=0.0)
+        for i, variable in enumerate(self.variables):
+            self.add(compare("weights", "-", self.manifest.trainable_variables[i], variable.numpy(),
+                             self.golden[f"var/{i}"], exact))
+
+    def reload_and_gradients(self):
+        for spec in self.manifest.signatures:
+            name = spec.name
+            if name not in self.loaded.signatures:
+                self.add(failed("reload", name, "*", f"signature missing after reload; "
+                                f"available: {sorted(self.loaded.signatures)}"))
+                continue
+            function = self.signature(name)
+            call = lambda f, fn=function: fn(**f)  # noqa: E731
+            feed = _section(self.golden, f"{name}/in/")
+            weights = _section(self.golden, f"{name}/w/")
+            try:
+                if weights:
+                    outputs = self.run_with_gradients("", name, call, feed, weights, name)
+                else:
+                    outputs = {k: v.numpy() for k, v in call({k: self.tf.constant(v) for k, v in feed.items()}).items()}
+            except Exception as exc:  # noqa: BLE001
+                self.add(failed("reload", name, "*", _explain(exc)))
+                continue
+            self.compare_many("reload", name, outputs, _section(self.golden, f"{name}/out/"), self.tol)
+
+    def ground_truth(self):
+        if "reference/out/outputs" not in self.golden:
+            return
+        predict = self.signature(SignatureName.PREDICT.value)
+        feed = _section(self.golden, f"{SignatureName.PREDICT.value}/in/")
+        weights = {"outputs": self.golden["reference/w/outputs"]}
+        call = lambda f: {"outputs": predict(**f)["outputs"]}  # noqa: E731
+        outputs = self.run_with_gradients("source ", "serving_default", call, feed, weights, "reference")
+        self.add(compare("source", "serving_default", "outputs", outputs["outputs"],
+                         self.golden["reference/out/outputs"], self.tol))
+
+    def chunking(self):
+        tf = self.tf
+        predict_name = SignatureName.PREDICT.value
+        feed = _section(self.golden, f"{predict_name}/in/")
+        inputs = feed["inputs"]
+        batch, steps = inputs.shape[:2]
+        state_names = [s.name for s in self.manifest.states]
+        stream = self.signature(SignatureName.STREAM.value)
+        initial = {k: v for k, v in self.signature(SignatureName.INITIAL_STATE.value)(
+            batch_size=tf.constant(batch, tf.int32)).items()}
+        weights = _section(self.golden, f"{predict_name}/w/")
+        want = _section(self.golden, f"{predict_name}/out/")
+        for chunks in sorted({1, 2, steps}):
+            bounds = np.linspace(0, steps, chunks + 1).astype(int)
+
+            def chained(tensors, bounds=bounds):
+                states = dict(initial)
+                pieces = []
+                for start, stop in zip(bounds[:-1], bounds[1:]):
+                    chunk = {"inputs": tensors["inputs"][:, start:stop], **states}
+                    if "lengths" in tensors:
+                        chunk["lengths"] = tf.clip_by_value(tensors["lengths"] - start, 0, stop - start)
+                    result = stream(**chunk)
+                    pieces.append(result["outputs"])
+                    states = {n: result[n] for n in state_names}
+                outputs = tf.concat(pieces, axis=1)
+                if self.manifest.last_step_only:
+                    outputs = outputs[:, -1]
+                return {"outputs": outputs, **states}
+
+            label = f"stream x{chunks}"
+            outputs = self.run_with_gradients("chunked ", label, chained, feed, weights, predict_name)
+            self.compare_many("chunked", label, outputs, want, self.tol)
+        self._step_loop(inputs, initial, state_names)
+
+    def _step_loop(self, inputs, initial, state_names):
+        tf = self.tf
+        step = self.signature(SignatureName.STEP.value)
+        predict = self.signature(SignatureName.PREDICT.value)
+        feed = {"inputs": tf.constant(inputs)}
+        if self.manifest.masked:
+            feed["lengths"] = tf.fill([inputs.shape[0]], inputs.shape[1])
+        want = {k: v.numpy() for k, v in predict(**feed).items()}
+        states, ys = dict(initial), []
+        for t in range(inputs.shape[1]):
+            result = step(x=tf.constant(inputs[:, t]), **states)
+            ys.append(result["y"])
+            states = {n: result[n] for n in state_names}
+        outputs = ys[-1] if self.manifest.last_step_only else tf.stack(ys, axis=1)
+        got = {"outputs": outputs.numpy(), **{k: v.numpy() for k, v in states.items()}}
+        self.compare_many("chunked", f"step x{inputs.shape[1]}", got, want, self.tol)
+
+
+def run_checks(export_dir: Path) -> list[CheckResult]:
+    """Every check this export's manifest and golden allow, or the generic ones without them."""
+    from exporter.golden import load as load_golden
+    from exporter.paths import golden_path, manifest_path
+
+    if not manifest_path(export_dir).is_file() or not golden_path(export_dir).is_file():
+        from exporter.foreign import generic_checks
+
+        return generic_checks(export_dir)
+    manifest = Manifest.from_json(json.loads(manifest_path(export_dir).read_text()))
+    golden = load_golden(golden_path(export_dir))
+    try:
+        checker = _Checker(export_dir, manifest, golden)
+    except Exception as exc:  # noqa: BLE001
+        return [failed("reload", "-", "*", f"tf.saved_model.load failed: {_explain(exc)}")]
+    for check in (checker.weights, checker.reload_and_gradients, checker.ground_truth, checker.chunking):
+        try:
+            check()
+        except Exception as exc:  # noqa: BLE001  a check that crashes is a failed check
+            checker.add(failed(check.__name__, "-", "*", _explain(exc)))
+    return checker.results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("export_dir", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    results = run_checks(args.export_dir)
+    args.out.write_text(json.dumps([r.to_json() for r in results]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
