@@ -116,7 +116,10 @@ def _per_step_stage(index: int, layer) -> _Stage:
     if isinstance(layer, keras.layers.BatchNormalization):
         if layer.axis not in (-1, len(layer.input.shape) - 1):
             raise _fail(index, layer, "it normalises over an axis other than the features")
-        return _Stage(layer.name, (), lambda x, s, m: (layer(x, training=False), ()))
+        return _Stage(layer.name, (), lambda x, s, m: (_batch_norm_inference(layer, x), ()))
+    if isinstance(layer, keras.layers.Embedding) and layer.mask_zero:
+        # tf.identity drops the Keras mask the layer attaches: the unroll masks by `lengths`.
+        return _Stage(layer.name, (), lambda x, s, m: (tf.identity(layer(x)), ()))
     if isinstance(layer, _PER_STEP) or getattr(layer, "seqexport_per_step", False):
         return _Stage(layer.name, (), lambda x, s, m: (layer(x, training=False), ()))
     kind = type(layer).__name__
@@ -133,6 +136,17 @@ def _per_step_stage(index: int, layer) -> _Stage:
         "it is not a layer seqexport knows to act on each timestep alone "
         "(a custom per-step layer can declare `seqexport_per_step = True`)",
     )
+
+
+def _batch_norm_inference(layer, x):
+    """BatchNormalization with its moving statistics (its input_spec wants [B, T, F])."""
+    scale = tf.math.rsqrt(layer.moving_variance.value + layer.epsilon)
+    if layer.scale:
+        scale = scale * layer.gamma.value
+    offset = -layer.moving_mean.value * scale
+    if layer.center:
+        offset = offset + layer.beta.value
+    return x * tf.cast(scale, x.dtype) + tf.cast(offset, x.dtype)
 
 
 def _sequence_layers(model: keras.Model) -> list:

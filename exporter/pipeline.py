@@ -55,6 +55,48 @@ def _noop(_: str) -> None:
     pass
 
 
+def write_export(
+    step_model,
+    export_dir: Path,
+    *,
+    name: str,
+    source: dict,
+    options: ExportOptions = ExportOptions(),
+    progress: Callable[[str], None] = _noop,
+    custom_gradients: bool = True,
+) -> Manifest:
+    """Traces, captures goldens and saves one export into `export_dir` (not yet verified).
+
+    `custom_gradients=False` builds the broken export a test needs; never in production.
+    """
+    from exporter import golden as golden_io
+    from exporter.paths import golden_path
+    from exporter.save import save_saved_model, write_manifest
+    from exporter.trace import trace
+
+    progress("trace")
+    traced = trace(step_model, with_input_gradients=options.with_input_gradients)
+    progress("golden")
+    golden = golden_io.capture(step_model, traced, options)
+    progress("save")
+    save_saved_model(traced, export_dir, custom_gradients=custom_gradients)
+    golden_io.save(golden, golden_path(export_dir))
+    manifest = Manifest(
+        format_version=MANIFEST_FORMAT_VERSION,
+        name=name,
+        source=source,
+        signatures=traced.specs,
+        states=step_model.states,
+        masked=step_model.masked,
+        last_step_only=step_model.last_step_only,
+        trainable_variables=step_model.variable_names(),
+        options=options,
+        versions=_tool_versions(),
+    )
+    write_manifest(manifest, export_dir)
+    return manifest
+
+
 def export(
     model_ref: str,
     *,
@@ -79,12 +121,9 @@ def export(
         BadInput, UnsupportedModel: exit 2; nothing is written under `base`.
         VerifyFailed: exit 1; nothing is published, the report says which check failed.
     """
-    from exporter import golden as golden_io
     from exporter.load import load_step_model, source_info
-    from exporter.paths import golden_path
     from exporter.publish import check_name, clean_stale_staging, ensure_writable, new_staging_dir, publish
-    from exporter.save import save_saved_model, write_manifest
-    from exporter.trace import trace
+    from exporter.save import write_manifest
     from exporter.verify import verify_in_fresh_process
 
     check_name(name)
@@ -113,26 +152,8 @@ def export(
     clean_stale_staging(directory)
     staging = new_staging_dir(directory)
     try:
-        phase("trace")
-        traced = trace(step_model, with_input_gradients=options.with_input_gradients)
-        phase("golden")
-        golden = golden_io.capture(step_model, traced, options)
-        phase("save")
-        save_saved_model(traced, staging)
-        golden_io.save(golden, golden_path(staging))
-        manifest = Manifest(
-            format_version=MANIFEST_FORMAT_VERSION,
-            name=name,
-            source=source_info(model_ref, kind) | {"description": step_model.description},
-            signatures=traced.specs,
-            states=step_model.states,
-            masked=step_model.masked,
-            last_step_only=step_model.last_step_only,
-            trainable_variables=step_model.variable_names(),
-            options=options,
-            versions=_tool_versions(),
-        )
-        write_manifest(manifest, staging)
+        source = source_info(model_ref, kind) | {"description": step_model.description}
+        manifest = write_export(step_model, staging, name=name, source=source, options=options, progress=phase)
         phase("verify")
         report = verify_in_fresh_process(staging)
         manifest = dataclasses.replace(manifest, checks=report.checks)

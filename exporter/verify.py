@@ -81,13 +81,24 @@ def verify_in_fresh_process(export_dir: Path, *, timeout_s: float = DEFAULT_TIME
     Raises:
         SeqExportError: the child crashed or timed out (its stderr tail is in the message).
     """
+    return verify_many_in_fresh_process([export_dir], timeout_s=timeout_s)[0]
+
+
+def verify_many_in_fresh_process(
+    export_dirs: list[Path], *, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> list[VerifyReport]:
+    """Like `verify_in_fresh_process` for several exports, in ONE new interpreter.
+
+    Each export is loaded on its own; the process is fresh with respect to the
+    process that made them, which is what the custom-gradient check needs.
+    """
     import time
 
-    export_dir = Path(export_dir).resolve()
+    dirs = [Path(d).resolve() for d in export_dirs]
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="seqexport-verify-") as tmp:
         out = Path(tmp) / "checks.json"
-        command = [sys.executable, "-m", "exporter.verify_worker", str(export_dir), "--out", str(out)]
+        command = [sys.executable, "-m", "exporter.verify_worker", *map(str, dirs), "--out", str(out)]
         try:
             proc = subprocess.run(
                 command, env=_clean_env(), capture_output=True, text=True, timeout=timeout_s,
@@ -95,13 +106,21 @@ def verify_in_fresh_process(export_dir: Path, *, timeout_s: float = DEFAULT_TIME
             )
         except subprocess.TimeoutExpired:
             raise SeqExportError(
-                f"Verification of {str(export_dir)!r} took over {timeout_s:.0f} s and was stopped."
+                f"Verification of {', '.join(map(str, dirs))} took over {timeout_s:.0f} s and was stopped."
             ) from None
         if proc.returncode != 0 or not out.is_file():
             tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
             raise SeqExportError(
-                f"The verification process for {str(export_dir)!r} crashed "
+                f"The verification process for {', '.join(map(str, dirs))} crashed "
                 f"(exit {proc.returncode}):\n{tail}"
             )
-        checks = tuple(CheckResult.from_json(c) for c in json.loads(out.read_text()))
-    return VerifyReport(export_dir=str(export_dir), checks=checks, seconds=time.monotonic() - started)
+        results = json.loads(out.read_text())
+    seconds = (time.monotonic() - started) / len(dirs)
+    return [
+        VerifyReport(
+            export_dir=str(d),
+            checks=tuple(CheckResult.from_json(c) for c in results[str(d)]),
+            seconds=seconds,
+        )
+        for d in dirs
+    ]

@@ -1,8 +1,8 @@
-"""The checks of design.md, run in a FRESH process: `python -m exporter.verify_worker DIR --out F`.
+"""The checks of design.md, run in a FRESH process: `python -m exporter.verify_worker DIR... --out F`.
 
 Fresh because a `tf.custom_gradient` registered by the exporting process would
 mask a SavedModel that lost its custom gradients; only a new process sees what
-TF Serving will see. Writes a JSON list of `CheckResult`s to `--out`.
+TF Serving will see. Writes `{dir: [CheckResult, ...]}` as JSON to `--out`.
 """
 
 from __future__ import annotations
@@ -207,11 +207,11 @@ def run_checks(export_dir: Path) -> list[CheckResult]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("export_dir", type=Path)
+    parser.add_argument("export_dirs", type=Path, nargs="+")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    results = run_checks(args.export_dir)
-    args.out.write_text(json.dumps([r.to_json() for r in results]))
+    results = {str(d): [r.to_json() for r in run_checks(d)] for d in args.export_dirs}
+    args.out.write_text(json.dumps(results))
     return 0
 
 
