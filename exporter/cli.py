@@ -231,6 +231,19 @@ def demo(
                     options=ExportOptions(), as_json=as_json, all_rows=False)
 
 
+def _register_commands() -> None:
+    import pkgutil
+
+    import exporter.commands
+
+    for module_info in sorted(pkgutil.iter_modules(exporter.commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"exporter.commands.{module_info.name}")
+        module.register(app)
+
+
+_register_commands()
+
+
 def main() -> None:
     app()
 

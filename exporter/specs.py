@@ -212,7 +212,9 @@ class Manifest:
     `stream` and `step`), and dtypes. `masked` says `serving_default` and `stream`
     take `lengths [B]`. `last_step_only` says `serving_default` returns the last
     step's output `[B, O]` instead of `[B, T, O]`. DO NOT RELY on `checks` beyond
-    reading them: rows may be added.
+    reading them: rows may be added. `batch_independent` is None until that check
+    ran; only `True` allows server-side batching (`batch_offdiag_max` is the largest
+    off-diagonal `(batch, batch)` Jacobian entry found).
     """
 
     format_version: int
@@ -226,6 +228,8 @@ class Manifest:
     options: ExportOptions
     versions: dict
     checks: tuple[CheckResult, ...] = ()
+    batch_independent: bool | None = None
+    batch_offdiag_max: float | None = None
 
     def signature(self, name: str) -> SignatureSpec:
         for sig in self.signatures:
@@ -248,6 +252,8 @@ class Manifest:
             "options": self.options.to_json(),
             "versions": self.versions,
             "checks": [c.to_json() for c in self.checks],
+            "batch_independent": self.batch_independent,
+            "batch_offdiag_max": self.batch_offdiag_max,
         }
 
     @classmethod
@@ -273,4 +279,6 @@ class Manifest:
             options=ExportOptions.from_json(data["options"]),
             versions=data["versions"],
             checks=tuple(CheckResult.from_json(c) for c in data.get("checks", [])),
+            batch_independent=data.get("batch_independent"),
+            batch_offdiag_max=data.get("batch_offdiag_max"),
         )
