@@ -59,7 +59,7 @@ def _user_errors(as_json: bool):
         report = getattr(exc, "report", None)
         if report is not None and not as_json:
             _print_checks(report.checks, title=f"verification of {report.export_dir}", all_rows=False)
-        stderr.print(f"[bold red]error:[/] {escape(str(exc))}")
+        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         if as_json:
             payload = {"ok": False, "exit_code": exc.exit_code, "error": str(exc)}
             if report is not None:

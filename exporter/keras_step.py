@@ -199,11 +199,6 @@ def step_model_from_keras(model: keras.Model, description: str = "") -> StepMode
     if not isinstance(model, keras.Model):
         raise UnsupportedModel(f"Expected a Keras model, got {type(model).__name__}.")
     layers = _sequence_layers(model)
-    if not any(isinstance(l, keras.layers.RNN) for l in layers):
-        raise UnsupportedModel(
-            f"Model {model.name!r} has no RNN layer (SimpleRNN, GRU, LSTM or keras.layers.RNN); "
-            "seqexport exports recurrent sequence models."
-        )
     masked, pad_value = _has_mask_source(layers)
     stages: list[_Stage] = []
     sequence_ended = False
@@ -217,6 +212,11 @@ def step_model_from_keras(model: keras.Model, description: str = "") -> StepMode
             stage = _per_step_stage(index, layer)
         stages.append(stage)
 
+    if not any(isinstance(l, keras.layers.RNN) for l in layers):
+        raise UnsupportedModel(
+            f"Model {model.name!r} has no RNN layer (SimpleRNN, GRU, LSTM or keras.layers.RNN); "
+            "seqexport exports recurrent sequence models."
+        )
     states = tuple(spec for stage in stages for spec in stage.states)
     counts = [len(stage.states) for stage in stages]
 
