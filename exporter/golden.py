@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from exporter.gradients import is_float, outputs_and_gradients
+from exporter.gradients import hessian_vector_product, is_float, outputs_and_gradients
 from exporter.specs import ExportOptions, SignatureName
 from exporter.step_model import StepModel
 from exporter.trace import TracedExport
@@ -96,9 +96,27 @@ def capture(model: StepModel, traced: TracedExport, options: ExportOptions) -> d
         for key, value in outputs.items():
             golden[f"{spec.name}/out/{key}"] = value
 
+    if options.check_hvp:
+        golden.update(_hvp(traced, predict_feed, golden, rng))
     if model.reference_fn is not None:
         golden.update(_reference(model, predict_feed, rng))
     return golden
+
+
+def _hvp(traced: TracedExport, feed: dict, golden: dict, rng) -> dict[str, np.ndarray]:
+    """A Hessian-vector product of the `serving_default` loss w.r.t. its inputs."""
+    name = SignatureName.PREDICT.value
+    spec = next(s for s in traced.specs if s.name == name)
+    names = [t.name for t in spec.inputs]
+    function = traced.functions[name]
+    weights = {k[len(f"{name}/w/"):]: v for k, v in golden.items() if k.startswith(f"{name}/w/")}
+    vector = rng.normal(size=feed["inputs"].shape)
+    try:
+        hvp = hessian_vector_product(lambda f: function(*[f[n] for n in names]), feed, weights, vector)
+    except (LookupError, TypeError, ValueError, tf.errors.OpError) as exc:
+        # Some ops have no second derivative in TF: record why, the check reports it.
+        return {"hvp/v": vector, "hvp/error": np.array(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")}
+    return {"hvp/v": vector, "hvp/out": hvp}
 
 
 def _reference(model: StepModel, feed: dict, rng) -> dict[str, np.ndarray]:

@@ -56,3 +56,21 @@ def outputs_and_gradients(
 
 def _dense(grad):
     return tf.convert_to_tensor(grad) if isinstance(grad, tf.IndexedSlices) else grad
+
+
+def hessian_vector_product(
+    call: Callable[[dict], dict], feed: dict[str, np.ndarray], weights: dict[str, np.ndarray],
+    vector: np.ndarray, key: str = "inputs",
+) -> np.ndarray:
+    """H v, H the Hessian of the weighted loss w.r.t. `feed[key]` (nested tapes: forward over backward)."""
+    tensors = {k: tf.constant(v) for k, v in feed.items()}
+    source = tensors[key]
+    with tf.GradientTape() as outer:
+        outer.watch(source)
+        with tf.GradientTape() as inner:
+            inner.watch(source)
+            loss = weighted_loss(call(tensors), weights)
+        grad = inner.gradient(loss, source, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        directional = tf.reduce_sum(tf.cast(grad, tf.float64) * tf.constant(vector, tf.float64))
+    hvp = outer.gradient(directional, source, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return hvp.numpy()

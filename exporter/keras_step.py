@@ -190,14 +190,91 @@ def _stateful_batch(layers) -> int | None:
     return None
 
 
+def _binder(model: keras.Model, masked_step: Callable) -> Callable:
+    """`bind_step` for a Keras model: variables read once, outside the loop (StatelessScope)."""
+    keras_variables = list(model.variables)
+
+    def bind_step():
+        mapping = [(v, v.value.read_value()) for v in keras_variables]
+
+        def bound(x, prev_states, mask=None):
+            with keras.StatelessScope(state_mapping=mapping):
+                return masked_step(x, prev_states, mask)
+
+        return bound
+
+    return bind_step
+
+
+def _is_step_model(model: keras.Model) -> bool:
+    """A functional step model: inputs [x_t, *states], outputs [y_t, *new_states] (the seed's case 3)."""
+    if len(model.inputs) < 2 or len(model.inputs) != len(model.outputs):
+        return False
+    shapes_in = [tuple(t.shape[1:]) for t in model.inputs[1:]]
+    shapes_out = [tuple(t.shape[1:]) for t in model.outputs[1:]]
+    return shapes_in == shapes_out and all(len(t.shape) == 2 for t in model.inputs)
+
+
+def _from_step_model(model: keras.Model, description: str) -> StepModel:
+    states = tuple(
+        StateSpec(name=_key(t.name, f"state{i}"), layer=model.name, index=i, shape=tuple(int(d) for d in t.shape[1:]),
+                  dtype=tf.as_dtype(t.dtype).name)
+        for i, t in enumerate(model.inputs[1:])
+    )
+
+    def masked_step(x, prev_states, mask=None):
+        if mask is not None:
+            raise UnsupportedModel("A functional step model has no mask.")
+        outputs = model([x, *prev_states], training=False)
+        return outputs[0], tuple(outputs[1:])
+
+    def step(x, prev_states):
+        return masked_step(x, prev_states)
+
+    def reference(inputs, lengths=None):
+        # The Keras model itself, called step by step in Python: independent of the while_loop.
+        batch = tf.shape(inputs)[0]
+        prev = tuple(tf.zeros(tf.stack([batch, *s.shape]), dtype=s.dtype) for s in states)
+        ys = []
+        for t in range(inputs.shape[1]):
+            y, prev = step(inputs[:, t], prev)
+            ys.append(y)
+        return tf.stack(ys, axis=1)
+
+    x_spec, y_spec = model.inputs[0], model.outputs[0]
+    return StepModel(
+        step_fn=step,
+        bind_step=_binder(model, masked_step),
+        input_shape=tuple(int(d) for d in x_spec.shape[1:]),
+        input_dtype=tf.as_dtype(x_spec.dtype).name,
+        output_shape=tuple(int(d) for d in y_spec.shape[1:]),
+        output_dtype=tf.as_dtype(y_spec.dtype).name,
+        states=states,
+        variables=tuple(v.value for v in model.variables),
+        trainable_variables=tuple(v.value for v in model.trainable_variables),
+        trainable_names=tuple(v.path for v in model.trainable_variables),
+        reference_fn=reference,
+        description=description or f"Keras step model {model.name!r}",
+    )
+
+
+def _key(name: str, fallback: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "_.-" else "_" for c in name)
+    return cleaned if cleaned[:1].isalpha() else fallback
+
+
 def step_model_from_keras(model: keras.Model, description: str = "") -> StepModel:
     """Builds the step model of a Keras model made of RNN and per-step layers.
+
+    Also takes a functional step model `Model([x_t, *states], [y_t, *new_states])`.
 
     Raises:
         UnsupportedModel: naming the first layer that cannot run step by step.
     """
     if not isinstance(model, keras.Model):
         raise UnsupportedModel(f"Expected a Keras model, got {type(model).__name__}.")
+    if _is_step_model(model):
+        return _from_step_model(model, description)
     layers = _sequence_layers(model)
     masked, pad_value = _has_mask_source(layers)
     stages: list[_Stage] = []
@@ -257,6 +334,7 @@ def step_model_from_keras(model: keras.Model, description: str = "") -> StepMode
     return StepModel(
         step_fn=step,
         masked_step_fn=masked_step if masked else None,
+        bind_step=_binder(model, masked_step),
         input_shape=input_shape,
         input_dtype=input_dtype,
         output_shape=tuple(int(d) for d in y.shape[1:]),

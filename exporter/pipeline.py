@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from exporter.errors import BadInput, VerifyFailed
 from exporter.specs import MANIFEST_FORMAT_VERSION, ExportOptions, Manifest
 from exporter.verify import VerifyReport
@@ -74,6 +76,11 @@ def write_export(
     from exporter.save import save_saved_model, write_manifest
     from exporter.trace import trace
 
+    options = options.resolved(
+        dtype=step_model.output_dtype,
+        trainable_params=sum(int(np.prod(v.shape)) for v in step_model.trainable_variables),
+        float_inputs=step_model.differentiable_inputs,
+    )
     progress("trace")
     traced = trace(step_model, with_input_gradients=options.with_input_gradients)
     progress("golden")
@@ -156,7 +163,12 @@ def export(
         manifest = write_export(step_model, staging, name=name, source=source, options=options, progress=phase)
         phase("verify")
         report = verify_in_fresh_process(staging)
-        manifest = dataclasses.replace(manifest, checks=report.checks)
+        manifest = dataclasses.replace(
+            manifest,
+            checks=report.checks,
+            batch_independent=report.properties.get("batch_independent"),
+            batch_offdiag_max=report.properties.get("batch_offdiag_max"),
+        )
         write_manifest(manifest, staging)
         if not report.passed:
             raise VerifyFailed(f"Verification failed, nothing was published: {report.summary()}", report)

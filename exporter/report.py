@@ -63,6 +63,9 @@ def manifest_tables(manifest: Manifest) -> list[Table]:
     info.add_row("serving_default returns last step only", str(manifest.last_step_only))
     info.add_row("options", ", ".join(f"{k}={v}" for k, v in manifest.options.to_json().items()))
     info.add_row("versions", ", ".join(f"{k} {v}" for k, v in manifest.versions.items()))
+    if manifest.batch_independent is not None:
+        info.add_row("batch independent (server-side batching)",
+                     f"{manifest.batch_independent} (largest off-diagonal |J| {manifest.batch_offdiag_max:.2e})")
     passed = sum(c.passed for c in manifest.checks)
     info.add_row("last checks", f"{passed}/{len(manifest.checks)} passed")
     return [info, signatures, states]

@@ -159,47 +159,84 @@ class CheckResult:
         return cls(**(data | {"worst_index": tuple(index) if index is not None else None}))
 
 
+# Default tolerances by the dtype the model computes in: (outputs, gradients).
+DEFAULT_TOLERANCES = {
+    "float16": (Tolerance(atol=1e-2, rtol=1e-2), Tolerance(atol=5e-2, rtol=5e-2)),
+    "bfloat16": (Tolerance(atol=2e-2, rtol=2e-2), Tolerance(atol=1e-1, rtol=1e-1)),
+    "float32": (Tolerance(atol=1e-5, rtol=1e-4), Tolerance(atol=1e-4, rtol=1e-3)),
+    "float64": (Tolerance(atol=1e-10, rtol=1e-8), Tolerance(atol=1e-9, rtol=1e-7)),
+}
+# The Hessian-vector product check is on by default up to this many trainable parameters.
+HVP_AUTO_MAX_PARAMS = 1_000_000
+# Rows count as independent when every off-diagonal (batch, batch) Jacobian entry is at most
+# this fraction of the largest diagonal one (exact zeros are expected; this absorbs nothing else).
+BATCH_INDEPENDENCE_RTOL = 1e-6
+
+
+class Check(str, enum.Enum):
+    """Optional checks a user can force on (`--check`) or off (`--skip`)."""
+
+    HVP = "hvp"
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ExportOptions:
-    """What the user asked for; recorded in the manifest.
+    """What the user asked for; recorded in the manifest (resolved: no None left).
 
     Attributes:
         with_input_gradients: also export the `input_gradients` signature.
-        tolerance: float32 tolerance of every check (float64 models get a tighter default).
-        grad_tolerance: tolerance of the gradient checks (longer chains, more rounding).
+        tolerance: tolerance of every output check; None: by dtype (`DEFAULT_TOLERANCES`).
+        grad_tolerance: tolerance of the gradient checks; None: by dtype.
+        check_hvp: verify a Hessian-vector product w.r.t. the inputs; None: on for models
+            up to `HVP_AUTO_MAX_PARAMS` trainable parameters with float inputs.
         probe_batch: batch size of the golden probe inputs.
         probe_steps: sequence length of the golden probe inputs.
         seed: seed of the probe inputs and the loss weights.
         unsafe: Keras safe mode was turned off to load the model.
+        hvp_auto: `check_hvp` was chosen by size, not asked for: a model whose ops have no
+            second derivative in TF then gets a "not supported" row instead of a failure.
     """
 
     with_input_gradients: bool = False
-    tolerance: Tolerance = Tolerance(atol=1e-5, rtol=1e-4)
-    grad_tolerance: Tolerance = Tolerance(atol=1e-4, rtol=1e-3)
+    tolerance: Tolerance | None = None
+    grad_tolerance: Tolerance | None = None
+    check_hvp: bool | None = None
     probe_batch: int = 3
     probe_steps: int = 6
     seed: int = 0
     unsafe: bool = False
+    hvp_auto: bool = False
 
     def __post_init__(self):
-        if self.probe_batch < 1:
-            raise ValueError(f"`probe_batch` must be positive. Got: {self.probe_batch}")
+        if self.probe_batch < 2:
+            raise ValueError(f"`probe_batch` must be at least 2 (batch independence needs 2 rows). Got: {self.probe_batch}")
         if self.probe_steps < 2:
             raise ValueError(f"`probe_steps` must be at least 2 (chunking needs 2 chunks). Got: {self.probe_steps}")
+
+    def resolved(self, *, dtype: str, trainable_params: int, float_inputs: bool) -> "ExportOptions":
+        """These options with every None replaced by the default for this model."""
+        if dtype not in DEFAULT_TOLERANCES:
+            raise ValueError(f"no default tolerance for dtype {dtype!r}; give --atol/--rtol and --grad-atol/--grad-rtol")
+        outputs, gradients = DEFAULT_TOLERANCES[dtype]
+        check_hvp = self.check_hvp
+        if check_hvp is None:
+            check_hvp = float_inputs and trainable_params <= HVP_AUTO_MAX_PARAMS
+        return dataclasses.replace(
+            self,
+            tolerance=self.tolerance or outputs,
+            grad_tolerance=self.grad_tolerance or gradients,
+            check_hvp=check_hvp and float_inputs,
+            hvp_auto=self.check_hvp is None,
+        )
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> "ExportOptions":
+        tolerance = lambda t: Tolerance(**t) if t else None  # noqa: E731
         return cls(
-            **(
-                data
-                | {
-                    "tolerance": Tolerance(**data["tolerance"]),
-                    "grad_tolerance": Tolerance(**data["grad_tolerance"]),
-                }
-            )
+            **(data | {"tolerance": tolerance(data["tolerance"]), "grad_tolerance": tolerance(data["grad_tolerance"])})
         )
 
 

@@ -34,6 +34,11 @@ class StepModel:
         trainable_variables: the ones gradients are checked against, in a stable order.
         masked_step_fn: `(x_t, states, mask_t [B] bool) -> (y_t, new_states)`; when set,
             `serving_default` and `stream` take `lengths [B]`.
+        bind_step: optional `() -> (x_t, states, mask_t or None) -> (y_t, new_states)`,
+            called once per traced function OUTSIDE the loop: read the variables there
+            and close over the values. The loop then captures tensors, not variable
+            handles, which a reloaded SavedModel needs for second-order gradients
+            (`tape.jacobian`, Hessian-vector products) and which saves a read per step.
         last_step_only: `serving_default` returns only the last step's output.
         reference_fn: `(inputs [B,T,...], lengths or None) -> outputs`: the source model's
             own full-sequence call, the ground truth the export is checked against.
@@ -67,6 +72,7 @@ class StepModel:
     input_dtype: str = "float32"
     output_dtype: str = "float32"
     masked_step_fn: MaskedStepFn | None = None
+    bind_step: Callable[[], MaskedStepFn] | None = None
     last_step_only: bool = False
     reference_fn: Callable | None = None
     reference_variables: tuple | None = None
@@ -99,6 +105,18 @@ class StepModel:
             return tuple(self.trainable_names)
         names = [getattr(v, "name", f"var{i}").split(":")[0] for i, v in enumerate(self.trainable_variables)]
         return tuple(n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names))
+
+    def bound_step(self) -> MaskedStepFn:
+        """The step to call inside one traced function: `(x_t, states, mask_t or None)`."""
+        if self.bind_step is not None:
+            return self.bind_step()
+
+        def step(x, states, mask=None):
+            if mask is None:
+                return self.step_fn(x, states)
+            return self.masked_step_fn(x, states, mask)
+
+        return step
 
     @property
     def masked(self) -> bool:

@@ -44,13 +44,12 @@ def unroll(model: StepModel, inputs, states: tuple, lengths=None):
         element_shape=tf.TensorShape([None, *model.output_shape]),
     )
     state_shapes = [tf.TensorShape([None, *s.shape]) for s in model.states]
+    step = model.bound_step()  # outside the loop: variables are read here, once
 
     def body(t, output_ta, *state):
         x_t = input_ta.read(t)
-        if lengths is None:
-            y_t, new_state = model.step_fn(x_t, tuple(state))
-        else:
-            y_t, new_state = model.masked_step_fn(x_t, tuple(state), t < lengths)
+        mask = None if lengths is None else t < lengths
+        y_t, new_state = step(x_t, tuple(state), mask)
         new_state = tuple(new_state)
         for tensor, shape in zip(new_state, state_shapes):
             tensor.set_shape(shape)
@@ -122,7 +121,7 @@ def trace(model: StepModel, *, with_input_gradients: bool = False) -> TracedExpo
         return {"outputs": outputs, **state_outputs(final)}
 
     def step(feed):
-        y, new = model.step_fn(feed["x"], tuple(feed[n] for n in state_names))
+        y, new = model.bound_step()(feed["x"], tuple(feed[n] for n in state_names))
         return {"y": y, **state_outputs(new)}
 
     def initial_state(feed):

@@ -29,6 +29,8 @@ class VerifyReport:
     export_dir: str
     checks: tuple[CheckResult, ...]
     seconds: float = 0.0
+    timings: dict = dataclasses.field(default_factory=dict)
+    properties: dict = dataclasses.field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -52,6 +54,8 @@ class VerifyReport:
             "export_dir": self.export_dir,
             "passed": self.passed,
             "seconds": round(self.seconds, 3),
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "properties": self.properties,
             "checks": [c.to_json() for c in self.checks],
         }
 
@@ -119,8 +123,10 @@ def verify_many_in_fresh_process(
     return [
         VerifyReport(
             export_dir=str(d),
-            checks=tuple(CheckResult.from_json(c) for c in results[str(d)]),
+            checks=tuple(CheckResult.from_json(c) for c in results[str(d)]["checks"]),
             seconds=seconds,
+            timings=results[str(d)]["timings"],
+            properties=results[str(d)]["properties"],
         )
         for d in dirs
     ]

@@ -2,7 +2,7 @@
 
 Fresh because a `tf.custom_gradient` registered by the exporting process would
 mask a SavedModel that lost its custom gradients; only a new process sees what
-TF Serving will see. Writes `{dir: [CheckResult, ...]}` as JSON to `--out`.
+TF Serving will see. Writes `{dir: {checks, timings, properties}}` as JSON to `--out`.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class _Checker:
         self.results: list[CheckResult] = []
         self.loaded = tf.saved_model.load(str(export_dir))
         self.variables = list(getattr(self.loaded, "trainable_variables", []))
+        self.properties_rows = []
 
     def signature(self, name: str):
         return self.loaded.signatures[name]
@@ -182,27 +183,108 @@ class _Checker:
         self.compare_many("chunked", f"step x{inputs.shape[1]}", got, want, self.tol)
 
 
-def run_checks(export_dir: Path) -> list[CheckResult]:
-    """Every check this export's manifest and golden allow, or the generic ones without them."""
+    def higher_order(self):
+        from exporter.gradients import hessian_vector_product
+
+        if "hvp/v" not in self.golden:
+            return
+        name = SignatureName.PREDICT.value
+        auto = self.manifest.options.hvp_auto
+        if "hvp/error" in self.golden:
+            reason = str(self.golden["hvp/error"])
+            self.add(CheckResult(check="higher order", signature=name, tensor="Hv/inputs", passed=auto,
+                                 message=f"not supported by TF for this model ({reason})"))
+            return
+        predict = self.signature(name)
+        feed = _section(self.golden, f"{name}/in/")
+        weights = _section(self.golden, f"{name}/w/")
+        try:
+            hvp = hessian_vector_product(lambda f: predict(**f), feed, weights, self.golden["hvp/v"])
+        except Exception as exc:  # noqa: BLE001
+            self.add(CheckResult(
+                check="higher order", signature=name, tensor="Hv/inputs", passed=auto,
+                message=f"not supported by TF after reload ({_explain(exc)}); a StepModel that reads its "
+                "variables in `bind_step` avoids this"))
+            return
+        self.add(compare("higher order", name, "Hv/inputs", hvp, self.golden["hvp/out"], self.grad_tol))
+
+    def batch_independence(self):
+        """Off-diagonal (batch, batch) blocks of the input Jacobian of `serving_default` and `step`."""
+        from exporter.batch import offdiagonal_blocks
+
+        predict_name, step_name = SignatureName.PREDICT.value, SignatureName.STEP.value
+        predict_in = _section(self.golden, f"{predict_name}/in/")
+        step_in = _section(self.golden, f"{step_name}/in/")
+        rng = np.random.default_rng(1234)
+        probes = {
+            predict_name: _probe_batch(predict_in, rng, batch=3, steps=4),
+            step_name: _probe_batch(step_in, rng, batch=3),
+        }
+        for name, feed in probes.items():
+            function = self.signature(name)
+            blocks = offdiagonal_blocks(lambda f, fn=function: fn(**f), feed)
+            self.properties_rows.append(blocks)
+            self.add(blocks.to_check(name))
+
+    def properties(self) -> dict:
+        if not self.properties_rows:
+            return {}
+        return {
+            "batch_independent": all(b.independent for b in self.properties_rows),
+            "batch_offdiag_max": max(b.offdiag_max for b in self.properties_rows),
+        }
+
+
+def _probe_batch(feed: dict, rng, *, batch: int, steps: int | None = None) -> dict:
+    """Fresh probe rows shaped like `feed` (B rows; T steps for sequences); ints stay in range."""
+    probe = {}
+    for key, value in feed.items():
+        shape = (batch, *value.shape[1:])
+        if key == "lengths":
+            probe[key] = np.array([steps, max(1, steps - 1), steps][:batch], dtype=value.dtype)
+            continue
+        if steps is not None and value.ndim >= 2:
+            shape = (batch, steps, *value.shape[2:])
+        if np.issubdtype(value.dtype, np.integer):
+            probe[key] = rng.integers(1, max(2, int(value.max()) + 1), size=shape).astype(value.dtype)
+        else:
+            probe[key] = rng.normal(size=shape).astype(value.dtype)
+    return probe
+
+
+def run_checks(export_dir: Path) -> dict:
+    """Every check this export's manifest and golden allow, or the generic ones without them.
+
+    Returns:
+        `{"checks": [CheckResult...], "timings": {check: seconds}, "properties": {...}}`.
+    """
+    import time
+
     from exporter.golden import load as load_golden
     from exporter.paths import golden_path, manifest_path
 
     if not manifest_path(export_dir).is_file() or not golden_path(export_dir).is_file():
         from exporter.foreign import generic_checks
 
-        return generic_checks(export_dir)
+        return {"checks": generic_checks(export_dir), "timings": {}, "properties": {}}
     manifest = Manifest.from_json(json.loads(manifest_path(export_dir).read_text()))
     golden = load_golden(golden_path(export_dir))
+    started = time.monotonic()
     try:
         checker = _Checker(export_dir, manifest, golden)
     except Exception as exc:  # noqa: BLE001
-        return [failed("reload", "-", "*", f"tf.saved_model.load failed: {_explain(exc)}")]
-    for check in (checker.weights, checker.reload_and_gradients, checker.ground_truth, checker.chunking):
+        return {"checks": [failed("reload", "-", "*", f"tf.saved_model.load failed: {_explain(exc)}")],
+                "timings": {}, "properties": {}}
+    timings = {"load": time.monotonic() - started}
+    for check in (checker.weights, checker.reload_and_gradients, checker.ground_truth, checker.chunking,
+                  checker.higher_order, checker.batch_independence):
+        started = time.monotonic()
         try:
             check()
         except Exception as exc:  # noqa: BLE001  a check that crashes is a failed check
             checker.add(failed(check.__name__, "-", "*", _explain(exc)))
-    return checker.results
+        timings[check.__name__] = time.monotonic() - started
+    return {"checks": checker.results, "timings": timings, "properties": checker.properties()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,7 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("export_dirs", type=Path, nargs="+")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    results = {str(d): [r.to_json() for r in run_checks(d)] for d in args.export_dirs}
+    results = {}
+    for export_dir in args.export_dirs:
+        result = run_checks(export_dir)
+        results[str(export_dir)] = result | {"checks": [r.to_json() for r in result["checks"]]}
     args.out.write_text(json.dumps(results))
     return 0
 
