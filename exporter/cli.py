@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from exporter import __version__
 from exporter.errors import EXIT_CHECK_FAILED, BadInput, SeqExportError
+from exporter.specs import Check
 
 app = typer.Typer(
     name="seqexport",
@@ -44,8 +45,8 @@ def _version_callback(value: bool) -> None:
 @app.callback()
 def _main(
     version: Annotated[
-        Optional[bool], typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version.")
-    ] = None,
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version.")
+    ] = False,
 ) -> None:
     """Export stateful sequence models as explicit-state SavedModels, verified in a fresh process."""
 
@@ -111,28 +112,45 @@ def export(
     imports: Annotated[
         Optional[list[str]], typer.Option("--import", help="Import MODULE first (registers custom layers; runs its code).")
     ] = None,
-    atol: Annotated[float, typer.Option(min=0.0, help="Absolute tolerance of output checks.", rich_help_panel=TOLERANCES)] = 1e-5,
-    rtol: Annotated[float, typer.Option(min=0.0, help="Relative tolerance of output checks.", rich_help_panel=TOLERANCES)] = 1e-4,
-    grad_atol: Annotated[float, typer.Option(min=0.0, help="Absolute tolerance of gradient checks.", rich_help_panel=TOLERANCES)] = 1e-4,
-    grad_rtol: Annotated[float, typer.Option(min=0.0, help="Relative tolerance of gradient checks.", rich_help_panel=TOLERANCES)] = 1e-3,
+    atol: Annotated[Optional[float], typer.Option(min=0.0, help="Absolute tolerance of output checks (float32: 1e-5, float64: 1e-10).", rich_help_panel=TOLERANCES)] = None,
+    rtol: Annotated[Optional[float], typer.Option(min=0.0, help="Relative tolerance of output checks (float32: 1e-4, float64: 1e-8).", rich_help_panel=TOLERANCES)] = None,
+    grad_atol: Annotated[Optional[float], typer.Option(min=0.0, help="Absolute tolerance of gradient checks (float32: 1e-4, float64: 1e-9).", rich_help_panel=TOLERANCES)] = None,
+    grad_rtol: Annotated[Optional[float], typer.Option(min=0.0, help="Relative tolerance of gradient checks (float32: 1e-3, float64: 1e-7).", rich_help_panel=TOLERANCES)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the probe inputs and loss weights.")] = 0,
+    check: Annotated[
+        Optional[list[Check]], typer.Option("--check", help="Force an optional check on (hvp: Hessian-vector product).")
+    ] = None,
+    skip: Annotated[Optional[list[Check]], typer.Option("--skip", help="Force an optional check off.")] = None,
     as_json: JsonOption = False,
     all_rows: AllRowsOption = False,
 ) -> None:
     """Export MODEL, verify it in a fresh process, publish it only if every check passed."""
-    from exporter.specs import ExportOptions, Tolerance
+    from exporter.specs import ExportOptions
 
     with _user_errors(as_json):
         _import_modules(imports or [])
+        if set(check or ()) & set(skip or ()):
+            raise BadInput("A check cannot be both in --check and --skip.")
         options = ExportOptions(
             with_input_gradients=with_input_gradients,
-            tolerance=Tolerance(atol=atol, rtol=rtol),
-            grad_tolerance=Tolerance(atol=grad_atol, rtol=grad_rtol),
+            tolerance=_tolerance(atol, rtol, "--atol/--rtol"),
+            grad_tolerance=_tolerance(grad_atol, grad_rtol, "--grad-atol/--grad-rtol"),
+            check_hvp=True if Check.HVP in (check or ()) else False if Check.HVP in (skip or ()) else None,
             seed=seed,
             unsafe=unsafe,
         )
         _run_export(model, name=name, base=base, version=version, options=options, as_json=as_json,
                     all_rows=all_rows)
+
+
+def _tolerance(atol: float | None, rtol: float | None, flags: str):
+    from exporter.specs import Tolerance
+
+    if atol is None and rtol is None:
+        return None
+    if atol is None or rtol is None:
+        raise BadInput(f"Give both of {flags}, or neither (then the dtype's defaults apply).")
+    return Tolerance(atol=atol, rtol=rtol)
 
 
 def _run_export(model: str, *, name, base, version, options, as_json: bool, all_rows: bool) -> None:

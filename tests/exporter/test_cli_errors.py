@@ -142,3 +142,21 @@ def test_json_error_shape(tmp_path):
     assert result.exit_code == 2
     payload = json.loads(result.stdout)
     assert payload["ok"] is False and payload["exit_code"] == 2 and "not found" in payload["error"]
+
+
+def test_check_and_skip_the_same_check(tmp_path):
+    path = tmp_path / "m.keras"
+    models.build("simple_rnn").save(path)
+    _assert_bad_input(_export(path, "--name", "m", "--base", tmp_path / "b", "--check", "hvp", "--skip", "hvp"),
+                      "both in --check and --skip", base=tmp_path / "b")
+
+
+def test_half_a_tolerance_is_refused(tmp_path):
+    path = tmp_path / "m.keras"
+    models.build("simple_rnn").save(path)
+    _assert_bad_input(_export(path, "--name", "m", "--base", tmp_path / "b", "--atol", "1e-3"),
+                      "--atol/--rtol", base=tmp_path / "b")
+
+
+def test_unknown_check_name_is_usage_error(tmp_path):
+    assert _export("m.keras", "--name", "m", "--base", tmp_path, "--check", "nope").exit_code == 2
