@@ -109,6 +109,9 @@ def export(
     unsafe: Annotated[
         bool, typer.Option("--unsafe", help="Turn Keras safe mode off (runs code in the file; recorded).")
     ] = False,
+    jit: Annotated[
+        bool, typer.Option("--jit", help="Compile serving_default, stream and step with XLA (gradients stay without).")
+    ] = False,
     imports: Annotated[
         Optional[list[str]], typer.Option("--import", help="Import MODULE first (registers custom layers; runs its code).")
     ] = None,
@@ -138,6 +141,7 @@ def export(
             check_hvp=True if Check.HVP in (check or ()) else False if Check.HVP in (skip or ()) else None,
             seed=seed,
             unsafe=unsafe,
+            jit=jit,
         )
         _run_export(model, name=name, base=base, version=version, options=options, as_json=as_json,
                     all_rows=all_rows)

@@ -75,24 +75,23 @@ def capture(model: StepModel, traced: TracedExport, options: ExportOptions) -> d
 
     for spec in traced.specs:
         signature = SignatureName(spec.name)
-        function = traced.functions[spec.name]
         names = [t.name for t in spec.inputs]
         feed = _feed_for(signature, model, predict_feed, rng)
-        call = lambda f, fn=function, names=names: fn(*[f[n] for n in names])  # noqa: E731
+        call = _caller(traced.functions[spec.name], names)
         for key, value in feed.items():
             golden[f"{spec.name}/in/{key}"] = np.asarray(value)
+        outputs = {k: v.numpy() for k, v in call({k: tf.constant(v) for k, v in feed.items()}).items()}
         if signature in GRADIENT_SIGNATURES:
-            first = {k: v.numpy() for k, v in call({k: tf.constant(v) for k, v in feed.items()}).items()}
-            weights = _loss_weights(rng, first)
-            outputs, input_grads, var_grads = outputs_and_gradients(call, feed, weights, variables)
+            weights = _loss_weights(rng, outputs)
+            _, input_grads, var_grads = outputs_and_gradients(
+                _caller(traced.gradient_functions[spec.name], names), feed, weights, variables
+            )
             for key, value in weights.items():
                 golden[f"{spec.name}/w/{key}"] = value
             for key, value in input_grads.items():
                 golden[f"{spec.name}/grad/{key}"] = value
             for i, value in enumerate(var_grads):
                 golden[f"{spec.name}/grad_var/{i}"] = value
-        else:
-            outputs = {k: v.numpy() for k, v in call({k: tf.constant(v) for k, v in feed.items()}).items()}
         for key, value in outputs.items():
             golden[f"{spec.name}/out/{key}"] = value
 
@@ -108,7 +107,7 @@ def _hvp(traced: TracedExport, feed: dict, golden: dict, rng) -> dict[str, np.nd
     name = SignatureName.PREDICT.value
     spec = next(s for s in traced.specs if s.name == name)
     names = [t.name for t in spec.inputs]
-    function = traced.functions[name]
+    function = traced.gradient_functions[name]
     weights = {k[len(f"{name}/w/"):]: v for k, v in golden.items() if k.startswith(f"{name}/w/")}
     vector = rng.normal(size=feed["inputs"].shape)
     try:
@@ -117,6 +116,10 @@ def _hvp(traced: TracedExport, feed: dict, golden: dict, rng) -> dict[str, np.nd
         # Some ops have no second derivative in TF: record why, the check reports it.
         return {"hvp/v": vector, "hvp/error": np.array(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")}
     return {"hvp/v": vector, "hvp/out": hvp}
+
+
+def _caller(function, names: list[str]):
+    return lambda feed: function(*[feed[n] for n in names])
 
 
 def _reference(model: StepModel, feed: dict, rng) -> dict[str, np.ndarray]:

@@ -82,7 +82,7 @@ def write_export(
         float_inputs=step_model.differentiable_inputs,
     )
     progress("trace")
-    traced = trace(step_model, with_input_gradients=options.with_input_gradients)
+    traced = trace(step_model, with_input_gradients=options.with_input_gradients, jit=options.jit)
     progress("golden")
     golden = golden_io.capture(step_model, traced, options)
     progress("save")

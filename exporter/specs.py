@@ -193,6 +193,7 @@ class ExportOptions:
         probe_steps: sequence length of the golden probe inputs.
         seed: seed of the probe inputs and the loss weights.
         unsafe: Keras safe mode was turned off to load the model.
+        jit: compile the forward signatures (`serving_default`, `stream`, `step`) with XLA.
         hvp_auto: `check_hvp` was chosen by size, not asked for: a model whose ops have no
             second derivative in TF then gets a "not supported" row instead of a failure.
     """
@@ -205,6 +206,7 @@ class ExportOptions:
     probe_steps: int = 6
     seed: int = 0
     unsafe: bool = False
+    jit: bool = False
     hvp_auto: bool = False
 
     def __post_init__(self):

@@ -15,14 +15,20 @@ import tensorflow as tf
 
 from exporter.specs import SignatureName, SignatureSpec, TensorDesc
 from exporter.step_model import StepModel
+from exporter.trace_names import no_xla_name
 
 
 @dataclasses.dataclass(frozen=True)
 class TracedExport:
-    """The module to save, its signature functions, and their specs."""
+    """The module to save, its signature functions, and their specs.
+
+    `gradient_functions` are the same functions without XLA (identical to `functions`
+    unless traced with `jit=True`): what gradients are taken through.
+    """
 
     module: tf.Module
     functions: dict[str, tf.types.experimental.ConcreteFunction]
+    gradient_functions: dict[str, tf.types.experimental.ConcreteFunction]
     specs: tuple[SignatureSpec, ...]
 
 
@@ -70,22 +76,28 @@ def _zero_states(model: StepModel, batch) -> tuple:
     return tuple(tf.zeros(tf.stack([batch, *s.shape]), dtype=s.dtype) for s in model.states)
 
 
-def _signature(inputs: list[TensorDesc], body: Callable) -> Callable:
+def _signature(inputs: list[TensorDesc], body: Callable, *, jit: bool = False) -> Callable:
     names = [t.name for t in inputs]
     specs = [tf.TensorSpec(t.shape, tf.as_dtype(t.dtype), name=t.name) for t in inputs]
 
     def fn(*args):
         return body(dict(zip(names, args)))
 
-    return tf.function(fn, input_signature=specs, autograph=False)
+    return tf.function(fn, input_signature=specs, autograph=False, jit_compile=jit or None)
 
 
-def trace(model: StepModel, *, with_input_gradients: bool = False) -> TracedExport:
+# Forward signatures XLA may compile; `initial_state` is too small to gain and gradients
+# through XLA were measured slower and heavier (perf_baselines.md), so they stay as they are.
+_JIT_SIGNATURES = (SignatureName.PREDICT, SignatureName.STREAM, SignatureName.STEP)
+
+
+def trace(model: StepModel, *, with_input_gradients: bool = False, jit: bool = False) -> TracedExport:
     """Builds the module with every signature of the export.
 
     Args:
         model: the step model.
         with_input_gradients: also build `input_gradients` (float inputs only).
+        jit: compile the forward signatures with XLA (`jit_compile=True`).
 
     Returns:
         A `TracedExport`; `module` tracks the variables (`trainable_variables` in a
@@ -152,10 +164,18 @@ def trace(model: StepModel, *, with_input_gradients: bool = False) -> TracedExpo
     module = tf.__internal__.tracking.AutoTrackable()
     module.variables = list(model.variables)
     module.trainable_variables = list(model.trainable_variables)
-    functions, specs = {}, []
+    functions, gradient_functions, specs = {}, {}, []
     for name, inputs, body, outputs in table:
         function = _signature(inputs, body)
+        gradient_functions[name.value] = function.get_concrete_function()
+        if jit and name in _JIT_SIGNATURES:
+            # XLA cannot hand a TensorList to TF's backward pass, so gradients go through
+            # the same function without XLA, kept beside it as `<name>_no_xla`.
+            setattr(module, no_xla_name(name.value), function)
+            function = _signature(inputs, body, jit=True)
         setattr(module, name.value, function)
         functions[name.value] = function.get_concrete_function()
         specs.append(SignatureSpec(name=name.value, inputs=tuple(inputs), outputs=tuple(outputs)))
-    return TracedExport(module=module, functions=functions, specs=tuple(specs))
+    return TracedExport(module=module, functions=functions, gradient_functions=gradient_functions,
+                        specs=tuple(specs))
+

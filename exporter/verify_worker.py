@@ -16,6 +16,7 @@ import numpy as np
 
 from exporter.compare import compare, failed
 from exporter.specs import CheckResult, Manifest, SignatureName
+from exporter.trace_names import no_xla_name
 
 CUSTOM_GRADIENT_HELP = (
     "The SavedModel has an op whose gradient is a tf.custom_gradient, but it was saved "
@@ -73,17 +74,31 @@ class _Checker:
                 name = self.manifest.trainable_variables[i]
                 self.add(compare(check, signature, f"d/{name}", grad, self.golden[key], self.grad_tol))
 
-    def run_with_gradients(self, check_prefix, signature, call, feed, weights, golden_prefix):
-        """Forward + gradients; a gradient failure (e.g. lost custom gradient) is a failed row."""
+    def gradient_caller(self, name: str):
+        """The function gradients go through: the signature, or for a `--jit` export its twin
+        without XLA (XLA cannot hand a TensorList to TF's backward pass)."""
+        if not self.manifest.options.jit or not hasattr(self.loaded, no_xla_name(name)):
+            signature = self.signature(name)
+            return lambda f: signature(**f)
+        function = getattr(self.loaded, no_xla_name(name))
+        names = [t.name for t in self.manifest.signature(name).inputs]
+        return lambda f: function(*[f[n] for n in names])
+
+    def run_with_gradients(self, check_prefix, signature, call, feed, weights, golden_prefix, grad_call=None):
+        """Forward (`call`) + gradients (`grad_call`, default `call`); a gradient failure (e.g. a
+        lost custom gradient) is a failed row, and the forward outputs are still returned."""
         from exporter.gradients import outputs_and_gradients
 
+        tensors = {k: self.tf.constant(v) for k, v in feed.items()}
+        outputs = None
         try:
-            outputs, input_grads, var_grads = outputs_and_gradients(call, feed, weights, self.variables)
+            outputs, input_grads, var_grads = outputs_and_gradients(grad_call or call, feed, weights, self.variables)
         except Exception as exc:  # noqa: BLE001  any error here is the finding we report
             self.add(failed("gradients", signature, "*", _explain(exc)))
-            tensors = {k: self.tf.constant(v) for k, v in feed.items()}
-            return {k: v.numpy() for k, v in call(tensors).items()}
-        self.compare_gradients(f"{check_prefix}gradients", signature, input_grads, var_grads, golden_prefix)
+        else:
+            self.compare_gradients(f"{check_prefix}gradients", signature, input_grads, var_grads, golden_prefix)
+        if outputs is None or grad_call is not None:
+            outputs = {k: v.numpy() for k, v in call(tensors).items()}
         return outputs
 
     # --- the checks -------------------------------------------------------------
@@ -111,7 +126,11 @@ class _Checker:
             weights = _section(self.golden, f"{name}/w/")
             try:
                 if weights:
-                    outputs = self.run_with_gradients("", name, call, feed, weights, name)
+                    outputs = self.run_with_gradients("", name, call, feed, weights, name,
+                                                      grad_call=self.gradient_caller(name))
+                    if self.manifest.options.jit:
+                        plain = self.gradient_caller(name)({k: self.tf.constant(v) for k, v in feed.items()})
+                        self.compare_many("xla", name, outputs, {k: v.numpy() for k, v in plain.items()}, self.tol)
                 else:
                     outputs = {k: v.numpy() for k, v in call({k: self.tf.constant(v) for k, v in feed.items()}).items()}
             except Exception as exc:  # noqa: BLE001
@@ -126,7 +145,10 @@ class _Checker:
         feed = _section(self.golden, f"{SignatureName.PREDICT.value}/in/")
         weights = {"outputs": self.golden["reference/w/outputs"]}
         call = lambda f: {"outputs": predict(**f)["outputs"]}  # noqa: E731
-        outputs = self.run_with_gradients("source ", "serving_default", call, feed, weights, "reference")
+        plain = self.gradient_caller(SignatureName.PREDICT.value)
+        grad_call = lambda f: {"outputs": plain(f)["outputs"]}  # noqa: E731
+        outputs = self.run_with_gradients("source ", "serving_default", call, feed, weights, "reference",
+                                          grad_call=grad_call)
         self.add(compare("source", "serving_default", "outputs", outputs["outputs"],
                          self.golden["reference/out/outputs"], self.tol))
 
@@ -137,7 +159,9 @@ class _Checker:
         inputs = feed["inputs"]
         batch, steps = inputs.shape[:2]
         state_names = [s.name for s in self.manifest.states]
-        stream = self.signature(SignatureName.STREAM.value)
+        signature = self.signature(SignatureName.STREAM.value)
+        forward = lambda f: signature(**f)  # noqa: E731
+        backward = self.gradient_caller(SignatureName.STREAM.value)
         initial = {k: v for k, v in self.signature(SignatureName.INITIAL_STATE.value)(
             batch_size=tf.constant(batch, tf.int32)).items()}
         weights = _section(self.golden, f"{predict_name}/w/")
@@ -145,14 +169,14 @@ class _Checker:
         for chunks in sorted({1, 2, steps}):
             bounds = np.linspace(0, steps, chunks + 1).astype(int)
 
-            def chained(tensors, bounds=bounds):
+            def chained(tensors, bounds=bounds, stream=forward):
                 states = dict(initial)
                 pieces = []
                 for start, stop in zip(bounds[:-1], bounds[1:]):
                     chunk = {"inputs": tensors["inputs"][:, start:stop], **states}
                     if "lengths" in tensors:
                         chunk["lengths"] = tf.clip_by_value(tensors["lengths"] - start, 0, stop - start)
-                    result = stream(**chunk)
+                    result = stream(chunk)
                     pieces.append(result["outputs"])
                     states = {n: result[n] for n in state_names}
                 outputs = tf.concat(pieces, axis=1)
@@ -161,7 +185,10 @@ class _Checker:
                 return {"outputs": outputs, **states}
 
             label = f"stream x{chunks}"
-            outputs = self.run_with_gradients("chunked ", label, chained, feed, weights, predict_name)
+            outputs = self.run_with_gradients(
+                "chunked ", label, chained, feed, weights, predict_name,
+                grad_call=lambda f, chained=chained: chained(f, stream=backward),
+            )
             self.compare_many("chunked", label, outputs, want, self.tol)
         self._step_loop(inputs, initial, state_names)
 
@@ -195,11 +222,10 @@ class _Checker:
             self.add(CheckResult(check="higher order", signature=name, tensor="Hv/inputs", passed=auto,
                                  message=f"not supported by TF for this model ({reason})"))
             return
-        predict = self.signature(name)
         feed = _section(self.golden, f"{name}/in/")
         weights = _section(self.golden, f"{name}/w/")
         try:
-            hvp = hessian_vector_product(lambda f: predict(**f), feed, weights, self.golden["hvp/v"])
+            hvp = hessian_vector_product(self.gradient_caller(name), feed, weights, self.golden["hvp/v"])
         except Exception as exc:  # noqa: BLE001
             self.add(CheckResult(
                 check="higher order", signature=name, tensor="Hv/inputs", passed=auto,
@@ -221,8 +247,7 @@ class _Checker:
             step_name: _probe_batch(step_in, rng, batch=3),
         }
         for name, feed in probes.items():
-            function = self.signature(name)
-            blocks = offdiagonal_blocks(lambda f, fn=function: fn(**f), feed)
+            blocks = offdiagonal_blocks(self.gradient_caller(name), feed)
             self.properties_rows.append(blocks)
             self.add(blocks.to_check(name))
 
