@@ -132,23 +132,35 @@ def _check_cache_location(directory: Path) -> Path:
     return directory
 
 
+def _compiler(compiler: str) -> str:
+    path = shutil.which(compiler)
+    if path is None:
+        raise BadInput(f"`{compiler}` was not found on PATH: the TF Serving check compiles a small C program "
+                       "against TensorFlow's C API (install gcc, e.g. `apt-get install gcc`).")
+    return path
+
+
+def binary_path(directory: Path | None = None, *, compiler: str = "gcc") -> Path:
+    """Where the runner for the current source, TensorFlow and compiler lives (built or not)."""
+    root, _, tf_version = _library_facts()
+    gcc = _compiler(compiler)
+    key = hashlib.sha256(SOURCE.read_bytes() + f"\0{tf_version}\0{root}\0{gcc}".encode()).hexdigest()[:16]
+    return _check_cache_location(directory or cache_dir()) / f"seqexport_run-{key}"
+
+
 def build(*, directory: Path | None = None, compiler: str = "gcc") -> tuple[Path, float]:
     """Returns (runner binary, seconds spent compiling: 0.0 when cached).
 
     Raises:
-        BadInput: no compiler, no TensorFlow libraries, or the compile failed.
+        BadInput: no compiler, no TensorFlow libraries, a cache folder inside the
+            package or an export, or the compile failed.
     """
-    root, include, tf_version = _library_facts()
-    gcc = shutil.which(compiler)
-    if gcc is None:
-        raise BadInput(f"`{compiler}` was not found on PATH: the TF Serving check compiles a small C program "
-                       "against TensorFlow's C API (install gcc, e.g. `apt-get install gcc`).")
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + f"\0{tf_version}\0{root}\0{gcc}".encode()).hexdigest()[:16]
-    directory = _check_cache_location(directory or cache_dir())
-    binary = directory / f"seqexport_run-{key}"
+    binary = binary_path(directory, compiler=compiler)
     if binary.is_file() and os.access(binary, os.X_OK):
         return binary, 0.0
+    root, include, _ = _library_facts()
+    gcc = _compiler(compiler)
+    directory = binary.parent
     directory.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(dir=directory, prefix=".build-") as tmp:
