@@ -158,10 +158,21 @@ def _signature_rows(meta_graph, manifest: Manifest) -> list[CheckResult]:
     return rows
 
 
+def _make_run(check: str, signature: str, label: str, feeds: dict, fetches: tuple):
+    """A `CapiRun`, or the failed row saying why these feeds cannot be passed."""
+    from exporter.capi.runner import CapiRun, supported
+
+    odd = [k for k, v in feeds.items() if not supported(v)]
+    if odd:
+        return failed(check, signature, ",".join(odd), "dtype not passed by the C API runner (numeric only)")
+    try:
+        return CapiRun(label=label, feeds=feeds, fetches=fetches)
+    except ValueError as exc:
+        return failed(check, signature, "-", f"not a TF tensor name: {exc}")
+
+
 def _golden_runs(meta_graph, manifest: Manifest, golden: dict) -> tuple[list, list[CheckResult]]:
     """A run per manifest signature: golden inputs fed by SignatureDef tensor name."""
-    from exporter.capi.runner import CapiRun
-
     runs, rows = [], []
     defs = meta_graph.signature_def
     for spec in manifest.signatures:
@@ -174,8 +185,11 @@ def _golden_runs(meta_graph, manifest: Manifest, golden: dict) -> tuple[list, li
             continue
         feeds = {signature.inputs[k].name: golden[f"{spec.name}/in/{k}"] for k in sorted(signature.inputs)}
         aliases = sorted(signature.outputs)
-        runs.append((spec.name, aliases, CapiRun(
-            label=f"sig{len(runs)}", feeds=feeds, fetches=tuple(signature.outputs[a].name for a in aliases))))
+        run = _make_run("capi", spec.name, f"sig{len(runs)}", feeds, tuple(signature.outputs[a].name for a in aliases))
+        if isinstance(run, CheckResult):
+            rows.append(run)
+        else:
+            runs.append((spec.name, aliases, run))
     return runs, rows
 
 
@@ -186,7 +200,6 @@ def _warmup_runs(export_dir: Path, meta_graph) -> tuple[list, list[CheckResult],
     """
     import tensorflow as tf
 
-    from exporter.capi.runner import CapiRun
     from serving.warmup import WarmupError, read_warmup
 
     path = export_dir / WARMUP_FILE
@@ -237,8 +250,11 @@ def _warmup_runs(export_dir: Path, meta_graph) -> tuple[list, list[CheckResult],
             rows.append(_row("warmup", name, "-", False, f"{where}: a TensorProto does not convert: {exc}"))
             continue
         feeds = {signature.inputs[k].name: v for k, v in inputs.items()}
-        run = CapiRun(label=f"w{index}", feeds=feeds, fetches=tuple(signature.outputs[a].name for a in aliases))
-        runs.append((index, name, aliases, inputs, run))
+        run = _make_run("warmup", name, f"w{index}", feeds, tuple(signature.outputs[a].name for a in aliases))
+        if isinstance(run, CheckResult):
+            rows.append(dataclasses.replace(run, message=f"{where}: {run.message}"))
+        else:
+            runs.append((index, name, aliases, inputs, run))
     return runs, rows, len(logs)
 
 
@@ -393,7 +409,8 @@ def check_tfserving(
     started = time.monotonic()
     export_dir = Path(export_dir).resolve()
     manifest, golden = _inputs(export_dir)
-    tolerance: Tolerance = manifest.options.tolerance
+    # The tolerance of the export's own reload checks (float32 default for old manifests).
+    tolerance: Tolerance = manifest.options.tolerance or Tolerance(atol=1e-5, rtol=1e-4)
     rows: list[CheckResult] = []
     timings: dict[str, float] = {}
     meta_graph, why = serve_meta_graph(export_dir)

@@ -84,6 +84,11 @@ class CapiAnswer:
     binary: Path
 
 
+def supported(array) -> bool:
+    """Whether the runner can pass this array (fixed-size numeric dtypes only)."""
+    return np.asarray(array).dtype in _DTYPE_NUMBERS
+
+
 def cache_dir() -> Path:
     """Where compiled runners live (created on demand)."""
     if os.environ.get(CACHE_ENV):
