@@ -103,6 +103,16 @@ class VersionPolicy:
             policy.all.SetInParent()
         return policy
 
+    @classmethod
+    def from_proto(cls, policy) -> "VersionPolicy":
+        """From a `ServableVersionPolicy`; unset means TF Serving's default, the latest version."""
+        which = policy.WhichOneof("policy_choice")
+        if which == "specific":
+            return cls(kind=PolicyKind.SPECIFIC, versions=tuple(sorted(set(policy.specific.versions))))
+        if which == "all":
+            return cls(kind=PolicyKind.ALL)
+        return cls(kind=PolicyKind.LATEST, num_versions=policy.latest.num_versions or 1)
+
     def describe(self) -> str:
         if self.kind is PolicyKind.LATEST:
             return f"latest:{self.num_versions}"

@@ -273,16 +273,13 @@ def _compare_outputs(check, signature, aliases, run, result, golden, tolerance, 
 
 
 def _config_rows(config_dir: Path, model: str, version: int, meta_graph) -> list[CheckResult]:
-    from exporter.publish import versions as published_versions
     from serving import config as cfg
     from serving.protos import monitoring_config_pb2, session_bundle_config_pb2
-    from tensorflow_serving.config import model_server_config_pb2
 
     rows = []
     models_file = config_dir / cfg.MODELS_CONFIG
     if models_file.is_file():
-        rows.extend(_models_config_rows(models_file, model, version, config_dir, model_server_config_pb2,
-                                        published_versions))
+        rows.extend(_models_config_rows(models_file, model, version, config_dir))
     batching_file = config_dir / cfg.BATCHING_CONFIG
     if batching_file.is_file():
         try:
@@ -314,11 +311,14 @@ def _config_rows(config_dir: Path, model: str, version: int, meta_graph) -> list
     return rows
 
 
-def _models_config_rows(path, model, version, config_dir, pb2, published_versions) -> list[CheckResult]:
+def _models_config_rows(path: Path, model: str, version: int, config_dir: Path) -> list[CheckResult]:
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from exporter.publish import versions as published_versions
     from serving import config as cfg
 
     try:
-        server_config = cfg.parse_text(path, pb2.ModelServerConfig)
+        server_config = cfg.parse_text(path, model_server_config_pb2.ModelServerConfig)
     except cfg.ConfigError as exc:
         return [_row("config", path.name, "ModelServerConfig", False, str(exc))]
     entries = [c for c in server_config.model_config_list.config if c.name == model]
@@ -331,15 +331,11 @@ def _models_config_rows(path, model, version, config_dir, pb2, published_version
         problems.append(f"base_path {entry.base_path!r} does not end with the model folder {model!r}")
     if entry.model_platform != "tensorflow":
         problems.append(f"model_platform {entry.model_platform!r} is not 'tensorflow'")
-    available = published_versions(config_dir / model)
-    which = entry.model_version_policy.WhichOneof("policy_choice")
-    if which == "specific":
-        served = [v for v in entry.model_version_policy.specific.versions if v in available]
-    elif which == "all":
-        served = available
-    else:  # latest, TF Serving's default (1 version)
-        count = entry.model_version_policy.latest.num_versions or 1
-        served = available[-count:]
+    try:
+        policy = cfg.VersionPolicy.from_proto(entry.model_version_policy)
+    except ValueError as exc:
+        return [_row("config", path.name, model, False, f"model_version_policy: {exc}")]
+    served = policy.served(published_versions(config_dir / model))
     if version not in served:
         problems.append(f"version {version} is not among the versions the policy serves ({served})")
     for label, labelled in entry.version_labels.items():

@@ -26,6 +26,7 @@ def test_version_policy(text, kind, served):
     assert policy.served([3, 1, 5, 2]) == served
     assert cfg.VersionPolicy.parse(policy.describe()) == policy
     assert policy.to_proto().WhichOneof("policy_choice") == kind.value
+    assert cfg.VersionPolicy.from_proto(policy.to_proto()) == policy
 
 
 @pytest.mark.parametrize("text", ["latest:0", "latest:x", "specific:", "specific:0", "some", "all:2"])
