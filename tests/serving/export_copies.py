@@ -1,4 +1,4 @@
-"""Copies of the session's demo export laid out as BASE/NAME/VERSION, with edited manifests."""
+"""Copies of the pytest session's demo export laid out as BASE/NAME/VERSION, with edited manifests."""
 
 from __future__ import annotations
 

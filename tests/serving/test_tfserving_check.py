@@ -183,6 +183,10 @@ def test_config_field_typo(base, cache):
     (failure,) = _failures(payload)
     assert failure["check"] == "config" and failure["signature"] == cfg.MODELS_CONFIG
     assert "models.config:" in failure["message"] and "model_platfrom" in failure["message"]
+    text = cli.invoke(app, ["check", "tfserving", str(base / "demo" / "1"), "--cache-dir", str(cache)])
+    assert text.exit_code == 1
+    flat = " ".join(text.output.split())
+    assert "1 of" in flat and "checks failed; first: config models.config" in flat and "Traceback" not in flat
 
 
 def test_config_that_parses_but_does_not_serve_this_version(base, cache):
@@ -251,3 +255,19 @@ def test_runner_reports_each_run_on_its_own(demo_export, cache):
     assert answer.results[1].ok and answer.results[1].outputs["PartitionedCall:0"].ndim == 2
     assert answer.tf_version == tf.__version__ and answer.load_us > 0
     assert os.access(answer.binary, os.X_OK)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["masking", "embedding", "stacked_functional", "gru_reset_before", "last_step_only"])
+def test_layer_kinds_load_and_run_through_the_c_api(tmp_path, cache, kind):
+    """Int inputs (embedding), `lengths` (masking), [B, O] outputs (last step only), stacks."""
+    from exporter.keras_step import step_model_from_keras
+    from exporter.pipeline import write_export
+    from tests.exporter import models
+
+    version = tmp_path / kind / "1"
+    write_export(step_model_from_keras(models.build(kind)), version, name=kind, source={"kind": "test"})
+    report = check_tfserving(version, cache=cache)
+    print(kind, report.summary())
+    assert report.passed, report.failures
+    assert report.warmup_records == 3 and set(report.max_errors()) == {"capi", "warmup"}
