@@ -101,6 +101,9 @@ def write_export(
         versions=_tool_versions(),
     )
     write_manifest(manifest, export_dir)
+    from serving.warmup import write_warmup
+
+    write_warmup(export_dir, manifest, golden)  # part of the version: it must exist before publish
     return manifest
 
 

@@ -1,0 +1,55 @@
+"""`seqexport check RUNTIME PATH`: prove an export works where it will be served."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+check_app = typer.Typer(
+    help="Prove an export runs in a serving runtime, without that runtime's server.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@check_app.command("tfserving")
+def tfserving(
+    path: Annotated[Path, typer.Argument(help="A published version folder BASE/NAME/VERSION.")],
+    config_dir: Annotated[
+        Optional[Path], typer.Option("--config-dir", help="Where serving-config wrote its files (default: BASE).")
+    ] = None,
+    cache_dir: Annotated[
+        Optional[Path], typer.Option("--cache-dir", help="Folder for the compiled C API runner (default: user cache).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")] = False,
+    all_rows: Annotated[bool, typer.Option("--all", help="Show every row, not the worst per check.")] = False,
+) -> None:
+    """Load PATH through TensorFlow's C API as TF Serving does; run signatures and warmup; parse configs."""
+    from rich.markup import escape
+
+    from exporter.cli import _print_checks, _user_errors, stderr, stdout
+    from exporter.errors import EXIT_CHECK_FAILED
+    from serving.tfserving_check import check_tfserving
+
+    with _user_errors(as_json):
+        with stderr.status("building/loading through the TF C API", spinner="dots"):
+            report = check_tfserving(path, config_dir=config_dir, cache=cache_dir)
+    if as_json:
+        print(json.dumps({"ok": report.passed, **report.to_json()}, indent=2))
+    else:
+        _print_checks(report.checks, title=f"TF Serving readiness (TF C API {report.tf_version}) of {path}",
+                      all_rows=all_rows)
+        t = report.timings
+        stdout.print(("[green]" if report.passed else "[bold red]") + escape(report.summary()))
+        if "load" in t:
+            stdout.print(f"build {t['build']:.1f} s, load {t['load']:.2f} s, runs {t['runs']:.2f} s, "
+                         f"total {t['total']:.1f} s; {report.warmup_records} warmup records replayed")
+    if not report.passed:
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(check_app, name="check")

@@ -1,0 +1,81 @@
+"""`seqexport serving-config`: TF Serving configs, deploy files and the decision record, into BASE."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+BATCHING = "Batching"
+
+
+def serving_config(
+    base: Annotated[Path, typer.Argument(help="TF Serving's base path (holds NAME/VERSION folders).")],
+    names: Annotated[list[str], typer.Option("--name", help="Model to serve (a folder under BASE); repeatable.")],
+    versions: Annotated[
+        str, typer.Option("--versions", help="Version policy: latest:N, specific:V1,V2 or all.")
+    ] = "latest:1",
+    labels: Annotated[
+        Optional[list[str]], typer.Option("--label", help="Version label NAME=VERSION, e.g. stable=1; repeatable.")
+    ] = None,
+    batching: Annotated[
+        bool,
+        typer.Option("--batching/--no-batching", help="Server-side batching (needs proven batch independence).",
+                     rich_help_panel=BATCHING),
+    ] = True,
+    force_batching: Annotated[
+        bool,
+        typer.Option("--force-batching", help="Batch even without proof of batch independence (recorded).",
+                     rich_help_panel=BATCHING),
+    ] = False,
+    cpus: Annotated[
+        int, typer.Option("--cpus", min=1, help="CPU cores of the server (batch threads).", rich_help_panel=BATCHING)
+    ] = 4,
+    prometheus_path: Annotated[
+        str, typer.Option("--prometheus-path", help="URL path of the Prometheus metrics.")
+    ] = "/monitoring/prometheus/metrics",
+    image: Annotated[
+        Optional[str], typer.Option("--image", help="Server image (default: tensorflow/serving matching the API).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")] = False,
+) -> None:
+    """Write models/batching/monitoring configs, docker-compose.yml and kubernetes.yaml into BASE."""
+    from rich.markup import escape
+
+    from exporter.cli import _user_errors, stderr, stdout
+    from serving.config import VersionPolicy, parse_labels
+    from serving.serving_files import write_serving_config
+
+    with _user_errors(as_json):
+        result = write_serving_config(
+            base, names, policy=VersionPolicy.parse(versions), labels=parse_labels(labels or []),
+            batching=batching, force_batching=force_batching, cpus=cpus, prometheus_path=prometheus_path,
+            image=image,
+        )
+    if as_json:
+        print(json.dumps({"ok": True, **result.to_json()}, indent=2))
+        return
+    for note in result.notes:
+        stderr.print(f"[yellow]note:[/] {escape(note)}")
+    if result.batching_forced:
+        stderr.print("[bold yellow]warning:[/] batching FORCED without proof: " + escape("; ".join(result.unproven)))
+    for model in result.models:
+        labels_text = ", ".join(f"{k}={v}" for k, v in model.labels.items()) or "no labels"
+        stdout.print(f"{escape(model.name)}: versions {list(model.versions)} ({model.policy}), {escape(labels_text)}")
+    if result.batching is not None:
+        b = result.batching
+        stdout.print(f"batching: max_batch_size {b.max_batch_size}, timeout {b.batch_timeout_micros} us, "
+                     f"{b.num_batch_threads} threads, queue {b.max_enqueued_batches} batches, "
+                     f"sizes {list(b.allowed_batch_sizes)}")
+    else:
+        stdout.print("batching: off")
+    for path in result.files.values():
+        stdout.print(f"[green]wrote[/] {escape(str(path))}")
+    stdout.print(f"start: docker compose -f {escape(str(result.files['compose']))} up   |   "
+                 f"kubectl apply -f {escape(str(result.files['kubernetes']))}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serving-config")(serving_config)

@@ -1,0 +1,290 @@
+"""Everything `seqexport serving-config` writes into BASE, beside the model folders.
+
+Files (all at BASE's top level, never inside a version folder; TF Serving only
+looks for versions inside BASE/NAME):
+- `models.config`, `monitoring.config` and, when batching is on, `batching.config`;
+- `docker-compose.yml` and `kubernetes.yaml` running the official image on them;
+- `seqexport-serving.json`: what was decided and why (policy, labels, batching
+  values with their reasons, whether batching was forced, the server flags).
+
+Server-side batching concatenates rows of different requests, so it is written
+only when every served version's manifest says `batch_independent is True`.
+`None` (not checked) counts as not proven. `--force-batching` overrides that, and
+the override is recorded in a comment atop `batching.config` and in the JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from exporter.errors import BadInput
+from exporter.paths import WARMUP_FILE
+from serving import config as cfg
+from serving import deploy
+
+RECORD_FILE = "seqexport-serving.json"
+RECORD_FORMAT_VERSION = 1
+DEFAULT_CPUS = 4
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServedModel:
+    """One model as configured: its policy's versions now on disk, and labels."""
+
+    name: str
+    base_path: str
+    policy: str
+    versions: tuple[int, ...]
+    labels: dict[str, int]
+    batch_independent: dict[int, bool | None]
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self) | {
+            "versions": list(self.versions),
+            "batch_independent": {str(k): v for k, v in self.batch_independent.items()},
+        }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServingConfigResult:
+    """What `write_serving_config` wrote and decided."""
+
+    base: Path
+    models: tuple[ServedModel, ...]
+    files: dict[str, Path]
+    flags: tuple[str, ...]
+    image: str
+    batching: cfg.BatchingChoice | None
+    batching_forced: bool
+    unproven: tuple[str, ...]
+    notes: tuple[str, ...]
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {
+            "base": str(self.base),
+            "models": [m.to_json() for m in self.models],
+            "files": {k: str(v) for k, v in self.files.items()},
+            "flags": list(self.flags),
+            "image": self.image,
+            "batching": None if self.batching is None else self.batching.to_json(),
+            "batching_forced": self.batching_forced,
+            "unproven": list(self.unproven),
+            "notes": list(self.notes),
+            "seconds": round(self.seconds, 4),
+        }
+
+
+def _manifest(version_dir: Path):
+    """The manifest, read without TensorFlow (`exporter.save` imports it): this command stays fast."""
+    from exporter.paths import manifest_path
+    from exporter.specs import Manifest
+
+    try:
+        return Manifest.from_json(json.loads(manifest_path(version_dir).read_text()))
+    except FileNotFoundError:
+        raise BadInput(f"{manifest_path(version_dir)} is missing: {version_dir} was not made by seqexport.") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadInput(f"{manifest_path(version_dir)} is unreadable: {exc}") from None
+
+
+def parameter_count(version_dir: Path) -> int:
+    """Trainable parameters of an export, counted from the `var/<i>` arrays of its goldens."""
+    from exporter.paths import golden_path
+
+    path = golden_path(version_dir)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return int(sum(data[k].size for k in data.files if k.startswith("var/")))
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"{path} is unreadable ({exc}); cannot size the batches.") from None
+
+
+def _app_name(names: list[str]) -> str:
+    """A DNS-1123 label for Kubernetes objects."""
+    label = re.sub(r"[^a-z0-9-]+", "-", "tfserving-" + "-".join(names).lower()).strip("-")
+    return label[:63].rstrip("-")
+
+
+def _served_model(base: Path, name: str, policy: cfg.VersionPolicy, labels: dict[str, int],
+                  container_base: str) -> ServedModel:
+    from exporter.publish import check_name, versions
+
+    check_name(name)
+    available = versions(base / name)
+    if not available:
+        raise BadInput(f"{base / name} has no published version (a numbered folder); export {name!r} first.")
+    if policy.kind is cfg.PolicyKind.SPECIFIC:
+        absent = [v for v in policy.versions if v not in available]
+        if absent:
+            raise BadInput(f"--versions {policy.describe()}: {name!r} has no version {absent} (has {available}).")
+    served = policy.served(available)
+    for label, version in labels.items():
+        if version not in served:
+            raise BadInput(
+                f"--label {label}={version}: version {version} of {name!r} is not served by --versions "
+                f"{policy.describe()} (serves {served}); TF Serving refuses labels on versions it has not loaded."
+            )
+    return ServedModel(
+        name=name,
+        base_path=f"{container_base.rstrip('/')}/{name}",
+        policy=policy.describe(),
+        versions=tuple(served),
+        labels=dict(labels),
+        batch_independent={v: _manifest(base / name / str(v)).batch_independent for v in served},
+    )
+
+
+def _batching_problems(models: list[ServedModel], base: Path) -> list[str]:
+    problems = []
+    for model in models:
+        for version, proven in model.batch_independent.items():
+            if proven is True:
+                continue
+            if proven is None:
+                problems.append(f"{model.name} version {version}: batch independence was never checked "
+                                "(manifest batch_independent is null)")
+            else:
+                offdiag = _manifest(base / model.name / str(version)).batch_offdiag_max
+                problems.append(f"{model.name} version {version}: NOT batch independent (largest off-diagonal "
+                                f"Jacobian entry {offdiag}); batching would mix rows of different requests")
+    return problems
+
+
+def _scalar_input_signatures(models: list[ServedModel], base: Path) -> list[str]:
+    found = []
+    for model in models:
+        manifest = _manifest(base / model.name / str(model.versions[-1]))
+        for sig in manifest.signatures:
+            scalars = [t.name for t in sig.inputs if len(t.shape) == 0]
+            if scalars:
+                found.append(f"{model.name}:{sig.name} ({', '.join(scalars)})")
+    return found
+
+
+def write_serving_config(
+    base: Path,
+    names: list[str],
+    *,
+    policy: cfg.VersionPolicy = cfg.VersionPolicy(),
+    labels: dict[str, int] | None = None,
+    batching: bool = True,
+    force_batching: bool = False,
+    cpus: int = DEFAULT_CPUS,
+    prometheus_path: str = cfg.DEFAULT_PROMETHEUS_PATH,
+    image: str | None = None,
+    container_base: str = deploy.CONTAINER_BASE,
+) -> ServingConfigResult:
+    """Writes TF Serving's configs, deploy files and the decision record into `base`.
+
+    Args:
+        base: TF Serving's base path (holds NAME/VERSION folders).
+        names: models to serve (folders under `base`).
+        policy: version policy, the same for every model.
+        labels: version labels (e.g. stable/canary), the same for every model.
+        batching: write `batching.config` and turn batching on (needs proof, see module doc).
+        force_batching: turn it on without proof; recorded.
+        cpus: cores of the server: `num_batch_threads`.
+        prometheus_path: URL path of the metrics.
+        image: container image; default the official one matching tensorflow-serving-api.
+        container_base: where `base` is mounted in the container.
+
+    Raises:
+        BadInput: nothing to serve, bad policy/labels, or batching not proven and not forced (exit 2);
+            nothing is written then.
+    """
+    started = time.monotonic()
+    base = Path(base)
+    if not base.is_dir():
+        raise BadInput(f"{str(base)!r} is not a folder: give TF Serving's base path (it holds NAME/VERSION).")
+    if any((p / "saved_model.pb").is_file() for p in (base.resolve(), *base.resolve().parents)):
+        raise BadInput(f"{base} is inside a version folder; give the base path (two levels up), the config "
+                       "files never go into a version.")
+    if not names:
+        raise BadInput("Give at least one --name.")
+    if len(set(names)) != len(names):
+        raise BadInput(f"--name repeats a model: {names}")
+    if cpus < 1:
+        raise BadInput(f"--cpus must be positive. Got: {cpus}")
+    labels = labels or {}
+    models = [_served_model(base, name, policy, labels, container_base) for name in names]
+
+    notes: list[str] = []
+    choice, unproven = None, []
+    if batching:
+        unproven = _batching_problems(models, base)
+        if unproven and not force_batching:
+            raise BadInput(
+                "Server-side batching is not proven safe: " + "; ".join(unproven) + ". Pass --no-batching, "
+                "or --force-batching to accept the risk (recorded in batching.config and " + RECORD_FILE + ")."
+            )
+        count = max(parameter_count(base / m.name / str(m.versions[-1])) for m in models)
+        choice = cfg.BatchingChoice.from_model(parameter_count=count, threads=cpus)
+        scalars = _scalar_input_signatures(models, base)
+        if scalars:
+            notes.append(
+                "With --enable_batching TF Serving rejects every call of a signature with a scalar input "
+                f"('Batching Run() input tensors must have at least one dimension'): {'; '.join(scalars)}. "
+                "Build the zero state in the client instead of calling initial_state."
+            )
+        notes.append("With batching, concurrent `stream`/`serving_default` requests must share the chunk length "
+                     "(TF Serving concatenates on dimension 0 and fails a batch whose other dimensions differ).")
+    for model in models:
+        for version in model.versions:
+            if not (base / model.name / str(version) / WARMUP_FILE).is_file():
+                notes.append(f"{model.name} version {version} has no {WARMUP_FILE} (exported before warmup "
+                             "records existed): it starts cold.")
+
+    files = deploy.ServerFiles(
+        models=cfg.MODELS_CONFIG,
+        monitoring=cfg.MONITORING_CONFIG,
+        batching=cfg.BATCHING_CONFIG if choice is not None else None,
+    )
+    flags = deploy.server_flags(files, container_base=container_base)
+    image = image or deploy.default_image()
+    written: dict[str, Path] = {}
+    entries = [cfg.ModelEntry(name=m.name, base_path=m.base_path, policy=policy, labels=labels) for m in models]
+    written["models"] = cfg.write_text(
+        cfg.model_server_config(entries), base / cfg.MODELS_CONFIG,
+        header="Written by `seqexport serving-config`; read by tensorflow_model_server --model_config_file.\n"
+               "Regenerate rather than edit: seqexport-serving.json records the choices.",
+    )
+    batching_path = base / cfg.BATCHING_CONFIG
+    if choice is not None:
+        header = "Written by `seqexport serving-config`; read by --batching_parameters_file.\n"
+        header += "\n".join(f"{k}: {v}" for k, v in choice.reasons.items())
+        if unproven:
+            header = ("FORCED with --force-batching: batch independence NOT proven for:\n"
+                      + "\n".join(unproven) + "\n" + header)
+        written["batching"] = cfg.write_text(choice.to_proto(), batching_path, header=header)
+    elif batching_path.exists():
+        batching_path.unlink()
+        notes.append(f"Removed the old {cfg.BATCHING_CONFIG}: batching is off.")
+    written["monitoring"] = cfg.write_text(
+        cfg.monitoring_config(prometheus_path), base / cfg.MONITORING_CONFIG,
+        header=f"Written by `seqexport serving-config`; Prometheus metrics at http://HOST:{deploy.REST_PORT}"
+               f"{prometheus_path}",
+    )
+    app = _app_name(names)
+    written["compose"] = deploy.write_document(deploy.compose(flags=flags, image=image), base / deploy.COMPOSE_FILE)
+    written["kubernetes"] = deploy.write_document(
+        deploy.kubernetes(flags=flags, image=image, app=app, probe_model=names[0], claim=f"{app}-models"),
+        base / deploy.KUBERNETES_FILE,
+    )
+    result = ServingConfigResult(
+        base=base, models=tuple(models), files=written, flags=tuple(flags), image=image, batching=choice,
+        batching_forced=bool(unproven), unproven=tuple(unproven), notes=tuple(notes),
+        seconds=time.monotonic() - started,
+    )
+    record = {"format_version": RECORD_FORMAT_VERSION, **result.to_json()}
+    record["files"] = {k: v.name for k, v in written.items()}
+    record.pop("seconds")
+    record.pop("base")
+    deploy.write_document(record, base / RECORD_FILE)
+    return dataclasses.replace(result, files=written | {"record": base / RECORD_FILE})
