@@ -4,11 +4,12 @@ TF Serving polls `<base_path>` of each model and serves the folders whose name
 is a number; seqexport publishes a version by renaming a complete staging folder
 (`.staging-*`, not a number) into place. The registry does the same: every poll
 lists `BASE/NAME/<digits>/` that hold a `saved_model.pb`, loads the newest
-`versions` of them (new ones first, so a model never goes dark), then unloads
-the rest. A version that fails to load is reported in its status (state END
-with the error), retried on later polls up to `max_load_attempts`, and never
-stops the others from serving. Requests take a reference to a loaded version
-under a lock and run outside it, so a swap never waits for a request.
+`versions` of them, then unloads the rest, but only once a wanted version is
+loaded: a model never goes dark, even when its newest version fails to load.
+A version that fails is reported in its status (state END with the error),
+retried on later polls up to `max_load_attempts`, and never stops the others
+from serving. Requests take a reference to a loaded version under a lock and
+run outside it, so a swap never waits for a request.
 """
 
 from __future__ import annotations
@@ -264,6 +265,10 @@ class ModelRegistry:
             self._load(name, version, folders[version])
         with self._lock:
             stale = set(model.served) - set(wanted)
+            if stale and not set(model.served) & set(wanted):
+                # No wanted version loaded (they failed): keep the newest one
+                # that works rather than take the model dark.
+                stale.discard(max(stale))
             # Versions deleted before they ever loaded drop out of the status list.
             for version in list(model.status):
                 if version not in folders and version not in model.served:

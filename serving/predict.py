@@ -77,14 +77,16 @@ def _batched(view: SignatureView) -> list[str]:
 
 def _check_batch(view: SignatureView, arrays: Mapping[str, np.ndarray]) -> None:
     keys = _batched(view)
-    if not keys:
+    if len(keys) < 2:
         return
-    first = keys[0]
-    for key in keys[1:]:
-        if arrays[key].shape[0] != arrays[first].shape[0]:
+    sizes = [arrays[k].shape[0] for k in keys]
+    usual = max(set(sizes), key=sizes.count)  # name the odd one out, not the first key
+    reference = keys[sizes.index(usual)]
+    for key, size in zip(keys, sizes):
+        if size != usual:
             raise invalid(
-                f"input {key!r} of signature {view.name!r} has batch size {arrays[key].shape[0]} but "
-                f"{first!r} has {arrays[first].shape[0]}; every input shares the batch dimension."
+                f"input {key!r} of signature {view.name!r} has batch size {size} but {reference!r} has "
+                f"{usual}; every input shares the batch dimension."
             )
 
 
