@@ -366,9 +366,9 @@ class RestClient:
 
 def _as_array(value, dtype: str, shape) -> np.ndarray:
     array = np.asarray(value, dtype=dtype)
-    if array.size == 0 and shape is not None and array.ndim != len(shape):
-        # JSON writes an empty batch as [] whatever its rank; restore the static dims.
-        array = array.reshape([0 if d is None else d for d in shape])
+    if array.size == 0 and shape is not None and array.ndim < len(shape):
+        # JSON writes an empty tensor as [] (or [[]]...): restore the missing trailing sizes.
+        array = array.reshape(array.shape + tuple(0 if d is None else d for d in shape[array.ndim :]))
     return array
 
 

@@ -72,7 +72,8 @@ def from_json(key: str, value: Any, sig: TensorSig) -> np.ndarray:
 
     Numbers must fit the dtype: a float for an integer tensor, a string, a bool,
     a ragged list or an integer out of range is refused; NaN and Infinity (which
-    TF Serving's JSON also accepts) pass through for float tensors.
+    TF Serving's JSON also accepts) pass through for float tensors. An empty list
+    takes the signature's rank (see `_empty`).
     """
     if isinstance(value, dict):
         raise invalid(f"input {key!r}: got a JSON object; expected a number or a (nested) list of numbers.")
@@ -86,7 +87,7 @@ def from_json(key: str, value: Any, sig: TensorSig) -> np.ndarray:
     if target is None:
         raise invalid(f"input {key!r}: string tensors are not supported by this server.")
     if raw.size == 0:
-        return raw.astype(target)
+        return _empty(raw, sig).astype(target)
     if raw.dtype.kind == "b" or raw.dtype.kind not in _NUMBER_KINDS:
         raise invalid(f"input {key!r}: expected {target.name} numbers, got {_kind_name(raw)}.")
     if target.kind in _INT_KINDS:
@@ -99,6 +100,18 @@ def from_json(key: str, value: Any, sig: TensorSig) -> np.ndarray:
     elif target.kind != "f":
         raise invalid(f"input {key!r}: dtype {target.name} is not supported over JSON by this server.")
     return raw.astype(target)
+
+
+def _empty(raw: np.ndarray, sig: TensorSig) -> np.ndarray:
+    """JSON writes any empty tensor as `[]` (or `[[]]`...): give it the signature's rank back.
+
+    The missing trailing sizes are the signature's static ones, 0 where it has
+    none (the tensor is empty either way), so B = 0 and T = 0 work over REST too.
+    """
+    if sig.shape is None or raw.ndim >= len(sig.shape):
+        return raw
+    tail = tuple(0 if d is None else d for d in sig.shape[raw.ndim :])
+    return raw.reshape(raw.shape + tail)
 
 
 def to_json(array: np.ndarray) -> Any:

@@ -430,3 +430,101 @@ def test_versions_come_and_go_like_tf_serving(serving_base, offline, tmp_path):
         assert rows[3].error and rows[2].state.name == "AVAILABLE"
         assert client.predict("pub", feed, signature=STREAM)["outputs"].shape == (1, 3, 2)
         assert client.metadata("pub")[0] == 2
+
+
+# ----------------------------------------------------------------------------- property-based
+
+
+def _random_request_strategy():
+    from hypothesis import strategies as st
+
+    return st.fixed_dictionaries({
+        "batch": st.integers(0, 3),
+        "state_batch_delta": st.sampled_from([0, 0, 0, 1]),
+        "steps": st.integers(0, 4),
+        "features": st.sampled_from([4, 4, 3, 5]),
+        "dtype": st.sampled_from(["float32", "float32", "float64", "int32"]),
+        "fill": st.sampled_from([0.5, float("nan"), float("inf"), -1e30]),
+    })
+
+
+def _random_feed(offline, spec):
+    batch, steps = spec["batch"], spec["steps"]
+    x = np.full((batch, steps, spec["features"]), spec["fill"] if spec["dtype"] != "int32" else 1)
+    states = {k: np.zeros((batch + spec["state_batch_delta"], *v.shape[1:]), np.float32)
+              for k, v in offline.initial_state(1).items()}
+    return {offline.keys.sequence: x.astype(spec["dtype"]), **states}
+
+
+def test_random_requests_get_an_answer_never_a_crash(server, offline):
+    """Shapes, dtypes and values drawn at random: a right answer or INVALID_ARGUMENT/400 naming a tensor."""
+    from hypothesis import HealthCheck, given, settings
+
+    from serving.client import ClientError, GrpcClient, RestClient
+
+    keys = {offline.keys.sequence, *offline.keys.states}
+    seen = {"grpc ok": 0, "grpc refused": 0, "rest ok": 0, "rest refused": 0}
+    with GrpcClient(server.grpc_target) as grpc_client, RestClient(server.rest_url) as rest_client:
+
+        @settings(max_examples=60, deadline=None, derandomize=True,
+                  suppress_health_check=[HealthCheck.too_slow])
+        @given(spec=_random_request_strategy())
+        def check(spec):
+            feed = _random_feed(offline, spec)
+            fits = spec["features"] == 4 and spec["state_batch_delta"] == 0
+            # JSON carries no dtype (its numbers are cast to the signature's), and
+            # an empty tensor shows no feature size.
+            empty = spec["batch"] == 0 or spec["steps"] == 0
+            expected = {"grpc": fits and spec["dtype"] == "float32",
+                        "rest": spec["state_batch_delta"] == 0 and (spec["features"] == 4 or empty)}
+            for transport, client in (("grpc", grpc_client), ("rest", rest_client)):
+                try:
+                    out = client.predict("demo", feed, signature=STREAM)
+                except ClientError as exc:
+                    assert not expected[transport], (transport, spec, exc)
+                    assert exc.code.grpc_name == "INVALID_ARGUMENT", (transport, spec, exc)
+                    assert any(f"'{k}'" in exc.message for k in keys), exc.message
+                    seen[f"{transport} refused"] += 1
+                    continue
+                assert expected[transport], (transport, spec)
+                steps = 0 if transport == "rest" and spec["batch"] == 0 else spec["steps"]  # `[]` has no T
+                assert out[offline.keys.output].shape == (spec["batch"], steps, 2)
+                if spec["steps"] == 0:
+                    for key in offline.keys.states:
+                        np.testing.assert_array_equal(out[key], feed[key])
+                seen[f"{transport} ok"] += 1
+
+        check()
+    print(seen)
+    assert all(seen.values())  # both outcomes were exercised on both transports
+    _still_serving(server, offline)
+
+
+def test_random_json_bodies_get_400_never_500(server, offline):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+        max_leaves=20,
+    )
+    bodies = st.one_of(
+        st.binary(max_size=64),
+        json_values.map(lambda v: json.dumps(v).encode()),
+        json_values.map(lambda v: json.dumps({"signature_name": STREAM, "inputs": v}).encode()),
+        json_values.map(lambda v: json.dumps({"signature_name": STREAM, "instances": v}).encode()),
+    )
+    codes = {}
+
+    @settings(max_examples=150, deadline=None, derandomize=True)
+    @given(body=bodies)
+    def check(body):
+        status, answer = _rest(server, "POST", "/v1/models/demo:predict", raw=body)
+        codes[status] = codes.get(status, 0) + 1
+        assert status in (400, 404), (body, status, answer)  # 404: an unknown signature name
+        assert set(answer) == {"error"} and answer["error"]
+
+    check()
+    print(codes)
+    _still_serving(server, offline)
