@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 import time
 import urllib.parse
@@ -217,7 +218,7 @@ class RestClient:
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            connection = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+            connection = _NoDelayConnection(self._host, self._port, timeout=timeout)
             self._local.connection = connection
             with self._lock:
                 self._connections.append(connection)
@@ -362,6 +363,14 @@ class RestClient:
                                 format="columnar" if scalar_input else None, timeout=timeout)
 
         return RemoteBackend(call, views, version=served)
+
+
+class _NoDelayConnection(http.client.HTTPConnection):
+    """Sends headers and body without waiting on Nagle's algorithm (40 ms per request otherwise)."""
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _as_array(value, dtype: str, shape) -> np.ndarray:

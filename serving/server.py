@@ -16,12 +16,19 @@ Example:
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
+import json
 import logging
+import os
+import select
 import signal
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent import futures
 from pathlib import Path
 
@@ -199,6 +206,64 @@ class ModelServer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.stop()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServerProcess:
+    """`seqexport serve` running in a child process (see `server_process`)."""
+
+    process: subprocess.Popen
+    grpc_target: str
+    rest_url: str
+    models: dict
+    stderr_tail: collections.deque
+
+    def stderr_text(self) -> str:
+        return "".join(self.stderr_tail)
+
+
+@contextlib.contextmanager
+def server_process(base: Path, *args: str, startup_timeout: float = 120.0) -> Iterator[ServerProcess]:
+    """Runs `seqexport serve BASE --grpc-port 0 --rest-port 0 --json ARGS` in a child process.
+
+    Yields once the server has bound its ports and made its first poll; stops
+    it with SIGTERM on exit (SIGKILL if it does not stop in time). For tests,
+    benchmarks and scripts: a server in its own process shares no GIL with its clients.
+
+    Raises:
+        RuntimeError: the server did not start (its stderr is in the message).
+    """
+    command = [sys.executable, "-m", "exporter.cli", "serve", str(base), "--grpc-port", "0",
+               "--rest-port", "0", "--json", *args]
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # Drained all along: a full stderr pipe would block the server.
+    tail: collections.deque = collections.deque(maxlen=200)
+    drain = threading.Thread(target=lambda: tail.extend(process.stderr), daemon=True)
+    drain.start()
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], startup_timeout)
+        line = process.stdout.readline() if ready else ""
+        if not line:
+            process.kill()
+            drain.join(timeout=10)
+            raise RuntimeError(f"seqexport serve did not start: {''.join(tail)[-3000:]}")
+        info = json.loads(line)
+        host = _url_host(info["host"])
+        yield ServerProcess(process=process, grpc_target=f"{host}:{info['grpc_port']}",
+                            rest_url=f"http://{host}:{info['rest_port']}", models=info["models"],
+                            stderr_tail=tail)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)
+        drain.join(timeout=10)
+        process.stdout.close()
 
 
 def _url_host(host: str) -> str:

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
-import select
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +12,6 @@ import pytest
 from exporter.compare import compare
 from serving.session import StreamingSession
 
-REPO = Path(__file__).resolve().parents[2]
 CHUNKS = (1, 5, 7, 11)  # uneven on purpose; 24 steps in all
 STEPS = sum(CHUNKS)
 FEATURES = 4
@@ -146,50 +139,31 @@ def test_masked_stream_with_lengths_equals_predict(server, serving_base):
 # ----------------------------------------------------------------------------- the CLI, in its own process
 
 
-def _start_cli_server(base: Path, timeout: float = 120.0):
-    """`seqexport serve BASE` as a subprocess; returns (process, its JSON line with the ports)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "exporter.cli", "serve", str(base), "--grpc-port", "0", "--rest-port", "0",
-         "--poll-seconds", "0.2", "--json"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    ready, _, _ = select.select([process.stdout], [], [], timeout)
-    line = process.stdout.readline() if ready else ""
-    if not line:
-        process.kill()
-        raise AssertionError(f"seqexport serve did not start: {process.stderr.read()[-2000:]}")
-    return process, json.loads(line)
-
-
+@pytest.mark.slow
 def test_cli_server_restart_mid_stream_loses_nothing(serving_base, offline):
-    """Stream half through one server process, kill it, resume the saved session on a new one."""
+    """Stream half through one `seqexport serve` process, kill it, resume the saved session on a new one."""
     from serving.client import GrpcClient, RestClient
+    from serving.server import server_process
 
     x = _sequence(2, seed=4)
     want = offline.predict({offline.keys.sequence: x})
-    first, info = _start_cli_server(serving_base)
-    try:
-        assert info["models"]["demo"] == [{"version": 1, "state": "AVAILABLE", "error": ""}]
-        with GrpcClient(f"127.0.0.1:{info['grpc_port']}") as client:
+    with server_process(serving_base, "--poll-seconds", "0.2") as first:
+        assert first.models["demo"] == [{"version": 1, "state": "AVAILABLE", "error": ""}]
+        with GrpcClient(first.grpc_target) as client:
             session = StreamingSession(client.backend("demo"), batch_size=2)
             head = _feed_in_chunks(session, x, chunks=CHUNKS[:2])
             blob = session.save()
-    finally:
-        first.kill()  # a crash, not a clean stop
-        first.wait(timeout=30)
+        first.process.kill()  # a crash, not a clean stop
+        first.process.wait(timeout=30)
     assert session.steps_seen == sum(CHUNKS[:2])
 
-    second, info = _start_cli_server(serving_base)
-    try:
-        with RestClient(f"http://127.0.0.1:{info['rest_port']}") as client:  # another transport, too
+    with server_process(serving_base) as second:
+        with RestClient(second.rest_url) as client:  # another transport, too
             resumed = StreamingSession.restore(blob, client.backend("demo"))
             tail = _feed_in_chunks(resumed, x[:, sum(CHUNKS[:2]) :], chunks=CHUNKS[2:])
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(timeout=30) == 0, second.stderr.read()[-2000:]
-    finally:
-        if second.poll() is None:
-            second.kill()
+        second.process.send_signal(signal.SIGTERM)
+        assert second.process.wait(timeout=30) == 0, second.stderr_text()
+    assert "model demo version 1 available" in second.stderr_text()
     assert resumed.steps_seen == STEPS
     got = np.concatenate([head, tail], axis=1)
     tolerance = _tolerance(offline)
