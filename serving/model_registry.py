@@ -96,7 +96,10 @@ def version_folders(model_dir: Path) -> dict[int, Path]:
 
 
 def load_version(name: str, version: int, path: Path) -> ServedVersion:
-    """Loads one version folder (TensorFlow's loader, the `serve` MetaGraph's signatures)."""
+    """Loads one version folder (TensorFlow's loader, the `serve` MetaGraph's signatures).
+
+    Its warmup records, if any, are replayed before it is returned (`serving.warmup_replay`).
+    """
     import tensorflow as tf
     from tensorflow.core.protobuf import saved_model_pb2
 
@@ -113,7 +116,7 @@ def load_version(name: str, version: int, path: Path) -> ServedVersion:
     manifest = None
     if manifest_path(path).is_file():
         manifest = Manifest.from_json(json.loads(manifest_path(path).read_text()))
-    return ServedVersion(
+    served = ServedVersion(
         name=name,
         version=version,
         path=path,
@@ -123,6 +126,10 @@ def load_version(name: str, version: int, path: Path) -> ServedVersion:
         manifest=manifest,
         loaded=loaded,
     )
+    from serving.warmup_replay import replay  # it runs requests through serving.predict
+
+    replay(served)
+    return served
 
 
 @dataclasses.dataclass

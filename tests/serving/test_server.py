@@ -528,3 +528,43 @@ def test_random_json_bodies_get_400_never_500(server, offline):
     check()
     print(codes)
     _still_serving(server, offline)
+
+
+def _write_warmup(export_dir, requests):
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from serving.warmup_replay import warmup_file
+
+    path = warmup_file(export_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for request in requests:
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def test_warmup_records_are_replayed_at_load(serving_base, offline, tmp_path):
+    """As TF Serving: good records let the version load; a bad one fails the load, naming the record."""
+    from serving.client import GrpcClient
+    from serving.server import ModelServer, ServerOptions
+
+    model_dir = tmp_path / "warm"
+    good, bad = model_dir / ".staging-good", model_dir / ".staging-bad"
+    for folder in (good, bad):
+        shutil.copytree(serving_base / "demo" / "1", folder)
+    feed = _stream_feed(offline)
+    _write_warmup(good, [_request(feed=feed), _request(signature="initial_state", feed={"batch_size": np.int32(2)})])
+    _write_warmup(bad, [_request(feed=feed), _request(feed=_with(feed, bogus=np.zeros(1, np.float32)))])
+    os.rename(good, model_dir / "1")
+    options = ServerOptions(base=tmp_path, poll_seconds=0.1, rest_port=None)
+    with ModelServer(options) as server, GrpcClient(server.grpc_target) as client:
+        assert [(r.version, r.state.name) for r in client.status("warm")] == [(1, "AVAILABLE")]
+        os.rename(bad, model_dir / "2")
+        deadline = time.monotonic() + 30
+        while (rows := {r.version: r for r in client.status("warm")}).get(2) is None or rows[2].state.name != "END":
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.1)
+        print(rows[2].error)
+        assert "warmup record 2" in rows[2].error and "'bogus'" in rows[2].error
+        assert rows[1].state.name == "AVAILABLE" and client.metadata("warm")[0] == 1
