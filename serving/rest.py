@@ -80,6 +80,15 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - stdlib name
         self._answer(self._post)
 
+    def _not_allowed(self) -> tuple[int, Any]:
+        self.close_connection = True  # any body it sent is left unread
+        return 405, {"error": f"Method {self.command} is not allowed; the API takes GET and POST."}
+
+    def do_PUT(self) -> None:  # noqa: N802 - stdlib name
+        self._answer(self._not_allowed)
+
+    do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_PUT  # noqa: N815
+
     def _answer(self, handler) -> None:
         try:
             status, body = handler()

@@ -311,6 +311,7 @@ def _rest_cases(feed):
         "status of unknown version": ("GET", "/v1/models/demo/versions/4", None, 404, ["version 4"]),
         "no model name": ("GET", "/v1/models", None, 400, ["model name"]),
         "not the API": ("GET", "/metrics", None, 404, ["/v1/models"]),
+        "another method": ("DELETE", "/v1/models/demo", None, 405, ["DELETE"]),
         "absurd nesting": ("POST", predict, b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400,
                            ["JSON Parse error"]),
     }
@@ -568,3 +569,26 @@ def test_warmup_records_are_replayed_at_load(serving_base, offline, tmp_path):
         print(rows[2].error)
         assert "warmup record 2" in rows[2].error and "'bogus'" in rows[2].error
         assert rows[1].state.name == "AVAILABLE" and client.metadata("warm")[0] == 1
+
+
+def test_latest_n_versions_labels_and_names(serving_base, offline, tmp_path):
+    from serving.client import ClientError, GrpcClient, RestClient
+    from serving.server import ModelServer, ServerOptions
+
+    for version in (1, 2, 3):
+        _publish(serving_base / "demo" / "1", tmp_path / "pub", version)
+    _publish(serving_base / "demo" / "1", tmp_path / "other", 1)
+    options = ServerOptions(base=tmp_path, names=("pub",), versions=2, poll_seconds=0.1,
+                            labels={"pub": {"stable": 2, "canary": 3, "old": 1}})
+    feed = _stream_feed(offline)
+    with ModelServer(options) as server, GrpcClient(server.grpc_target) as g, RestClient(server.rest_url) as r:
+        assert [(s.version, s.state.name) for s in g.status("pub")] == [(3, "AVAILABLE"), (2, "AVAILABLE")]
+        assert g.metadata("pub", label="stable")[0] == 2 and r.metadata("pub", label="canary")[0] == 3
+        assert _rest(server, "GET", "/v1/models/pub/labels/stable")[1]["model_version_status"][0]["version"] == "2"
+        response = _raw_predict(server, _request(model="pub", feed=feed, version=2))
+        assert response.model_spec.version.value == 2
+        assert r.predict("pub", feed, signature=STREAM, label="stable")["outputs"].shape == (1, 3, 2)
+        with pytest.raises(ClientError, match="version 1 of model 'pub' is not available"):
+            g.predict("pub", feed, signature=STREAM, label="old")  # labelled, but not among the newest 2
+        with pytest.raises(ClientError, match="'other' is not served"):
+            g.predict("other", feed, signature=STREAM)
