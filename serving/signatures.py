@@ -115,7 +115,7 @@ class SequenceKeys:
         stream = views[SignatureName.STREAM.value]
         states = tuple(sorted(set(stream.inputs) & set(stream.outputs)))
         if not states:
-            raise ValueError(f"signature 'stream' has no key that is both an input and an output (no state).")
+            raise ValueError("signature 'stream' has no key that is both an input and an output (no state).")
         rest_in = [t for k, t in stream.inputs.items() if k not in states]
         lengths = [t.key for t in rest_in if _is_lengths(t)]
         sequence = [t.key for t in rest_in if t.key not in lengths]

@@ -86,6 +86,9 @@ def serve(
         except OSError as exc:
             server.stop()
             raise BadInput(f"Cannot start the server: {exc}. Choose other ports with --grpc-port/--rest-port.") from None
+        except KeyboardInterrupt:
+            server.stop()
+            raise typer.Exit(130) from None
     models = {
         name: [{"version": r.version, "state": r.state.name, "error": r.error} for r in server.registry.status(name)]
         for name in server.registry.model_names()
