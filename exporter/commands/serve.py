@@ -1,0 +1,118 @@
+"""`seqexport serve BASE`: a local server speaking TF Serving's gRPC and REST APIs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from serving.model_registry import DEFAULT_POLL_SECONDS
+from serving.server import DEFAULT_HOST, DEFAULT_MAX_REQUEST_BYTES
+
+LIMITS = "Limits"
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+
+
+def _parse_labels(values: list[str]) -> dict[str, dict[str, int]]:
+    from exporter.errors import BadInput
+
+    labels: dict[str, dict[str, int]] = {}
+    for value in values:
+        model, _, rest = value.partition(":")
+        label, _, version = rest.partition("=")
+        if not (model and label and version.isdigit()):
+            raise BadInput(f"--label {value!r} must look like MODEL:LABEL=VERSION, e.g. demo:stable=2.")
+        labels.setdefault(model, {})[label] = int(version)
+    return labels
+
+
+def _check_base(base: Path, names: list[str]) -> None:
+    from exporter.errors import BadInput
+    from serving.model_registry import version_folders
+
+    if not base.is_dir():
+        raise BadInput(f"Base directory {str(base)!r} does not exist or is not a directory.")
+    if version_folders(base) and not names:
+        raise BadInput(
+            f"{str(base)!r} holds version folders itself: it is one model's folder. Serve its parent "
+            f"(seqexport serve {base.parent} --name {base.name})."
+        )
+
+
+def serve(
+    base: Annotated[Path, typer.Argument(help="Base folder holding one folder per model (BASE/NAME/VERSION).")],
+    grpc_port: Annotated[int, typer.Option("--grpc-port", min=0, max=65535, help="gRPC port (0: any free port).")] = 8500,
+    rest_port: Annotated[int, typer.Option("--rest-port", min=0, max=65535, help="REST port (0: any free port).")] = 8501,
+    host: Annotated[str, typer.Option("--host", help="Address to bind; other than loopback exposes the models.")] = DEFAULT_HOST,
+    names: Annotated[Optional[list[str]], typer.Option("--name", help="Serve only this model (repeatable).")] = None,
+    versions: Annotated[int, typer.Option("--versions", min=1, help="Serve the newest N versions of each model.")] = 1,
+    labels: Annotated[
+        Optional[list[str]], typer.Option("--label", help="Version label MODEL:LABEL=VERSION (repeatable).")
+    ] = None,
+    poll_seconds: Annotated[
+        float, typer.Option("--poll-seconds", min=0.05, help="How often BASE is scanned for new versions.")
+    ] = DEFAULT_POLL_SECONDS,
+    max_request_bytes: Annotated[
+        int,
+        typer.Option("--max-request-bytes", min=1024, rich_help_panel=LIMITS,
+                     help="Largest request body (gRPC: RESOURCE_EXHAUSTED, REST: 413)."),
+    ] = DEFAULT_MAX_REQUEST_BYTES,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the bound ports as one JSON line.")] = False,
+) -> None:
+    """Serve every model under BASE over TF Serving's gRPC and REST APIs until Ctrl-C (development use)."""
+    from exporter.cli import _user_errors, stderr, stdout
+    from exporter.errors import BadInput
+    from serving.server import ModelServer, ServerOptions
+
+    with _user_errors(as_json):
+        _check_base(base, names or [])
+        options = ServerOptions(
+            base=base, grpc_port=grpc_port, rest_port=rest_port, host=host, names=tuple(names or ()),
+            versions=versions, labels=_parse_labels(labels or []), poll_seconds=poll_seconds,
+            max_request_bytes=max_request_bytes,
+        )
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+        server = ModelServer(options)
+        try:
+            with stderr.status("loading models", spinner="dots"):
+                server.start()
+        except OSError as exc:
+            server.stop()
+            raise BadInput(f"Cannot start the server: {exc}. Choose other ports with --grpc-port/--rest-port.") from None
+        except KeyboardInterrupt:
+            server.stop()
+            raise typer.Exit(130) from None
+    models = {
+        name: [{"version": r.version, "state": r.state.name, "error": r.error} for r in server.registry.status(name)]
+        for name in server.registry.model_names()
+        if _has_status(server, name)
+    }
+    if as_json:
+        print(json.dumps({"grpc_port": server.grpc_port, "rest_port": server.rest_port, "host": host,
+                          "models": models}), flush=True)
+    else:
+        stdout.print(f"gRPC  {server.grpc_target}\nREST  {server.rest_url}/v1/models/NAME")
+        for name, rows in models.items():
+            summary = ", ".join(f"{r['version']} {r['state']}" + (f" ({r['error']})" if r["error"] else "") for r in rows)
+            stdout.print(f"model {name}: {summary}")
+        if not models:
+            stdout.print(f"no model under {base} yet; polling every {poll_seconds:g} s")
+        stdout.print("Ctrl-C to stop", style="dim")
+    if host not in _LOOPBACK:
+        stderr.print(f"[yellow]warning:[/] bound to {host}: anyone who can reach it can run the models.")
+    server.serve_until_signalled()
+
+
+def _has_status(server, name: str) -> bool:
+    try:
+        server.registry.status(name)
+        return True
+    except Exception:  # noqa: BLE001 - a model folder with no version yet
+        return False

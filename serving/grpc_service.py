@@ -1,0 +1,143 @@
+"""TF Serving's gRPC API: `PredictionService` (Predict, GetModelMetadata) and `ModelService.GetModelStatus`.
+
+The servicers subclass the classes `tensorflow-serving-api` generates, so the
+methods this server does not offer (Classify, Regress, MultiInference,
+HandleReloadConfigRequest) answer UNIMPLEMENTED exactly as the stubs define.
+A request's `ServingError` becomes its status; any other exception becomes
+INTERNAL with the exception's text, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import grpc
+from tensorflow.core.protobuf import error_codes_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving import predict, tensors
+from serving.model_registry import ModelRegistry, ServedVersion
+from serving.status import ServingError, invalid
+
+log = logging.getLogger("seqexport.serve")
+
+SIGNATURE_DEF_FIELD = "signature_def"
+
+
+def _answers_errors(method):
+    """Turns a `ServingError` (or any bug) into the call's gRPC status."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except ServingError as exc:
+            context.abort(getattr(grpc.StatusCode, exc.code.grpc_name), exc.message)
+        except Exception as exc:  # noqa: BLE001 - a request never takes the server down
+            log.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    return wrapper
+
+
+def _version_of(model_spec) -> tuple[int | None, str | None]:
+    choice = model_spec.WhichOneof("version_choice")
+    if choice == "version":
+        return model_spec.version.value, None
+    if choice == "version_label":
+        return None, model_spec.version_label
+    return None, None
+
+
+def _served(registry: ModelRegistry, request) -> ServedVersion:
+    if not request.HasField("model_spec") or not request.model_spec.name:
+        raise invalid("Missing ModelSpec: set model_spec.name.")
+    version, label = _version_of(request.model_spec)
+    return registry.get(request.model_spec.name, version, label)
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Predict and GetModelMetadata over the models of a `ModelRegistry`."""
+
+    def __init__(self, registry: ModelRegistry, *, max_request_bytes: int):
+        self.registry = registry
+        self.max_request_bytes = max_request_bytes
+
+    @_answers_errors
+    def Predict(self, request, context):  # noqa: N802 - gRPC method name
+        served = _served(self.registry, request)
+        arrays = {
+            key: tensors.from_tensor_proto(key, proto, max_bytes=self.max_request_bytes)
+            for key, proto in request.inputs.items()
+        }
+        signature, outputs = predict.run(served, request.model_spec.signature_name, arrays,
+                                         list(request.output_filter))
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = served.name
+        response.model_spec.version.value = served.version
+        response.model_spec.signature_name = signature
+        for key, array in outputs.items():
+            response.outputs[key].CopyFrom(tensors.to_tensor_proto(array))
+        return response
+
+    @_answers_errors
+    def GetModelMetadata(self, request, context):  # noqa: N802 - gRPC method name
+        return metadata_response(self.registry, request)
+
+
+def metadata_response(registry: ModelRegistry, request):
+    """GetModelMetadataResponse for a request (shared with the REST front end)."""
+    if not request.metadata_field:
+        raise invalid("GetModelMetadataRequest must specify at least one metadata_field.")
+    for field in request.metadata_field:
+        if field != SIGNATURE_DEF_FIELD:
+            raise invalid(f"Metadata field {field!r} is not supported; the only one is {SIGNATURE_DEF_FIELD!r}.")
+    served = _served(registry, request)
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    for name, signature_def in served.signature_defs.items():
+        signature_map.signature_def[name].CopyFrom(signature_def)
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    response.model_spec.name = served.name
+    response.model_spec.version.value = served.version
+    response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_map)
+    return response
+
+
+def status_response(registry: ModelRegistry, request):
+    """GetModelStatusResponse for a request (shared with the REST front end)."""
+    if not request.HasField("model_spec") or not request.model_spec.name:
+        raise invalid("Missing ModelSpec: set model_spec.name.")
+    version, label = _version_of(request.model_spec)
+    response = get_model_status_pb2.GetModelStatusResponse()
+    for row in registry.status(request.model_spec.name, version, label):
+        status = response.model_version_status.add()
+        status.version = row.version
+        status.state = row.state.value
+        status.status.error_code = error_codes_pb2.UNKNOWN if row.error else error_codes_pb2.OK
+        status.status.error_message = row.error
+    return response
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """GetModelStatus over the models of a `ModelRegistry`."""
+
+    def __init__(self, registry: ModelRegistry):
+        self.registry = registry
+
+    @_answers_errors
+    def GetModelStatus(self, request, context):  # noqa: N802 - gRPC method name
+        return status_response(self.registry, request)
+
+
+def add_services(server: grpc.Server, registry: ModelRegistry, *, max_request_bytes: int) -> None:
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionServicer(registry, max_request_bytes=max_request_bytes), server
+    )
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)

@@ -1,0 +1,64 @@
+"""Replay a version's warmup records while it loads, as TF Serving does.
+
+TF Serving reads `assets.extra/tf_serving_warmup_requests` (a TFRecord file of
+`PredictionLog`s) before it marks a version AVAILABLE, runs each request once,
+and fails the load if a record cannot be parsed or run, or if there are more
+than 1000. The server does the same, through the same checks as a live
+request (`serving.predict`), so a warmup file that this server accepts is one
+whose requests fit the SavedModel's signatures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from serving import predict, tensors
+from serving.model_registry import ServedVersion
+from serving.status import ServingError
+
+MAX_RECORDS = 1000  # TF Serving's WarmupConsts::kMaxNumRecords
+# A record's tensors may be as large as one request.
+MAX_RECORD_BYTES = 64 * 1024 * 1024
+
+
+def warmup_file(export_dir: Path) -> Path:
+    from exporter.paths import WARMUP_FILE
+
+    return Path(export_dir) / WARMUP_FILE
+
+
+def replay(served: ServedVersion) -> int:
+    """Runs every warmup record of `served`; returns how many ran (0 without a warmup file).
+
+    Raises:
+        ValueError: naming the record and what is wrong with it (the load then fails).
+    """
+    path = warmup_file(served.path)
+    if not path.is_file():
+        return 0
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    count = 0
+    for count, record in enumerate(tf.data.TFRecordDataset(str(path)).as_numpy_iterator(), start=1):
+        if count > MAX_RECORDS:
+            raise ValueError(f"{path} has more than {MAX_RECORDS} warmup records (TF Serving's maximum).")
+        try:
+            log = prediction_log_pb2.PredictionLog.FromString(record)
+        except Exception as exc:  # noqa: BLE001 - DecodeError: the file is not what it claims
+            raise ValueError(f"warmup record {count} of {path} is not a PredictionLog: {exc}") from None
+        if log.WhichOneof("log_type") != "predict_log":
+            raise ValueError(
+                f"warmup record {count} of {path} is a {log.WhichOneof('log_type')}; this server replays "
+                "predict_log records only."
+            )
+        request = log.predict_log.request
+        try:
+            arrays = {
+                key: tensors.from_tensor_proto(key, proto, max_bytes=MAX_RECORD_BYTES)
+                for key, proto in request.inputs.items()
+            }
+            predict.run(served, request.model_spec.signature_name, arrays, list(request.output_filter))
+        except ServingError as exc:
+            raise ValueError(f"warmup record {count} of {path} failed: {exc}") from None
+    return count

@@ -1,0 +1,193 @@
+"""Streaming through `seqexport serve`: chunked equals whole, no crosstalk, sessions survive restarts."""
+
+from __future__ import annotations
+
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from exporter.compare import compare
+from serving.session import StreamingSession
+
+CHUNKS = (1, 5, 7, 11)  # uneven on purpose; 24 steps in all
+STEPS = sum(CHUNKS)
+FEATURES = 4
+
+
+def _tolerance(offline):
+    return offline.served.manifest.options.tolerance
+
+
+def _sequence(batch, seed):
+    return np.random.default_rng(seed).normal(size=(batch, STEPS, FEATURES)).astype(np.float32)
+
+
+def _feed_in_chunks(session, x, chunks=CHUNKS, between=None):
+    outputs, start = [], 0
+    for size in chunks:
+        outputs.append(session.feed(x[:, start : start + size]))
+        start += size
+        if between is not None:
+            between(session)
+    return np.concatenate(outputs, axis=1)
+
+
+def _check(name, got, want, tolerance):
+    result = compare("stream-vs-predict", "stream", name, got, want, tolerance)
+    print(f"{name}: max abs {result.max_abs:.3g}, max rel {result.max_rel:.3g} "
+          f"(atol {tolerance.atol:g}, rtol {tolerance.rtol:g}) {'ok' if result.passed else result.message}")
+    return result
+
+
+def _backend(kind, server):
+    from serving.client import GrpcClient, RestClient
+
+    if kind == "grpc":
+        return GrpcClient(server.grpc_target)
+    return RestClient(server.rest_url, format="row" if kind == "rest-row" else "columnar")
+
+
+@pytest.mark.parametrize("kind", ["grpc", "rest-columnar", "rest-row", "in-process"])
+def test_stream_in_chunks_equals_offline_predict(server, offline, kind):
+    """Outputs and final states of a chunked stream equal `serving_default` over the whole sequence."""
+    x = _sequence(3, seed=1)
+    want = offline.predict({offline.keys.sequence: x})
+    if kind == "in-process":
+        session = StreamingSession(offline, batch_size=3)
+        got = _feed_in_chunks(session, x)
+    else:
+        with _backend(kind, server) as client:
+            session = StreamingSession(client.backend("demo"), batch_size=3)
+            got = _feed_in_chunks(session, x)
+    assert session.steps_seen == STEPS
+    results = [_check(f"{kind} outputs", got, want[offline.keys.output], _tolerance(offline))]
+    results += [_check(f"{kind} {k}", session.states[k], want[k], _tolerance(offline)) for k in offline.keys.states]
+    assert all(r.passed for r in results)
+
+
+def test_a_stream_that_drops_its_state_fails_the_check(server, offline, grpc_client):
+    """The parity check has teeth: resetting the state between chunks is caught."""
+    x = _sequence(3, seed=1)
+    want = offline.predict({offline.keys.sequence: x})[offline.keys.output]
+    session = StreamingSession(grpc_client.backend("demo"), batch_size=3)
+    got = _feed_in_chunks(session, x, between=lambda s: s.reset())
+    result = _check("outputs with the state dropped", got, want, _tolerance(offline))
+    assert not result.passed and result.max_abs > 100 * _tolerance(offline).atol
+
+
+def test_stream_matches_the_source_keras_model(server, offline, grpc_client):
+    """Against the golden reference the exporter took from the Keras model itself, not the SavedModel."""
+    from exporter import golden
+    from exporter.paths import golden_path
+
+    data = golden.load(golden_path(offline.served.path))
+    x, want = data["serving_default/in/inputs"], data["reference/out/outputs"]
+    session = StreamingSession(grpc_client.backend("demo"), batch_size=x.shape[0])
+    got = _feed_in_chunks(session, x, chunks=(2,) * (x.shape[1] // 2))
+    assert _check("outputs vs Keras", got, want, _tolerance(offline)).passed
+
+
+@pytest.mark.parametrize("kind", ["grpc", "rest-columnar"])
+def test_32_concurrent_sessions_get_their_own_results(server, offline, kind):
+    """32 sessions at once through one client, each with its own inputs: no state crosstalk."""
+    sessions = 32
+    x = _sequence(sessions, seed=2)
+    want = offline.predict({offline.keys.sequence: x})[offline.keys.output]
+    with _backend(kind, server) as client:
+        backend = client.backend("demo")
+
+        def run(i):
+            return _feed_in_chunks(StreamingSession(backend, batch_size=1), x[i : i + 1], chunks=(4, 8, 12))
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=sessions) as pool:
+            got = np.concatenate(list(pool.map(run, range(sessions))), axis=0)
+        print(f"{kind}: {sessions} sessions x 3 chunks in {time.perf_counter() - started:.2f} s")
+    result = _check(f"{kind} 32 sessions", got, want, _tolerance(offline))
+    assert result.passed
+    # Each session's answer is its own: swapping any two rows would not pass.
+    swapped = got[[1, 0, *range(2, sessions)]]
+    assert not _check(f"{kind} two sessions swapped", swapped, want, _tolerance(offline)).passed
+
+
+def test_masked_stream_with_lengths_equals_predict(server, serving_base):
+    """Ragged rows streamed with per-chunk lengths equal a masked whole-sequence predict."""
+    from serving.client import RestClient, SavedModelBackend
+
+    local = SavedModelBackend(serving_base / "masked" / "1")
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3, 12, 3)).astype(np.float32)
+    lengths = np.array([12, 7, 2], np.int32)
+    keys = local.keys
+    want = local.predict({keys.sequence: x, keys.lengths: lengths})
+    with RestClient(server.rest_url, format="row") as client:
+        session = StreamingSession(client.backend("masked"), batch_size=3)
+        outputs = []
+        for start in range(0, 12, 4):
+            chunk_lengths = np.clip(lengths - start, 0, 4).astype(np.int32)
+            outputs.append(session.feed(x[:, start : start + 4], chunk_lengths))
+    tolerance = local.served.manifest.options.tolerance
+    got = np.concatenate(outputs, axis=1)
+    valid = np.arange(12)[None, :] < lengths[:, None]  # padded steps' outputs are not defined by the contract
+    assert _check("masked outputs (valid steps)", got[valid], want[keys.output][valid], tolerance).passed
+    assert all(_check(f"masked {k}", session.states[k], want[k], tolerance).passed for k in keys.states)
+
+
+# ----------------------------------------------------------------------------- the CLI, in its own process
+
+
+@pytest.mark.slow
+def test_cli_server_restart_mid_stream_loses_nothing(serving_base, offline):
+    """Stream half through one `seqexport serve` process, kill it, resume the saved session on a new one."""
+    from serving.client import GrpcClient, RestClient
+    from serving.server import server_process
+
+    x = _sequence(2, seed=4)
+    want = offline.predict({offline.keys.sequence: x})
+    with server_process(serving_base, "--poll-seconds", "0.2") as first:
+        assert first.models["demo"] == [{"version": 1, "state": "AVAILABLE", "error": ""}]
+        with GrpcClient(first.grpc_target) as client:
+            session = StreamingSession(client.backend("demo"), batch_size=2)
+            head = _feed_in_chunks(session, x, chunks=CHUNKS[:2])
+            blob = session.save()
+        first.process.kill()  # a crash, not a clean stop
+        first.process.wait(timeout=30)
+    assert session.steps_seen == sum(CHUNKS[:2])
+
+    with server_process(serving_base) as second:
+        with RestClient(second.rest_url) as client:  # another transport, too
+            resumed = StreamingSession.restore(blob, client.backend("demo"))
+            tail = _feed_in_chunks(resumed, x[:, sum(CHUNKS[:2]) :], chunks=CHUNKS[2:])
+        second.process.send_signal(signal.SIGTERM)
+        assert second.process.wait(timeout=30) == 0, second.stderr_text()
+    assert "model demo version 1 available" in second.stderr_text()
+    assert resumed.steps_seen == STEPS
+    got = np.concatenate([head, tail], axis=1)
+    tolerance = _tolerance(offline)
+    assert _check("outputs across a restart", got, want[offline.keys.output], tolerance).passed
+    assert all(_check(f"{k} across a restart", resumed.states[k], want[k], tolerance).passed
+               for k in offline.keys.states)
+
+
+def test_cli_refuses_bad_bases_and_busy_ports(serving_base, server):
+    from typer.testing import CliRunner
+
+    from exporter.cli import app
+
+    runner = CliRunner()
+
+    def run(*args):
+        result = runner.invoke(app, ["serve", *args])
+        return result.exit_code, " ".join(result.output.split())  # rich wraps long lines
+
+    code, output = run(str(serving_base / "missing"))
+    assert code == 2 and "does not exist" in output, output
+    code, output = run(str(serving_base / "demo"))
+    assert code == 2 and "--name demo" in output, output
+    code, output = run(str(serving_base), "--grpc-port", str(server.grpc_port), "--rest-port", "0")
+    assert code == 2 and "Cannot start the server" in output, output
+    code, output = run(str(serving_base), "--label", "demo-stable")
+    assert code == 2 and "MODEL:LABEL=VERSION" in output, output
