@@ -44,9 +44,11 @@ def unroll(model: StepModel, inputs, states: tuple, lengths=None):
     input_ta = tf.TensorArray(
         inputs.dtype, size=steps, element_shape=tf.TensorShape([None, *model.input_shape])
     ).unstack(time_major)
+    # One slot more than steps, filled with zeros after the loop: stacking an empty list
+    # fails when the batch size is unknown, and T=0 must return the state unchanged.
     output_ta = tf.TensorArray(
         tf.as_dtype(model.output_dtype),
-        size=steps,
+        size=steps + 1,
         element_shape=tf.TensorShape([None, *model.output_shape]),
     )
     state_shapes = [tf.TensorShape([None, *s.shape]) for s in model.states]
@@ -67,7 +69,9 @@ def unroll(model: StepModel, inputs, states: tuple, lengths=None):
         (tf.constant(0), output_ta, *states),
         maximum_iterations=steps,
     )
-    outputs = output_ta.stack()
+    batch = tf.shape(inputs)[0]
+    output_ta = output_ta.write(steps, tf.zeros(tf.stack([batch, *model.output_shape]), model.output_dtype))
+    outputs = output_ta.stack()[:steps]
     rank_out = len(model.output_shape) + 2
     return tf.transpose(outputs, [1, 0, *range(2, rank_out)]), tuple(final)
 

@@ -404,10 +404,16 @@ class RemoteBackend:
         self.version = version
         stream = views[SignatureName.STREAM.value]
         self._dtypes = {key: np.dtype(sig.dtype) for key, sig in stream.inputs.items()}
+        self._state_shapes = {key: stream.inputs[key].shape[1:] for key in self.keys.states}
 
     def initial_state(self, batch_size: int) -> dict[str, np.ndarray]:
-        out = self._call(SignatureName.INITIAL_STATE.value, {self.keys.batch_size: np.int32(batch_size)})
-        return {key: out[key] for key in self.keys.states}
+        """Zeros built here from the `stream` signature's state specs, not asked of the server:
+        with batching on, TF Serving rejects `initial_state`'s scalar `batch_size` (every
+        batched input needs a batch dimension), and the zero state needs no round trip."""
+        if batch_size < 0:
+            raise ValueError(f"`batch_size` must be >= 0. Got: {batch_size}")
+        return {key: np.zeros((batch_size, *shape), dtype=self._dtypes[key])
+                for key, shape in self._state_shapes.items()}
 
     def stream(self, inputs, states, lengths=None):
         return _stream(self._call, self.keys, self._dtypes, inputs, states, lengths)
