@@ -149,6 +149,16 @@ def _batch_norm_inference(layer, x):
     return x * tf.cast(scale, x.dtype) + tf.cast(offset, x.dtype)
 
 
+def _run_stages(stages, x, prev_states, mask):
+    new_states, offset = [], 0
+    for stage in stages:
+        count = len(stage.states)
+        x, new = stage.call(x, tuple(prev_states[offset : offset + count]), mask)
+        new_states.extend(new)
+        offset += count
+    return x, tuple(new_states)
+
+
 def _sequence_layers(model: keras.Model) -> list:
     """The model's layers in call order, if they form one chain from one input."""
     if len(model.inputs) != 1 or len(model.outputs) != 1:
@@ -295,15 +305,21 @@ def step_model_from_keras(model: keras.Model, description: str = "") -> StepMode
             "seqexport exports recurrent sequence models."
         )
     states = tuple(spec for stage in stages for spec in stage.states)
-    counts = [len(stage.states) for stage in stages]
+    # Stateless per-step layers after the last RNN (a Dense head, say) run once on the whole
+    # sequence after the loop instead of once per step: fewer ops per iteration.
+    last_stateful = max(i for i, stage in enumerate(stages) if stage.states)
+    core_stages, head_stages = stages[: last_stateful + 1], stages[last_stateful + 1 :]
 
     def masked_step(x, prev_states, mask):
-        new_states, offset = [], 0
-        for stage, count in zip(stages, counts):
-            x, new = stage.call(x, tuple(prev_states[offset : offset + count]), mask)
-            new_states.extend(new)
-            offset += count
-        return x, tuple(new_states)
+        return _run_stages(stages, x, prev_states, mask)
+
+    def core_step(x, prev_states, mask=None):
+        return _run_stages(core_stages, x, prev_states, mask)
+
+    def head(y):
+        for stage in head_stages:
+            y, _ = stage.call(y, (), None)
+        return y
 
     def step(x, prev_states):
         return masked_step(x, prev_states, None)
@@ -321,7 +337,9 @@ def step_model_from_keras(model: keras.Model, description: str = "") -> StepMode
         )
     input_dtype = tf.as_dtype(input_spec.dtype).name
     probe = tf.zeros((1, *input_shape), dtype=input_dtype)
-    y, _ = step(probe, tuple(tf.zeros((1, *s.shape)) for s in states))
+    zero_states = tuple(tf.zeros((1, *s.shape)) for s in states)
+    y, _ = step(probe, zero_states)
+    core_y, _ = core_step(probe, zero_states)
 
     def reference(inputs, lengths=None):
         for layer in layers:
@@ -334,7 +352,9 @@ def step_model_from_keras(model: keras.Model, description: str = "") -> StepMode
     return StepModel(
         step_fn=step,
         masked_step_fn=masked_step if masked else None,
-        bind_step=_binder(model, masked_step),
+        bind_step=_binder(model, core_step if head_stages else masked_step),
+        head=head if head_stages else None,
+        core_output_shape=tuple(int(d) for d in core_y.shape[1:]) if head_stages else None,
         input_shape=input_shape,
         input_dtype=input_dtype,
         output_shape=tuple(int(d) for d in y.shape[1:]),

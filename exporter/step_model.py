@@ -39,6 +39,9 @@ class StepModel:
             and close over the values. The loop then captures tensors, not variable
             handles, which a reloaded SavedModel needs for second-order gradients
             (`tape.jacobian`, Hessian-vector products) and which saves a read per step.
+        head: optional stateless per-step map run once after the loop on `[B, T, *core]`
+            (and on `[B, *core]` by `step`); when set, `bind_step`'s step returns the core
+            output of shape `core_output_shape` and `head` turns it into `output_shape`.
         last_step_only: `serving_default` returns only the last step's output.
         reference_fn: `(inputs [B,T,...], lengths or None) -> outputs`: the source model's
             own full-sequence call, the ground truth the export is checked against.
@@ -73,6 +76,8 @@ class StepModel:
     output_dtype: str = "float32"
     masked_step_fn: MaskedStepFn | None = None
     bind_step: Callable[[], MaskedStepFn] | None = None
+    head: Callable | None = None
+    core_output_shape: tuple[int, ...] | None = None
     last_step_only: bool = False
     reference_fn: Callable | None = None
     reference_variables: tuple | None = None
@@ -95,6 +100,8 @@ class StepModel:
         reserved = {"inputs", "outputs", "lengths", "x", "y", "batch_size"} & set(names)
         if reserved:
             raise ValueError(f"state names {sorted(reserved)} clash with signature keys; rename them.")
+        if self.head is not None and (self.bind_step is None or self.core_output_shape is None):
+            raise ValueError("`head` needs `bind_step` (whose step returns the core output) and `core_output_shape`.")
         if self.reference_variables is not None and len(self.reference_variables) != len(
             self.trainable_variables
         ):
@@ -117,6 +124,13 @@ class StepModel:
             return self.masked_step_fn(x, states, mask)
 
         return step
+
+    def loop_output_shape(self) -> tuple[int, ...]:
+        """Per-step shape of what the loop writes: the core output when there is a head."""
+        return self.core_output_shape if self.head is not None else self.output_shape
+
+    def apply_head(self, outputs):
+        return self.head(outputs) if self.head is not None else outputs
 
     @property
     def masked(self) -> bool:

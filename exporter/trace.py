@@ -46,10 +46,11 @@ def unroll(model: StepModel, inputs, states: tuple, lengths=None):
     ).unstack(time_major)
     # One slot more than steps, filled with zeros after the loop: stacking an empty list
     # fails when the batch size is unknown, and T=0 must return the state unchanged.
+    loop_shape = model.loop_output_shape()
     output_ta = tf.TensorArray(
         tf.as_dtype(model.output_dtype),
         size=steps + 1,
-        element_shape=tf.TensorShape([None, *model.output_shape]),
+        element_shape=tf.TensorShape([None, *loop_shape]),
     )
     state_shapes = [tf.TensorShape([None, *s.shape]) for s in model.states]
     step = model.bound_step()  # outside the loop: variables are read here, once
@@ -70,10 +71,10 @@ def unroll(model: StepModel, inputs, states: tuple, lengths=None):
         maximum_iterations=steps,
     )
     batch = tf.shape(inputs)[0]
-    output_ta = output_ta.write(steps, tf.zeros(tf.stack([batch, *model.output_shape]), model.output_dtype))
+    output_ta = output_ta.write(steps, tf.zeros(tf.stack([batch, *loop_shape]), model.output_dtype))
     outputs = output_ta.stack()[:steps]
-    rank_out = len(model.output_shape) + 2
-    return tf.transpose(outputs, [1, 0, *range(2, rank_out)]), tuple(final)
+    outputs = tf.transpose(outputs, [1, 0, *range(2, len(loop_shape) + 2)])
+    return model.apply_head(outputs), tuple(final)
 
 
 def _zero_states(model: StepModel, batch) -> tuple:
@@ -138,6 +139,7 @@ def trace(model: StepModel, *, with_input_gradients: bool = False, jit: bool = F
 
     def step(feed):
         y, new = model.bound_step()(feed["x"], tuple(feed[n] for n in state_names))
+        y = model.apply_head(y)
         return {"y": y, **state_outputs(new)}
 
     def initial_state(feed):
