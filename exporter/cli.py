@@ -116,6 +116,11 @@ def export(
     grad_atol: Annotated[float, typer.Option(min=0.0, help="Absolute tolerance of gradient checks.", rich_help_panel=TOLERANCES)] = 1e-4,
     grad_rtol: Annotated[float, typer.Option(min=0.0, help="Relative tolerance of gradient checks.", rich_help_panel=TOLERANCES)] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed of the probe inputs and loss weights.")] = 0,
+    targets: Annotated[
+        str,
+        typer.Option("--targets", help="Also convert to these runtimes before publishing, e.g. tflite,onnx "
+                     "(results in the version folder; exit 1 if one fails, the TF export is still published)."),
+    ] = "",
     as_json: JsonOption = False,
     all_rows: AllRowsOption = False,
 ) -> None:
@@ -124,13 +129,17 @@ def export(
 
     with _user_errors(as_json):
         _import_modules(imports or [])
-        options = ExportOptions(
-            with_input_gradients=with_input_gradients,
-            tolerance=Tolerance(atol=atol, rtol=rtol),
-            grad_tolerance=Tolerance(atol=grad_atol, rtol=grad_rtol),
-            seed=seed,
-            unsafe=unsafe,
-        )
+        try:
+            options = ExportOptions(
+                with_input_gradients=with_input_gradients,
+                tolerance=Tolerance(atol=atol, rtol=rtol),
+                grad_tolerance=Tolerance(atol=grad_atol, rtol=grad_rtol),
+                seed=seed,
+                unsafe=unsafe,
+                targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
+            )
+        except ValueError as exc:
+            raise BadInput(f"--targets: {exc}") from None
         _run_export(model, name=name, base=base, version=version, options=options, as_json=as_json,
                     all_rows=all_rows)
 
@@ -142,15 +151,25 @@ def _run_export(model: str, *, name, base, version, options, as_json: bool, all_
     with status:
         result = run_export(model, name=name, base=base, version=version, options=options, progress=progress)
     if as_json:
-        print(json.dumps({"ok": True, **result.to_json()}, indent=2))
-        return
-    _print_checks(result.report.checks, title=f"verification (fresh process) of {name}", all_rows=all_rows)
-    timings = result.timings
-    stdout.print(
-        f"[green]published[/] {escape(name)} version {result.version} at {escape(str(result.path))}\n"
-        f"{result.report.summary()}; export {timings['total'] - timings['verify']:.1f} s, "
-        f"verify {timings['verify']:.1f} s, total {timings['total']:.1f} s"
-    )
+        print(json.dumps({"ok": result.conversions_passed, **result.to_json()}, indent=2))
+    else:
+        _print_checks(result.report.checks, title=f"verification (fresh process) of {name}", all_rows=all_rows)
+        if result.conversions:
+            from exporter.commands.convert import print_conversion
+
+            for conversion in result.conversions:
+                print_conversion(conversion, all_rows=all_rows)
+        timings = result.timings
+        stdout.print(
+            f"[green]published[/] {escape(name)} version {result.version} at {escape(str(result.path))}\n"
+            f"{result.report.summary()}; export {timings['total'] - timings['verify']:.1f} s, "
+            f"verify {timings['verify']:.1f} s, total {timings['total']:.1f} s"
+        )
+    if not result.conversions_passed:
+        failed = [c.summary() for c in result.conversions if not c.passed]
+        stderr.print(f"[bold red]error:[/] the TF export was published, but a requested conversion failed: "
+                     f"{escape('; '.join(failed))}")
+        raise typer.Exit(EXIT_CHECK_FAILED)
 
 
 def _export_dir(path: Path) -> Path:

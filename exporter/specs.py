@@ -28,6 +28,18 @@ class SignatureName(str, enum.Enum):
     INPUT_GRADIENTS = "input_gradients"
 
 
+class RuntimeTarget(str, enum.Enum):
+    """Runtimes an export converts to (`exporter.convert`); `export --targets` takes the first two."""
+
+    TFLITE = "tflite"
+    ONNX = "onnx"
+    TRITON = "triton"
+
+
+# A Triton model repository is a layout of its own, so it is written by `convert` only.
+EXPORT_TARGETS = (RuntimeTarget.TFLITE.value, RuntimeTarget.ONNX.value)
+
+
 class SourceKind(str, enum.Enum):
     KERAS_FILE = "keras_file"
     SAVED_MODEL = "saved_model"
@@ -171,6 +183,8 @@ class ExportOptions:
         probe_steps: sequence length of the golden probe inputs.
         seed: seed of the probe inputs and the loss weights.
         unsafe: Keras safe mode was turned off to load the model.
+        targets: runtimes to convert to before publishing (`tflite`, `onnx`); results go
+            to `assets.extra/seqexport/runtimes/<target>/`.
     """
 
     with_input_gradients: bool = False
@@ -180,8 +194,15 @@ class ExportOptions:
     probe_steps: int = 6
     seed: int = 0
     unsafe: bool = False
+    targets: tuple[str, ...] = ()
 
     def __post_init__(self):
+        unknown = [t for t in self.targets if t not in EXPORT_TARGETS]
+        if unknown or len(set(self.targets)) != len(self.targets):
+            raise ValueError(
+                f"`targets` must be distinct names from {list(EXPORT_TARGETS)} (a Triton repository is "
+                f"written by `seqexport convert --to triton`). Got: {list(self.targets)}"
+            )
         if self.probe_batch < 1:
             raise ValueError(f"`probe_batch` must be positive. Got: {self.probe_batch}")
         if self.probe_steps < 2:
@@ -198,6 +219,7 @@ class ExportOptions:
                 | {
                     "tolerance": Tolerance(**data["tolerance"]),
                     "grad_tolerance": Tolerance(**data["grad_tolerance"]),
+                    "targets": tuple(data.get("targets", ())),
                 }
             )
         )
