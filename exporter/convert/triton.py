@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from exporter.errors import ConversionFailed
+
 CONFIG_FILE = "config.pbtxt"
 MODEL_FILE = "model.onnx"
 PLATFORM = "onnxruntime_onnx"
@@ -165,5 +167,57 @@ def write_repository(
     model_path = model_dir / str(version) / MODEL_FILE
     model_path.write_bytes(onnx_model)
     config_path = model_dir / CONFIG_FILE
-    write_config(model_config(name, OrtModel(onnx_model), options), config_path)
+    model = OrtModel(onnx_model)
+    config = model_config(name, model, options)
+    problems = check_config(config, model)
+    if problems:  # a bug here, not a user error: the config is built from the model
+        raise ConversionFailed(f"Triton config for {name!r} disagrees with its ONNX model: {'; '.join(problems)}")
+    write_config(config, config_path)
     return model_path, config_path
+
+
+def check_config(config, model) -> list[str]:
+    """What in `config` disagrees with the ONNX model as ONNX Runtime reports it (empty: all agree).
+
+    Checks every config input/output and state against the model's tensor names,
+    dtypes and dims, and that every model input and output is accounted for (a
+    config input, a state input, the config output, or a state output).
+    """
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    problems = []
+    batched = config.max_batch_size > 0
+
+    def expect(kind: str, name: str, infos: dict, dtype_value: int, dims) -> None:
+        if name not in infos:
+            problems.append(f"{kind} {name!r} is not a model {kind.split()[-1]}; the model has {sorted(infos)}")
+            return
+        info = infos[name]
+        want_type, want_dims = data_type(info.dtype), _dims(info.shape, batched)
+        if pb.DataType.Name(dtype_value) != want_type:
+            problems.append(f"{kind} {name!r}: data_type {pb.DataType.Name(dtype_value)}, model has {want_type}")
+        if list(dims) != want_dims:
+            problems.append(f"{kind} {name!r}: dims {list(dims)}, model has {want_dims}")
+
+    from serving.runtimes import STATE_OUTPUT_SUFFIX
+
+    raw_inputs = dict(model.inputs)
+    raw_outputs = {(k if k == "y" else k + STATE_OUTPUT_SUFFIX): v for k, v in model.outputs.items()}
+    for tensor in config.input:
+        expect("config input", tensor.name, raw_inputs, tensor.data_type, tensor.dims)
+    for tensor in config.output:
+        expect("config output", tensor.name, raw_outputs, tensor.data_type, tensor.dims)
+    for state in config.sequence_batching.state:
+        expect("state input", state.input_name, raw_inputs, state.data_type, state.dims)
+        expect("state output", state.output_name, raw_outputs, state.data_type, state.dims)
+        zero = [s for s in state.initial_state if s.zero_data]
+        if len(zero) != 1 or list(zero[0].dims) != list(state.dims):
+            problems.append(f"state {state.input_name!r} needs one zero initial_state with dims {list(state.dims)}")
+    covered_in = {t.name for t in config.input} | {s.input_name for s in config.sequence_batching.state}
+    covered_out = {t.name for t in config.output} | {s.output_name for s in config.sequence_batching.state}
+    problems += [f"model input {n!r} is neither a config input nor a state" for n in raw_inputs if n not in covered_in]
+    problems += [f"model output {n!r} is neither a config output nor a state" for n in raw_outputs
+                 if n not in covered_out]
+    if not config.sequence_batching.WhichOneof("strategy_choice"):
+        problems.append("sequence_batching has no strategy (direct or oldest)")
+    return problems
