@@ -166,7 +166,7 @@ def _run_export(model: str, *, name, base, version, options, as_json: bool, all_
             f"verify {timings['verify']:.1f} s, total {timings['total']:.1f} s"
         )
     if not result.conversions_passed:
-        failed = [c.summary() for c in result.conversions if not c.passed]
+        failed = [c.summary().rstrip(".") for c in result.conversions if not c.passed]
         stderr.print(f"[bold red]error:[/] the TF export was published, but a requested conversion failed: "
                      f"{escape('; '.join(failed))}")
         raise typer.Exit(EXIT_CHECK_FAILED)

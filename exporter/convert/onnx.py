@@ -90,7 +90,7 @@ def convert_signature(loaded, signature: str) -> bytes:
     """Converts `signature` of a `graph.LoadedExport` (dynamic batch and time)."""
     from exporter.convert.graph import frozen_function
 
-    what = f"signature {signature!r} of {str(loaded.path)!r}"
+    what = f"signature {signature!r} of {loaded.manifest.name!r}"
     function = frozen_function(loaded.signature(signature), output_name=output_name)
     doc = f"seqexport: signature {signature!r} of {loaded.manifest.name!r}"
     return convert_function(function, what=what, doc=doc)

@@ -12,7 +12,10 @@ is the default; `stream` is converted only when a batch size is given.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import tempfile
 
 from exporter.errors import ConversionFailed
 
@@ -48,6 +51,24 @@ def _failed_ops(message: str) -> list[str]:
     return sorted(set(re.findall(r"'(tf\.[A-Za-z0-9_]+)'", message)))
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """The MLIR converter prints every diagnostic to file descriptor 2 before raising
+    them again in its exception; keep the terminal to the one message we raise."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def convert_function(function, *, signature: str, what: str) -> bytes:
     """A `.tflite` flatbuffer of a frozen concrete function (builtin ops only, float weights).
 
@@ -59,8 +80,6 @@ def convert_function(function, *, signature: str, what: str) -> bytes:
     Raises:
         ConversionFailed: naming the TF op(s) LiteRT has no kernel for.
     """
-    import tempfile
-
     import tensorflow as tf
 
     with tempfile.TemporaryDirectory(prefix="seqexport-tflite-") as tmp:
@@ -69,7 +88,8 @@ def convert_function(function, *, signature: str, what: str) -> bytes:
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[signature])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         try:
-            model = converter.convert()
+            with _quiet_stderr():
+                model = converter.convert()
         except Exception as exc:  # noqa: BLE001  the converter raises several unrelated types
             text = str(exc)
             ops = _failed_ops(text)
@@ -88,6 +108,6 @@ def convert_signature(loaded, signature: str, *, batch: int | None = None) -> by
     """Converts `signature` of a `graph.LoadedExport`; `batch` fixes its batch size."""
     from exporter.convert.graph import frozen_function
 
-    what = f"signature {signature!r} of {str(loaded.path)!r}"
+    what = f"signature {signature!r} of {loaded.manifest.name!r}"
     function = frozen_function(loaded.signature(signature), batch=batch)
     return convert_function(function, signature=signature, what=what)
