@@ -141,6 +141,10 @@ def export(
     check_name(name)
     if version is not None and version < 1:
         raise BadInput(f"--version must be a positive integer. Got: {version}")
+    if options.targets:
+        from exporter.convert.targets import check_dependencies
+
+        check_dependencies(options.targets)
     timings: dict[str, float] = {}
     clock = time.monotonic()
 

@@ -24,6 +24,13 @@ from pathlib import Path
 from exporter.errors import BadInput, ConversionFailed
 from exporter.specs import CheckResult, RuntimeTarget, Tolerance
 
+# The optional packages each target imports: (module, pip package).
+REQUIREMENTS = {
+    RuntimeTarget.TFLITE: (("ai_edge_litert", "ai-edge-litert"),),
+    RuntimeTarget.ONNX: (("tf2onnx", "tf2onnx"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime")),
+    RuntimeTarget.TRITON: (("tf2onnx", "tf2onnx"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime"),
+                           ("tritonclient.grpc", "tritonclient[grpc]")),
+}
 PARITY_FILE = "parity.json"
 RUNTIMES_DIR = "runtimes"  # under assets.extra/seqexport/ of a version folder
 STEP_DRIVER = "step driver"
@@ -128,6 +135,26 @@ def _target(target: str | RuntimeTarget) -> RuntimeTarget:
         raise BadInput(
             f"Unknown target {target!r}. Choose from: {', '.join(t.value for t in RuntimeTarget)}."
         ) from None
+
+
+def check_dependencies(targets) -> None:
+    """Raises BadInput naming the missing package when a target's optional dependency is absent."""
+    import importlib.util
+
+    for target in map(_target, targets):
+        missing = []
+        for module, package in REQUIREMENTS[target]:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except ModuleNotFoundError:  # a parent package is missing
+                found = False
+            if not found:
+                missing.append(package)
+        if missing:
+            raise BadInput(
+                f"Target {target.value!r} needs {', '.join(missing)}, which is not installed: "
+                "pip install 'seqexport[runtimes]'."
+            )
 
 
 def _write(path: Path, content: bytes) -> int:
@@ -302,6 +329,7 @@ def convert_export(
 
     started = time.monotonic()
     target = _target(target)
+    check_dependencies([target])
     if stream_batch is not None and (target is not RuntimeTarget.TFLITE or stream_batch < 1):
         raise BadInput(f"A stream batch size (got {stream_batch}) is for --to tflite only, and must be positive.")
     loaded = loaded or load_export(Path(export_dir))

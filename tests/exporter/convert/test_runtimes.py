@@ -95,3 +95,30 @@ def test_errors_name_what_is_missing_or_wrong(demo_models, kind_loaded):
         SequenceBackend(demo_models["ort"])
     with pytest.raises(ValueError, match="expected a .tflite or .onnx file"):
         load_model("model.pb")
+
+
+def test_drivers_run_without_tensorflow(kind_exports, tmp_path):
+    """A phone or a C++-free service has LiteRT/ORT but no TF: the drivers must not import it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from exporter.convert.targets import convert_export
+
+    for target in ("tflite", "onnx"):
+        assert convert_export(kind_exports["gru_reset_before"], target, tmp_path / target).passed
+    script = (
+        "import sys, numpy as np\n"
+        "from serving.runtimes import StepLoopBackend, load_model\n"
+        "from serving.session import StreamingSession\n"
+        f"for path in ({str(tmp_path / 'tflite' / 'step.tflite')!r}, {str(tmp_path / 'onnx' / 'step.onnx')!r}):\n"
+        "    session = StreamingSession(StepLoopBackend(load_model(path)), batch_size=2)\n"
+        "    out = session.feed(np.ones((2, 5, 3), np.float32))\n"
+        "    assert out.shape == (2, 5, 4) and np.isfinite(out).all()\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+        "print('ok')\n"
+    )
+    root = Path(__file__).resolve().parents[3]
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

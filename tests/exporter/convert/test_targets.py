@@ -124,3 +124,15 @@ def test_export_publishes_and_exits_1_when_a_target_fails(tmp_path):
     manifest = json.loads(manifest_path(tmp_path / "dg" / "1").read_text())
     failed = [c for c in manifest["checks"] if not c["passed"]]
     assert failed and {c["check"] for c in failed} == {"tflite", "onnx"}
+
+
+def test_a_missing_optional_package_is_named(monkeypatch, demo_export, tmp_path):
+    from exporter.convert import targets
+    from exporter.errors import BadInput
+    from exporter.specs import RuntimeTarget
+
+    monkeypatch.setitem(targets.REQUIREMENTS, RuntimeTarget.ONNX, (("no_such_runtime_pkg", "no-such-runtime"),))
+    with pytest.raises(BadInput, match=r"'onnx' needs no-such-runtime.*seqexport\[runtimes\]"):
+        convert_export(demo_export.path, "onnx", tmp_path)
+    assert not any(tmp_path.iterdir())
+    targets.check_dependencies(["tflite", "triton"])  # installed here: no error
