@@ -36,6 +36,9 @@ import numpy as np
 STATE_OUTPUT_SUFFIX = "_next"
 # Keys of the export's signatures that are not states (exporter.trace).
 NON_STATE_KEYS = frozenset({"x", "y", "inputs", "outputs", "lengths", "batch_size"})
+# Triton's correlation-id control input (`exporter.convert.triton`): the model takes it and
+# ignores it; a driver feeds zeros.
+CORRELATION_ID = "CORRID"
 
 
 def state_output_name(state: str) -> str:
@@ -65,7 +68,7 @@ class _Model:
     @property
     def state_names(self) -> tuple[str, ...]:
         """The states this model takes and returns, in the model's input order."""
-        return tuple(n for n in self.inputs if n not in NON_STATE_KEYS)
+        return tuple(n for n in self.inputs if n not in NON_STATE_KEYS and n != CORRELATION_ID)
 
     @property
     def static_batch(self) -> int | None:
@@ -162,7 +165,7 @@ class OrtModel(_Model):
 
     runtime = "ONNX Runtime"
     _DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int32)": np.int32,
-               "tensor(int64)": np.int64, "tensor(bool)": np.bool_, "tensor(float16)": np.float16}
+               "tensor(int64)": np.int64, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_, "tensor(float16)": np.float16}
 
     def __init__(self, model_content: bytes, *, intra_op_threads: int = 0):
         import onnxruntime as ort  # optional dependency
@@ -194,7 +197,12 @@ class OrtModel(_Model):
         return TensorInfo(name=name, shape=shape, dtype=np.dtype(cls._DTYPES[arg.type]))
 
     def __call__(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        arrays = {n: np.asarray(feed[n], dtype=info.dtype) for n, info in self.inputs.items()}
+        arrays = {n: np.asarray(feed[n], dtype=info.dtype) for n, info in self.inputs.items() if n in feed}
+        control = self.inputs.get(CORRELATION_ID)
+        if control is not None and CORRELATION_ID not in arrays:
+            batch = len(next(iter(arrays.values())))
+            shape = [batch if d is None else d for d in control.shape]
+            arrays[CORRELATION_ID] = np.zeros(shape, dtype=control.dtype)
         return dict(zip(self._keys, self.session.run(self._output_names, arrays)))
 
 

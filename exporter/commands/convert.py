@@ -65,6 +65,11 @@ def convert(
         int, typer.Option("--max-sequence-idle-us", min=1, help="triton: end a sequence idle this long.",
                           rich_help_panel=TRITON)
     ] = 60_000_000,
+    correlation_id: Annotated[
+        bool, typer.Option("--correlation-id/--no-correlation-id",
+                           help="triton: declare the CORRID control input (adds an unused uint64 input to the model).",
+                           rich_help_panel=TRITON)
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")] = False,
     all_rows: Annotated[bool, typer.Option("--all", help="Show every row, not the worst per check.")] = False,
 ) -> None:
@@ -98,7 +103,7 @@ def convert(
 
             try:
                 triton_options = TritonOptions(max_batch_size=max_batch_size, strategy=Strategy(strategy),
-                                               max_sequence_idle_microseconds=idle_us)
+                                               max_sequence_idle_microseconds=idle_us, correlation_id=correlation_id)
             except ValueError as exc:
                 raise BadInput(f"--strategy must be direct or oldest ({exc}).") from None
         elif name is not None or version is not None:

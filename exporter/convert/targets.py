@@ -273,11 +273,15 @@ def _triton(run: _Run, name: str, version: int, options) -> None:
     from exporter.convert import onnx, triton
     from serving.runtimes import OrtModel
 
-    relative = f"{name}/{version}/{triton.MODEL_FILE}"
-    content = run.convert("step", relative, lambda: onnx.convert_signature(run.loaded, "step"))
+    def make() -> bytes:
+        content = onnx.convert_signature(run.loaded, "step")
+        model_path, _ = triton.write_repository(run.out_dir, name=name, version=version, onnx_model=content,
+                                                options=options)
+        return model_path.read_bytes()
+
+    content = run.convert("step", f"{name}/{version}/{triton.MODEL_FILE}", make)
     if content is None:
         return
-    triton.write_repository(run.out_dir, name=name, version=version, onnx_model=content, options=options)
     run.check("step", OrtModel(content))
     run.notes.append(
         f"Triton keeps the state on the server (sequence_batching.state, zero initial state). Start it with: "

@@ -14,8 +14,10 @@ per request with a correlation id (`sequence_id`) and the `sequence_start` /
 `sequence_end` flags; Triton routes every request of a sequence to the state it
 keeps for that id (`Direct`: one batch slot per sequence; `Oldest`: dynamic
 batching of the oldest sequences) and drops a sequence idle for longer than
-`max_sequence_idle_microseconds`. The model has no correlation-id input, so the
-config declares no CORRID control input: Triton still keys state by the request's id.
+`max_sequence_idle_microseconds`. The config also declares the correlation id as a
+`CONTROL_SEQUENCE_CORRID` control input (`TYPE_UINT64`): Triton requires the model to
+have that input, so the repository's `model.onnx` gets an extra `CORRID` input
+`[batch, 1]` that no node reads (`TritonOptions.correlation_id=False` leaves it out).
 
 Start Triton on the repository with
 `tritonserver --model-repository=REPO` (the binary of the official container image).
@@ -42,6 +44,7 @@ _DATA_TYPES = {
     np.dtype(np.float16): "TYPE_FP16",
     np.dtype(np.int32): "TYPE_INT32",
     np.dtype(np.int64): "TYPE_INT64",
+    np.dtype(np.uint64): "TYPE_UINT64",
     np.dtype(np.bool_): "TYPE_BOOL",
 }
 
@@ -64,12 +67,14 @@ class TritonOptions:
         max_sequence_idle_microseconds: a sequence with no request for this long is
             ended and its state freed.
         max_queue_delay_microseconds: how long a batch may wait to fill up.
+        correlation_id: declare the `CORRID` control input (uint64) and add it to the model.
     """
 
     max_batch_size: int = 8
     strategy: Strategy = Strategy.DIRECT
     max_sequence_idle_microseconds: int = 60_000_000
     max_queue_delay_microseconds: int = 0
+    correlation_id: bool = True
 
     def __post_init__(self):
         if self.max_batch_size < 0:
@@ -95,6 +100,22 @@ def data_type(dtype) -> str:
 def _dims(shape: tuple[int | None, ...], batched: bool) -> list[int]:
     dims = shape[1:] if batched else shape
     return [-1 if d is None else int(d) for d in dims]
+
+
+def add_correlation_id_input(onnx_model: bytes, *, batched: bool) -> bytes:
+    """The model with an extra uint64 input `CORRID` (`[batch, 1]`, or `[1]` unbatched) that
+    no node reads: Triton feeds the sequence's correlation id there."""
+    import onnx
+
+    from serving.runtimes import CORRELATION_ID
+
+    model = onnx.load_from_string(onnx_model)
+    if any(i.name == CORRELATION_ID for i in model.graph.input):
+        return onnx_model
+    shape = ["batch", 1] if batched else [1]
+    model.graph.input.append(onnx.helper.make_tensor_value_info(CORRELATION_ID, onnx.TensorProto.UINT64, shape))
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
 
 
 def model_config(name: str, model, options: TritonOptions = TritonOptions()):
@@ -125,6 +146,11 @@ def model_config(name: str, model, options: TritonOptions = TritonOptions()):
     else:
         batching.oldest.max_candidate_sequences = max(1, options.max_batch_size)
         batching.oldest.max_queue_delay_microseconds = options.max_queue_delay_microseconds
+    if options.correlation_id:
+        from serving.runtimes import CORRELATION_ID
+
+        control = batching.control_input.add(name=CORRELATION_ID)
+        control.control.add(kind=pb.ModelSequenceBatching.Control.CONTROL_SEQUENCE_CORRID, data_type="TYPE_UINT64")
     for state in states:
         info = model.inputs[state]
         dims = _dims(info.shape, batched)
@@ -159,9 +185,14 @@ def version_of(export_dir: Path) -> int:
 def write_repository(
     repo: Path, *, name: str, version: int, onnx_model: bytes, options: TritonOptions = TritonOptions()
 ) -> tuple[Path, Path]:
-    """Writes `repo/name/version/model.onnx` and `repo/name/config.pbtxt`; returns their paths."""
+    """Writes `repo/name/version/model.onnx` and `repo/name/config.pbtxt`; returns their paths.
+
+    `onnx_model` is the converted step model (`onnx.convert_signature(..., "step")`).
+    """
     from serving.runtimes import OrtModel
 
+    if options.correlation_id:
+        onnx_model = add_correlation_id_input(onnx_model, batched=options.max_batch_size > 0)
     model_dir = Path(repo) / name
     (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
     model_path = model_dir / str(version) / MODEL_FILE
@@ -213,7 +244,17 @@ def check_config(config, model) -> list[str]:
         zero = [s for s in state.initial_state if s.zero_data]
         if len(zero) != 1 or list(zero[0].dims) != list(state.dims):
             problems.append(f"state {state.input_name!r} needs one zero initial_state with dims {list(state.dims)}")
-    covered_in = {t.name for t in config.input} | {s.input_name for s in config.sequence_batching.state}
+    for control in config.sequence_batching.control_input:
+        if control.name not in raw_inputs:
+            problems.append(f"control input {control.name!r} is not a model input; the model has {sorted(raw_inputs)}")
+            continue
+        for item in control.control:
+            have = data_type(raw_inputs[control.name].dtype)
+            if item.data_type and pb.DataType.Name(item.data_type) != have:
+                problems.append(f"control input {control.name!r}: data_type {pb.DataType.Name(item.data_type)}, "
+                                f"model has {have}")
+    covered_in = ({t.name for t in config.input} | {s.input_name for s in config.sequence_batching.state}
+                  | {c.name for c in config.sequence_batching.control_input})
     covered_out = {t.name for t in config.output} | {s.output_name for s in config.sequence_batching.state}
     problems += [f"model input {n!r} is neither a config input nor a state" for n in raw_inputs if n not in covered_in]
     problems += [f"model output {n!r} is neither a config output nor a state" for n in raw_outputs

@@ -7,11 +7,13 @@ with ONNX Runtime using only the names the parsed config gives.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tritonclient.grpc import model_config_pb2 as pb
 from typer.testing import CliRunner
 
 from exporter.cli import app
@@ -49,6 +51,9 @@ def test_config_parses_back_and_agrees_with_the_onnx_model(repos, kind_loaded, k
     model = OrtModel.load(repo / kind / "1" / "model.onnx")
     assert config == triton.model_config(kind, model)  # what was written is what parses back
     assert triton.check_config(config, model) == []
+    assert [(c.name, [(i.kind, i.data_type) for i in c.control]) for c in config.sequence_batching.control_input] == [
+        ("CORRID", [(pb.ModelSequenceBatching.Control.CONTROL_SEQUENCE_CORRID, pb.TYPE_UINT64)])]
+    assert model.inputs["CORRID"].shape == (None, 1) and "CORRID" not in model.state_names
     manifest = kind_loaded[kind].manifest
     assert (config.name, config.platform, config.max_batch_size) == (kind, "onnxruntime_onnx", 8)
     assert [(t.name, list(t.dims)) for t in config.input] == [("x", [3])]
@@ -76,9 +81,13 @@ def test_config_alone_drives_the_model_to_the_goldens(repos, kind_loaded):
     batch, steps = inputs.shape[:2]
     states = {s.input_name: np.zeros((batch, *s.dims), np.float32) for s in config.sequence_batching.state}
     fetch = [config.output[0].name] + [s.output_name for s in config.sequence_batching.state]
+    # Triton feeds each sequence's correlation id to the CORRID control input; the model ignores it.
+    (control,) = config.sequence_batching.control_input
+    assert control.control[0].kind == control.control[0].CONTROL_SEQUENCE_CORRID
+    ids = {control.name: np.arange(100, 100 + batch, dtype=np.uint64).reshape(batch, 1)}
     ys = []
     for t in range(steps):
-        y, *new = session.run(fetch, {config.input[0].name: inputs[:, t], **states})
+        y, *new = session.run(fetch, {config.input[0].name: inputs[:, t], **states, **ids})
         ys.append(y)
         states = {s.input_name: v for s, v in zip(config.sequence_batching.state, new)}
     tolerance = kind_loaded["stacked_functional"].manifest.options.tolerance
@@ -87,13 +96,13 @@ def test_config_alone_drives_the_model_to_the_goldens(repos, kind_loaded):
     print([(r.tensor, r.max_abs, r.atol, r.rtol) for r in rows])
     assert all(r.passed for r in rows)
     # The same replay with the state mapping crossed (h fed back as c) must fail.
-    crossed = compare("triton", "replay", "outputs", _replay_crossed(session, config, inputs),
+    crossed = compare("triton", "replay", "outputs", _replay_crossed(session, config, inputs, ids),
                       golden["serving_default/out/outputs"], tolerance)
     print("crossed mapping:", crossed.max_abs)
     assert not crossed.passed
 
 
-def _replay_crossed(session, config, inputs):
+def _replay_crossed(session, config, inputs, ids):
     entries = list(config.sequence_batching.state)
     lstm = [s for s in entries if s.dims[0] == 5]  # the LSTM(5)'s h and c
     swap = {lstm[0].output_name: lstm[1].input_name, lstm[1].output_name: lstm[0].input_name}
@@ -101,7 +110,7 @@ def _replay_crossed(session, config, inputs):
     fetch = [config.output[0].name] + [s.output_name for s in entries]
     ys = []
     for t in range(inputs.shape[1]):
-        y, *new = session.run(fetch, {"x": inputs[:, t], **states})
+        y, *new = session.run(fetch, {"x": inputs[:, t], **states, **ids})
         ys.append(y)
         states = {swap.get(s.output_name, s.input_name): v for s, v in zip(entries, new)}
     return np.stack(ys, 1)
@@ -127,11 +136,18 @@ def test_check_config_names_every_mismatch(repos):
 def test_oldest_strategy_without_batching(kind_loaded):
     from exporter.convert import onnx
 
-    model = OrtModel(onnx.convert_signature(kind_loaded["lstm"], "step"))
+    step = onnx.convert_signature(kind_loaded["lstm"], "step")
     options = triton.TritonOptions(max_batch_size=0, strategy=triton.Strategy.OLDEST,
                                    max_sequence_idle_microseconds=5_000_000)
+    model = OrtModel(triton.add_correlation_id_input(step, batched=False))
     config = triton.model_config("lstm", model, options)
     assert triton.check_config(config, model) == []
+    assert model.inputs["CORRID"].shape == (1,)
+    # Without the control input the model must not have the extra input either.
+    plain = triton.model_config("lstm", OrtModel(step), dataclasses.replace(options, correlation_id=False))
+    assert not plain.sequence_batching.control_input
+    assert triton.check_config(plain, OrtModel(step)) == []
+    assert any("CORRID" in p for p in triton.check_config(config, OrtModel(step)))
     assert config.sequence_batching.WhichOneof("strategy_choice") == "oldest"
     assert list(config.input[0].dims) == [-1, 3]  # no batching: the batch dimension is in dims
     assert config.sequence_batching.max_sequence_idle_microseconds == 5_000_000
