@@ -95,7 +95,7 @@ def _inputs(loaded, batch: int, steps: int, seed: int = 0) -> np.ndarray:
 
 
 def conversion_costs(export_dir: Path, out_dir: Path, *, stream_batch: int = 32) -> list[dict]:
-    """Converts to `tflite` (with a whole-sequence model at `stream_batch`) and `onnx`.
+    """Converts to `tflite` (with a whole-sequence model at `stream_batch`), `onnx` and `triton`.
 
     Returns:
         One row per file: target, file, signature, batch, KiB, seconds, and whether
@@ -106,7 +106,7 @@ def conversion_costs(export_dir: Path, out_dir: Path, *, stream_batch: int = 32)
 
     loaded = load_export(Path(export_dir))
     rows = []
-    for target, extra in (("tflite", {"stream_batch": stream_batch}), ("onnx", {})):
+    for target, extra in (("tflite", {"stream_batch": stream_batch}), ("onnx", {}), ("triton", {})):
         report = convert_export(export_dir, target, Path(out_dir) / target, loaded=loaded, **extra)
         for file in report.files:
             rows.append({"target": target, "file": file.path, "signature": file.signature, "batch": file.batch,

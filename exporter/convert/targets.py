@@ -187,17 +187,28 @@ class _Run:
         except ConversionFailed as exc:
             self.checks.append(failed(self.target.value, signature, "*", str(exc)))
             return None
+        except Exception as exc:  # noqa: BLE001  a converter bug is still a failed conversion, reported
+            message = f"conversion crashed: {type(exc).__name__}: {str(exc).strip()[:500]}"
+            self.checks.append(failed(self.target.value, signature, "*", message))
+            return None
         seconds = time.monotonic() - started
         size = _write(self.out_dir / relative, content)
         self.files.append(ModelFile(path=relative, signature=signature, batch=batch, size=size, seconds=seconds))
         return content
 
-    def check(self, signature: str, model, *, batch: int | None = None) -> None:
-        """Parity of `model` on its own golden signature and as a chunked `Backend` driver."""
+    def check(self, signature: str, load, *, batch: int | None = None) -> None:
+        """Parity of the model `load()` returns, on its own golden signature and as a chunked driver."""
+        from exporter.compare import failed
         from exporter.convert.parity import driver_checks, model_checks
         from serving.runtimes import SequenceBackend, StepLoopBackend
 
         name = self.target.value
+        try:
+            model = load()
+        except Exception as exc:  # noqa: BLE001  the runtime refusing the file is the finding
+            self.checks.append(failed(name, signature, "*", f"the runtime cannot load the converted model: "
+                                      f"{type(exc).__name__}: {str(exc).strip()[:500]}"))
+            return
         golden, manifest = self.loaded.golden, self.loaded.manifest
         self.checks.extend(model_checks(name, signature, model, golden, self.tolerance))
         if signature == "step":
@@ -244,7 +255,7 @@ def _tflite(run: _Run, stream_batch: int | None) -> None:
     loaded = run.loaded
     content = run.convert("step", "step.tflite", lambda: tflite.convert_signature(loaded, "step"))
     if content is not None:
-        run.check("step", LiteRTModel(content))
+        run.check("step", lambda: LiteRTModel(content))
     if stream_batch is None:
         run.notes.append(
             "LiteRT whole-sequence model not converted: it needs a static batch, and LiteRT's WHILE loop "
@@ -256,7 +267,7 @@ def _tflite(run: _Run, stream_batch: int | None) -> None:
     content = run.convert("stream", relative, lambda: tflite.convert_signature(loaded, "stream", batch=stream_batch),
                           batch=stream_batch)
     if content is not None:
-        run.check("stream", LiteRTModel(content), batch=stream_batch)
+        run.check("stream", lambda: LiteRTModel(content), batch=stream_batch)
 
 
 def _onnx(run: _Run) -> None:
@@ -266,7 +277,7 @@ def _onnx(run: _Run) -> None:
     for signature in ("step", "stream"):
         content = run.convert(signature, f"{signature}.onnx", lambda s=signature: onnx.convert_signature(run.loaded, s))
         if content is not None:
-            run.check(signature, OrtModel(content))
+            run.check(signature, lambda c=content: OrtModel(c))
 
 
 def _triton(run: _Run, name: str, version: int, options) -> None:
@@ -282,7 +293,7 @@ def _triton(run: _Run, name: str, version: int, options) -> None:
     content = run.convert("step", f"{name}/{version}/{triton.MODEL_FILE}", make)
     if content is None:
         return
-    run.check("step", OrtModel(content))
+    run.check("step", lambda: OrtModel(content))
     run.notes.append(
         f"Triton keeps the state on the server (sequence_batching.state, zero initial state). Start it with: "
         f"{triton.START_COMMAND.format(repo=run.out_dir)}"

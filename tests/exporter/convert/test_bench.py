@@ -25,5 +25,6 @@ def test_sequence_scaling_and_conversion_costs(kind_exports, tmp_path):
     costs = bench.conversion_costs(kind_exports["gru_reset_after"], tmp_path, stream_batch=2)
     print(costs)
     assert [(c["target"], c["file"]) for c in costs] == [
-        ("tflite", "step.tflite"), ("tflite", "stream_b2.tflite"), ("onnx", "step.onnx"), ("onnx", "stream.onnx")]
+        ("tflite", "step.tflite"), ("tflite", "stream_b2.tflite"), ("onnx", "step.onnx"), ("onnx", "stream.onnx"),
+        ("triton", "gru_reset_after/1/model.onnx")]
     assert all(c["parity_passed"] and c["kib"] > 0 and c["seconds"] > 0 for c in costs)
