@@ -160,10 +160,12 @@ def _run_export(model: str, *, name, base, version, options, as_json: bool, all_
             for conversion in result.conversions:
                 print_conversion(conversion, all_rows=all_rows)
         timings = result.timings
+        convert = timings.get("convert", 0.0)
         stdout.print(
             f"[green]published[/] {escape(name)} version {result.version} at {escape(str(result.path))}\n"
-            f"{result.report.summary()}; export {timings['total'] - timings['verify']:.1f} s, "
-            f"verify {timings['verify']:.1f} s, total {timings['total']:.1f} s"
+            f"{result.report.summary()}; export {timings['total'] - timings['verify'] - convert:.1f} s, "
+            f"verify {timings['verify']:.1f} s, " + (f"convert {convert:.1f} s, " if convert else "")
+            + f"total {timings['total']:.1f} s"
         )
     if not result.conversions_passed:
         failed = [c.summary().rstrip(".") for c in result.conversions if not c.passed]
