@@ -1,4 +1,4 @@
-"""Names and helpers shared by the runtime-conversion tests."""
+"""Names and functions shared by the runtime-conversion tests."""
 
 from __future__ import annotations
 
