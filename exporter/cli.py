@@ -124,6 +124,11 @@ def export(
         Optional[list[Check]], typer.Option("--check", help="Force an optional check on (hvp: Hessian-vector product).")
     ] = None,
     skip: Annotated[Optional[list[Check]], typer.Option("--skip", help="Force an optional check off.")] = None,
+    targets: Annotated[
+        str,
+        typer.Option("--targets", help="Also convert to these runtimes before publishing, e.g. tflite,onnx "
+                     "(results in the version folder; exit 1 if one fails, the TF export is still published)."),
+    ] = "",
     as_json: JsonOption = False,
     all_rows: AllRowsOption = False,
 ) -> None:
@@ -134,15 +139,19 @@ def export(
         _import_modules(imports or [])
         if set(check or ()) & set(skip or ()):
             raise BadInput("A check cannot be both in --check and --skip.")
-        options = ExportOptions(
-            with_input_gradients=with_input_gradients,
-            tolerance=_tolerance(atol, rtol, "--atol/--rtol"),
-            grad_tolerance=_tolerance(grad_atol, grad_rtol, "--grad-atol/--grad-rtol"),
-            check_hvp=True if Check.HVP in (check or ()) else False if Check.HVP in (skip or ()) else None,
-            seed=seed,
-            unsafe=unsafe,
-            jit=jit,
-        )
+        try:
+            options = ExportOptions(
+                with_input_gradients=with_input_gradients,
+                tolerance=_tolerance(atol, rtol, "--atol/--rtol"),
+                grad_tolerance=_tolerance(grad_atol, grad_rtol, "--grad-atol/--grad-rtol"),
+                check_hvp=True if Check.HVP in (check or ()) else False if Check.HVP in (skip or ()) else None,
+                seed=seed,
+                unsafe=unsafe,
+                jit=jit,
+                targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
+            )
+        except ValueError as exc:
+            raise BadInput(f"--targets: {exc}") from None
         _run_export(model, name=name, base=base, version=version, options=options, as_json=as_json,
                     all_rows=all_rows)
 
@@ -164,15 +173,27 @@ def _run_export(model: str, *, name, base, version, options, as_json: bool, all_
     with status:
         result = run_export(model, name=name, base=base, version=version, options=options, progress=progress)
     if as_json:
-        print(json.dumps({"ok": True, **result.to_json()}, indent=2))
-        return
-    _print_checks(result.report.checks, title=f"verification (fresh process) of {name}", all_rows=all_rows)
-    timings = result.timings
-    stdout.print(
-        f"[green]published[/] {escape(name)} version {result.version} at {escape(str(result.path))}\n"
-        f"{result.report.summary()}; export {timings['total'] - timings['verify']:.1f} s, "
-        f"verify {timings['verify']:.1f} s, total {timings['total']:.1f} s"
-    )
+        print(json.dumps({"ok": result.conversions_passed, **result.to_json()}, indent=2))
+    else:
+        _print_checks(result.report.checks, title=f"verification (fresh process) of {name}", all_rows=all_rows)
+        if result.conversions:
+            from exporter.commands.convert import print_conversion
+
+            for conversion in result.conversions:
+                print_conversion(conversion, all_rows=all_rows)
+        timings = result.timings
+        convert = timings.get("convert", 0.0)
+        stdout.print(
+            f"[green]published[/] {escape(name)} version {result.version} at {escape(str(result.path))}\n"
+            f"{result.report.summary()}; export {timings['total'] - timings['verify'] - convert:.1f} s, "
+            f"verify {timings['verify']:.1f} s, " + (f"convert {convert:.1f} s, " if convert else "")
+            + f"total {timings['total']:.1f} s"
+        )
+    if not result.conversions_passed:
+        failed = [c.summary().rstrip(".") for c in result.conversions if not c.passed]
+        stderr.print(f"[bold red]error:[/] the TF export was published, but a requested conversion failed: "
+                     f"{escape('; '.join(failed))}")
+        raise typer.Exit(EXIT_CHECK_FAILED)
 
 
 def _export_dir(path: Path) -> Path:

@@ -31,3 +31,12 @@ class VerifyFailed(SeqExportError):
     def __init__(self, message: str, report: dict | None = None):
         super().__init__(message)
         self.report = report
+
+
+class ConversionFailed(SeqExportError):
+    """A runtime (LiteRT, ONNX Runtime) could not take a converted export (exit 1).
+
+    The TF export stays valid; the message names the signature and the op.
+    """
+
+    exit_code = EXIT_CHECK_FAILED

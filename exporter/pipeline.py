@@ -18,7 +18,11 @@ from exporter.verify import VerifyReport
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ExportResult:
-    """What `export` published, with the verification report and phase timings (seconds)."""
+    """What `export` published, with the verification report and phase timings (seconds).
+
+    `conversions` holds one `exporter.convert.targets.ConversionReport` per requested
+    target (`ExportOptions.targets`); a failed one does not stop the publish.
+    """
 
     name: str
     version: int
@@ -26,15 +30,23 @@ class ExportResult:
     manifest: Manifest
     report: VerifyReport
     timings: dict[str, float]
+    conversions: tuple = ()
+
+    @property
+    def conversions_passed(self) -> bool:
+        return all(c.passed for c in self.conversions)
 
     def to_json(self) -> dict:
-        return {
+        data = {
             "name": self.name,
             "version": self.version,
             "path": str(self.path),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "verify": self.report.to_json(),
         }
+        if self.conversions:
+            data["conversions"] = [c.to_json() for c in self.conversions]
+        return data
 
 
 def _tool_versions() -> dict[str, str]:
@@ -139,6 +151,10 @@ def export(
     check_name(name)
     if version is not None and version < 1:
         raise BadInput(f"--version must be a positive integer. Got: {version}")
+    if options.targets:
+        from exporter.convert.targets import check_dependencies
+
+        check_dependencies(options.targets)
     timings: dict[str, float] = {}
     clock = time.monotonic()
 
@@ -175,6 +191,16 @@ def export(
         write_manifest(manifest, staging)
         if not report.passed:
             raise VerifyFailed(f"Verification failed, nothing was published: {report.summary()}", report)
+        conversions = ()
+        if options.targets:
+            # Runtime conversions (issue 6): into the staging folder, before publishing.
+            from exporter.convert.targets import convert_in_export
+
+            phase("convert")
+            conversions = convert_in_export(staging, options.targets)
+            runtime_checks = tuple(c for r in conversions for c in r.checks)
+            manifest = dataclasses.replace(manifest, checks=report.checks + runtime_checks)
+            write_manifest(manifest, staging)
         phase("publish")
         version, path = publish(staging, directory, version)
         phase("done")
@@ -186,4 +212,5 @@ def export(
     starts = list(timings.items())
     durations = {label: starts[i + 1][1] - start for i, (label, start) in enumerate(starts[:-1])}
     durations["total"] = starts[-1][1] - starts[0][1]
-    return ExportResult(name=name, version=version, path=path, manifest=manifest, report=report, timings=durations)
+    return ExportResult(name=name, version=version, path=path, manifest=manifest, report=report, timings=durations,
+                        conversions=conversions)

@@ -28,6 +28,18 @@ class SignatureName(str, enum.Enum):
     INPUT_GRADIENTS = "input_gradients"
 
 
+class RuntimeTarget(str, enum.Enum):
+    """Runtimes an export converts to (`exporter.convert`); `export --targets` takes the first two."""
+
+    TFLITE = "tflite"
+    ONNX = "onnx"
+    TRITON = "triton"
+
+
+# A Triton model repository is a layout of its own, so it is written by `convert` only.
+EXPORT_TARGETS = (RuntimeTarget.TFLITE.value, RuntimeTarget.ONNX.value)
+
+
 class SourceKind(str, enum.Enum):
     KERAS_FILE = "keras_file"
     SAVED_MODEL = "saved_model"
@@ -194,6 +206,8 @@ class ExportOptions:
         seed: seed of the probe inputs and the loss weights.
         unsafe: Keras safe mode was turned off to load the model.
         jit: compile the forward signatures (`serving_default`, `stream`, `step`) with XLA.
+        targets: runtimes to convert to before publishing (`tflite`, `onnx`); results go
+            to `assets.extra/seqexport/runtimes/<target>/`.
         hvp_auto: `check_hvp` was chosen by size, not asked for: a model whose ops have no
             second derivative in TF then gets a "not supported" row instead of a failure.
     """
@@ -207,9 +221,16 @@ class ExportOptions:
     seed: int = 0
     unsafe: bool = False
     jit: bool = False
+    targets: tuple[str, ...] = ()
     hvp_auto: bool = False
 
     def __post_init__(self):
+        unknown = [t for t in self.targets if t not in EXPORT_TARGETS]
+        if unknown or len(set(self.targets)) != len(self.targets):
+            raise ValueError(
+                f"`targets` must be distinct names from {list(EXPORT_TARGETS)} (a Triton repository is "
+                f"written by `seqexport convert --to triton`). Got: {list(self.targets)}"
+            )
         if self.probe_batch < 2:
             raise ValueError(f"`probe_batch` must be at least 2 (batch independence needs 2 rows). Got: {self.probe_batch}")
         if self.probe_steps < 2:
@@ -238,7 +259,14 @@ class ExportOptions:
     def from_json(cls, data: dict) -> "ExportOptions":
         tolerance = lambda t: Tolerance(**t) if t else None  # noqa: E731
         return cls(
-            **(data | {"tolerance": tolerance(data["tolerance"]), "grad_tolerance": tolerance(data["grad_tolerance"])})
+            **(
+                data
+                | {
+                    "tolerance": tolerance(data["tolerance"]),
+                    "grad_tolerance": tolerance(data["grad_tolerance"]),
+                    "targets": tuple(data.get("targets", ())),
+                }
+            )
         )
 
 

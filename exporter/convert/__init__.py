@@ -1,0 +1,11 @@
+"""Convert an export for other runtimes (LiteRT, ONNX Runtime, Triton), each checked against its goldens.
+
+One module per target (`tflite`, `onnx`, `triton`), `graph` for the frozen TF
+function they all start from, `parity` for the checks, `targets` to run a target
+end to end, `bench` to time the drivers. Nothing here imports TensorFlow or an
+optional runtime at import time; the drivers live in `serving.runtimes`.
+"""
+
+from exporter.convert.targets import ConversionReport, ModelFile, convert_export, convert_in_export
+
+__all__ = ["ConversionReport", "ModelFile", "convert_export", "convert_in_export"]

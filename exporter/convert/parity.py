@@ -1,0 +1,117 @@
+"""Check a converted model against the export's `golden.npz`: one `CheckResult` per tensor.
+
+Two kinds of rows, both in the `verify` table format (`exporter.report.checks_table`):
+- the model alone, on the golden inputs of the signature it was converted from
+  (`step` or `stream`), against that signature's golden outputs;
+- a `Backend` driver over the golden `serving_default` inputs in 1, 2 and T chunks,
+  state threaded between chunks, against the golden predict outputs and final states.
+
+A step driver cannot reproduce the outputs of padded steps (see
+`serving.runtimes.StepLoopBackend`); for masked exports its rows compare the
+valid steps only (`outputs[t<lengths]`), while its final states compare whole.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from exporter.compare import compare, failed
+from exporter.specs import CheckResult, Manifest, Tolerance
+
+
+def _section(golden: dict, prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix):]: v for k, v in golden.items() if k.startswith(prefix) and "/" not in k[len(prefix):]}
+
+
+def _fit_batch(arrays: dict[str, np.ndarray], batch: int | None) -> dict[str, np.ndarray]:
+    """Rows repeated (or cut) to `batch`: rows are independent sequences, so row i of the
+    result must equal golden row i % B."""
+    if batch is None:
+        return arrays
+    return {k: np.asarray(v)[np.arange(batch) % np.shape(v)[0]] if np.ndim(v) else v for k, v in arrays.items()}
+
+
+def model_checks(
+    check: str, signature: str, model, golden: dict, tolerance: Tolerance
+) -> list[CheckResult]:
+    """The converted model on the golden inputs of `signature` vs its golden outputs."""
+    batch = model.static_batch
+    feed = _fit_batch(_section(golden, f"{signature}/in/"), batch)
+    want = _fit_batch(_section(golden, f"{signature}/out/"), batch)
+    try:
+        got = model(feed)
+    except Exception as exc:  # noqa: BLE001  a runtime error is the finding
+        return [failed(check, signature, "*", f"{model.runtime} failed to run: {type(exc).__name__}: {exc}")]
+    rows = []
+    for key in sorted(want):
+        if key not in got:
+            rows.append(failed(check, signature, key, f"missing from the {model.runtime} outputs {sorted(got)}"))
+        else:
+            rows.append(compare(check, signature, key, got[key], want[key], tolerance))
+    return rows
+
+
+def _last_valid(outputs: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+    if lengths is None:
+        return outputs[:, -1]
+    index = np.clip(lengths - 1, 0, outputs.shape[1] - 1)
+    return outputs[np.arange(outputs.shape[0]), index]
+
+
+def driver_checks(
+    check: str,
+    label: str,
+    backend,
+    manifest: Manifest,
+    golden: dict,
+    tolerance: Tolerance,
+    *,
+    batch: int | None = None,
+    exact_padding: bool = False,
+) -> list[CheckResult]:
+    """`backend.stream` over the golden predict inputs in chunks vs the golden predict outputs.
+
+    Args:
+        check: the runtime's name (first column of the table).
+        label: what drives it, e.g. `step driver`; rows are labelled `<label> x<chunks>`.
+        backend: a `serving.session.Backend`.
+        batch: a static batch the backend needs (golden rows are repeated to fill it).
+        exact_padding: the backend reproduces the outputs of padded steps (a converted
+            `stream` model does; a step loop does not), so compare them too.
+    """
+    feed = _fit_batch(_section(golden, "serving_default/in/"), batch)
+    want = _fit_batch(_section(golden, "serving_default/out/"), batch)
+    inputs, lengths = feed["inputs"], feed.get("lengths")
+    rows_batch, steps = inputs.shape[:2]
+    state_names = [s.name for s in manifest.states]
+    rows: list[CheckResult] = []
+    for chunks in sorted({1, 2, steps}):
+        signature = f"{label} x{chunks}"
+        bounds = np.linspace(0, steps, chunks + 1).astype(int)
+        try:
+            states = backend.initial_state(rows_batch)
+            pieces = []
+            for start, stop in zip(bounds[:-1], bounds[1:]):
+                chunk_lengths = None if lengths is None else np.clip(lengths - start, 0, stop - start).astype(np.int32)
+                outputs, states = backend.stream(inputs[:, start:stop], states, chunk_lengths)
+                pieces.append(np.asarray(outputs))
+        except Exception as exc:  # noqa: BLE001
+            rows.append(failed(check, signature, "*", f"driver failed: {type(exc).__name__}: {exc}"))
+            continue
+        outputs = np.concatenate(pieces, axis=1)
+        padded = lengths is not None and not exact_padding
+        if manifest.last_step_only:
+            got = _last_valid(outputs, lengths if padded else None)
+            rows.append(compare(check, signature, "outputs", got, want["outputs"], tolerance))
+        elif padded:
+            valid = np.arange(steps)[None, :] < lengths[:, None]
+            rows.append(compare(check, signature, "outputs[t<lengths]", outputs[valid],
+                                want["outputs"][valid], tolerance))
+        else:
+            rows.append(compare(check, signature, "outputs", outputs, want["outputs"], tolerance))
+        for name in state_names:
+            if name not in states:
+                rows.append(failed(check, signature, name, f"driver returned no state {name!r}"))
+            else:
+                rows.append(compare(check, signature, name, states[name], want[name], tolerance))
+    return rows

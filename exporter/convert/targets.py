@@ -1,0 +1,398 @@
+"""Convert an export for one runtime, check it against `golden.npz`, write model files + `parity.json`.
+
+What each target gets (files relative to the output folder):
+
+| target | files | whole sequence |
+|---|---|---|
+| `tflite` | `step.tflite`; `stream_b<N>.tflite` when a batch N is given | only at a static batch, and LiteRT's `WHILE` was measured O(T^2): use the step driver |
+| `onnx` | `step.onnx`, `stream.onnx` | yes: a `Loop`, dynamic batch and time |
+| `triton` | `NAME/VERSION/model.onnx` + `NAME/config.pbtxt` (a model repository) | no: Triton keeps the state and feeds one step per request |
+
+Gradients are TF-only: no converted model has `input_gradients`, and a
+`tf.custom_gradient` in the export (the demo has one) exists only in the SavedModel.
+A conversion that fails or does not match gives failed rows, never an exception,
+so `export --targets` can still publish the (valid) TF export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from exporter.errors import BadInput, ConversionFailed
+from exporter.specs import CheckResult, RuntimeTarget, Tolerance
+
+# The optional packages each target imports: (module, pip package).
+REQUIREMENTS = {
+    RuntimeTarget.TFLITE: (("ai_edge_litert", "ai-edge-litert"),),
+    RuntimeTarget.ONNX: (("tf2onnx", "tf2onnx"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime")),
+    RuntimeTarget.TRITON: (("tf2onnx", "tf2onnx"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime"),
+                           ("tritonclient.grpc", "tritonclient[grpc]")),
+}
+PARITY_FILE = "parity.json"
+RUNTIMES_DIR = "runtimes"  # under assets.extra/seqexport/ of a version folder
+STEP_DRIVER = "step driver"
+STREAM_DRIVER = "stream model"
+GRADIENTS_NOTE = (
+    "Gradients are TF-only: converted models are inference-only (no input_gradients); "
+    "use the TF SavedModel to train or to take gradients."
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelFile:
+    """One converted model file.
+
+    Attributes:
+        path: relative to the report's `out_dir`.
+        signature: the export signature it was converted from (`step` or `stream`).
+        batch: the static batch size it takes, or None for any.
+        size: bytes on disk.
+        seconds: conversion time.
+    """
+
+    path: str
+    signature: str
+    batch: int | None
+    size: int
+    seconds: float
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConversionReport:
+    """What one target produced and how it compared to the golden outputs (`parity.json`).
+
+    Attributes:
+        target: `tflite`, `onnx` or `triton`.
+        export_dir: the version folder converted (never written to by `convert`).
+        out_dir: where the files are.
+        files: the model files written.
+        checks: parity rows (`check` is the target; failures carry the reason).
+        notes: what the user should know (gradients TF-only, what was not converted and why).
+        seconds: wall time of conversion and checks together.
+    """
+
+    target: str
+    export_dir: str
+    out_dir: str
+    files: tuple[ModelFile, ...]
+    checks: tuple[CheckResult, ...]
+    notes: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> tuple[CheckResult, ...]:
+        return tuple(c for c in self.checks if not c.passed)
+
+    def summary(self) -> str:
+        if self.passed:
+            return f"{self.target}: all {len(self.checks)} parity checks passed"
+        first = self.failures[0]
+        detail = first.message or f"max abs {first.max_abs:.3g}"
+        return (
+            f"{self.target}: {len(self.failures)} of {len(self.checks)} parity checks failed; first: "
+            f"{first.signature} {first.tensor}: {detail}"
+        )
+
+    def to_json(self) -> dict:
+        return {
+            "target": self.target,
+            "passed": self.passed,
+            "export_dir": self.export_dir,
+            "out_dir": self.out_dir,
+            "files": [f.to_json() for f in self.files],
+            "checks": [c.to_json() for c in self.checks],
+            "notes": list(self.notes),
+            "seconds": round(self.seconds, 3),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ConversionReport":
+        return cls(
+            target=data["target"],
+            export_dir=data["export_dir"],
+            out_dir=data["out_dir"],
+            files=tuple(ModelFile(**f) for f in data["files"]),
+            checks=tuple(CheckResult.from_json(c) for c in data["checks"]),
+            notes=tuple(data.get("notes", ())),
+            seconds=data.get("seconds", 0.0),
+        )
+
+
+def _target(target: str | RuntimeTarget) -> RuntimeTarget:
+    try:
+        return RuntimeTarget(target)
+    except ValueError:
+        raise BadInput(
+            f"Unknown target {target!r}. Choose from: {', '.join(t.value for t in RuntimeTarget)}."
+        ) from None
+
+
+def check_dependencies(targets) -> None:
+    """Raises BadInput naming the missing package when a target's optional dependency is absent."""
+    import importlib.util
+
+    for target in map(_target, targets):
+        missing = []
+        for module, package in REQUIREMENTS[target]:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except ModuleNotFoundError:  # a parent package is missing
+                found = False
+            if not found:
+                missing.append(package)
+        if missing:
+            raise BadInput(
+                f"Target {target.value!r} needs {', '.join(missing)}, which is not installed: "
+                "pip install 'seqexport[runtimes]'."
+            )
+
+
+def _write(path: Path, content: bytes) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(content)
+    tmp.replace(path)
+    return len(content)
+
+
+class _Run:
+    """Collects files, rows and notes for one target."""
+
+    def __init__(self, loaded, target: RuntimeTarget, out_dir: Path, tolerance: Tolerance):
+        self.loaded = loaded
+        self.target = target
+        self.out_dir = out_dir
+        self.tolerance = tolerance
+        self.files: list[ModelFile] = []
+        self.checks: list[CheckResult] = []
+        self.notes: list[str] = []
+
+    def convert(self, signature: str, relative: str, make, *, batch: int | None = None) -> bytes | None:
+        """Runs the converter `make()`; writes the file; a ConversionFailed becomes a failed row."""
+        from exporter.compare import failed
+
+        started = time.monotonic()
+        try:
+            content = make()
+        except ConversionFailed as exc:
+            self.checks.append(failed(self.target.value, signature, "*", str(exc)))
+            return None
+        except Exception as exc:  # noqa: BLE001  a converter bug is still a failed conversion, reported
+            message = f"conversion crashed: {type(exc).__name__}: {str(exc).strip()[:500]}"
+            self.checks.append(failed(self.target.value, signature, "*", message))
+            return None
+        seconds = time.monotonic() - started
+        size = _write(self.out_dir / relative, content)
+        self.files.append(ModelFile(path=relative, signature=signature, batch=batch, size=size, seconds=seconds))
+        return content
+
+    def check(self, signature: str, load, *, batch: int | None = None) -> None:
+        """Parity of the model `load()` returns, on its own golden signature and as a chunked driver."""
+        from exporter.compare import failed
+        from exporter.convert.parity import driver_checks, model_checks
+        from serving.runtimes import SequenceBackend, StepLoopBackend
+
+        name = self.target.value
+        try:
+            model = load()
+        except Exception as exc:  # noqa: BLE001  the runtime refusing the file is the finding
+            self.checks.append(failed(name, signature, "*", f"the runtime cannot load the converted model: "
+                                      f"{type(exc).__name__}: {str(exc).strip()[:500]}"))
+            return
+        golden, manifest = self.loaded.golden, self.loaded.manifest
+        self.checks.extend(model_checks(name, signature, model, golden, self.tolerance))
+        if signature == "step":
+            backend, label, exact = StepLoopBackend(model), STEP_DRIVER, False
+        else:
+            backend, label, exact = SequenceBackend(model), STREAM_DRIVER, True
+        self.checks.extend(driver_checks(name, label, backend, manifest, golden, self.tolerance,
+                                         batch=batch, exact_padding=exact))
+
+    def report(self, started: float) -> ConversionReport:
+        return ConversionReport(
+            target=self.target.value,
+            export_dir=str(self.loaded.path),
+            out_dir=str(self.out_dir),
+            files=tuple(self.files),
+            checks=tuple(self.checks),
+            notes=tuple(self.notes),
+            seconds=time.monotonic() - started,
+        )
+
+
+def _common_notes(loaded) -> list[str]:
+    from exporter.convert.graph import custom_gradient_ops
+
+    notes = [GRADIENTS_NOTE]
+    custom = custom_gradient_ops(loaded.signature("step"))
+    if custom:
+        notes.append(
+            f"The export has a tf.custom_gradient ({', '.join(custom)}): converted for inference, "
+            "its gradient exists only in the TF SavedModel."
+        )
+    if loaded.manifest.masked:
+        notes.append(
+            "Masked export: the step driver holds each sequence's state past its length; its outputs "
+            "at padded steps are zeros (checked: valid steps and final states)."
+        )
+    return notes
+
+
+def _tflite(run: _Run, stream_batch: int | None) -> None:
+    from exporter.convert import tflite
+    from serving.runtimes import LiteRTModel
+
+    loaded = run.loaded
+    content = run.convert("step", "step.tflite", lambda: tflite.convert_signature(loaded, "step"))
+    if content is not None:
+        run.check("step", lambda: LiteRTModel(content))
+    if stream_batch is None:
+        run.notes.append(
+            "LiteRT whole-sequence model not converted: it needs a static batch, and LiteRT's WHILE loop "
+            "was measured O(T^2) in sequence length; the step model with a Python loop stays flat. "
+            "Pass a batch size (--stream-batch) to convert it anyway."
+        )
+        return
+    relative = f"stream_b{stream_batch}.tflite"
+    content = run.convert("stream", relative, lambda: tflite.convert_signature(loaded, "stream", batch=stream_batch),
+                          batch=stream_batch)
+    if content is not None:
+        run.check("stream", lambda: LiteRTModel(content), batch=stream_batch)
+
+
+def _onnx(run: _Run) -> None:
+    from exporter.convert import onnx
+    from serving.runtimes import OrtModel
+
+    for signature in ("step", "stream"):
+        content = run.convert(signature, f"{signature}.onnx", lambda s=signature: onnx.convert_signature(run.loaded, s))
+        if content is not None:
+            run.check(signature, lambda c=content: OrtModel(c))
+
+
+def _triton(run: _Run, name: str, version: int, options) -> None:
+    from exporter.convert import onnx, triton
+    from serving.runtimes import OrtModel
+
+    def make() -> bytes:
+        content = onnx.convert_signature(run.loaded, "step")
+        model_path, _ = triton.write_repository(run.out_dir, name=name, version=version, onnx_model=content,
+                                                options=options)
+        return model_path.read_bytes()
+
+    content = run.convert("step", f"{name}/{version}/{triton.MODEL_FILE}", make)
+    if content is None:
+        return
+    run.check("step", lambda: OrtModel(content))
+    run.notes.append(
+        f"Triton keeps the state on the server (sequence_batching.state, zero initial state). Start it with: "
+        f"{triton.START_COMMAND.format(repo=run.out_dir)}"
+    )
+
+
+def convert_export(
+    export_dir: Path,
+    target: str | RuntimeTarget,
+    out_dir: Path,
+    *,
+    tolerance: Tolerance | None = None,
+    stream_batch: int | None = None,
+    triton_name: str | None = None,
+    triton_version: int | None = None,
+    triton_options=None,
+    loaded=None,
+) -> ConversionReport:
+    """Converts one export for `target` into `out_dir` and checks it against the goldens.
+
+    Reads `export_dir` only. Writes the model files and `parity.json` into `out_dir`
+    (for `triton`, `out_dir` is the model repository and `parity.json` goes in
+    `out_dir/NAME/`).
+
+    Args:
+        export_dir: an export version folder.
+        target: `tflite`, `onnx` or `triton`.
+        out_dir: output folder (created).
+        tolerance: of the parity checks; default: the export's own (manifest options).
+        stream_batch: `tflite` only: also convert the whole-sequence model for this batch.
+        triton_name: `triton` only: model name in the repository (default: the export's name).
+        triton_version: `triton` only: version folder (default: the export's version).
+        triton_options: `triton` only: a `triton.TritonOptions`.
+        loaded: an already reloaded `graph.LoadedExport` of `export_dir` (saves a reload).
+
+    Returns:
+        A `ConversionReport`; `passed` is False when a conversion failed or did not match.
+
+    Raises:
+        BadInput: `export_dir` is not a seqexport export, or an unknown target/option.
+
+    Example:
+        >>> report = convert_export(Path("models/demo/1"), "onnx", Path("out/onnx"))
+        >>> report.passed, [f.path for f in report.files]
+        (True, ['step.onnx', 'stream.onnx'])
+    """
+    from exporter.convert.graph import load_export
+
+    started = time.monotonic()
+    target = _target(target)
+    check_dependencies([target])
+    if stream_batch is not None and (target is not RuntimeTarget.TFLITE or stream_batch < 1):
+        raise BadInput(f"A stream batch size (got {stream_batch}) is for --to tflite only, and must be positive.")
+    loaded = loaded or load_export(Path(export_dir))
+    out_dir = Path(out_dir)
+    run = _Run(loaded, target, out_dir, tolerance or loaded.manifest.options.tolerance)
+    run.notes.extend(_common_notes(loaded))
+    parity_dir = out_dir
+    if target is RuntimeTarget.TFLITE:
+        _tflite(run, stream_batch)
+    elif target is RuntimeTarget.ONNX:
+        _onnx(run)
+    else:
+        from exporter.convert import triton
+        from exporter.publish import check_name
+
+        name = check_name(triton_name or loaded.manifest.name)
+        version = triton_version or triton.version_of(loaded.path)
+        _triton(run, name, version, triton_options or triton.TritonOptions())
+        parity_dir = out_dir / name
+    report = run.report(started)
+    _write(parity_dir / PARITY_FILE, json.dumps(report.to_json(), indent=2).encode())
+    return report
+
+
+def convert_in_export(export_dir: Path, targets: tuple[str, ...]) -> tuple[ConversionReport, ...]:
+    """`export --targets`: converts into `<export>/assets.extra/seqexport/runtimes/<target>/`.
+
+    Never raises for a failed conversion (the TF export stays valid): a crash of a
+    converter becomes a failed row of that target's report.
+    """
+    from exporter.compare import failed
+    from exporter.convert.graph import load_export
+    from exporter.paths import SEQEXPORT_DIR
+
+    export_dir = Path(export_dir)
+    loaded = load_export(export_dir)
+    reports = []
+    for target in targets:
+        out_dir = export_dir / SEQEXPORT_DIR / RUNTIMES_DIR / str(target)
+        started = time.monotonic()
+        try:
+            report = convert_export(export_dir, target, out_dir, loaded=loaded)
+        except Exception as exc:  # noqa: BLE001  any converter crash is reported, the export stays
+            row = failed(str(target), "-", "*", f"conversion crashed: {type(exc).__name__}: {exc}")
+            report = ConversionReport(target=str(target), export_dir=".", out_dir=".", files=(), checks=(row,),
+                                      seconds=time.monotonic() - started)
+        # The version folder is renamed when published: record paths relative to it.
+        report = dataclasses.replace(report, export_dir=".", out_dir=str(out_dir.relative_to(export_dir)))
+        _write(out_dir / PARITY_FILE, json.dumps(report.to_json(), indent=2).encode())
+        reports.append(report)
+    return tuple(reports)

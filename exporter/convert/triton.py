@@ -1,0 +1,264 @@
+"""A Triton Inference Server model repository for an export, state kept on the server.
+
+Triton's sequence batcher can hold a sequence's state between requests
+("implicit state"), but only for its ONNX Runtime, TensorRT and PyTorch backends,
+not for TF SavedModels. The export's ONNX step model is the bridge:
+
+    REPO/NAME/VERSION/model.onnx     the `step` signature (x, *states -> y, *states_next)
+    REPO/NAME/config.pbtxt           a `ModelConfig` (tritonclient's model_config_pb2)
+
+The config lists `x` and `y` as the model's input and output, and one
+`sequence_batching.state` entry per state mapping its input to its `<state>_next`
+output, zero-initialised at the start of each sequence. A client sends one step
+per request with a correlation id (`sequence_id`) and the `sequence_start` /
+`sequence_end` flags; Triton routes every request of a sequence to the state it
+keeps for that id (`Direct`: one batch slot per sequence; `Oldest`: dynamic
+batching of the oldest sequences) and drops a sequence idle for longer than
+`max_sequence_idle_microseconds`. The config also declares the correlation id as a
+`CONTROL_SEQUENCE_CORRID` control input (`TYPE_UINT64`): Triton requires the model to
+have that input, so the repository's `model.onnx` gets an extra `CORRID` input
+`[batch, 1]` that no node reads (`TritonOptions.correlation_id=False` leaves it out).
+
+Start Triton on the repository with
+`tritonserver --model-repository=REPO` (the binary of the official container image).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from pathlib import Path
+
+import numpy as np
+
+from exporter.errors import ConversionFailed
+
+CONFIG_FILE = "config.pbtxt"
+MODEL_FILE = "model.onnx"
+PLATFORM = "onnxruntime_onnx"
+START_COMMAND = "tritonserver --model-repository={repo}"
+
+_DATA_TYPES = {
+    np.dtype(np.float32): "TYPE_FP32",
+    np.dtype(np.float64): "TYPE_FP64",
+    np.dtype(np.float16): "TYPE_FP16",
+    np.dtype(np.int32): "TYPE_INT32",
+    np.dtype(np.int64): "TYPE_INT64",
+    np.dtype(np.uint64): "TYPE_UINT64",
+    np.dtype(np.bool_): "TYPE_BOOL",
+}
+
+
+class Strategy(str, enum.Enum):
+    """How the sequence batcher assigns sequences to batch slots."""
+
+    DIRECT = "direct"
+    OLDEST = "oldest"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TritonOptions:
+    """Sequence-batcher settings of the generated `config.pbtxt`.
+
+    Attributes:
+        max_batch_size: sequences Triton may run in one call (one slot each); 0 turns
+            batching off (every request one sequence, the batch dimension in `dims`).
+        strategy: `Strategy.DIRECT` or `Strategy.OLDEST`.
+        max_sequence_idle_microseconds: a sequence with no request for this long is
+            ended and its state freed.
+        max_queue_delay_microseconds: how long a batch may wait to fill up.
+        correlation_id: declare the `CORRID` control input (uint64) and add it to the model.
+    """
+
+    max_batch_size: int = 8
+    strategy: Strategy = Strategy.DIRECT
+    max_sequence_idle_microseconds: int = 60_000_000
+    max_queue_delay_microseconds: int = 0
+    correlation_id: bool = True
+
+    def __post_init__(self):
+        if self.max_batch_size < 0:
+            raise ValueError(f"`max_batch_size` must be >= 0. Got: {self.max_batch_size}")
+        if self.max_sequence_idle_microseconds < 1:
+            raise ValueError(
+                f"`max_sequence_idle_microseconds` must be positive. Got: {self.max_sequence_idle_microseconds}"
+            )
+        if self.max_queue_delay_microseconds < 0:
+            raise ValueError(
+                f"`max_queue_delay_microseconds` must be >= 0. Got: {self.max_queue_delay_microseconds}"
+            )
+
+
+def data_type(dtype) -> str:
+    """Triton's `DataType` name of a numpy dtype."""
+    try:
+        return _DATA_TYPES[np.dtype(dtype)]
+    except KeyError:
+        raise ValueError(f"no Triton data type for {np.dtype(dtype)}; supported: {sorted(map(str, _DATA_TYPES))}") from None
+
+
+def _dims(shape: tuple[int | None, ...], batched: bool) -> list[int]:
+    dims = shape[1:] if batched else shape
+    return [-1 if d is None else int(d) for d in dims]
+
+
+def add_correlation_id_input(onnx_model: bytes, *, batched: bool) -> bytes:
+    """The model with an extra uint64 input `CORRID` (`[batch, 1]`, or `[1]` unbatched) that
+    no node reads: Triton feeds the sequence's correlation id there."""
+    import onnx
+
+    from serving.runtimes import CORRELATION_ID
+
+    model = onnx.load_from_string(onnx_model)
+    if any(i.name == CORRELATION_ID for i in model.graph.input):
+        return onnx_model
+    shape = ["batch", 1] if batched else [1]
+    model.graph.input.append(onnx.helper.make_tensor_value_info(CORRELATION_ID, onnx.TensorProto.UINT64, shape))
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def model_config(name: str, model, options: TritonOptions = TritonOptions()):
+    """The `ModelConfig` message for a converted ONNX step model.
+
+    Args:
+        name: the model's name in the repository.
+        model: a `serving.runtimes.OrtModel` of the step model: names, dtypes and
+            shapes are taken from what ONNX Runtime reports for it.
+        options: see `TritonOptions`.
+    """
+    from serving.runtimes import state_output_name
+    from tritonclient.grpc import model_config_pb2 as pb  # optional dependency
+
+    batched = options.max_batch_size > 0
+    config = pb.ModelConfig(name=name, platform=PLATFORM, max_batch_size=options.max_batch_size)
+    states = model.state_names
+    for key in ("x",):
+        info = model.inputs[key]
+        config.input.append(pb.ModelInput(name=key, data_type=data_type(info.dtype), dims=_dims(info.shape, batched)))
+    for key in ("y",):
+        info = model.outputs[key]
+        config.output.append(pb.ModelOutput(name=key, data_type=data_type(info.dtype), dims=_dims(info.shape, batched)))
+    batching = config.sequence_batching
+    batching.max_sequence_idle_microseconds = options.max_sequence_idle_microseconds
+    if options.strategy is Strategy.DIRECT:
+        batching.direct.max_queue_delay_microseconds = options.max_queue_delay_microseconds
+    else:
+        batching.oldest.max_candidate_sequences = max(1, options.max_batch_size)
+        batching.oldest.max_queue_delay_microseconds = options.max_queue_delay_microseconds
+    if options.correlation_id:
+        from serving.runtimes import CORRELATION_ID
+
+        control = batching.control_input.add(name=CORRELATION_ID)
+        control.control.add(kind=pb.ModelSequenceBatching.Control.CONTROL_SEQUENCE_CORRID, data_type="TYPE_UINT64")
+    for state in states:
+        info = model.inputs[state]
+        dims = _dims(info.shape, batched)
+        entry = batching.state.add(
+            input_name=state, output_name=state_output_name(state), data_type=data_type(info.dtype), dims=dims
+        )
+        entry.initial_state.add(data_type=data_type(info.dtype), dims=dims, zero_data=True, name=f"{state}_zero")
+    config.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=1)
+    return config
+
+
+def write_config(config, path: Path) -> None:
+    from google.protobuf import text_format
+
+    path.write_text(text_format.MessageToString(config))
+
+
+def read_config(path: Path):
+    """Parses a `config.pbtxt` back into a `ModelConfig` (raises on any unknown field)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    return text_format.Parse(Path(path).read_text(), pb.ModelConfig())
+
+
+def version_of(export_dir: Path) -> int:
+    """The export's version number (its folder name), or 1 for a folder not named by a number."""
+    name = Path(export_dir).resolve().name
+    return int(name) if name.isdigit() else 1
+
+
+def write_repository(
+    repo: Path, *, name: str, version: int, onnx_model: bytes, options: TritonOptions = TritonOptions()
+) -> tuple[Path, Path]:
+    """Writes `repo/name/version/model.onnx` and `repo/name/config.pbtxt`; returns their paths.
+
+    `onnx_model` is the converted step model (`onnx.convert_signature(..., "step")`).
+    """
+    from serving.runtimes import OrtModel
+
+    if options.correlation_id:
+        onnx_model = add_correlation_id_input(onnx_model, batched=options.max_batch_size > 0)
+    model_dir = Path(repo) / name
+    (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
+    model_path = model_dir / str(version) / MODEL_FILE
+    model_path.write_bytes(onnx_model)
+    config_path = model_dir / CONFIG_FILE
+    model = OrtModel(onnx_model)
+    config = model_config(name, model, options)
+    problems = check_config(config, model)
+    if problems:  # a bug here, not a user error: the config is built from the model
+        raise ConversionFailed(f"Triton config for {name!r} disagrees with its ONNX model: {'; '.join(problems)}")
+    write_config(config, config_path)
+    return model_path, config_path
+
+
+def check_config(config, model) -> list[str]:
+    """What in `config` disagrees with the ONNX model as ONNX Runtime reports it (empty: all agree).
+
+    Checks every config input/output and state against the model's tensor names,
+    dtypes and dims, and that every model input and output is accounted for (a
+    config input, a state input, the config output, or a state output).
+    """
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    problems = []
+    batched = config.max_batch_size > 0
+
+    def expect(kind: str, name: str, infos: dict, dtype_value: int, dims) -> None:
+        if name not in infos:
+            problems.append(f"{kind} {name!r} is not a model {kind.split()[-1]}; the model has {sorted(infos)}")
+            return
+        info = infos[name]
+        want_type, want_dims = data_type(info.dtype), _dims(info.shape, batched)
+        if pb.DataType.Name(dtype_value) != want_type:
+            problems.append(f"{kind} {name!r}: data_type {pb.DataType.Name(dtype_value)}, model has {want_type}")
+        if list(dims) != want_dims:
+            problems.append(f"{kind} {name!r}: dims {list(dims)}, model has {want_dims}")
+
+    from serving.runtimes import STATE_OUTPUT_SUFFIX
+
+    raw_inputs = dict(model.inputs)
+    raw_outputs = {(k if k == "y" else k + STATE_OUTPUT_SUFFIX): v for k, v in model.outputs.items()}
+    for tensor in config.input:
+        expect("config input", tensor.name, raw_inputs, tensor.data_type, tensor.dims)
+    for tensor in config.output:
+        expect("config output", tensor.name, raw_outputs, tensor.data_type, tensor.dims)
+    for state in config.sequence_batching.state:
+        expect("state input", state.input_name, raw_inputs, state.data_type, state.dims)
+        expect("state output", state.output_name, raw_outputs, state.data_type, state.dims)
+        zero = [s for s in state.initial_state if s.zero_data]
+        if len(zero) != 1 or list(zero[0].dims) != list(state.dims):
+            problems.append(f"state {state.input_name!r} needs one zero initial_state with dims {list(state.dims)}")
+    for control in config.sequence_batching.control_input:
+        if control.name not in raw_inputs:
+            problems.append(f"control input {control.name!r} is not a model input; the model has {sorted(raw_inputs)}")
+            continue
+        for item in control.control:
+            have = data_type(raw_inputs[control.name].dtype)
+            if item.data_type and pb.DataType.Name(item.data_type) != have:
+                problems.append(f"control input {control.name!r}: data_type {pb.DataType.Name(item.data_type)}, "
+                                f"model has {have}")
+    covered_in = ({t.name for t in config.input} | {s.input_name for s in config.sequence_batching.state}
+                  | {c.name for c in config.sequence_batching.control_input})
+    covered_out = {t.name for t in config.output} | {s.output_name for s in config.sequence_batching.state}
+    problems += [f"model input {n!r} is neither a config input nor a state" for n in raw_inputs if n not in covered_in]
+    problems += [f"model output {n!r} is neither a config output nor a state" for n in raw_outputs
+                 if n not in covered_out]
+    if not config.sequence_batching.WhichOneof("strategy_choice"):
+        problems.append("sequence_batching has no strategy (direct or oldest)")
+    return problems
