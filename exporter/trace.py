@@ -44,12 +44,10 @@ def unroll(model: StepModel, inputs, states: tuple, lengths=None):
     input_ta = tf.TensorArray(
         inputs.dtype, size=steps, element_shape=tf.TensorShape([None, *model.input_shape])
     ).unstack(time_major)
-    # One slot more than steps, filled with zeros after the loop: stacking an empty list
-    # fails when the batch size is unknown, and T=0 must return the state unchanged.
     loop_shape = model.loop_output_shape()
     output_ta = tf.TensorArray(
         tf.as_dtype(model.output_dtype),
-        size=steps + 1,
+        size=steps,
         element_shape=tf.TensorShape([None, *loop_shape]),
     )
     state_shapes = [tf.TensorShape([None, *s.shape]) for s in model.states]
@@ -70,9 +68,15 @@ def unroll(model: StepModel, inputs, states: tuple, lengths=None):
         (tf.constant(0), output_ta, *states),
         maximum_iterations=steps,
     )
-    batch = tf.shape(inputs)[0]
-    output_ta = output_ta.write(steps, tf.zeros(tf.stack([batch, *loop_shape]), model.output_dtype))
-    outputs = output_ta.stack()[:steps]
+    # Stacked with the element shape known at run time (batch included): stacking an empty
+    # list (T=0, which must return the state unchanged) fails on a partly unknown one.
+    outputs = tf.raw_ops.TensorListStack(
+        input_handle=output_ta.flow,
+        element_shape=tf.stack([tf.shape(inputs)[0], *loop_shape]),
+        element_dtype=tf.as_dtype(model.output_dtype),
+        num_elements=-1,
+    )
+    outputs.set_shape([None, None, *loop_shape])
     outputs = tf.transpose(outputs, [1, 0, *range(2, len(loop_shape) + 2)])
     return model.apply_head(outputs), tuple(final)
 
