@@ -101,6 +101,23 @@ def _interleaved(variants: dict[str, Callable], x, config: BenchConfig) -> dict[
     return {n: statistics.median(v) for n, v in samples.items()}
 
 
+def _runtime_step_loops(plain_dir: Path, workdir: Path) -> dict[str, Callable]:
+    """LiteRT and ONNX Runtime step models behind their driver loops (optional runtimes)."""
+    from exporter.convert.targets import convert_export
+    from serving.runtimes import StepLoopBackend, load_model
+
+    loops = {}
+    for target, file in (("tflite", "step.tflite"), ("onnx", "step.onnx")):
+        out = workdir / f"{plain_dir.name}-{target}"
+        report = convert_export(plain_dir, target, out)
+        if not report.passed:
+            continue  # the JSON still lists every variant that ran; a failed conversion is not timed
+        backend = StepLoopBackend(load_model(out / file))
+        name = "litert_step_loop" if target == "tflite" else "ort_step_loop"
+        loops[name] = lambda x, backend=backend: backend.stream(x, backend.initial_state(x.shape[0]))[0]
+    return loops
+
+
 def _forward_variants(model, exported, exported_xla, steps_loop: bool) -> dict[str, Callable]:
     import tensorflow as tf
 
@@ -188,6 +205,8 @@ def run(config: BenchConfig, workdir: Path, progress: Callable[[str], None] = la
         model = build_model(model_name)
         progress(f"{model_name}: exporting")
         exported, exported_xla, plain_dir = _export_pair(model, workdir)
+        progress(f"{model_name}: converting the step model for LiteRT and ONNX Runtime")
+        runtime_loops = _runtime_step_loops(plain_dir, workdir)
         model_file = workdir / f"{model_name}.keras"
         model.save(model_file)
         for batch in config.batches:
@@ -196,6 +215,7 @@ def run(config: BenchConfig, workdir: Path, progress: Callable[[str], None] = la
                 x = np.random.default_rng(batch * 10_000 + steps).normal(size=(batch, steps, FEATURES))
                 x = x.astype(np.float32)
                 forward = _forward_variants(model, exported, exported_xla, steps_loop=steps <= 1024)
+                forward.update(runtime_loops)
                 rows += _rows(model_name, batch, steps, "forward", forward, x, config)
                 rows += _rows(model_name, batch, steps, "gradient", _gradient_variants(model, exported), x, config)
         for variant in ("keras", "exported", "keras_grad", "exported_grad") if model_name in config.memory_models else ():

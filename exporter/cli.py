@@ -124,6 +124,9 @@ def export(
         Optional[list[Check]], typer.Option("--check", help="Force an optional check on (hvp: Hessian-vector product).")
     ] = None,
     skip: Annotated[Optional[list[Check]], typer.Option("--skip", help="Force an optional check off.")] = None,
+    serving: Annotated[
+        bool, typer.Option("--serving", help="Also write TF Serving's configs and deploy files into --base (see serving-config).")
+    ] = False,
     targets: Annotated[
         str,
         typer.Option("--targets", help="Also convert to these runtimes before publishing, e.g. tflite,onnx "
@@ -153,7 +156,7 @@ def export(
         except ValueError as exc:
             raise BadInput(f"--targets: {exc}") from None
         _run_export(model, name=name, base=base, version=version, options=options, as_json=as_json,
-                    all_rows=all_rows)
+                    all_rows=all_rows, serving=serving)
 
 
 def _tolerance(atol: float | None, rtol: float | None, flags: str):
@@ -166,14 +169,25 @@ def _tolerance(atol: float | None, rtol: float | None, flags: str):
     return Tolerance(atol=atol, rtol=rtol)
 
 
-def _run_export(model: str, *, name, base, version, options, as_json: bool, all_rows: bool) -> None:
+def _run_export(model: str, *, name, base, version, options, as_json: bool, all_rows: bool,
+                serving: bool = False) -> None:
     from exporter.pipeline import export as run_export
 
     status, progress = _progress(as_json)
     with status:
         result = run_export(model, name=name, base=base, version=version, options=options, progress=progress)
+        serving_files = None
+        if serving:
+            from serving.serving_files import write_serving_config
+
+            progress("serving-config")
+            # Batching only where the export proved batch independence; never forced from here.
+            serving_files = write_serving_config(Path(base), [name], batching=result.manifest.batch_independent is True)
     if as_json:
-        print(json.dumps({"ok": result.conversions_passed, **result.to_json()}, indent=2))
+        payload = {"ok": result.conversions_passed, **result.to_json()}
+        if serving_files is not None:
+            payload["serving"] = serving_files.to_json()
+        print(json.dumps(payload, indent=2))
     else:
         _print_checks(result.report.checks, title=f"verification (fresh process) of {name}", all_rows=all_rows)
         if result.conversions:
@@ -189,6 +203,12 @@ def _run_export(model: str, *, name, base, version, options, as_json: bool, all_
             f"verify {timings['verify']:.1f} s, " + (f"convert {convert:.1f} s, " if convert else "")
             + f"total {timings['total']:.1f} s"
         )
+        if serving_files is not None:
+            batching = "on" if serving_files.batching is not None else "off (batch independence not proven)"
+            stdout.print(f"serving files: {', '.join(p.name for p in serving_files.files.values())} in "
+                         f"{escape(str(base))}; batching {batching}")
+            for note in serving_files.notes:
+                stdout.print(f"note: {escape(note)}", soft_wrap=True)
     if not result.conversions_passed:
         failed = [c.summary().rstrip(".") for c in result.conversions if not c.passed]
         stderr.print(f"[bold red]error:[/] the TF export was published, but a requested conversion failed: "
@@ -263,7 +283,7 @@ def demo(
     seconds: Annotated[float, typer.Option(min=0.5, help="Training time.")] = 4.0,
     as_json: JsonOption = False,
 ) -> None:
-    """Train the built-in stateful LSTM+GRU model for a few seconds, export and verify it."""
+    """Train the built-in stateful LSTM+GRU model for a few seconds, export, verify, write serving files."""
     from exporter.demo import train_demo_model
     from exporter.specs import ExportOptions
 
@@ -271,7 +291,7 @@ def demo(
         with stderr.status(f"training the demo model for {seconds:.0f} s", spinner="dots"):
             model_file = train_demo_model(out / "demo.keras", seconds=seconds)
         _run_export(str(model_file), name="demo", base=out / "models", version=None,
-                    options=ExportOptions(), as_json=as_json, all_rows=False)
+                    options=ExportOptions(), as_json=as_json, all_rows=False, serving=True)
 
 
 def _register_commands() -> None:

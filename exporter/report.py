@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from exporter.specs import CheckResult, Manifest
@@ -34,11 +35,11 @@ def checks_table(checks: tuple[CheckResult, ...], *, title: str, all_rows: bool 
     rows = [(c, 1) for c in checks] if all_rows else _grouped(checks)
     for check, count in rows:
         tolerance = "-" if check.atol is None else f"{check.atol:.0e}/{check.rtol:.0e}"
-        result = "[green]pass[/]" if check.passed else f"[bold red]FAIL[/] {check.message}"
-        if check.passed and check.message and check.max_abs is None:
-            result = f"[green]pass[/] {check.message}"
-        table.add_row(check.check, check.signature, check.tensor, str(count), _num(check.max_abs),
-                      _num(check.max_rel), tolerance, result)
+        result = "[green]pass[/]" if check.passed else f"[bold red]FAIL[/] {escape(check.message)}"
+        if check.passed and check.message and (check.max_abs is None or check.check == "batch independence"):
+            result = f"[green]pass[/] {escape(check.message)}"
+        table.add_row(escape(check.check), escape(check.signature), escape(check.tensor), str(count),
+                      _num(check.max_abs), _num(check.max_rel), tolerance, result)
     return table
 
 

@@ -70,13 +70,16 @@ def unroll(model: StepModel, inputs, states: tuple, lengths=None):
     )
     # Stacked with the element shape known at run time (batch included): stacking an empty
     # list (T=0, which must return the state unchanged) fails on a partly unknown one.
-    outputs = tf.raw_ops.TensorListStack(
-        input_handle=output_ta.flow,
-        element_shape=tf.stack([tf.shape(inputs)[0], *loop_shape]),
-        element_dtype=tf.as_dtype(model.output_dtype),
-        num_elements=-1,
-    )
-    outputs.set_shape([None, None, *loop_shape])
+    if tf.executing_eagerly():  # a reference run outside tf.function: a Python list underneath
+        outputs = output_ta.stack()
+    else:
+        outputs = tf.raw_ops.TensorListStack(
+            input_handle=output_ta.flow,
+            element_shape=tf.stack([tf.shape(inputs)[0], *loop_shape]),
+            element_dtype=tf.as_dtype(model.output_dtype),
+            num_elements=-1,
+        )
+        outputs.set_shape([None, None, *loop_shape])
     outputs = tf.transpose(outputs, [1, 0, *range(2, len(loop_shape) + 2)])
     return model.apply_head(outputs), tuple(final)
 

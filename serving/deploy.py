@@ -35,6 +35,7 @@ class ServerFiles:
     models: str
     monitoring: str
     batching: str | None = None
+    xla: bool = False  # a served version was exported with --jit
 
 
 def default_image() -> str:
@@ -60,6 +61,9 @@ def server_flags(files: ServerFiles, *, container_base: str = CONTAINER_BASE) ->
     ]
     if files.batching is not None:
         flags += ["--enable_batching=true", f"--batching_parameters_file={base / files.batching}"]
+    if files.xla:
+        # Without it TF Serving refuses to run functions marked for XLA (`--jit` exports).
+        flags.append("--xla_cpu_compilation_enabled=true")
     return flags
 
 

@@ -241,10 +241,12 @@ def write_serving_config(
                 notes.append(f"{model.name} version {version} has no {WARMUP_FILE} (exported before warmup "
                              "records existed): it starts cold.")
 
+    xla = any(_manifest(base / m.name / str(v)).options.jit for m in models for v in m.versions)
     files = deploy.ServerFiles(
         models=cfg.MODELS_CONFIG,
         monitoring=cfg.MONITORING_CONFIG,
         batching=cfg.BATCHING_CONFIG if choice is not None else None,
+        xla=xla,
     )
     flags = deploy.server_flags(files, container_base=container_base)
     image = image or deploy.default_image()

@@ -29,7 +29,7 @@ def test_quick_bench(tmp_path):
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
     rows = results["timings"]
     assert {r["variant"] for r in rows} >= {"keras", "exported", "exported_xla", "tf_step_loop", "numpy_floor",
-                                            "keras_grad", "exported_grad"}
+                                            "litert_step_loop", "ort_step_loop", "keras_grad", "exported_grad"}
     for row in rows:
         assert ROW_FIELDS <= set(row), row
         if row["variant"] != "numpy_floor":

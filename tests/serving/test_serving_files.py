@@ -22,7 +22,7 @@ runner = CliRunner()
 # tensorflow_serving/model_servers/main.cc (tensorflow/serving@9d981c5).
 TF_SERVING_FLAGS = {
     "port", "rest_api_port", "model_config_file", "monitoring_config_file", "enable_model_warmup",
-    "enable_batching", "batching_parameters_file",
+    "enable_batching", "batching_parameters_file", "xla_cpu_compilation_enabled",
 }
 
 
@@ -168,3 +168,23 @@ def test_serving_config_does_not_import_tensorflow(base):
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_jit_export_turns_on_tf_servings_xla_flag(base):
+    import dataclasses
+
+    from exporter.paths import manifest_path
+    from exporter.specs import Manifest
+
+    assert _run(base, "--name", "demo").exit_code == 0
+    compose = json.loads((base / deploy.COMPOSE_FILE).read_text())
+    assert "xla_cpu_compilation_enabled" not in deploy.parse_flags(compose["services"]["tfserving"]["command"])
+    path = manifest_path(base / "demo" / "2")
+    manifest = Manifest.from_json(json.loads(path.read_text()))
+    manifest = dataclasses.replace(manifest, options=dataclasses.replace(manifest.options, jit=True))
+    path.write_text(json.dumps(manifest.to_json()))
+    result = _run(base, "--name", "demo")
+    assert result.exit_code == 0, result.output
+    compose = json.loads((base / deploy.COMPOSE_FILE).read_text())
+    flags = deploy.parse_flags(compose["services"]["tfserving"]["command"])
+    assert flags["xla_cpu_compilation_enabled"] == "true"

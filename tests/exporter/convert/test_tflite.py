@@ -69,9 +69,14 @@ def test_naive_keras_conversion_returns_garbage_that_parity_catches(tmp_path):
     loaded = load_export(tmp_path / "lstm")
     tolerance = loaded.manifest.options.tolerance
 
-    # What a user would write: the step function, with the Keras model as the trackable.
+    # What a user would write: the step traced with the cells reading their Keras variables
+    # inside the function (seqexport's own `bind_step` reads them outside, which happens to
+    # freeze even on this path), and the Keras model as the trackable.
+    import dataclasses
+
+    unbound = dataclasses.replace(step_model, bind_step=None, head=None, core_output_shape=None)
     naive = tf.lite.TFLiteConverter.from_concrete_functions(
-        [trace(step_model).functions["step"]], keras_model
+        [trace(unbound).functions["step"]], keras_model
     ).convert()
     assert set(tflite.VARIABLE_OPS) & set(tflite.operator_names(naive))
     naive_rows = model_checks("tflite", "step", LiteRTModel(naive), loaded.golden, tolerance)
