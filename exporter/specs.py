@@ -191,6 +191,29 @@ class Check(str, enum.Enum):
     HVP = "hvp"
 
 
+class CheckRows:
+    """What every report holding `checks: tuple[CheckResult, ...]` says about them."""
+
+    checks: tuple[CheckResult, ...]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> tuple[CheckResult, ...]:
+        return tuple(c for c in self.checks if not c.passed)
+
+    def failure_summary(self, what: str = "checks") -> str:
+        """`N of M <what> failed; first: <check> <signature> <tensor>: <why>`."""
+        first = self.failures[0]
+        detail = first.message or f"max abs {first.max_abs:.3g}"
+        return (
+            f"{len(self.failures)} of {len(self.checks)} {what} failed; first: {first.check} "
+            f"{first.signature} {first.tensor}: {detail}"
+        )
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ExportOptions:
     """What the user asked for; recorded in the manifest (resolved: no None left).

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import exporter
 from exporter.errors import SeqExportError
-from exporter.specs import CheckResult
+from exporter.specs import CheckResult, CheckRows
 
 DEFAULT_TIMEOUT_S = 900.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class VerifyReport:
+class VerifyReport(CheckRows):
     """All rows of one verification; `passed` only when every row passed."""
 
     export_dir: str
@@ -32,22 +32,8 @@ class VerifyReport:
     timings: dict = dataclasses.field(default_factory=dict)
     properties: dict = dataclasses.field(default_factory=dict)
 
-    @property
-    def passed(self) -> bool:
-        return bool(self.checks) and all(c.passed for c in self.checks)
-
-    @property
-    def failures(self) -> tuple[CheckResult, ...]:
-        return tuple(c for c in self.checks if not c.passed)
-
     def summary(self) -> str:
-        if self.passed:
-            return f"all {len(self.checks)} checks passed"
-        first = self.failures[0]
-        return (
-            f"{len(self.failures)} of {len(self.checks)} checks failed; first: {first.check} "
-            f"{first.signature} {first.tensor}: {first.message or f'max abs {first.max_abs:.3g}'}"
-        )
+        return f"all {len(self.checks)} checks passed" if self.passed else self.failure_summary()
 
     def to_json(self) -> dict:
         return {

@@ -231,7 +231,8 @@ def write_serving_config(
             notes.append(
                 "With --enable_batching TF Serving rejects every call of a signature with a scalar input "
                 f"('Batching Run() input tensors must have at least one dimension'): {'; '.join(scalars)}. "
-                "Build the zero state in the client instead of calling initial_state."
+                "seqexport's clients (serving/client.py) build the zero state from the stream signature instead; "
+                "other clients must do the same."
             )
         notes.append("With batching, concurrent `stream`/`serving_default` requests must share the chunk length "
                      "(TF Serving concatenates on dimension 0 and fails a batch whose other dimensions differ).")

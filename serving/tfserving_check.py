@@ -25,7 +25,7 @@ import numpy as np
 from exporter.compare import compare, failed
 from exporter.errors import BadInput
 from exporter.paths import WARMUP_FILE, golden_path, manifest_path
-from exporter.specs import CheckResult, Manifest, Tolerance
+from exporter.specs import CheckResult, CheckRows, Manifest, Tolerance
 
 SERVE_TAG = "serve"
 DEFAULT_SIGNATURE = "serving_default"
@@ -39,7 +39,7 @@ PREDICT_METHODS = (
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TFServingReport:
+class TFServingReport(CheckRows):
     """Every row of one check, with what the loader reported and the phase times (seconds)."""
 
     export_dir: str
@@ -47,14 +47,6 @@ class TFServingReport:
     tf_version: str = ""
     warmup_records: int = 0
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.checks) and all(c.passed for c in self.checks)
-
-    @property
-    def failures(self) -> tuple[CheckResult, ...]:
-        return tuple(c for c in self.checks if not c.passed)
 
     def max_errors(self) -> dict[str, float]:
         """Largest max-abs error per numeric check (`capi`, `warmup`)."""
@@ -68,11 +60,7 @@ class TFServingReport:
         if self.passed:
             errors = ", ".join(f"{k} max abs {v:.2e}" for k, v in self.max_errors().items())
             return f"all {len(self.checks)} checks passed ({errors})"
-        first = self.failures[0]
-        return (
-            f"{len(self.failures)} of {len(self.checks)} checks failed; first: {first.check} "
-            f"{first.signature} {first.tensor}: {first.message or f'max abs {first.max_abs:.3g}'}"
-        )
+        return self.failure_summary()
 
     def to_json(self) -> dict:
         return {

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from exporter.errors import BadInput, ConversionFailed
-from exporter.specs import CheckResult, RuntimeTarget, Tolerance
+from exporter.specs import CheckResult, CheckRows, RuntimeTarget, Tolerance
 
 # The optional packages each target imports: (module, pip package).
 REQUIREMENTS = {
@@ -64,7 +64,7 @@ class ModelFile:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ConversionReport:
+class ConversionReport(CheckRows):
     """What one target produced and how it compared to the golden outputs (`parity.json`).
 
     Attributes:
@@ -85,23 +85,10 @@ class ConversionReport:
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
 
-    @property
-    def passed(self) -> bool:
-        return bool(self.checks) and all(c.passed for c in self.checks)
-
-    @property
-    def failures(self) -> tuple[CheckResult, ...]:
-        return tuple(c for c in self.checks if not c.passed)
-
     def summary(self) -> str:
         if self.passed:
             return f"{self.target}: all {len(self.checks)} parity checks passed"
-        first = self.failures[0]
-        detail = first.message or f"max abs {first.max_abs:.3g}"
-        return (
-            f"{self.target}: {len(self.failures)} of {len(self.checks)} parity checks failed; first: "
-            f"{first.signature} {first.tensor}: {detail}"
-        )
+        return f"{self.target}: {self.failure_summary('parity checks')}"
 
     def to_json(self) -> dict:
         return {
