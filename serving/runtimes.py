@@ -27,6 +27,8 @@ Example:
 
 from __future__ import annotations
 
+import abc
+
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,7 +60,7 @@ class TensorInfo:
         return {"name": self.name, "shape": list(self.shape), "dtype": str(np.dtype(self.dtype))}
 
 
-class _Model:
+class _Model(abc.ABC):
     """What `LiteRTModel` and `OrtModel` share: named inputs/outputs and state bookkeeping."""
 
     runtime = ""
@@ -100,8 +102,9 @@ class _Model:
                         "or use the step model, which takes any batch."
                     )
 
+    @abc.abstractmethod
     def __call__(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """Runs the model on `feed` (by input name); returns its outputs by name."""
 
 
 class LiteRTModel(_Model):
