@@ -84,9 +84,20 @@ def _import_modules(modules: list[str]) -> None:
 
 
 def _progress(as_json: bool):
-    """A spinner on stderr naming the phase; returns (context manager, callback)."""
+    """A spinner on stderr naming the phase; returns (context manager, callback).
+
+    Where stderr is not a terminal (a log, a pipe) the spinner shows nothing, so
+    each phase is written there as a line instead: a log then says where a
+    stopped or killed export was.
+    """
     status = stderr.status("starting", spinner="dots")
+    if not stderr.is_terminal:
+        return status, lambda phase: stderr.print(f"phase: {phase}", highlight=False)
     return status, lambda phase: status.update(f"[bold]{phase}[/] ...")
+
+
+def _notice(message: str) -> None:
+    stderr.print(f"[yellow]note:[/] {escape(message)}", soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -103,6 +114,9 @@ def export(
     version: Annotated[
         Optional[int], typer.Option("--version", min=1, help="Version to publish (default: next integer).")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace --version if it exists, in one atomic swap.")
+    ] = False,
     with_input_gradients: Annotated[
         bool, typer.Option("--with-input-gradients", help="Also export the input_gradients signature.")
     ] = False,
@@ -144,7 +158,7 @@ def export(
             jit=jit,
         )
         _run_export(model, name=name, base=base, version=version, options=options, as_json=as_json,
-                    all_rows=all_rows)
+                    all_rows=all_rows, overwrite=overwrite)
 
 
 def _tolerance(atol: float | None, rtol: float | None, flags: str):
@@ -157,19 +171,22 @@ def _tolerance(atol: float | None, rtol: float | None, flags: str):
     return Tolerance(atol=atol, rtol=rtol)
 
 
-def _run_export(model: str, *, name, base, version, options, as_json: bool, all_rows: bool) -> None:
+def _run_export(model: str, *, name, base, version, options, as_json: bool, all_rows: bool,
+                overwrite: bool = False) -> None:
     from exporter.pipeline import export as run_export
 
     status, progress = _progress(as_json)
     with status:
-        result = run_export(model, name=name, base=base, version=version, options=options, progress=progress)
+        result = run_export(model, name=name, base=base, version=version, overwrite=overwrite, options=options,
+                            progress=progress, notice=_notice)
     if as_json:
         print(json.dumps({"ok": True, **result.to_json()}, indent=2))
         return
     _print_checks(result.report.checks, title=f"verification (fresh process) of {name}", all_rows=all_rows)
     timings = result.timings
     stdout.print(
-        f"[green]published[/] {escape(name)} version {result.version} at {escape(str(result.path))}\n"
+        f"[green]{'replaced' if result.replaced else 'published'}[/] {escape(name)} version {result.version} "
+        f"at {escape(str(result.path))}\n"
         f"{result.report.summary()}; export {timings['total'] - timings['verify']:.1f} s, "
         f"verify {timings['verify']:.1f} s, total {timings['total']:.1f} s"
     )
