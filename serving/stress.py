@@ -61,7 +61,7 @@ class StressConfig:
         memory_baseline: request count at which the RSS baseline is read.
         memory_budget_mb: allowed RSS growth from the baseline to `min_requests`.
         publish_after: request count at which the new version is published;
-            None: at 40% of the expected total.
+            None: at 20% of the first round of sessions.
         late_sessions: at least this many sessions start after the new version
             is served (they must run on it).
         max_request_bytes: the server's request size limit (small, so oversize
@@ -108,7 +108,10 @@ class StressConfig:
         return int(max(self.min_requests, one_round))
 
     def publish_point(self) -> int:
-        return self.publish_after if self.publish_after is not None else int(0.4 * self.expected_requests())
+        """Early in the first round, so sessions that started on the old version stream across the publish
+        while every session started after it is served must get the new one."""
+        one_round = self.sessions * (self.chunks / (1 - self.bad_fraction) + 1)
+        return self.publish_after if self.publish_after is not None else int(0.2 * one_round)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -116,7 +119,11 @@ class StressConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class StressReport:
-    """What a stress run measured; `checks()` says which properties held (None: not measured)."""
+    """What a stress run measured; `checks()` says which properties held (None: not measured).
+
+    `stale_sessions` counts sessions that started after the new version was served
+    but ran on an older one.
+    """
 
     config: StressConfig
     seconds: float
@@ -141,6 +148,7 @@ class StressReport:
     rss_mb: dict
     memory_growth_mb: float | None
     publish: dict
+    stale_sessions: int
     completed: bool
 
     @property
@@ -153,10 +161,12 @@ class StressReport:
             "zero wrong results": self.wrong_sessions == 0 and self.sessions > 0,
             "zero dropped good requests": self.dropped == 0 and self.good > 0,
             "every bad request got its code": self.unexpected_answers == 0,
-            "memory within budget": (None if self.memory_growth_mb is None
-                                     else self.memory_growth_mb <= self.config.memory_budget_mb),
+            "memory within budget": (None if not self.config.min_requests  # not asked for
+                                     else self.memory_growth_mb is not None
+                                     and self.memory_growth_mb <= self.config.memory_budget_mb),
             "new version picked up": self.publish.get("picked_up_s") is not None
-            and self.sessions_by_version.get(str(self.publish.get("version")), 0) > 0,
+            and self.sessions_by_version.get(str(self.publish.get("version")), 0) > 0
+            and self.stale_sessions == 0,
         }
 
     @property
@@ -329,6 +339,8 @@ class _Run:
         self.dropped: list[str] = []
         self.sessions_by_version: collections.Counter = collections.Counter()
         self.checks: list[CheckResult] = []
+        # (session, transport, requests sent when it started, version it ran on, new version already served)
+        self.starts: list[tuple[int, str, int, int, bool]] = []
 
     def count(self, kind: str) -> None:
         with self.lock:
@@ -347,8 +359,9 @@ class _Run:
             with self.lock:
                 if self.stop.is_set():
                     return None
+                # 5% over `min_requests`: the bad requests are random, the count must still get there.
                 regular = (self.sessions_started < self.config.sessions
-                           or self.reserved + per_session <= self.config.min_requests)
+                           or self.reserved < 1.05 * self.config.min_requests)
                 late = self.publish_state == "served" and self.late_started < self.config.late_sessions
                 if regular or late:
                     self.reserved += per_session
@@ -466,6 +479,7 @@ def _run(base: Path, name: str, config: StressConfig, progress) -> StressReport:
             rng = np.random.default_rng([config.seed, number])
             mix = random.Random(f"{config.seed}-{number}")
             sequence = rng.normal(size=(1, config.chunks * config.chunk_steps, *features)).astype(np.float32)
+            served_before = run.publish_state == "served"  # the new version was served before this session asked
             try:
                 backend = clients[transport].backend(name)
             except Exception as exc:  # noqa: BLE001 - a dropped good request, reported
@@ -474,6 +488,8 @@ def _run(base: Path, name: str, config: StressConfig, progress) -> StressReport:
                     run.dropped.append(f"session {number} {transport} metadata: {type(exc).__name__}: {exc}")
                 return
             run.count("metadata")
+            with run.lock:
+                run.starts.append((number, transport, run.requests, backend.version, served_before))
             from serving.session import StreamingSession
 
             streaming = StreamingSession(_Timed(backend, run, transport), batch_size=1)
@@ -528,6 +544,8 @@ def _run(base: Path, name: str, config: StressConfig, progress) -> StressReport:
                     next_mark += _RSS_EVERY
                 if not publish and (count >= publish_point or run.publish_now.is_set()):
                     publish.update(_publish_copy(base / name, count, grpc_client, run, progress))
+                    rss["after_publish"] = _rss_mb(pid)  # a second version loaded: part of the growth
+                    rss["after_publish_at"] = run.requests
                     with run.lock:
                         run.publish_state = "served" if publish.get("picked_up_s") is not None else "failed"
 
@@ -626,6 +644,8 @@ def _report(run: _Run, config, seconds, completed, tolerance, rss, rss_series, p
         unexpected_examples=tuple(run.unexpected[:5]),
         rss_mb=rss_mb,
         memory_growth_mb=growth,
-        publish=publish,
+        publish=publish | {"sessions_started_before": sum(1 for row in run.starts if not row[4]),
+                           "sessions_started_after": sum(1 for row in run.starts if row[4])},
+        stale_sessions=sum(1 for row in run.starts if row[4] and row[3] != publish.get("version")),
         completed=completed,
     )

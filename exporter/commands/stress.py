@@ -76,12 +76,14 @@ def _render(report) -> list:
         ("dropped good requests", str(report.dropped)),
         ("bad requests with a wrong answer", str(report.unexpected_answers)),
         ("server RSS", f"start {rss.get('start')} MB, after {rss.get('baseline_at')} requests "
-                       f"{rss.get('baseline')} MB, after {rss.get('at_min_requests_at')} requests "
+                       f"{rss.get('baseline')} MB, once version 2 was loaded (request {rss.get('after_publish_at')}) "
+                       f"{rss.get('after_publish')} MB, after {rss.get('at_min_requests_at')} requests "
                        f"{rss.get('at_min_requests')} MB, end {rss.get('end')} MB"),
         ("memory growth", "not measured" if report.memory_growth_mb is None
          else f"{report.memory_growth_mb:+.1f} MB (budget {config.memory_budget_mb:g})"),
         ("new version", f"{report.publish.get('version')} published at request {report.publish.get('at_request')}, "
-                        f"served after {report.publish.get('picked_up_s')} s"),
+                        f"served after {report.publish.get('picked_up_s')} s; sessions started after it: "
+                        f"{report.publish.get('sessions_started_after')}, on an old version: {report.stale_sessions}"),
     ]
     for label, value in rows:
         head.add_row(label, value)

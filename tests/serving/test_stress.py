@@ -39,6 +39,7 @@ def test_small_run_has_no_wrong_or_dropped_result(small_run):
     # the version published mid-run is served, and sessions started after it ran on it
     assert report["publish"]["version"] == 2 and report["publish"]["picked_up_s"] is not None
     assert report["sessions_by_version"].get("2", 0) >= report["config"]["late_sessions"]
+    assert report["stale_sessions"] == 0
 
 
 def test_small_run_reports_its_figures(small_run):
@@ -87,15 +88,17 @@ def test_report_fails_when_a_property_does_not_hold():
         latency_ms={}, sessions=100, sessions_by_version={"1": 64, "2": 36}, wrong_sessions=0, max_abs_error=0.0,
         max_rel_error=0.0, tolerance=Tolerance(atol=1e-5, rtol=1e-4), worst="", dropped=0, dropped_examples=(),
         bad_answers={}, bad_by_kind=(), unexpected_answers=0, unexpected_examples=(), rss_mb={},
-        memory_growth_mb=12.0, publish={"version": 2, "picked_up_s": 0.5}, completed=True,
+        memory_growth_mb=12.0, publish={"version": 2, "picked_up_s": 0.5}, stale_sessions=0, completed=True,
     )
     assert good.passed
     for change, check in ((dict(wrong_sessions=1), "zero wrong results"),
                           (dict(dropped=1), "zero dropped good requests"),
                           (dict(unexpected_answers=1), "every bad request got its code"),
                           (dict(memory_growth_mb=50.5), "memory within budget"),
+                          (dict(memory_growth_mb=None), "memory within budget"),  # min_requests never reached
                           (dict(publish={"version": 2, "picked_up_s": None}), "new version picked up"),
                           (dict(sessions_by_version={"1": 100}), "new version picked up"),
+                          (dict(stale_sessions=1), "new version picked up"),
                           (dict(completed=False), "completed in time")):
         bad = dataclasses.replace(good, **change)
         assert bad.checks()[check] is False and not bad.passed, change
