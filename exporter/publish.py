@@ -374,7 +374,10 @@ def _no_exchange(directory: Path, exc: OSError) -> str:
 def _fsync_tree(root: Path) -> None:
     for folder, _, files in os.walk(root):
         for file in files:
-            fd = os.open(os.path.join(folder, file), os.O_RDONLY | os.O_NOFOLLOW)
+            path = os.path.join(folder, file)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
             try:
                 os.fsync(fd)
             finally:
