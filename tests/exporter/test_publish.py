@@ -46,7 +46,7 @@ ANCHORED = (("trace", 1.0), ("save", 1.0), ("publish", 2.0))
 _CLEANED = re.compile(r"removed the staging folder of a dead export: (\S+) \(")
 
 
-# ----------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------- fakes and readers
 
 
 def _fake_version(directory: Path, marker: str) -> Path:
