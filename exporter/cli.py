@@ -84,9 +84,20 @@ def _import_modules(modules: list[str]) -> None:
 
 
 def _progress(as_json: bool):
-    """A spinner on stderr naming the phase; returns (context manager, callback)."""
+    """A spinner on stderr naming the phase; returns (context manager, callback).
+
+    Where stderr is not a terminal (a log, a pipe) the spinner shows nothing, so
+    each phase is written there as a line instead: a log then says where a
+    stopped or killed export was.
+    """
     status = stderr.status("starting", spinner="dots")
+    if not stderr.is_terminal:
+        return status, lambda phase: stderr.print(f"phase: {phase}", highlight=False)
     return status, lambda phase: status.update(f"[bold]{phase}[/] ...")
+
+
+def _notice(message: str) -> None:
+    stderr.print(f"[yellow]note:[/] {escape(message)}", soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -103,6 +114,9 @@ def export(
     version: Annotated[
         Optional[int], typer.Option("--version", min=1, help="Version to publish (default: next integer).")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace --version if it exists, in one atomic swap.")
+    ] = False,
     with_input_gradients: Annotated[
         bool, typer.Option("--with-input-gradients", help="Also export the input_gradients signature.")
     ] = False,
@@ -156,7 +170,7 @@ def export(
         except ValueError as exc:
             raise BadInput(f"--targets: {exc}") from None
         _run_export(model, name=name, base=base, version=version, options=options, as_json=as_json,
-                    all_rows=all_rows, serving=serving)
+                    all_rows=all_rows, serving=serving, overwrite=overwrite)
 
 
 def _tolerance(atol: float | None, rtol: float | None, flags: str):
@@ -170,12 +184,13 @@ def _tolerance(atol: float | None, rtol: float | None, flags: str):
 
 
 def _run_export(model: str, *, name, base, version, options, as_json: bool, all_rows: bool,
-                serving: bool = False) -> None:
+                serving: bool = False, overwrite: bool = False) -> None:
     from exporter.pipeline import export as run_export
 
     status, progress = _progress(as_json)
     with status:
-        result = run_export(model, name=name, base=base, version=version, options=options, progress=progress)
+        result = run_export(model, name=name, base=base, version=version, overwrite=overwrite, options=options,
+                            progress=progress, notice=_notice)
         serving_files = None
         if serving:
             from serving.serving_files import write_serving_config
@@ -198,7 +213,8 @@ def _run_export(model: str, *, name, base, version, options, as_json: bool, all_
         timings = result.timings
         convert = timings.get("convert", 0.0)
         stdout.print(
-            f"[green]published[/] {escape(name)} version {result.version} at {escape(str(result.path))}\n"
+            f"[green]{'replaced' if result.replaced else 'published'}[/] {escape(name)} version {result.version} "
+            f"at {escape(str(result.path))}\n"
             f"{result.report.summary()}; export {timings['total'] - timings['verify'] - convert:.1f} s, "
             f"verify {timings['verify']:.1f} s, " + (f"convert {convert:.1f} s, " if convert else "")
             + f"total {timings['total']:.1f} s"

@@ -19,6 +19,7 @@ from exporter.specs import SourceKind
 from exporter.step_model import StepModel
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_UNKNOWN_CLASS = re.compile(r"Could not locate (?:class|function) '([\w.>]+)'")
 
 
 def classify(model_ref: str) -> SourceKind:
@@ -97,10 +98,20 @@ def _from_keras_file(path: Path, *, unsafe: bool) -> StepModel:
                 "trust the file, pass --unsafe (recorded in the manifest)."
             )
         elif "custom" in str(exc).lower() or "Could not locate" in str(exc):
+            missing = _UNKNOWN_CLASS.search(str(exc))
+            what = "a custom object"
+            module = "MODULE"
+            if missing:
+                what = f"custom class {missing.group(1)!r}"
+                saved_in = re.search(r"'module': '([\w.]+)', 'class_name': '" + re.escape(missing.group(1)), str(exc))
+                if saved_in and not saved_in.group(1).startswith("keras"):
+                    what += f" (saved from module {saved_in.group(1)!r})"
+                    module = saved_in.group(1)
             hint = (
-                "The file uses a custom object that is not registered. Import the module that "
-                "defines it (decorated with @keras.saving.register_keras_serializable) via "
-                "--import MODULE, or write a step-model factory."
+                f"The file uses {what}, which is not registered, and seqexport does not import code a "
+                f"file names. If you trust the module that defines it (decorated with "
+                f"@keras.saving.register_keras_serializable), pass --import {module} (it runs that "
+                "module), or write a step-model factory."
             )
         raise BadInput(f"Could not load Keras model {str(path)!r}: {message}. {hint}") from None
     from exporter.keras_step import step_model_from_keras

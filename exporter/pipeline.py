@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import platform
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,9 @@ class ExportResult:
     """What `export` published, with the verification report and phase timings (seconds).
 
     `conversions` holds one `exporter.convert.targets.ConversionReport` per requested
-    target (`ExportOptions.targets`); a failed one does not stop the publish.
+    target (`ExportOptions.targets`); a failed one does not stop the publish. `cleaned`
+    lists the staging folders of dead exports this export removed; `replaced` says
+    `--overwrite` swapped out an existing version.
     """
 
     name: str
@@ -31,6 +34,8 @@ class ExportResult:
     report: VerifyReport
     timings: dict[str, float]
     conversions: tuple = ()
+    cleaned: tuple[str, ...] = ()
+    replaced: bool = False
 
     @property
     def conversions_passed(self) -> bool:
@@ -41,6 +46,8 @@ class ExportResult:
             "name": self.name,
             "version": self.version,
             "path": str(self.path),
+            "replaced": self.replaced,
+            "cleaned": list(self.cleaned),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "verify": self.report.to_json(),
         }
@@ -125,8 +132,10 @@ def export(
     name: str,
     base: Path,
     version: int | None = None,
+    overwrite: bool = False,
     options: ExportOptions = ExportOptions(),
     progress: Callable[[str], None] = _noop,
+    notice: Callable[[str], None] = _noop,
 ) -> ExportResult:
     """Exports MODEL as `<base>/<name>/<version>/`, published only if every check passed.
 
@@ -136,59 +145,81 @@ def export(
         name: model name (a folder under `base`, TF Serving's model name).
         base: TF Serving's base path.
         version: version number to publish; default: one more than the highest.
+        overwrite: replace `version` if it exists, in one atomic swap.
         options: see `ExportOptions`.
         progress: called with the name of each phase as it starts.
+        notice: called with each message the user should see as it happens (e.g. the
+            staging folder of a dead export that was removed).
 
     Raises:
-        BadInput, UnsupportedModel: exit 2; nothing is written under `base`.
+        BadInput, UnsupportedModel: exit 2; nothing is published (a full or read-only
+            disk included: the message names the path).
         VerifyFailed: exit 1; nothing is published, the report says which check failed.
     """
-    from exporter.load import load_step_model, source_info
-    from exporter.publish import check_name, clean_stale_staging, ensure_writable, new_staging_dir, publish
-    from exporter.save import write_manifest
-    from exporter.verify import verify_in_fresh_process
+    from exporter.publish import (
+        check_exchange_supported,
+        check_name,
+        clean_stale_staging,
+        ensure_model_dir,
+        new_staging,
+        publish,
+        refuse_link,
+        release_model_dir,
+        version_taken,
+    )
 
     check_name(name)
     if version is not None and version < 1:
         raise BadInput(f"--version must be a positive integer. Got: {version}")
+    if overwrite and version is None:
+        raise BadInput("--overwrite replaces the version given with --version; give one.")
     if options.targets:
         from exporter.convert.targets import check_dependencies
 
         check_dependencies(options.targets)
     timings: dict[str, float] = {}
-    clock = time.monotonic()
 
     def phase(label: str) -> None:
-        nonlocal clock
-        now = time.monotonic()
         progress(label)
-        timings[label] = now  # start time; turned into durations below
-        clock = now
+        timings[label] = time.monotonic()  # start time; turned into durations below
 
-    phase("load")
-    step_model, kind = load_step_model(model_ref, unsafe=options.unsafe)
-    if options.with_input_gradients and not step_model.differentiable_inputs:
-        raise BadInput(
-            f"--with-input-gradients needs float inputs; this model takes {step_model.input_dtype} "
-            "(token ids have no gradient)."
-        )
     base = Path(base)
-    created = not (base / name).exists()
-    directory = ensure_writable(base, name)
-    clean_stale_staging(directory)
-    staging = new_staging_dir(directory)
+    directory = base / name
+    phase("load")
+    # Before anything slow: leftovers of dead exports go first, and a version that
+    # exists is refused now rather than after the whole export.
+    refuse_link(directory)
+    cleaned = tuple(clean_stale_staging(directory)) if directory.is_dir() else ()
+    for item in cleaned:
+        notice(str(item))
+    if version is not None and not overwrite and (directory / str(version)).exists():
+        raise version_taken(directory, version)
+    step_model, kind = _load(model_ref, options)
+    from exporter.load import source_info
+    from exporter.save import write_manifest
+    from exporter.verify import verify_in_fresh_process
+
+    created = not directory.exists()
+    directory = ensure_model_dir(base, name)
+    staging = None
     try:
-        source = source_info(model_ref, kind) | {"description": step_model.description}
-        manifest = write_export(step_model, staging, name=name, source=source, options=options, progress=phase)
+        staging = new_staging(directory)
+        if overwrite:
+            check_exchange_supported(staging)
+        with _disk_errors(staging.path, base):
+            source = source_info(model_ref, kind) | {"description": step_model.description}
+            manifest = write_export(step_model, staging.path, name=name, source=source, options=options,
+                                    progress=phase)
         phase("verify")
-        report = verify_in_fresh_process(staging)
+        report = verify_in_fresh_process(staging.path)
         manifest = dataclasses.replace(
             manifest,
             checks=report.checks,
             batch_independent=report.properties.get("batch_independent"),
             batch_offdiag_max=report.properties.get("batch_offdiag_max"),
         )
-        write_manifest(manifest, staging)
+        with _disk_errors(staging.path, base):
+            write_manifest(manifest, staging.path)
         if not report.passed:
             raise VerifyFailed(f"Verification failed, nothing was published: {report.summary()}", report)
         conversions = ()
@@ -197,20 +228,76 @@ def export(
             from exporter.convert.targets import convert_in_export
 
             phase("convert")
-            conversions = convert_in_export(staging, options.targets)
+            conversions = convert_in_export(staging.path, options.targets)
             runtime_checks = tuple(c for r in conversions for c in r.checks)
             manifest = dataclasses.replace(manifest, checks=report.checks + runtime_checks)
-            write_manifest(manifest, staging)
+            with _disk_errors(staging.path, base):
+                write_manifest(manifest, staging.path)
         phase("publish")
-        version, path = publish(staging, directory, version)
+        with _disk_errors(staging.path, base):
+            version, path, replaced = publish(staging, directory, version, overwrite=overwrite)
         phase("done")
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-        if created and directory.is_dir() and not any(directory.iterdir()):
-            directory.rmdir()
+        if staging is not None:
+            staging.release()
+        if created:
+            release_model_dir(directory)
     starts = list(timings.items())
     durations = {label: starts[i + 1][1] - start for i, (label, start) in enumerate(starts[:-1])}
     durations["total"] = starts[-1][1] - starts[0][1]
     return ExportResult(name=name, version=version, path=path, manifest=manifest, report=report, timings=durations,
-                        conversions=conversions)
+                        conversions=conversions, cleaned=tuple(str(item.path) for item in cleaned),
+                        replaced=replaced)
+
+
+def _load(model_ref: str, options: ExportOptions):
+    from exporter.load import load_step_model
+
+    step_model, kind = load_step_model(model_ref, unsafe=options.unsafe)
+    if options.with_input_gradients and not step_model.differentiable_inputs:
+        raise BadInput(
+            f"--with-input-gradients needs float inputs; this model takes {step_model.input_dtype} "
+            "(token ids have no gradient)."
+        )
+    return step_model, kind
+
+
+# strerror fragments of the errors a full, read-only or forbidden disk raises, as
+# OSError or as a TensorFlow error (TF's file writers report them in the message).
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+_DISK_MESSAGES = ("No space left on device", "Disk quota exceeded", "Read-only file system",
+                  "Permission denied", "File too large")
+
+
+@contextlib.contextmanager
+def _disk_errors(path: Path, base: Path):
+    """Turns a full, read-only or forbidden disk while writing `path` into exit 2 naming it."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRNOS:
+            raise
+        raise BadInput(_disk_message(path, base, exc.strerror or str(exc), exc.filename)) from None
+    except Exception as exc:
+        if type(exc).__module__.startswith("tensorflow"):
+            text = str(exc)
+            for fragment in _DISK_MESSAGES:
+                if fragment in text:
+                    raise BadInput(_disk_message(path, base, fragment, _first_path(text))) from None
+        raise
+
+
+def _first_path(text: str) -> str | None:
+    for token in text.replace(";", " ").split():
+        if token.startswith("/"):
+            return token
+    return None
+
+
+def _disk_message(path: Path, base: Path, reason: str, filename) -> str:
+    where = f" (writing {filename})" if filename else ""
+    return (
+        f"Cannot write the export into {str(path)!r}: {reason}{where}. Nothing was published and the "
+        f"partial export was removed. Free space on the file system holding --base {str(base)!r}, or "
+        "choose another --base."
+    )

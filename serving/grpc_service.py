@@ -4,7 +4,9 @@ The servicers subclass the classes `tensorflow-serving-api` generates, so the
 methods this server does not offer (Classify, Regress, MultiInference,
 HandleReloadConfigRequest) answer UNIMPLEMENTED exactly as the stubs define.
 A request's `ServingError` becomes its status; any other exception becomes
-INTERNAL with the exception's text, and the server keeps serving.
+INTERNAL with the exception's text, and the server keeps serving. Request bytes
+are parsed inside the handler (`_ParsedInHandler`), so a body that is not the
+method's message is INVALID_ARGUMENT, not the INTERNAL gRPC answers by itself.
 """
 
 from __future__ import annotations
@@ -136,8 +138,68 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return status_response(self.registry, request)
 
 
+class _ParsedInHandler(grpc.GenericRpcHandler):
+    """A service's handlers, with the request parsed in the handler instead of by gRPC.
+
+    gRPC deserializes a request before any handler runs and answers a body that
+    does not parse with INTERNAL ("Exception deserializing request!"), as TF
+    Serving's C++ server does. That is the client's mistake, so these handlers
+    take the raw bytes and answer INVALID_ARGUMENT naming the expected message.
+    """
+
+    def __init__(self, inner: grpc.GenericRpcHandler):
+        self._inner = inner
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, handler_call_details):
+        method = handler_call_details.method
+        handler = self._handlers.get(method)
+        if handler is None:
+            handler = self._wrap(self._inner.service(handler_call_details))
+            if handler is not None:  # only this service's methods: a flood of made-up names stores nothing
+                self._handlers[method] = handler
+        return handler
+
+    @staticmethod
+    def _wrap(handler):
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        parse, behaviour = handler.request_deserializer, handler.unary_unary
+        message = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+        message_name = message.full_name if message is not None else "request"
+
+        def parsed(raw: bytes, context):
+            try:
+                request = parse(raw)
+            except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, or anything a bad body raises
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"The request body is not a valid {message_name} ({exc}); send a serialized {message_name}.",
+                )
+            return behaviour(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            parsed, request_deserializer=None, response_serializer=handler.response_serializer
+        )
+
+
+class _Collect:
+    """Stands in for a `grpc.Server` to collect the handlers a generated `add_*_to_server` registers."""
+
+    def __init__(self):
+        self.handlers: list[grpc.GenericRpcHandler] = []
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        self.handlers.extend(handlers)
+
+    def add_registered_method_handlers(self, service_name, method_handlers) -> None:
+        self.handlers.append(grpc.method_handlers_generic_handler(service_name, method_handlers))
+
+
 def add_services(server: grpc.Server, registry: ModelRegistry, *, max_request_bytes: int) -> None:
+    collect = _Collect()
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(registry, max_request_bytes=max_request_bytes), server
+        PredictionServicer(registry, max_request_bytes=max_request_bytes), collect
     )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), collect)
+    server.add_generic_rpc_handlers(tuple(_ParsedInHandler(handler) for handler in collect.handlers))

@@ -29,13 +29,24 @@ def _parse_labels(values: list[str]) -> dict[str, dict[str, int]]:
         label, _, version = rest.partition("=")
         if not (model and label and version.isdigit()):
             raise BadInput(f"--label {value!r} must look like MODEL:LABEL=VERSION, e.g. demo:stable=2.")
+        _check_name(model)
         labels.setdefault(model, {})[label] = int(version)
     return labels
+
+
+def _check_name(name: str) -> None:
+    """A model name is a folder under BASE: the export's rules keep it there (no '/', no '..')."""
+    from exporter.publish import check_name
+
+    check_name(name)
 
 
 def _check_base(base: Path, names: list[str]) -> None:
     from exporter.errors import BadInput
     from serving.model_registry import version_folders
+
+    for name in names:
+        _check_name(name)
 
     if not base.is_dir():
         raise BadInput(f"Base directory {str(base)!r} does not exist or is not a directory.")

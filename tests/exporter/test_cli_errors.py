@@ -101,7 +101,7 @@ def test_base_that_cannot_be_written(tmp_path):
     models.build("simple_rnn").save(path)
     blocker = tmp_path / "file"
     blocker.write_text("a file where the base directory should be")
-    _assert_bad_input(_export(path, "--name", "m", "--base", blocker / "base"), "Cannot write under base")
+    _assert_bad_input(_export(path, "--name", "m", "--base", blocker / "base"), "Cannot write to", str(blocker))
     assert blocker.read_text().startswith("a file")
 
 
@@ -160,3 +160,48 @@ def test_half_a_tolerance_is_refused(tmp_path):
 
 def test_unknown_check_name_is_usage_error(tmp_path):
     assert _export("m.keras", "--name", "m", "--base", tmp_path, "--check", "nope").exit_code == 2
+
+
+CUSTOM_LAYER = textwrap.dedent("""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="mine")
+    class Twice(keras.layers.Layer):
+        def call(self, x):
+            return x * 2.0
+""")
+
+
+def test_unknown_custom_object_is_refused_with_how_to_opt_in(tmp_path, monkeypatch):
+    """An unregistered class in a .keras file is not loaded; --import MODULE registers it (user code, on purpose)."""
+    import keras
+
+    (tmp_path / "mine_layers.py").write_text(CUSTOM_LAYER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import mine_layers
+
+    model = keras.Sequential([keras.Input((None, 3)), keras.layers.LSTM(2, return_sequences=True),
+                              mine_layers.Twice()])
+    path = tmp_path / "custom.keras"
+    model.save(path)
+    keras.saving.get_custom_objects().pop("mine>Twice")  # as in a fresh process that never imported it
+    sys.modules.pop("mine_layers")
+    base = tmp_path / "b"
+    _assert_bad_input(_export(path, "--name", "m", "--base", base), "custom class 'Twice'", "--import mine_layers", base=base)
+
+    result = _export(path, "--name", "m", "--base", base, "--import", "mine_layers")
+    # Loaded now; refused one step later because Twice does not declare itself per-step.
+    _assert_bad_input(result, "Twice", "cannot run step by step", base=base)
+    keras.saving.get_custom_objects().pop("mine>Twice", None)
+    sys.modules.pop("mine_layers", None)
+
+
+def test_help_says_which_inputs_run_code():
+    import re
+
+    result = runner.invoke(app, ["export", "--help"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0
+    text = re.sub(r"[\s\u2500-\u257f]+", " ", result.output)  # rich's boxes and line breaks
+    assert "RUNS that code" in text  # MODEL as package.module:function
+    assert "runs code in the file" in text  # --unsafe
+    assert "runs its code" in text  # --import

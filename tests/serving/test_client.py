@@ -191,3 +191,6 @@ def test_cli_refuses_bad_bases_and_busy_ports(serving_base, server):
     assert code == 2 and "Cannot start the server" in output, output
     code, output = run(str(serving_base), "--label", "demo-stable")
     assert code == 2 and "MODEL:LABEL=VERSION" in output, output
+    for args in (("--name", "../demo"), ("--label", "../x:stable=1")):  # never a folder outside BASE
+        code, output = run(str(serving_base), *args)
+        assert code == 2 and "is not allowed" in output, output

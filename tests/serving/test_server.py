@@ -221,13 +221,24 @@ def test_grpc_oversize_and_garbage_messages(server, offline):
     print(f"oversize: {code.name}: {message}")
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
+    # Bytes that are no protobuf message: gRPC itself would answer INTERNAL before any
+    # handler runs (TF Serving's C++ server does); this server parses in the handler.
+    garbage = {
+        "/tensorflow.serving.PredictionService/Predict": "tensorflow.serving.PredictRequest",
+        "/tensorflow.serving.PredictionService/GetModelMetadata": "tensorflow.serving.GetModelMetadataRequest",
+        "/tensorflow.serving.ModelService/GetModelStatus": "tensorflow.serving.GetModelStatusRequest",
+    }
     with grpc.insecure_channel(server.grpc_target) as channel:
-        call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")  # bytes in, bytes out
+        for method, message_name in garbage.items():
+            call = channel.unary_unary(method)  # bytes in, bytes out
+            with pytest.raises(grpc.RpcError) as info:
+                call(b"\xff\xff\xff\xff garbage", timeout=10)
+            print(f"garbage to {method}: {info.value.code().name}: {info.value.details()}")
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert message_name in info.value.details()
         with pytest.raises(grpc.RpcError) as info:
-            call(b"\xff\xff\xff\xff garbage", timeout=10)
-    # gRPC answers an unparsable message itself, before any handler runs, as TF Serving's does.
-    print(f"garbage proto: {info.value.code().name}: {info.value.details()}")
-    assert info.value.code() == grpc.StatusCode.INTERNAL
+            channel.unary_unary("/tensorflow.serving.PredictionService/NoSuchMethod")(b"", timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
     _still_serving(server, offline)
 
 
@@ -267,6 +278,58 @@ def test_lengths_outside_the_chunk_are_refused(server, grpc_client):
         print(info.value)
         assert info.value.code.grpc_name == "INVALID_ARGUMENT"
         assert shown in info.value.message and "[0, T=3]" in info.value.message
+
+
+def _listening(port: int) -> list[str]:
+    """Local addresses of the listening TCP sockets on `port` (from /proc/net/tcp and tcp6)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            address, port_hex = local.rsplit(":", 1)
+            if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+                found.append(address)
+    return found
+
+
+def test_binds_loopback_only_by_default(server):
+    from serving.server import ServerOptions
+
+    assert ServerOptions(base=server.options.base).host == "127.0.0.1"
+    for port in (server.grpc_port, server.rest_port):
+        addresses = _listening(port)
+        print(f"port {port} listens on {addresses}")
+        # 127.0.0.1, as IPv4 or IPv4-mapped IPv6 (gRPC's choice); never 0.0.0.0 or ::
+        assert addresses and set(addresses) <= {"0100007F", "0000000000000000FFFF00000100007F"}, addresses
+
+
+def test_infinity_passes_through_as_the_model_computes_it(server, offline, grpc_client, rest_client):
+    """Inf and -Inf are not refused: both transports answer what the model computes, NaN included."""
+    feed = _stream_feed(offline, batch=2)
+    feed["inputs"][0, :, :2] = [np.inf, -np.inf]  # row 0 only: rows are independent
+    want = offline.predict(feed, signature=STREAM)
+    for client in (grpc_client, rest_client):
+        got = client.predict("demo", feed, signature=STREAM)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])  # NaN == NaN here
+    assert not np.isfinite(want["outputs"][0]).all() and np.isfinite(want["outputs"][1]).all()
+
+
+def test_rest_lengths_outside_the_chunk_are_refused(server):
+    cols = {"inputs": [[[1.0] * 3] * 3] * 2, "lengths": [4, 1]}
+    status, state = _rest(server, "POST", "/v1/models/masked:predict",
+                          {"signature_name": "initial_state", "inputs": 2})
+    assert status == 200, state
+    cols.update(state["outputs"])
+    for lengths, shown in (([4, 1], "lengths[0] = 4"), ([1, -1], "lengths[1] = -1")):
+        status, answer = _rest(server, "POST", "/v1/models/masked:predict",
+                               {"signature_name": STREAM, "inputs": {**cols, "lengths": lengths}})
+        print(status, answer)
+        assert status == 400 and shown in answer["error"] and "[0, T=3]" in answer["error"]
 
 
 # ----------------------------------------------------------------------------- bad requests, REST

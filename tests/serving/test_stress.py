@@ -1,0 +1,104 @@
+"""`scripts/stress.py --small` against `seqexport serve`: the properties it asserts, and the checks failing when they must."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def small_run(serving_base):
+    """One small run of the script (8 sessions x 20 chunks, 10% bad requests), its JSON report."""
+    before = sorted(str(p) for p in serving_base.rglob("*"))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "stress.py"), str(serving_base), "--name", "demo",
+                             "--small", "--json"], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert sorted(str(p) for p in serving_base.rglob("*")) == before, "the served base must be left as it was"
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_small_run_has_no_wrong_or_dropped_result(small_run):
+    report = small_run
+    print(json.dumps({k: report[k] for k in ("requests", "good", "bad", "requests_per_s", "latency_ms", "bad_answers",
+                                            "rss_mb", "publish", "checks")}, indent=1))
+    assert report["passed"] is True and report["completed"] is True
+    assert report["sessions"] >= 8 + report["config"]["late_sessions"]
+    assert report["wrong_sessions"] == 0 and report["dropped"] == 0 and report["unexpected_answers"] == 0
+    assert report["good"] == report["sessions"] * 20 and report["bad"] > 0
+    assert report["max_abs_error"] <= report["tolerance"]["atol"]
+    # the version published mid-run is served, and sessions started after it ran on it
+    assert report["publish"]["version"] == 2 and report["publish"]["picked_up_s"] is not None
+    assert report["sessions_by_version"].get("2", 0) >= report["config"]["late_sessions"]
+    assert report["stale_sessions"] == 0
+
+
+def test_small_run_reports_its_figures(small_run):
+    report = small_run
+    assert report["requests"] == report["good"] + report["bad"] + report["metadata"]
+    assert report["requests_per_s"] > 0
+    for transport in ("all", "grpc", "rest"):
+        assert report["latency_ms"][transport]["n"] > 0
+        assert 0 < report["latency_ms"][transport]["p50"] <= report["latency_ms"][transport]["p99"]
+    assert sum(report["bad_answers"].values()) == report["bad"]
+    assert all(code.split(" ", 1)[0] in ("grpc", "rest") for code in report["bad_answers"])
+    assert all(expected == answer for _, expected, answer, _ in report["bad_by_kind"])
+    assert report["rss_mb"]["start"] > 0 and report["rss_mb"]["baseline"] > 0 and report["rss_mb"]["end"] > 0
+    assert report["memory_growth_mb"] is None and report["checks"]["memory within budget"] is None
+
+
+def test_session_check_fails_on_a_wrong_result():
+    """The comparison a session passes: exact and rounding-sized differences pass, a real one fails."""
+    from exporter.specs import Tolerance
+    from serving.signatures import SequenceKeys
+    from serving.stress import session_checks
+
+    keys = SequenceKeys(sequence="inputs", output="outputs", states=("h",), lengths=None, batch_size="batch_size")
+    rng = np.random.default_rng(0)
+    want = {"outputs": rng.normal(size=(1, 80, 2)).astype(np.float32), "h": rng.normal(size=(1, 4)).astype(np.float32)}
+    tolerance = Tolerance(atol=1e-5, rtol=1e-4)
+    same = session_checks("s", keys, want["outputs"].copy(), {"h": want["h"].copy()}, want, tolerance)
+    assert all(row.passed for row in same)
+    nudged = want["outputs"] * (1 + 1e-6)
+    assert all(row.passed for row in session_checks("s", keys, nudged, {"h": want["h"]}, want, tolerance))
+    broken = want["outputs"].copy()
+    broken[0, 41, 1] += 1e-3  # one step of one chunk off
+    rows = session_checks("s", keys, broken, {"h": want["h"]}, want, tolerance)
+    print(rows[0])
+    assert not rows[0].passed and rows[0].worst_index == (0, 41, 1) and rows[0].max_abs == pytest.approx(1e-3, rel=1e-2)
+    stale = session_checks("s", keys, want["outputs"], {"h": want["h"] * 0}, want, tolerance)
+    assert not stale[1].passed  # a state not carried over
+
+
+def test_report_fails_when_a_property_does_not_hold():
+    from exporter.specs import Tolerance
+    from serving.stress import StressConfig, StressReport
+
+    good = StressReport(
+        config=StressConfig(), seconds=1.0, requests=30_000, good=27_000, bad=2_900, metadata=100,
+        latency_ms={}, sessions=100, sessions_by_version={"1": 64, "2": 36}, wrong_sessions=0, max_abs_error=0.0,
+        max_rel_error=0.0, tolerance=Tolerance(atol=1e-5, rtol=1e-4), worst="", dropped=0, dropped_examples=(),
+        bad_answers={}, bad_by_kind=(), unexpected_answers=0, unexpected_examples=(), rss_mb={},
+        memory_growth_mb=12.0, publish={"version": 2, "picked_up_s": 0.5}, stale_sessions=0, completed=True,
+    )
+    assert good.passed
+    for change, check in ((dict(wrong_sessions=1), "zero wrong results"),
+                          (dict(dropped=1), "zero dropped good requests"),
+                          (dict(unexpected_answers=1), "every bad request got its code"),
+                          (dict(memory_growth_mb=50.5), "memory within budget"),
+                          (dict(memory_growth_mb=None), "memory within budget"),  # min_requests never reached
+                          (dict(publish={"version": 2, "picked_up_s": None}), "new version picked up"),
+                          (dict(sessions_by_version={"1": 100}), "new version picked up"),
+                          (dict(stale_sessions=1), "new version picked up"),
+                          (dict(completed=False), "completed in time")):
+        bad = dataclasses.replace(good, **change)
+        assert bad.checks()[check] is False and not bad.passed, change
