@@ -244,19 +244,23 @@ def _rows(model_name, batch, steps, kind, variants, x, config) -> list[dict]:
 
 
 _MEMORY_CHILD = """
-import resource, sys, numpy as np, tensorflow as tf, keras
+import sys, numpy as np, tensorflow as tf, keras
 import exporter.layers
 variant, model_file, export_dir, batch, steps = sys.argv[1:6]
+
+def status(key):
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith(key + ":"))
+
 x = tf.constant(np.random.default_rng(0).normal(size=(int(batch), int(steps), {features})).astype(np.float32))
-loads = variant.removeprefix("baseline-")
-model = keras.saving.load_model(model_file) if loads.startswith("keras") else None
-loaded = tf.saved_model.load(export_dir) if loads.startswith("exported") else None
-if variant.startswith("baseline"):
-    pass
-elif variant == "keras":
-    model(x)
-elif variant == "exported":
-    loaded.signatures["serving_default"](inputs=x)
+model = keras.saving.load_model(model_file) if variant.startswith("keras") else None
+loaded = tf.saved_model.load(export_dir) if variant.startswith("exported") else None
+# Peak RSS from here on: reset the high-water mark to the current RSS (Linux clear_refs 5).
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")
+before = status("VmRSS")
+if variant in ("keras", "exported"):
+    model(x) if model is not None else loaded.signatures["serving_default"](inputs=x)
 else:
     with tf.GradientTape() as tape:
         tape.watch(x)
@@ -264,13 +268,16 @@ else:
             total, variables = tf.reduce_sum(model(x)), model.trainable_variables
         else:
             s = loaded.signatures["initial_state"](batch_size=tf.constant(int(batch)))
-            total, variables = tf.reduce_sum(loaded.signatures["stream"](inputs=x, **s)["outputs"]), list(loaded.trainable_variables)
+            total = tf.reduce_sum(loaded.signatures["stream"](inputs=x, **s)["outputs"])
+            variables = list(loaded.trainable_variables)
     tape.gradient(total, [x, *variables])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(status("VmHWM") - before)
 """
 
 
-def _max_rss_kb(variant: str, model_file: Path, export_dir: Path, config: BenchConfig) -> int:
+def _peak_memory(variant: str, model_file: Path, export_dir: Path, config: BenchConfig) -> dict:
+    """Peak RSS growth (MB) of one variant's first call, in a fresh process that has already
+    imported and loaded everything (Linux: the high-water mark is reset after loading)."""
     from exporter.errors import SeqExportError
     from exporter.verify import _clean_env
 
@@ -281,16 +288,8 @@ def _max_rss_kb(variant: str, model_file: Path, export_dir: Path, config: BenchC
     )
     if proc.returncode != 0:
         raise SeqExportError(f"memory run of {variant} failed: {proc.stderr.strip().splitlines()[-1:]}")
-    return int(proc.stdout.split()[-1])
-
-
-def _peak_memory(variant: str, model_file: Path, export_dir: Path, config: BenchConfig) -> dict:
-    """Peak RSS (MB) of one variant's call in a fresh process, over a fresh process that only
-    imports and loads the same things (`baseline`)."""
-    baseline = _max_rss_kb(f"baseline-{variant}", model_file, export_dir, config)
-    peak = _max_rss_kb(variant, model_file, export_dir, config)
     return {"variant": variant, "model": model_file.stem, "batch": config.memory_batch,
-            "steps": config.memory_steps, "peak_mb_over_baseline": (peak - baseline) / 1024}
+            "steps": config.memory_steps, "peak_mb_over_baseline": int(proc.stdout.split()[-1]) / 1024}
 
 
 def _versions() -> dict:
