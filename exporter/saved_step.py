@@ -16,6 +16,24 @@ from exporter.specs import StateSpec
 from exporter.step_model import StepModel
 
 
+def _manifest(path: Path) -> dict:
+    """The seqexport manifest of the SavedModel, or {} when it has none."""
+    import json
+
+    from exporter.paths import manifest_path
+
+    try:
+        return json.loads(manifest_path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _state_order(path: Path, names: set[str]) -> list[str]:
+    """The manifest's state order when the SavedModel is a seqexport export, else sorted names."""
+    listed = [s.get("name") for s in _manifest(path).get("states", [])]
+    return listed if set(listed) == names else sorted(names)
+
+
 def step_model_from_saved_model(path: Path) -> StepModel:
     if not (path / "saved_model.pb").is_file():
         raise BadInput(
@@ -36,7 +54,7 @@ def step_model_from_saved_model(path: Path) -> StepModel:
     outputs = step.structured_outputs
     if "x" not in inputs or "y" not in outputs:
         raise BadInput(f"The 'step' signature of {str(path)!r} must take 'x' and return 'y'.")
-    state_names = sorted(set(inputs) - {"x"})
+    state_names = _state_order(path, set(inputs) - {"x"})
     missing = [n for n in state_names if n not in outputs]
     if missing:
         raise BadInput(f"The 'step' signature of {str(path)!r} does not return states {missing}.")
@@ -70,5 +88,6 @@ def step_model_from_saved_model(path: Path) -> StepModel:
         variables=tuple(getattr(loaded, "variables", ())),
         trainable_variables=trainable,
         reference_fn=reference,
+        last_step_only=bool(_manifest(path).get("last_step_only", False)),
         description=f"SavedModel {path.name}",
     )
