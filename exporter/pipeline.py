@@ -189,9 +189,8 @@ def export(
     # Before anything slow: leftovers of dead exports go first, and a version that
     # exists is refused now rather than after the whole export.
     refuse_link(directory)
-    cleaned = tuple(clean_stale_staging(directory)) if directory.is_dir() else ()
-    for item in cleaned:
-        notice(str(item))
+    cleaned = tuple(clean_stale_staging(directory, on_remove=lambda item: notice(str(item)))) \
+        if directory.is_dir() else ()
     if version is not None and not overwrite and (directory / str(version)).exists():
         raise version_taken(directory, version)
     step_model, kind = _load(model_ref, options)

@@ -33,7 +33,7 @@ import platform
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from exporter.errors import BadInput
@@ -260,11 +260,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_staging(directory: Path) -> list[Cleaned]:
+def clean_stale_staging(directory: Path, on_remove: Callable[[Cleaned], None] = lambda _: None) -> list[Cleaned]:
     """Removes staging folders of dead exports (their owner lock is free); returns what it removed.
 
     A staging folder without an owner file (written by an older seqexport) is
     removed when no process has the pid in its name. Never follows a link.
+    `on_remove` hears of each folder BEFORE it goes: an export killed while cleaning
+    has then still said what it was removing (the next one finishes the job).
     """
     removed: list[Cleaned] = []
     if not directory.is_dir():
@@ -288,16 +290,20 @@ def clean_stale_staging(directory: Path) -> list[Cleaned]:
                 fd = _try_lock(owner)
                 if fd is None:
                     continue  # its export is alive
+                item = Cleaned(path=entry, reason="its export died: the owner lock was free")
+                on_remove(item)
                 _remove(entry)
                 with contextlib.suppress(FileNotFoundError):
                     owner.unlink()
                 os.close(fd)
-                removed.append(Cleaned(path=entry, reason="its export died: the owner lock was free"))
+                removed.append(item)
                 continue
             pid = name[len(STAGING_PREFIX) :].split("-", 1)[0]
             if pid.isdigit() and not _pid_alive(int(pid)):
+                item = Cleaned(path=entry, reason=f"no owner file, and process {pid} is gone")
+                on_remove(item)
                 _remove(entry)
-                removed.append(Cleaned(path=entry, reason=f"no owner file, and process {pid} is gone"))
+                removed.append(item)
     return removed
 
 
