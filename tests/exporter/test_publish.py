@@ -33,7 +33,6 @@ from exporter.publish import (
     model_lock,
     new_staging,
     publish,
-    versions,
 )
 
 DEADLINE_S = 300
