@@ -83,7 +83,7 @@ def _import_modules(modules: list[str]) -> None:
             raise BadInput(f"--import {module!r} failed: {type(exc).__name__}: {exc}") from None
 
 
-def _progress(as_json: bool):
+def _progress():
     """A spinner on stderr naming the phase; returns (context manager, callback).
 
     Where stderr is not a terminal (a log, a pipe) the spinner shows nothing, so
@@ -187,7 +187,7 @@ def _run_export(model: str, *, name, base, version, options, as_json: bool, all_
                 serving: bool = False, overwrite: bool = False) -> None:
     from exporter.pipeline import export as run_export
 
-    status, progress = _progress(as_json)
+    status, progress = _progress()
     with status:
         result = run_export(model, name=name, base=base, version=version, overwrite=overwrite, options=options,
                             progress=progress, notice=_notice)
@@ -249,7 +249,7 @@ def verify(
 
     with _user_errors(as_json):
         _export_dir(path)
-        status, progress = _progress(as_json)
+        status, progress = _progress()
         with status:
             progress("verify")
             report = verify_in_fresh_process(path)
