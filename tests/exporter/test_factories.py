@@ -124,3 +124,16 @@ def test_batch_independence_is_computed(exported, name):
         assert manifest_report["batch_offdiag_max"] > 1e-3
     else:
         assert manifest_report["batch_offdiag_max"] == 0.0
+
+
+def test_higher_order_check_fails_on_a_wrong_hessian_vector_product(tmp_path):
+    from exporter.verify import verify_in_fresh_process
+
+    step_model, _ = load_step_model("tests.exporter.factories:clip_cell")
+    write_export(step_model, tmp_path / "hvp", name="clip", source={"kind": "factory"})
+    golden = golden_io.load(golden_path(tmp_path / "hvp"))
+    golden["hvp/out"] = golden["hvp/out"] + 1e-2
+    golden_io.save(golden, golden_path(tmp_path / "hvp"))
+    rows = [c for c in verify_in_fresh_process(tmp_path / "hvp").checks if c.check == "higher order"]
+    print("tampered hvp:", [(r.passed, r.max_abs) for r in rows])
+    assert rows and not rows[0].passed and rows[0].max_abs == pytest.approx(1e-2, rel=1e-3)
