@@ -126,6 +126,10 @@ def export(
     jit: Annotated[
         bool, typer.Option("--jit", help="Compile serving_default, stream and step with XLA (gradients stay without).")
     ] = False,
+    fused: Annotated[
+        bool, typer.Option("--fused/--no-fused", help="Run serving_default and stream of LSTM stacks in TF's fused "
+                           "BlockLSTM kernel (the while_loop stays as <name>_unfused signatures).")
+    ] = True,
     imports: Annotated[
         Optional[list[str]], typer.Option("--import", help="Import MODULE first (registers custom layers; runs its code).")
     ] = None,
@@ -165,6 +169,7 @@ def export(
                 seed=seed,
                 unsafe=unsafe,
                 jit=jit,
+                fused=fused,
                 targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
             )
         except ValueError as exc:

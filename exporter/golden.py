@@ -107,7 +107,7 @@ def _hvp(traced: TracedExport, feed: dict, golden: dict, rng) -> dict[str, np.nd
     name = SignatureName.PREDICT.value
     spec = next(s for s in traced.specs if s.name == name)
     names = [t.name for t in spec.inputs]
-    function = traced.gradient_functions[name]
+    function = traced.higher_order_function(name)
     weights = {k[len(f"{name}/w/"):]: v for k, v in golden.items() if k.startswith(f"{name}/w/")}
     vector = rng.normal(size=feed["inputs"].shape)
     try:

@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from exporter.errors import UnsupportedModel
+from exporter.fused import fused_lstm, is_fusable_lstm
 from exporter.specs import StateSpec
 from exporter.step_model import StepModel
 
@@ -63,6 +64,13 @@ class _Stage:
     states: tuple[StateSpec, ...]
     call: Callable
     ends_sequence: bool = False  # an RNN without return_sequences
+    # `(x [B, T, ...], states) -> (y [B, T, ...], new_states)` over a whole sequence in one
+    # kernel, for a stage that has one (a stateless stage: its own call on [B, T, ...]).
+    sequence_call: Callable | None = None
+
+    def __post_init__(self):
+        if self.sequence_call is None and not self.states:
+            object.__setattr__(self, "sequence_call", lambda x, s: (self.call(x, (), None)[0], ()))
 
 
 def _fail(index: int, layer, why: str) -> UnsupportedModel:
@@ -99,7 +107,8 @@ def _rnn_stage(index: int, layer: keras.layers.RNN, masked: bool) -> _Stage:
             new = tuple(tf.where(keep, n, p) for n, p in zip(new, prev))
         return output, new
 
-    return _Stage(layer.name, states, call, ends_sequence=not layer.return_sequences)
+    return _Stage(layer.name, states, call, ends_sequence=not layer.return_sequences,
+                  sequence_call=fused_lstm(cell) if is_fusable_lstm(cell) else None)
 
 
 def _per_step_stage(index: int, layer) -> _Stage:
@@ -157,6 +166,17 @@ def _run_stages(stages, x, prev_states, mask):
         new_states.extend(new)
         offset += count
     return x, tuple(new_states)
+
+
+def _run_sequence_stages(stages, inputs, prev_states):
+    """The stages one after the other, each over the whole sequence (layer by layer, as Keras runs them)."""
+    new_states, offset = [], 0
+    for stage in stages:
+        count = len(stage.states)
+        inputs, new = stage.sequence_call(inputs, tuple(prev_states[offset : offset + count]))
+        new_states.extend(new)
+        offset += count
+    return inputs, tuple(new_states)
 
 
 def _sequence_layers(model: keras.Model) -> list:
@@ -324,6 +344,11 @@ def step_model_from_keras(model: keras.Model, description: str = "") -> StepMode
     def step(x, prev_states):
         return masked_step(x, prev_states, None)
 
+    def fused_core(inputs, prev_states):
+        return _run_sequence_stages(core_stages, inputs, prev_states)
+
+    fusable = not masked and all(stage.sequence_call is not None for stage in core_stages)
+
     input_spec = model.inputs[0]
     if len(input_spec.shape) < 2:
         raise UnsupportedModel(
@@ -354,6 +379,7 @@ def step_model_from_keras(model: keras.Model, description: str = "") -> StepMode
         masked_step_fn=masked_step if masked else None,
         bind_step=_binder(model, core_step if head_stages else masked_step),
         head=head if head_stages else None,
+        fused_unroll=fused_core if fusable else None,
         core_output_shape=tuple(int(d) for d in core_y.shape[1:]) if head_stages else None,
         input_shape=input_shape,
         input_dtype=input_dtype,

@@ -93,15 +93,18 @@ def write_export(
     from exporter import golden as golden_io
     from exporter.paths import golden_path
     from exporter.save import save_saved_model, write_manifest
-    from exporter.trace import trace
+    from exporter.trace import trace, will_fuse
 
     options = options.resolved(
         dtype=step_model.output_dtype,
         trainable_params=sum(int(np.prod(v.shape)) for v in step_model.trainable_variables),
         float_inputs=step_model.differentiable_inputs,
     )
+    # The manifest says what was done: fused only where the model has the kernels for it.
+    options = dataclasses.replace(options, fused=will_fuse(step_model, jit=options.jit, fused=options.fused))
     progress("trace")
-    traced = trace(step_model, with_input_gradients=options.with_input_gradients, jit=options.jit)
+    traced = trace(step_model, with_input_gradients=options.with_input_gradients, jit=options.jit,
+                   fused=options.fused)
     progress("golden")
     golden = golden_io.capture(step_model, traced, options)
     progress("save")

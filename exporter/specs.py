@@ -229,6 +229,9 @@ class ExportOptions:
         seed: seed of the probe inputs and the loss weights.
         unsafe: Keras safe mode was turned off to load the model.
         jit: compile the forward signatures (`serving_default`, `stream`, `step`) with XLA.
+        fused: run `serving_default` and `stream` in whole-sequence kernels where the model
+            has them (LSTM stacks: TF's `BlockLSTM`; not with `jit`, not for masked models);
+            the while_loop stays beside them as `<name>_unfused` signatures.
         targets: runtimes to convert to before publishing (`tflite`, `onnx`); results go
             to `assets.extra/seqexport/runtimes/<target>/`.
         hvp_auto: `check_hvp` was chosen by size, not asked for: a model whose ops have no
@@ -244,6 +247,7 @@ class ExportOptions:
     seed: int = 0
     unsafe: bool = False
     jit: bool = False
+    fused: bool = True
     targets: tuple[str, ...] = ()
     hvp_auto: bool = False
 

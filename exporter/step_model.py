@@ -42,6 +42,11 @@ class StepModel:
         head: optional stateless per-step map run once after the loop on `[B, T, *core]`
             (and on `[B, *core]` by `step`); when set, `bind_step`'s step returns the core
             output of shape `core_output_shape` and `head` turns it into `output_shape`.
+        fused_unroll: optional `(inputs [B, T, ...], states) -> (core outputs [B, T, ...],
+            new_states)`: the same maths as the unroll in whole-sequence kernels (an LSTM
+            as TF's `BlockLSTM`), used by `serving_default` and `stream` unless `--jit` or
+            `--no-fused`; never for masked models. Its outputs are `bind_step`'s (before
+            `head`). The while_loop stays as the `<name>_unfused` twins.
         last_step_only: `serving_default` returns only the last step's output.
         reference_fn: `(inputs [B,T,...], lengths or None) -> outputs`: the source model's
             own full-sequence call, the ground truth the export is checked against.
@@ -78,6 +83,7 @@ class StepModel:
     bind_step: Callable[[], MaskedStepFn] | None = None
     head: Callable | None = None
     core_output_shape: tuple[int, ...] | None = None
+    fused_unroll: Callable | None = None
     last_step_only: bool = False
     reference_fn: Callable | None = None
     reference_variables: tuple | None = None
@@ -102,6 +108,8 @@ class StepModel:
             raise ValueError(f"state names {sorted(reserved)} clash with signature keys; rename them.")
         if self.head is not None and (self.bind_step is None or self.core_output_shape is None):
             raise ValueError("`head` needs `bind_step` (whose step returns the core output) and `core_output_shape`.")
+        if self.fused_unroll is not None and self.masked:
+            raise ValueError("`fused_unroll` is for models without a mask; drop it or `masked_step_fn`.")
         if self.reference_variables is not None and len(self.reference_variables) != len(
             self.trainable_variables
         ):

@@ -3,19 +3,22 @@
 The sequence signatures unroll the step in ONE `tf.while_loop` over `TensorArray`s
 with `element_shape` set, the state threaded as loop variables with fixed shapes:
 TF then keeps every step's activations for the backward pass, so gradients flow
-through time and across chained `stream` calls.
+through time and across chained `stream` calls. A model with a `fused_unroll` (an LSTM
+stack) runs `serving_default` and `stream` in whole-sequence kernels instead, and keeps
+the while_loop beside them as `<name>_unfused` signatures (exporter/fused.py says why).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import tensorflow as tf
 
 from exporter.specs import SignatureName, SignatureSpec, TensorDesc
 from exporter.step_model import StepModel
-from exporter.trace_names import no_xla_name
+from exporter.trace_names import no_xla_name, unfused_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,21 +26,34 @@ class TracedExport:
     """The module to save, its signature functions, and their specs.
 
     `gradient_functions` are the same functions without XLA (identical to `functions`
-    unless traced with `jit=True`): what gradients are taken through.
+    unless traced with `jit=True`): what gradients are taken through. `unfused_functions`
+    are the while_loop twins of fused signatures (empty when nothing is fused): what
+    second derivatives are taken through.
     """
 
     module: tf.Module
     functions: dict[str, tf.types.experimental.ConcreteFunction]
     gradient_functions: dict[str, tf.types.experimental.ConcreteFunction]
     specs: tuple[SignatureSpec, ...]
+    unfused_functions: dict[str, tf.types.experimental.ConcreteFunction] = dataclasses.field(default_factory=dict)
+
+    def higher_order_function(self, name: str):
+        """The function second derivatives of signature `name` go through."""
+        return self.unfused_functions.get(name, self.gradient_functions[name])
 
 
 def _desc(name: str, shape, dtype: str) -> TensorDesc:
     return TensorDesc(name=name, shape=tuple(shape), dtype=dtype)
 
 
-def unroll(model: StepModel, inputs, states: tuple, lengths=None):
-    """Runs the step over `inputs [B, T, ...]` from `states`; returns (outputs [B, T, ...], states)."""
+def unroll(model: StepModel, inputs, states: tuple, lengths=None, *, fused: bool = False):
+    """Runs the step over `inputs [B, T, ...]` from `states`; returns (outputs [B, T, ...], states).
+
+    `fused`: run the model's `fused_unroll` (whole-sequence kernels) instead of the loop.
+    """
+    if fused:
+        outputs, final = model.fused_unroll(inputs, tuple(states))
+        return model.apply_head(outputs), tuple(final)
     rank = len(inputs.shape)
     time_major = tf.transpose(inputs, [1, 0, *range(2, rank)])
     steps = tf.shape(time_major)[0]
@@ -101,15 +117,24 @@ def _signature(inputs: list[TensorDesc], body: Callable, *, jit: bool = False) -
 # Forward signatures XLA may compile; `initial_state` is too small to gain and gradients
 # through XLA were measured slower and heavier (perf_baselines.md), so they stay as they are.
 _JIT_SIGNATURES = (SignatureName.PREDICT, SignatureName.STREAM, SignatureName.STEP)
+_FUSED_SIGNATURES = (SignatureName.PREDICT, SignatureName.STREAM)
 
 
-def trace(model: StepModel, *, with_input_gradients: bool = False, jit: bool = False) -> TracedExport:
+def will_fuse(model: StepModel, *, jit: bool, fused: bool) -> bool:
+    """Whether `serving_default` and `stream` run the model's whole-sequence kernels (XLA has none)."""
+    return fused and not jit and model.fused_unroll is not None and not model.masked
+
+
+def trace(
+    model: StepModel, *, with_input_gradients: bool = False, jit: bool = False, fused: bool = True
+) -> TracedExport:
     """Builds the module with every signature of the export.
 
     Args:
         model: the step model.
         with_input_gradients: also build `input_gradients` (float inputs only).
         jit: compile the forward signatures with XLA (`jit_compile=True`).
+        fused: use the model's `fused_unroll` where it has one (see `will_fuse`).
 
     Returns:
         A `TracedExport`; `module` tracks the variables (`trainable_variables` in a
@@ -126,22 +151,22 @@ def trace(model: StepModel, *, with_input_gradients: bool = False, jit: bool = F
     def state_outputs(states) -> dict:
         return dict(zip(state_names, states))
 
-    def predict_outputs(feed):
+    def predict_outputs(feed, fused=False):
         inputs = feed["inputs"]
         outputs, final = unroll(
-            model, inputs, _zero_states(model, tf.shape(inputs)[0]), feed.get("lengths")
+            model, inputs, _zero_states(model, tf.shape(inputs)[0]), feed.get("lengths"), fused=fused
         )
         if model.last_step_only:
             outputs = outputs[:, -1]
         return outputs, final
 
-    def predict(feed):
-        outputs, final = predict_outputs(feed)
+    def predict(feed, fused=False):
+        outputs, final = predict_outputs(feed, fused)
         return {"outputs": outputs, **state_outputs(final)}
 
-    def stream(feed):
+    def stream(feed, fused=False):
         states = tuple(feed[n] for n in state_names)
-        outputs, final = unroll(model, feed["inputs"], states, feed.get("lengths"))
+        outputs, final = unroll(model, feed["inputs"], states, feed.get("lengths"), fused=fused)
         return {"outputs": outputs, **state_outputs(final)}
 
     def step(feed):
@@ -177,8 +202,13 @@ def trace(model: StepModel, *, with_input_gradients: bool = False, jit: bool = F
     module = tf.__internal__.tracking.AutoTrackable()
     module.variables = list(model.variables)
     module.trainable_variables = list(model.trainable_variables)
-    functions, gradient_functions, specs = {}, {}, []
+    functions, gradient_functions, unfused_functions, specs = {}, {}, {}, []
+    fuse = will_fuse(model, jit=jit, fused=fused)
     for name, inputs, body, outputs in table:
+        if fuse and name in _FUSED_SIGNATURES:
+            unfused = _signature(inputs, body)
+            unfused_functions[name.value] = functions[unfused_name(name.value)] = unfused.get_concrete_function()
+            body = functools.partial(body, fused=True)
         function = _signature(inputs, body)
         gradient_functions[name.value] = function.get_concrete_function()
         if jit and name in _JIT_SIGNATURES:
@@ -190,5 +220,5 @@ def trace(model: StepModel, *, with_input_gradients: bool = False, jit: bool = F
         functions[name.value] = function.get_concrete_function()
         specs.append(SignatureSpec(name=name.value, inputs=tuple(inputs), outputs=tuple(outputs)))
     return TracedExport(module=module, functions=functions, gradient_functions=gradient_functions,
-                        specs=tuple(specs))
+                        specs=tuple(specs), unfused_functions=unfused_functions)
 

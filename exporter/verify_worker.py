@@ -16,7 +16,7 @@ import numpy as np
 
 from exporter.compare import compare, failed
 from exporter.specs import CheckResult, Manifest, SignatureName
-from exporter.trace_names import no_xla_name
+from exporter.trace_names import no_xla_name, unfused_name
 
 CUSTOM_GRADIENT_HELP = (
     "The SavedModel has an op whose gradient is a tf.custom_gradient, but it was saved "
@@ -83,6 +83,15 @@ class _Checker:
         function = getattr(self.loaded, no_xla_name(name))
         names = [t.name for t in self.manifest.signature(name).inputs]
         return lambda f: function(*[f[n] for n in names])
+
+    def higher_order_caller(self, name: str):
+        """The function second derivatives go through: a fused signature's while_loop twin
+        (TF defines no gradient of `BlockLSTMGrad`), else `gradient_caller`."""
+        twin = unfused_name(name)
+        if self.manifest.options.fused and twin in self.loaded.signatures:
+            signature = self.signature(twin)
+            return lambda f: signature(**f)
+        return self.gradient_caller(name)
 
     def run_with_gradients(self, check_prefix, signature, call, feed, weights, golden_prefix, grad_call=None):
         """Forward (`call`) + gradients (`grad_call`, default `call`); a gradient failure (e.g. a
@@ -225,7 +234,7 @@ class _Checker:
         feed = _section(self.golden, f"{name}/in/")
         weights = _section(self.golden, f"{name}/w/")
         try:
-            hvp = hessian_vector_product(self.gradient_caller(name), feed, weights, self.golden["hvp/v"])
+            hvp = hessian_vector_product(self.higher_order_caller(name), feed, weights, self.golden["hvp/v"])
         except Exception as exc:  # noqa: BLE001
             self.add(CheckResult(
                 check="higher order", signature=name, tensor="Hv/inputs", passed=auto,
@@ -233,6 +242,27 @@ class _Checker:
                 "variables in `bind_step` avoids this"))
             return
         self.add(compare("higher order", name, "Hv/inputs", hvp, self.golden["hvp/out"], self.grad_tol))
+
+    def fused(self):
+        """Each fused signature against its while_loop twin: outputs and first derivatives."""
+        from exporter.gradients import outputs_and_gradients
+
+        if not self.manifest.options.fused:
+            return
+        for name in (SignatureName.PREDICT.value, SignatureName.STREAM.value):
+            twin = unfused_name(name)
+            if twin not in self.loaded.signatures:
+                self.add(failed("fused", name, "*", f"its while_loop twin {twin!r} is missing from the SavedModel"))
+                continue
+            feed = _section(self.golden, f"{name}/in/")
+            weights = _section(self.golden, f"{name}/w/")
+            fused, loop = self.signature(name), self.signature(twin)
+            got = outputs_and_gradients(lambda f: fused(**f), feed, weights, self.variables)
+            want = outputs_and_gradients(lambda f: loop(**f), feed, weights, self.variables)
+            self.compare_many("fused", name, got[0], want[0], self.tol)
+            self.compare_many("fused gradients", name, got[1], want[1], self.grad_tol, prefix="d/")
+            for label, grad, expected in zip(self.manifest.trainable_variables, got[2], want[2]):
+                self.add(compare("fused gradients", name, f"d/{label}", grad, expected, self.grad_tol))
 
     def batch_independence(self):
         """Off-diagonal (batch, batch) blocks of the input Jacobian of `serving_default` and `step`."""
@@ -302,7 +332,7 @@ def run_checks(export_dir: Path) -> dict:
                 "timings": {}, "properties": {}}
     timings = {"load": time.monotonic() - started}
     for check in (checker.weights, checker.reload_and_gradients, checker.ground_truth, checker.chunking,
-                  checker.higher_order, checker.batch_independence):
+                  checker.fused, checker.higher_order, checker.batch_independence):
         started = time.monotonic()
         try:
             check()

@@ -51,6 +51,16 @@ class LoadedExport:
             )
         return signatures[name]
 
+    def convertible_signature(self, name: str):
+        """What a converter reads for signature `name`: its while_loop twin when it is fused
+        (neither LiteRT nor tf2onnx knows TF's `BlockLSTM`), else the signature itself."""
+        from exporter.trace_names import unfused_name
+
+        twin = unfused_name(name)
+        if self.manifest.options.fused and twin in self.module.signatures:
+            return self.module.signatures[twin]
+        return self.signature(name)
+
 
 def load_export(export_dir: Path) -> LoadedExport:
     """Reloads an export (read-only).

@@ -91,6 +91,6 @@ def convert_signature(loaded, signature: str) -> bytes:
     from exporter.convert.graph import frozen_function
 
     what = f"signature {signature!r} of {loaded.manifest.name!r}"
-    function = frozen_function(loaded.signature(signature), output_name=output_name)
+    function = frozen_function(loaded.convertible_signature(signature), output_name=output_name)
     doc = f"seqexport: signature {signature!r} of {loaded.manifest.name!r}"
     return convert_function(function, what=what, doc=doc)

@@ -109,5 +109,5 @@ def convert_signature(loaded, signature: str, *, batch: int | None = None) -> by
     from exporter.convert.graph import frozen_function
 
     what = f"signature {signature!r} of {loaded.manifest.name!r}"
-    function = frozen_function(loaded.signature(signature), batch=batch)
+    function = frozen_function(loaded.convertible_signature(signature), batch=batch)
     return convert_function(function, signature=signature, what=what)

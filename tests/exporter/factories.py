@@ -147,3 +147,18 @@ def wrong_reference() -> StepModel:
     import dataclasses
 
     return dataclasses.replace(model, reference_fn=reference)
+
+
+def wrong_fused() -> StepModel:
+    """A step model whose whole-sequence kernel is off by 1e-3 from its step (the fused check must fail)."""
+    import dataclasses
+
+    from exporter.trace import unroll
+
+    model = clip_cell()
+
+    def fused(inputs, states):
+        outputs, final = unroll(model, inputs, states)
+        return outputs + 1e-3, final
+
+    return dataclasses.replace(model, fused_unroll=fused)

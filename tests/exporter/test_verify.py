@@ -67,10 +67,13 @@ def broken_exports(demo_keras_file, tmp_path_factory):
         golden[key] = golden[key] + np.float32(1e-2)
         golden_io.save(golden, golden_path(dirs[name]))
 
-    from tests.exporter.factories import wrong_reference
+    from tests.exporter.factories import wrong_fused, wrong_reference
 
     dirs["wrong_source"] = base / "wrong_source"
     write_export(wrong_reference(), dirs["wrong_source"], name="w", source={"kind": "test"}, options=NO_HVP)
+
+    dirs["wrong_fused"] = base / "wrong_fused"
+    write_export(wrong_fused(), dirs["wrong_fused"], name="f", source={"kind": "test"}, options=NO_HVP)
 
     dirs["stream_drops_state"] = base / "stream_drops_state"
     _export_with_state_dropping_stream(step_model_from_keras(model), dirs["stream_drops_state"])
@@ -83,9 +86,9 @@ def _export_with_state_dropping_stream(step_model, export_dir):
 
     real_unroll = trace_module.unroll
 
-    def buggy_unroll(model, inputs, states, lengths=None):
+    def buggy_unroll(model, inputs, states, lengths=None, **kwargs):
         zeros = tuple(tf.zeros_like(s) for s in states)
-        return real_unroll(model, inputs, zeros, lengths)
+        return real_unroll(model, inputs, zeros, lengths, **kwargs)
 
     trace_module.unroll = buggy_unroll
     try:
@@ -124,6 +127,13 @@ def test_source_check_fails_when_export_differs_from_model(broken_exports):
     for name in ("tampered_reference", "wrong_source"):
         rows = _failing(broken_exports[name], "source")
         assert rows[0].max_abs == pytest.approx(1e-2 if name == "tampered_reference" else 1e-3, rel=1e-2)
+
+
+def test_fused_check_fails_when_the_fused_kernel_differs_from_the_loop(broken_exports):
+    rows = _failing(broken_exports["wrong_fused"], "fused")
+    assert {r.signature for r in rows} == {"serving_default", "stream"}
+    assert {r.tensor for r in rows} == {"outputs"}, "the states agree; only the outputs are off"
+    assert rows[0].max_abs == pytest.approx(1e-3, rel=1e-2)
 
 
 def test_chunking_check_fails_when_stream_drops_state(broken_exports):

@@ -1,0 +1,138 @@
+"""LSTM stacks run in TF's fused `BlockLSTM` kernel: same numbers as the Keras layer, twins kept."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from exporter.fused import fused_lstm, is_fusable_lstm
+from exporter.keras_step import step_model_from_keras
+from exporter.trace import trace
+from tests.exporter import models
+
+UNITS, FEATURES, BATCH, STEPS = 6, 5, 3, 7
+OUT_TOL, GRAD_TOL = 1e-5, 1e-4  # float32, as the verify defaults (absolute)
+
+
+def _lstm_layer(use_bias: bool = True) -> keras.layers.LSTM:
+    keras.utils.set_random_seed(4)
+    layer = keras.layers.LSTM(UNITS, return_sequences=True, return_state=True, use_bias=use_bias,
+                              bias_initializer="random_normal")
+    layer.build((None, None, FEATURES))
+    return layer
+
+
+def _inputs():
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(BATCH, STEPS, FEATURES)).astype(np.float32))
+    h0, c0 = (tf.constant(rng.normal(size=(BATCH, UNITS)).astype(np.float32)) for _ in range(2))
+    return x, h0, c0
+
+
+def _outputs_and_grads(call, layer, x, h0, c0):
+    with tf.GradientTape() as tape:
+        tape.watch([x, h0, c0])
+        sequence, h, c = call(x, h0, c0)
+        loss = tf.reduce_sum(sequence * tf.range(1.0, UNITS + 1.0)) + tf.reduce_sum(h) + 2 * tf.reduce_sum(c)
+    grads = tape.gradient(loss, [x, h0, c0, *layer.trainable_variables])
+    return [sequence, h, c], grads
+
+
+def _fused_call(layer):
+    fused = fused_lstm(layer.cell)
+
+    def call(x, h0, c0):
+        sequence, (h, c) = fused(x, (h0, c0))
+        return sequence, h, c
+
+    return call
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_fused_lstm_matches_keras_layer_outputs_states_and_gradients(use_bias):
+    layer = _lstm_layer(use_bias)
+    x, h0, c0 = _inputs()
+    keras_call = lambda x, h0, c0: layer(x, initial_state=[h0, c0])  # noqa: E731
+    want, want_grads = _outputs_and_grads(keras_call, layer, x, h0, c0)
+    got, got_grads = _outputs_and_grads(_fused_call(layer), layer, x, h0, c0)
+    out_err = max(float(np.max(np.abs(g - w))) for g, w in zip(got, want))
+    grad_err = max(float(np.max(np.abs(g - w))) for g, w in zip(got_grads, want_grads))
+    print(f"use_bias={use_bias}: outputs max abs {out_err:.2e} (tol {OUT_TOL}), "
+          f"gradients max abs {grad_err:.2e} (tol {GRAD_TOL})")
+    assert out_err <= OUT_TOL and grad_err <= GRAD_TOL
+
+
+def test_empty_sequence_returns_the_state_it_was_given():
+    layer = _lstm_layer()
+    _, h0, c0 = _inputs()
+    sequence, h, c = tf.function(_fused_call(layer))(tf.zeros([BATCH, 0, FEATURES]), h0, c0)
+    assert sequence.shape == (BATCH, 0, UNITS)
+    np.testing.assert_array_equal(h, h0)
+    np.testing.assert_array_equal(c, c0)
+
+
+def test_blocklstm_v2_gradients_disagree_with_its_forward_on_cpu():
+    """Why exporter/fused.py uses V1: V2's gradient assumes another gate order. If this starts
+    failing, TF has fixed V2 and it could replace V1 (no gate reordering)."""
+    layer = _lstm_layer()
+    cell = layer.cell
+    x, h0, c0 = _inputs()
+
+    def v2(x, h0, c0):
+        zeros = tf.zeros([UNITS])
+        result = tf.raw_ops.BlockLSTMV2(
+            seq_len_max=tf.constant(STEPS, tf.int64), x=tf.transpose(x, [1, 0, 2]), cs_prev=c0, h_prev=h0,
+            w=tf.concat([cell.kernel, cell.recurrent_kernel], 0), wci=zeros, wcf=zeros, wco=zeros,
+            b=cell.bias, cell_clip=-1.0, use_peephole=False)
+        return tf.transpose(result.h, [1, 0, 2]), result.h[-1], result.cs[-1]
+
+    want, want_grads = _outputs_and_grads(_fused_call(layer), layer, x, h0, c0)
+    got, got_grads = _outputs_and_grads(v2, layer, x, h0, c0)
+    out_err = max(float(np.max(np.abs(g - w))) for g, w in zip(got, want))
+    input_grad_err = float(np.max(np.abs(got_grads[0] - want_grads[0])))
+    print(f"BlockLSTMV2 vs V1: outputs max abs {out_err:.2e}, input gradient max abs {input_grad_err:.2e}")
+    assert out_err <= OUT_TOL
+    assert input_grad_err > 100 * GRAD_TOL
+
+
+def test_only_lstm_cells_with_blocklstm_maths_fuse():
+    assert is_fusable_lstm(keras.layers.LSTMCell(3))
+    assert not is_fusable_lstm(keras.layers.LSTMCell(3, activation="relu"))
+    assert not is_fusable_lstm(keras.layers.LSTMCell(3, recurrent_activation="hard_sigmoid"))
+    assert not is_fusable_lstm(keras.layers.GRUCell(3))
+    float64 = keras.layers.LSTMCell(3, dtype="float64")
+    float64.build((None, 2))
+    assert not is_fusable_lstm(float64)
+
+
+def _ops(function) -> set[str]:
+    """Op types of `function` and every function it calls; `While` stands for `StatelessWhile` too."""
+    graph = function.graph.as_graph_def()
+    ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+    return {"While" if op == "StatelessWhile" else op for op in ops}
+
+
+def test_lstm_stack_signatures_are_fused_and_keep_while_loop_twins():
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((None, FEATURES)), keras.layers.LSTM(4, return_sequences=True),
+                              keras.layers.Dense(3), keras.layers.LSTM(2), keras.layers.Dense(1)])
+    traced = trace(step_model_from_keras(model))
+    for name in ("serving_default", "stream"):
+        assert "BlockLSTM" in _ops(traced.functions[name]) and "While" not in _ops(traced.functions[name])
+        twin = traced.functions[f"{name}_unfused"]
+        assert "While" in _ops(twin) and "BlockLSTM" not in _ops(twin)
+        assert traced.higher_order_function(name) is twin
+    assert "BlockLSTM" not in _ops(traced.functions["step"])
+    assert {s.name for s in traced.specs} == {"serving_default", "stream", "step", "initial_state"}
+
+
+@pytest.mark.parametrize("case", ["no_fused", "jit", "gru", "masked"])
+def test_no_fusing_without_kernels_or_when_asked(case):
+    name = {"gru": "stacked_functional", "masked": "masking"}.get(case, "lstm")
+    step_model = step_model_from_keras(models.build(name))
+    traced = trace(step_model, fused=case != "no_fused", jit=case == "jit")
+    assert not traced.unfused_functions
+    assert not any(k.endswith("_unfused") for k in traced.functions)
+    assert "BlockLSTM" not in _ops(traced.functions["serving_default"])
