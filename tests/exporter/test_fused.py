@@ -24,10 +24,10 @@ def _lstm_layer(use_bias: bool = True) -> keras.layers.LSTM:
     return layer
 
 
-def _inputs():
+def _inputs(batch=BATCH):
     rng = np.random.default_rng(0)
-    x = tf.constant(rng.normal(size=(BATCH, STEPS, FEATURES)).astype(np.float32))
-    h0, c0 = (tf.constant(rng.normal(size=(BATCH, UNITS)).astype(np.float32)) for _ in range(2))
+    x = tf.constant(rng.normal(size=(batch, STEPS, FEATURES)).astype(np.float32))
+    h0, c0 = (tf.constant(rng.normal(size=(batch, UNITS)).astype(np.float32)) for _ in range(2))
     return x, h0, c0
 
 
@@ -50,16 +50,17 @@ def _fused_call(layer):
     return call
 
 
-@pytest.mark.parametrize("use_bias", [True, False])
-def test_fused_lstm_matches_keras_layer_outputs_states_and_gradients(use_bias):
+@pytest.mark.parametrize("use_bias, batch", [(True, 3), (False, 4), (True, 1)])
+def test_fused_lstm_matches_keras_layer_outputs_states_and_gradients(use_bias, batch):
+    """Batch 1 runs one of the two batch halves empty."""
     layer = _lstm_layer(use_bias)
-    x, h0, c0 = _inputs()
+    x, h0, c0 = _inputs(batch)
     keras_call = lambda x, h0, c0: layer(x, initial_state=[h0, c0])  # noqa: E731
     want, want_grads = _outputs_and_grads(keras_call, layer, x, h0, c0)
     got, got_grads = _outputs_and_grads(_fused_call(layer), layer, x, h0, c0)
     out_err = max(float(np.max(np.abs(g - w))) for g, w in zip(got, want))
     grad_err = max(float(np.max(np.abs(g - w))) for g, w in zip(got_grads, want_grads))
-    print(f"use_bias={use_bias}: outputs max abs {out_err:.2e} (tol {OUT_TOL}), "
+    print(f"use_bias={use_bias} B={batch}: outputs max abs {out_err:.2e} (tol {OUT_TOL}), "
           f"gradients max abs {grad_err:.2e} (tol {GRAD_TOL})")
     assert out_err <= OUT_TOL and grad_err <= GRAD_TOL
 

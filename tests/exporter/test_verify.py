@@ -77,6 +77,9 @@ def broken_exports(demo_keras_file, tmp_path_factory):
 
     dirs["stream_drops_state"] = base / "stream_drops_state"
     _export_with_state_dropping_stream(step_model_from_keras(model), dirs["stream_drops_state"])
+
+    dirs["xla_differs"] = base / "xla_differs"
+    _export_with_xla_signatures_off(step_model_from_keras(model), dirs["xla_differs"])
     return dict(zip(dirs, verify_many_in_fresh_process(list(dirs.values()))))
 
 
@@ -95,6 +98,30 @@ def _export_with_state_dropping_stream(step_model, export_dir):
         write_export(step_model, export_dir, name="demo", source={"kind": "test"}, options=NO_HVP)
     finally:
         trace_module.unroll = real_unroll
+
+
+def _export_with_xla_signatures_off(step_model, export_dir, offset=1e-3):
+    """A `--jit` export whose XLA signatures compute something else than their twins without
+    XLA (as a fast-math rewrite could): only the xla check compares the two."""
+    from exporter import trace as trace_module
+
+    real_signature = trace_module._signature
+
+    def skewed_signature(inputs, body, *, jit=False):
+        if not jit:
+            return real_signature(inputs, body)
+
+        def skewed(feed):
+            return {k: v + offset if k in ("outputs", "y") else v for k, v in body(feed).items()}
+
+        return real_signature(inputs, skewed, jit=True)
+
+    trace_module._signature = skewed_signature
+    try:
+        write_export(step_model, export_dir, name="demo", source={"kind": "test"},
+                     options=ExportOptions(check_hvp=False, jit=True))
+    finally:
+        trace_module._signature = real_signature
 
 
 def test_lost_custom_gradients_fail_with_explanation(broken_exports):
@@ -133,6 +160,13 @@ def test_fused_check_fails_when_the_fused_kernel_differs_from_the_loop(broken_ex
     rows = _failing(broken_exports["wrong_fused"], "fused")
     assert {r.signature for r in rows} == {"serving_default", "stream"}
     assert {r.tensor for r in rows} == {"outputs"}, "the states agree; only the outputs are off"
+    assert rows[0].max_abs == pytest.approx(1e-3, rel=1e-2)
+
+
+def test_xla_check_fails_when_an_xla_signature_differs_from_its_twin(broken_exports):
+    rows = _failing(broken_exports["xla_differs"], "xla")
+    assert {r.signature for r in rows} == {"serving_default", "stream", "step"}
+    assert {r.tensor for r in rows} <= {"outputs", "y"}
     assert rows[0].max_abs == pytest.approx(1e-3, rel=1e-2)
 
 
