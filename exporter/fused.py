@@ -41,7 +41,7 @@ def _icfo(tensor):
 
 
 def fused_lstm(cell) -> Callable:
-    """`(x [B, T, F], (h, c)) -> (h_seq [B, T, U], (h_T, c_T))` for a Keras LSTM cell, in two ops."""
+    """`(x [B, T, F], (h, c)) -> (h_seq [B, T, U], (h_T, c_T))` for a Keras LSTM cell, in BlockLSTM ops."""
     import tensorflow as tf
 
     units = int(cell.units)
@@ -54,27 +54,38 @@ def fused_lstm(cell) -> Callable:
             forget_bias=0.0, cell_clip=-1.0, use_peephole=False,
         )
 
+    def run(time_major, h0, c0, weights, bias):
+        """(h_seq [T, B, U], h_T, c_T) for T > 0 and B > 0 rows."""
+        result = block(time_major, h0, c0, weights, bias)
+        last = tf.shape(time_major)[0] - 1  # gathered: no static check in the branch not taken
+        return result.h, tf.gather(result.h, last), tf.gather(result.cs, last)
+
     def call(inputs, states):
         h0, c0 = states
         weights = _icfo(tf.concat([cell.kernel.value, cell.recurrent_kernel.value], axis=0))
         bias = _icfo(cell.bias.value) if cell.use_bias else tf.zeros([4 * units], inputs.dtype)
         time_major = tf.transpose(inputs, [1, 0, 2])
         steps, batch = tf.shape(time_major)[0], tf.shape(time_major)[1]
-        # Rows are independent: the two halves of the batch run as two ops, which TF's executor
-        # runs at once (the kernel alone kept one of two cores busy: 1.6-1.75x faster at B=32).
-        sizes = tf.stack([batch // 2, batch - batch // 2])
-        halves = [
-            block(x, h, c, weights, bias)
-            for x, h, c in zip(tf.split(time_major, sizes, axis=1, num=2), tf.split(h0, sizes, num=2),
-                               tf.split(c0, sizes, num=2))
-        ]
-        h_seq = tf.concat([half.h for half in halves], axis=1)
-        last = tf.maximum(steps - 1, 0)  # a tensor index: no static check of an empty sequence
-        # T = 0 returns the state it was given (an empty chunk leaves a stream where it was).
-        h_last, c_last = tf.cond(
-            steps > 0,
-            lambda: (h_seq[last], tf.concat([half.cs[last] for half in halves], axis=0)),
-            lambda: (tf.identity(h0), tf.identity(c0)),
+
+        def halves():
+            # Rows are independent: the two halves of the batch run as two ops, which TF's executor
+            # runs at once (the kernel alone kept one of two cores busy: 1.6-1.75x faster at B=32).
+            sizes = tf.stack([batch // 2, batch - batch // 2])
+            parts = [tf.split(t, sizes, axis=a, num=2) for t, a in ((time_major, 1), (h0, 0), (c0, 0))]
+            runs = [run(x, h, c, weights, bias) for x, h, c in zip(*parts)]
+            return tuple(tf.concat(list(outputs), axis=a) for outputs, a in zip(zip(*runs), (1, 0, 0)))
+
+        def whole():
+            return run(time_major, h0, c0, weights, bias)
+
+        def nothing():
+            # Never run the kernel on an empty sequence or batch: BlockLSTMGrad then returns
+            # uninitialised weight gradients (seen as 22.4 instead of 0). T = 0 returns the
+            # state it was given, so an empty chunk leaves a stream where it was.
+            return tf.zeros([steps, batch, units], inputs.dtype), tf.identity(h0), tf.identity(c0)
+
+        h_seq, h_last, c_last = tf.cond(
+            steps * batch == 0, nothing, lambda: tf.cond(batch >= 2, halves, whole)
         )
         return tf.transpose(h_seq, [1, 0, 2]), (h_last, c_last)
 

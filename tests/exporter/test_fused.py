@@ -65,13 +65,29 @@ def test_fused_lstm_matches_keras_layer_outputs_states_and_gradients(use_bias, b
     assert out_err <= OUT_TOL and grad_err <= GRAD_TOL
 
 
-def test_empty_sequence_returns_the_state_it_was_given():
+def test_batch_of_one_gradients_stay_right_over_repeated_calls():
+    """An empty batch half once gave uninitialised weight gradients (22.4) on some calls only."""
     layer = _lstm_layer()
-    _, h0, c0 = _inputs()
-    sequence, h, c = tf.function(_fused_call(layer))(tf.zeros([BATCH, 0, FEATURES]), h0, c0)
-    assert sequence.shape == (BATCH, 0, UNITS)
+    x, h0, c0 = _inputs(1)
+    want = _outputs_and_grads(lambda x, h0, c0: layer(x, initial_state=[h0, c0]), layer, x, h0, c0)[1]
+    fused = tf.function(lambda x, h0, c0: _outputs_and_grads(_fused_call(layer), layer, x, h0, c0)[1])
+    errors = [max(float(np.max(np.abs(g - w))) for g, w in zip(fused(x, h0, c0), want)) for _ in range(20)]
+    print(f"B=1 gradients over 20 calls: worst max abs {max(errors):.2e} (tol {GRAD_TOL})")
+    assert max(errors) <= GRAD_TOL
+
+
+@pytest.mark.parametrize("shape", [(BATCH, 0), (0, STEPS)])
+def test_empty_sequence_or_batch_returns_the_state_and_zero_weight_gradients(shape):
+    layer = _lstm_layer()
+    x = tf.zeros([*shape, FEATURES])
+    _, h0, c0 = (t[: shape[0]] for t in _inputs())
+    (sequence, h, c), grads = tf.function(
+        lambda x, h0, c0: _outputs_and_grads(_fused_call(layer), layer, x, h0, c0))(x, h0, c0)
+    assert sequence.shape == (*shape, UNITS)
     np.testing.assert_array_equal(h, h0)
     np.testing.assert_array_equal(c, c0)
+    for grad in grads[3:]:
+        np.testing.assert_array_equal(grad, np.zeros_like(grad))
 
 
 def test_blocklstm_v2_gradients_disagree_with_its_forward_on_cpu():

@@ -258,9 +258,11 @@ def test_runner_reports_each_run_on_its_own(demo_export, cache):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["masking", "embedding", "stacked_functional", "gru_reset_before", "last_step_only"])
+@pytest.mark.parametrize("kind", ["masking", "embedding", "stacked_functional", "gru_reset_before", "last_step_only",
+                                  "lstm"])
 def test_layer_kinds_load_and_run_through_the_c_api(tmp_path, cache, kind):
-    """Int inputs (embedding), `lengths` (masking), [B, O] outputs (last step only), stacks."""
+    """Int inputs (embedding), `lengths` (masking), [B, O] outputs (last step only), stacks,
+    TF's fused BlockLSTM kernel (lstm: the C API library must have it, as the model server does)."""
     from exporter.keras_step import step_model_from_keras
     from exporter.pipeline import write_export
     from tests.exporter import models
