@@ -322,8 +322,13 @@ class _Run:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
         self.lines: list[tuple[float, str]] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._stdout: list[str] = []
+        # One reader per pipe: `communicate()` would also read stderr and take lines (a cleanup
+        # announcement, say) from under the stderr reader.
+        self._readers = [threading.Thread(target=self._read, daemon=True),
+                         threading.Thread(target=lambda: self._stdout.append(self.proc.stdout.read()), daemon=True)]
+        for reader in self._readers:
+            reader.start()
         self.stdout = ""
 
     def _read(self):
@@ -341,9 +346,11 @@ class _Run:
         return [m.group(1) for _, line in self.lines if (m := _CLEANED.search(line))]
 
     def finish(self, timeout: float = DEADLINE_S) -> int:
-        self.stdout, _ = self.proc.communicate(timeout=timeout)
+        self.proc.wait(timeout=timeout)
         self.seconds = time.monotonic() - self.started
-        self._reader.join(timeout=30)
+        for reader in self._readers:
+            reader.join(timeout=30)
+        self.stdout = "".join(self._stdout)
         return self.proc.returncode
 
     def result(self) -> dict:
