@@ -158,25 +158,17 @@ def _batch_norm_inference(layer, x):
     return x * tf.cast(scale, x.dtype) + tf.cast(offset, x.dtype)
 
 
-def _run_stages(stages, x, prev_states, mask):
+def _run_stages(stages, x, prev_states, mask, *, whole_sequence: bool = False):
+    """The stages one after the other, each taking its slice of the states. `whole_sequence`:
+    each stage runs over `x [B, T, ...]` at once (layer by layer, as Keras runs them)."""
     new_states, offset = [], 0
     for stage in stages:
         count = len(stage.states)
-        x, new = stage.call(x, tuple(prev_states[offset : offset + count]), mask)
+        states = tuple(prev_states[offset : offset + count])
+        x, new = stage.sequence_call(x, states) if whole_sequence else stage.call(x, states, mask)
         new_states.extend(new)
         offset += count
     return x, tuple(new_states)
-
-
-def _run_sequence_stages(stages, inputs, prev_states):
-    """The stages one after the other, each over the whole sequence (layer by layer, as Keras runs them)."""
-    new_states, offset = [], 0
-    for stage in stages:
-        count = len(stage.states)
-        inputs, new = stage.sequence_call(inputs, tuple(prev_states[offset : offset + count]))
-        new_states.extend(new)
-        offset += count
-    return inputs, tuple(new_states)
 
 
 def _sequence_layers(model: keras.Model) -> list:
@@ -345,7 +337,7 @@ def step_model_from_keras(model: keras.Model, description: str = "") -> StepMode
         return masked_step(x, prev_states, None)
 
     def fused_core(inputs, prev_states):
-        return _run_sequence_stages(core_stages, inputs, prev_states)
+        return _run_stages(core_stages, inputs, prev_states, None, whole_sequence=True)
 
     fusable = not masked and all(stage.sequence_call is not None for stage in core_stages)
 

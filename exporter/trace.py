@@ -122,7 +122,7 @@ _FUSED_SIGNATURES = (SignatureName.PREDICT, SignatureName.STREAM)
 
 def will_fuse(model: StepModel, *, jit: bool, fused: bool) -> bool:
     """Whether `serving_default` and `stream` run the model's whole-sequence kernels (XLA has none)."""
-    return fused and not jit and model.fused_unroll is not None and not model.masked
+    return fused and not jit and model.fused_unroll is not None  # StepModel refuses it with a mask
 
 
 def trace(
