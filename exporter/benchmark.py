@@ -342,15 +342,32 @@ def plot(results: dict, path: Path) -> None:
 
 
 def write(results: dict, out_dir: Path) -> dict[str, Path]:
+    from exporter import export_cost
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "bench.json", "markdown": out_dir / "bench.md", "plot": out_dir / "bench.png"}
+    paths = {"json": out_dir / "bench.json", "markdown": out_dir / "bench.md"}
     paths["json"].write_text(json.dumps(results, indent=2))
-    paths["markdown"].write_text(markdown(results))
-    plot(results, paths["plot"])
+    text = markdown(results) if results.get("timings") else ""
+    if results.get("export_cost"):
+        text += ("\n" if text else "") + export_cost.markdown(results["export_cost"])
+        paths["export_cost_plot"] = out_dir / "bench-export-cost.png"
+        export_cost.plot(results["export_cost"], paths["export_cost_plot"])
+    paths["markdown"].write_text(text)
+    if results.get("timings"):
+        paths["plot"] = out_dir / "bench.png"
+        plot(results, paths["plot"])
     return paths
 
 
-def run_and_write(config: BenchConfig, out_dir: Path, progress=lambda _: None) -> dict[str, Path]:
+def run_and_write(config: BenchConfig | None, out_dir: Path, progress=lambda _: None, *,
+                  export_cost_config=None) -> dict[str, Path]:
+    """Runs the timing section (`config`, None: skipped) and the export-cost section
+    (`export_cost_config`, an `exporter.export_cost.ExportCostConfig`; None: skipped)."""
+    from exporter import export_cost
+
     with tempfile.TemporaryDirectory(prefix="seqexport-bench-") as tmp:
-        results = run(config, Path(tmp), progress)
+        results = run(config, Path(tmp), progress) if config is not None else {"versions": _versions()}
+        if export_cost_config is not None:
+            results["export_cost_config"] = dataclasses.asdict(export_cost_config)
+            results["export_cost"] = export_cost.run(export_cost_config, Path(tmp), progress)
     return write(results, out_dir)

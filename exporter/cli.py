@@ -19,6 +19,7 @@ from rich.markup import escape
 from exporter import __version__
 from exporter.errors import EXIT_CHECK_FAILED, BadInput, SeqExportError
 from exporter.specs import Check
+from exporter.verify import DEFAULT_TIMEOUT_S as DEFAULT_VERIFY_TIMEOUT_S
 
 app = typer.Typer(
     name="seqexport",
@@ -33,6 +34,10 @@ stderr = Console(stderr=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
 AllRowsOption = Annotated[bool, typer.Option("--all", help="Show every row, not the worst per check.")]
+VerifyTimeoutOption = Annotated[
+    float, typer.Option("--verify-timeout", min=1.0, metavar="SECONDS",
+                        help="Stop the fresh-process verification after SECONDS (exit 1, naming the check running).")
+]
 TOLERANCES = "Tolerances"
 
 
@@ -150,6 +155,7 @@ def export(
         typer.Option("--targets", help="Also convert to these runtimes before publishing, e.g. tflite,onnx "
                      "(results in the version folder; exit 1 if one fails, the TF export is still published)."),
     ] = "",
+    verify_timeout: VerifyTimeoutOption = DEFAULT_VERIFY_TIMEOUT_S,
     as_json: JsonOption = False,
     all_rows: AllRowsOption = False,
 ) -> None:
@@ -175,7 +181,7 @@ def export(
         except ValueError as exc:
             raise BadInput(f"--targets: {exc}") from None
         _run_export(model, name=name, base=base, version=version, options=options, as_json=as_json,
-                    all_rows=all_rows, serving=serving, overwrite=overwrite)
+                    all_rows=all_rows, serving=serving, overwrite=overwrite, verify_timeout_s=verify_timeout)
 
 
 def _tolerance(atol: float | None, rtol: float | None, flags: str):
@@ -189,13 +195,14 @@ def _tolerance(atol: float | None, rtol: float | None, flags: str):
 
 
 def _run_export(model: str, *, name, base, version, options, as_json: bool, all_rows: bool,
-                serving: bool = False, overwrite: bool = False) -> None:
+                serving: bool = False, overwrite: bool = False,
+                verify_timeout_s: float = DEFAULT_VERIFY_TIMEOUT_S) -> None:
     from exporter.pipeline import export as run_export
 
     status, progress = _progress()
     with status:
         result = run_export(model, name=name, base=base, version=version, overwrite=overwrite, options=options,
-                            progress=progress, notice=_notice)
+                            progress=progress, notice=_notice, verify_timeout_s=verify_timeout_s)
         serving_files = None
         if serving:
             from serving.serving_files import write_serving_config
@@ -246,6 +253,7 @@ def _export_dir(path: Path) -> Path:
 @app.command()
 def verify(
     path: Annotated[Path, typer.Argument(help="An export version folder (BASE/NAME/VERSION) or any SavedModel.")],
+    verify_timeout: VerifyTimeoutOption = DEFAULT_VERIFY_TIMEOUT_S,
     as_json: JsonOption = False,
     all_rows: AllRowsOption = False,
 ) -> None:
@@ -257,7 +265,8 @@ def verify(
         status, progress = _progress()
         with status:
             progress("verify")
-            report = verify_in_fresh_process(path)
+            report = verify_in_fresh_process(path, timeout_s=verify_timeout,
+                                             progress=lambda check: progress(f"verify: {check}"))
     if as_json:
         print(json.dumps({"ok": report.passed, **report.to_json()}, indent=2))
     else:

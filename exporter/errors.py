@@ -33,6 +33,15 @@ class VerifyFailed(SeqExportError):
         self.report = report
 
 
+class VerificationIncomplete(SeqExportError):
+    """A check could not complete: the verifier ran past its limit or crashed (exit 1).
+
+    Not bad input: the export may be fine, but it was not proven so, and nothing is published.
+    """
+
+    exit_code = EXIT_CHECK_FAILED
+
+
 class ConversionFailed(SeqExportError):
     """A runtime (LiteRT, ONNX Runtime) could not take a converted export (exit 1).
 

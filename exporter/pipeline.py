@@ -10,11 +10,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 
 from exporter.errors import BadInput, VerifyFailed
 from exporter.specs import MANIFEST_FORMAT_VERSION, ExportOptions, Manifest
-from exporter.verify import VerifyReport
+from exporter.verify import DEFAULT_TIMEOUT_S, VerifyReport
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -97,7 +96,6 @@ def write_export(
 
     options = options.resolved(
         dtype=step_model.output_dtype,
-        trainable_params=sum(int(np.prod(v.shape)) for v in step_model.trainable_variables),
         float_inputs=step_model.differentiable_inputs,
     )
     # The manifest says what was done: fused only where the model has the kernels for it.
@@ -139,6 +137,7 @@ def export(
     options: ExportOptions = ExportOptions(),
     progress: Callable[[str], None] = _noop,
     notice: Callable[[str], None] = _noop,
+    verify_timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> ExportResult:
     """Exports MODEL as `<base>/<name>/<version>/`, published only if every check passed.
 
@@ -150,14 +149,17 @@ def export(
         version: version number to publish; default: one more than the highest.
         overwrite: replace `version` if it exists, in one atomic swap.
         options: see `ExportOptions`.
-        progress: called with the name of each phase as it starts.
+        progress: called with the name of each phase as it starts, and with
+            "verify: <check> (<done>/<total> done)" as each check of the verification starts.
         notice: called with each message the user should see as it happens (e.g. the
             staging folder of a dead export that was removed).
+        verify_timeout_s: the fresh-process verification is stopped after this many seconds.
 
     Raises:
         BadInput, UnsupportedModel: exit 2; nothing is published (a full or read-only
             disk included: the message names the path).
         VerifyFailed: exit 1; nothing is published, the report says which check failed.
+        VerificationIncomplete: exit 1; the verifier ran past `verify_timeout_s` or crashed.
     """
     from exporter.publish import (
         check_exchange_supported,
@@ -213,12 +215,15 @@ def export(
             manifest = write_export(step_model, staging.path, name=name, source=source, options=options,
                                     progress=phase)
         phase("verify")
-        report = verify_in_fresh_process(staging.path)
+        report = verify_in_fresh_process(staging.path, timeout_s=verify_timeout_s,
+                                         progress=lambda check: progress(f"verify: {check}"))
         manifest = dataclasses.replace(
             manifest,
             checks=report.checks,
             batch_independent=report.properties.get("batch_independent"),
             batch_offdiag_max=report.properties.get("batch_offdiag_max"),
+            verify_timings=report.timings,
+            verify_peak_rss_mb=report.peak_rss_mb,
         )
         with _disk_errors(staging.path, base):
             write_manifest(manifest, staging.path)

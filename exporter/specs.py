@@ -11,7 +11,8 @@ import re
 
 # Manifest format history (bump on any change a reader must know about):
 #   Version 1, 2026-11-23: first format: signatures, states, source, checks.
-MANIFEST_FORMAT_VERSION = 1
+#   Version 2, 2026-12-01: adds verify_timings (seconds per check) and verify_peak_rss_mb.
+MANIFEST_FORMAT_VERSION = 2
 MIN_SUPPORTED_MANIFEST_VERSION = 1
 
 # TF Serving, gRPC and REST all accept these in tensor and signature keys.
@@ -178,8 +179,6 @@ DEFAULT_TOLERANCES = {
     "float32": (Tolerance(atol=1e-5, rtol=1e-4), Tolerance(atol=1e-4, rtol=1e-3)),
     "float64": (Tolerance(atol=1e-10, rtol=1e-8), Tolerance(atol=1e-9, rtol=1e-7)),
 }
-# The Hessian-vector product check is on by default up to this many trainable parameters.
-HVP_AUTO_MAX_PARAMS = 1_000_000
 # Rows count as independent when every off-diagonal (batch, batch) Jacobian entry is at most
 # this fraction of the largest diagonal one (exact zeros are expected; this absorbs nothing else).
 BATCH_INDEPENDENCE_RTOL = 1e-6
@@ -222,8 +221,8 @@ class ExportOptions:
         with_input_gradients: also export the `input_gradients` signature.
         tolerance: tolerance of every output check; None: by dtype (`DEFAULT_TOLERANCES`).
         grad_tolerance: tolerance of the gradient checks; None: by dtype.
-        check_hvp: verify a Hessian-vector product w.r.t. the inputs; None: on for models
-            up to `HVP_AUTO_MAX_PARAMS` trainable parameters with float inputs.
+        check_hvp: verify a Hessian-vector product w.r.t. the inputs; None: on for every
+            model with float inputs (it costs about two backward passes, whatever the size).
         probe_batch: batch size of the golden probe inputs.
         probe_steps: sequence length of the golden probe inputs.
         seed: seed of the probe inputs and the loss weights.
@@ -234,7 +233,7 @@ class ExportOptions:
             the while_loop stays beside them as `<name>_unfused` signatures.
         targets: runtimes to convert to before publishing (`tflite`, `onnx`); results go
             to `assets.extra/seqexport/runtimes/<target>/`.
-        hvp_auto: `check_hvp` was chosen by size, not asked for: a model whose ops have no
+        hvp_auto: `check_hvp` was chosen by default, not asked for: a model whose ops have no
             second derivative in TF then gets a "not supported" row instead of a failure.
     """
 
@@ -263,14 +262,14 @@ class ExportOptions:
         if self.probe_steps < 2:
             raise ValueError(f"`probe_steps` must be at least 2 (chunking needs 2 chunks). Got: {self.probe_steps}")
 
-    def resolved(self, *, dtype: str, trainable_params: int, float_inputs: bool) -> "ExportOptions":
+    def resolved(self, *, dtype: str, float_inputs: bool) -> "ExportOptions":
         """These options with every None replaced by the default for this model."""
         if dtype not in DEFAULT_TOLERANCES:
             raise ValueError(f"no default tolerance for dtype {dtype!r}; give --atol/--rtol and --grad-atol/--grad-rtol")
         outputs, gradients = DEFAULT_TOLERANCES[dtype]
         check_hvp = self.check_hvp
         if check_hvp is None:
-            check_hvp = float_inputs and trainable_params <= HVP_AUTO_MAX_PARAMS
+            check_hvp = float_inputs
         return dataclasses.replace(
             self,
             tolerance=self.tolerance or outputs,
@@ -308,7 +307,9 @@ class Manifest:
     step's output `[B, O]` instead of `[B, T, O]`. DO NOT RELY on `checks` beyond
     reading them: rows may be added. `batch_independent` is None until that check
     ran; only `True` allows server-side batching (`batch_offdiag_max` is the largest
-    off-diagonal `(batch, batch)` Jacobian entry found).
+    off-diagonal `(batch, batch)` Jacobian block magnitude found). `verify_timings`
+    (seconds per check, in run order) and `verify_peak_rss_mb` describe the last
+    fresh-process verification.
     """
 
     format_version: int
@@ -324,6 +325,8 @@ class Manifest:
     checks: tuple[CheckResult, ...] = ()
     batch_independent: bool | None = None
     batch_offdiag_max: float | None = None
+    verify_timings: dict = dataclasses.field(default_factory=dict)
+    verify_peak_rss_mb: float | None = None
 
     def signature(self, name: str) -> SignatureSpec:
         for sig in self.signatures:
@@ -348,6 +351,8 @@ class Manifest:
             "checks": [c.to_json() for c in self.checks],
             "batch_independent": self.batch_independent,
             "batch_offdiag_max": self.batch_offdiag_max,
+            "verify_timings": {k: round(v, 3) for k, v in self.verify_timings.items()},
+            "verify_peak_rss_mb": self.verify_peak_rss_mb,
         }
 
     @classmethod
@@ -375,4 +380,6 @@ class Manifest:
             checks=tuple(CheckResult.from_json(c) for c in data.get("checks", [])),
             batch_independent=data.get("batch_independent"),
             batch_offdiag_max=data.get("batch_offdiag_max"),
+            verify_timings=dict(data.get("verify_timings", {})),
+            verify_peak_rss_mb=data.get("verify_peak_rss_mb"),
         )

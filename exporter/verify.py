@@ -13,13 +13,17 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import exporter
-from exporter.errors import SeqExportError
+from exporter.errors import VerificationIncomplete
 from exporter.specs import CheckResult, CheckRows
 
-DEFAULT_TIMEOUT_S = 900.0
+# Generous: a 3.2 M-parameter LSTM stack verifies in well under a minute on 2 cores.
+DEFAULT_TIMEOUT_S = 3600.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -31,6 +35,7 @@ class VerifyReport(CheckRows):
     seconds: float = 0.0
     timings: dict = dataclasses.field(default_factory=dict)
     properties: dict = dataclasses.field(default_factory=dict)
+    peak_rss_mb: float | None = None
 
     def summary(self) -> str:
         return f"all {len(self.checks)} checks passed" if self.passed else self.failure_summary()
@@ -42,6 +47,7 @@ class VerifyReport(CheckRows):
             "seconds": round(self.seconds, 3),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "properties": self.properties,
+            "peak_rss_mb": None if self.peak_rss_mb is None else round(self.peak_rss_mb, 1),
             "checks": [c.to_json() for c in self.checks],
         }
 
@@ -65,54 +71,103 @@ def _die_with_parent():
         pass
 
 
-def verify_in_fresh_process(export_dir: Path, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> VerifyReport:
+def _no_progress(_: str) -> None:
+    pass
+
+
+def verify_in_fresh_process(
+    export_dir: Path, *, timeout_s: float = DEFAULT_TIMEOUT_S, progress: Callable[[str], None] = _no_progress,
+) -> VerifyReport:
     """Runs every check on `export_dir` in a new interpreter.
 
+    Args:
+        timeout_s: the verification is stopped after this many seconds.
+        progress: called with "<check> (<done>/<total> done)" as each check starts.
+
     Raises:
-        SeqExportError: the child crashed or timed out (its stderr tail is in the message).
+        VerificationIncomplete: the child crashed or ran past `timeout_s` (exit 1); the
+            message names the check that was running.
     """
-    return verify_many_in_fresh_process([export_dir], timeout_s=timeout_s)[0]
+    return verify_many_in_fresh_process([export_dir], timeout_s=timeout_s, progress=progress)[0]
+
+
+class _ProgressReader(threading.Thread):
+    """Reads the worker's JSON progress lines as they come; remembers the check running now."""
+
+    def __init__(self, stream, progress: Callable[[str], None]):
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.progress = progress
+        self.current = "start"
+        self.done = 0
+        self.total = 0
+        self.first_event_at: float | None = None
+
+    def run(self) -> None:
+        for line in self.stream:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # a library printing to stdout: not ours
+            if not isinstance(event, dict) or event.get("event") != "check":
+                continue
+            self.current, self.done, self.total = event["check"], event["done"], event["total"]
+            if self.first_event_at is None:
+                self.first_event_at = time.monotonic()
+            self.progress(f"{self.current} ({self.done}/{self.total} done)")
 
 
 def verify_many_in_fresh_process(
-    export_dirs: list[Path], *, timeout_s: float = DEFAULT_TIMEOUT_S
+    export_dirs: list[Path], *, timeout_s: float = DEFAULT_TIMEOUT_S, progress: Callable[[str], None] = _no_progress,
 ) -> list[VerifyReport]:
     """Like `verify_in_fresh_process` for several exports, in ONE new interpreter.
 
     Each export is loaded on its own; the process is fresh with respect to the
     process that made them, which is what the custom-gradient check needs.
     """
-    import time
-
     dirs = [Path(d).resolve() for d in export_dirs]
+    where = ", ".join(map(str, dirs))
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="seqexport-verify-") as tmp:
         out = Path(tmp) / "checks.json"
+        errors = Path(tmp) / "stderr.txt"
         command = [sys.executable, "-m", "exporter.verify_worker", *map(str, dirs), "--out", str(out)]
-        try:
-            proc = subprocess.run(
-                command, env=_clean_env(), capture_output=True, text=True, timeout=timeout_s,
-                preexec_fn=_die_with_parent, cwd=tmp,
-            )
-        except subprocess.TimeoutExpired:
-            raise SeqExportError(
-                f"Verification of {', '.join(map(str, dirs))} took over {timeout_s:.0f} s and was stopped."
-            ) from None
-        if proc.returncode != 0 or not out.is_file():
-            tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
-            raise SeqExportError(
-                f"The verification process for {', '.join(map(str, dirs))} crashed "
-                f"(exit {proc.returncode}):\n{tail}"
+        with open(errors, "w+") as stderr:
+            proc = subprocess.Popen(command, env=_clean_env(), stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                    preexec_fn=_die_with_parent, cwd=tmp)
+            reader = _ProgressReader(proc.stdout, progress)
+            reader.start()
+            try:
+                returncode = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise VerificationIncomplete(
+                    f"Verification of {where} ran past its limit of {timeout_s:.0f} s during the check "
+                    f"{reader.current!r} ({reader.done} of {reader.total or '?'} checks done) and was stopped; "
+                    "nothing was published. Give it more time with --verify-timeout SECONDS."
+                ) from None
+            finally:
+                reader.join(timeout=5)
+            stderr.seek(0)
+            tail = "\n".join(stderr.read().strip().splitlines()[-8:])
+        if returncode != 0 or not out.is_file():
+            raise VerificationIncomplete(
+                f"The verification process for {where} crashed (exit {returncode}) during the check "
+                f"{reader.current!r}; nothing was published:\n{tail}"
             )
         results = json.loads(out.read_text())
     seconds = (time.monotonic() - started) / len(dirs)
+    # "start": the new interpreter's own start and imports, until it reported its first check.
+    start = {"start": (reader.first_event_at or started) - started}
     return [
         VerifyReport(
             export_dir=str(d),
             checks=tuple(CheckResult.from_json(c) for c in results[str(d)]["checks"]),
             seconds=seconds,
-            timings=results[str(d)]["timings"],
+            timings={**(start if i == 0 else {}), **results[str(d)]["timings"]},
             properties=results[str(d)]["properties"],
+            peak_rss_mb=results[str(d)].get("peak_rss_mb"),
         )
-        for d in dirs
+        for i, d in enumerate(dirs)
     ]

@@ -2,7 +2,8 @@
 
 Fresh because a `tf.custom_gradient` registered by the exporting process would
 mask a SavedModel that lost its custom gradients; only a new process sees what
-TF Serving will see. Writes `{dir: {checks, timings, properties}}` as JSON to `--out`.
+TF Serving will see. Writes `{dir: {checks, timings, properties, peak_rss_mb}}` as
+JSON to `--out`, and one JSON progress line per check started on stdout.
 """
 
 from __future__ import annotations
@@ -307,39 +308,66 @@ def _probe_batch(feed: dict, rng, *, batch: int, steps: int | None = None) -> di
     return probe
 
 
-def run_checks(export_dir: Path) -> dict:
+# The checks in the order they run, by the name the progress display and the timings use.
+CHECK_ORDER = ("weights", "reload and gradients", "source", "chunked", "fused", "higher order",
+               "batch independence")
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _report_progress(export_dir: Path, check: str, done: int) -> None:
+    """One JSON line on stdout per check started: the exporting process shows it as it happens."""
+    event = {"event": "check", "export_dir": str(export_dir), "check": check, "done": done,
+             "total": len(CHECK_ORDER)}
+    print(json.dumps(event), flush=True)
+
+
+def run_checks(export_dir: Path, on_check=_report_progress) -> dict:
     """Every check this export's manifest and golden allow, or the generic ones without them.
 
     Returns:
-        `{"checks": [CheckResult...], "timings": {check: seconds}, "properties": {...}}`.
+        `{"checks": [CheckResult...], "timings": {check: seconds}, "properties": {...},
+        "peak_rss_mb": float}`; `timings` starts with "load" (TensorFlow's import and the
+        SavedModel's load), then one entry per check of `CHECK_ORDER`.
     """
     import time
 
     from exporter.golden import load as load_golden
     from exporter.paths import golden_path, manifest_path
 
+    started = time.monotonic()
     if not manifest_path(export_dir).is_file() or not golden_path(export_dir).is_file():
         from exporter.foreign import generic_checks
 
-        return {"checks": generic_checks(export_dir), "timings": {}, "properties": {}}
+        on_check(export_dir, "generic checks", 0)
+        checks = generic_checks(export_dir)
+        return {"checks": checks, "timings": {"generic checks": time.monotonic() - started}, "properties": {},
+                "peak_rss_mb": _peak_rss_mb()}
     manifest = Manifest.from_json(json.loads(manifest_path(export_dir).read_text()))
     golden = load_golden(golden_path(export_dir))
-    started = time.monotonic()
+    on_check(export_dir, "load", 0)
     try:
         checker = _Checker(export_dir, manifest, golden)
     except Exception as exc:  # noqa: BLE001
         return {"checks": [failed("reload", "-", "*", f"tf.saved_model.load failed: {_explain(exc)}")],
-                "timings": {}, "properties": {}}
+                "timings": {"load": time.monotonic() - started}, "properties": {}, "peak_rss_mb": _peak_rss_mb()}
     timings = {"load": time.monotonic() - started}
-    for check in (checker.weights, checker.reload_and_gradients, checker.ground_truth, checker.chunking,
-                  checker.fused, checker.higher_order, checker.batch_independence):
+    checks = (checker.weights, checker.reload_and_gradients, checker.ground_truth, checker.chunking,
+              checker.fused, checker.higher_order, checker.batch_independence)
+    for done, (label, check) in enumerate(zip(CHECK_ORDER, checks)):
+        on_check(export_dir, label, done)
         started = time.monotonic()
         try:
             check()
         except Exception as exc:  # noqa: BLE001  a check that crashes is a failed check
-            checker.add(failed(check.__name__, "-", "*", _explain(exc)))
-        timings[check.__name__] = time.monotonic() - started
-    return {"checks": checker.results, "timings": timings, "properties": checker.properties()}
+            checker.add(failed(label, "-", "*", _explain(exc)))
+        timings[label] = time.monotonic() - started
+    return {"checks": checker.results, "timings": timings, "properties": checker.properties(),
+            "peak_rss_mb": _peak_rss_mb()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,3 +35,12 @@ def test_quick_bench(tmp_path):
         if row["variant"] != "numpy_floor":
             assert row["matches_keras"], row
     assert results["memory"] and all("peak_mb_over_baseline" in m for m in results["memory"])
+
+    # The export-cost section: both tools timed, seqexport's phases and checks, the verifier's memory.
+    (cost,) = results["export_cost"]
+    assert cost["passed"] and cost["keras_export_s"] > 0 and cost["seqexport_s"] > 0
+    assert {"load", "trace", "golden", "save", "verify", "publish"} <= set(cost["phases_s"])
+    assert {"reload and gradients", "batch independence", "higher order"} <= set(cost["verify_checks_s"])
+    assert cost["verify_peak_rss_mb"] > 0
+    assert "## Export cost" in (tmp_path / "bench.md").read_text()
+    assert (tmp_path / "bench-export-cost.png").read_bytes()[:4] == b"\x89PNG"

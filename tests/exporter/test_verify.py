@@ -16,7 +16,9 @@ from exporter.keras_step import step_model_from_keras
 from exporter.paths import golden_path
 from exporter.pipeline import write_export
 from exporter.specs import ExportOptions
+from exporter.save import read_manifest
 from exporter.verify import verify_in_fresh_process, verify_many_in_fresh_process
+from exporter.verify_worker import CHECK_ORDER
 
 runner = CliRunner()
 NO_HVP = ExportOptions(check_hvp=False)  # these exports break other checks; hvp has its own tests
@@ -44,6 +46,27 @@ def test_verify_cli_on_published_export(demo_export):
     payload = json.loads(result.stdout)
     assert payload["passed"] is True
     assert len(payload["checks"]) == len(demo_export.report.checks)
+    # Where the time goes: one timing per check, in the order they ran, and the verifier's memory.
+    assert list(payload["timings"]) == ["start", "load", *CHECK_ORDER]
+    assert payload["peak_rss_mb"] > 100
+    # The progress display named each check as it started (stderr is not a terminal here: lines).
+    started = [line.split("verify: ", 1)[1] for line in result.stderr.splitlines() if "verify: " in line]
+    assert [s.split(" (")[0] for s in started] == ["load", *CHECK_ORDER], result.stderr
+    assert started[-1] == f"batch independence ({len(CHECK_ORDER) - 1}/{len(CHECK_ORDER)} done)"
+
+
+def test_export_records_per_check_timings_in_the_manifest(demo_export):
+    manifest = read_manifest(demo_export.path)
+    assert list(manifest.verify_timings) == ["start", "load", *CHECK_ORDER]
+    assert manifest.verify_peak_rss_mb == demo_export.report.peak_rss_mb > 100
+
+
+def test_a_verification_past_its_limit_is_a_failed_check_naming_the_option(demo_export):
+    result = runner.invoke(app, ["verify", str(demo_export.path), "--verify-timeout", "1", "--json"])
+    assert result.exit_code == 1, result.output  # not bad input: a check could not complete
+    error = json.loads(result.stdout)["error"]
+    assert "ran past its limit of 1 s during the check" in error and "--verify-timeout SECONDS" in error
+    assert any(f"check {name!r}" in error for name in ["start", "load", *CHECK_ORDER]), error
 
 
 @pytest.fixture(scope="module")
