@@ -142,7 +142,11 @@ def _from_row_projections(call: Callable[[dict], dict], feed: dict[str, np.ndarr
 
 
 def _from_jacobian(call: Callable[[dict], dict], feed: dict[str, np.ndarray]) -> BatchBlocks:
-    """The full Jacobian of each float output w.r.t. all float inputs at once."""
+    """The full Jacobian of each float output w.r.t. the float inputs, one call per input dtype.
+
+    Per dtype because TF's loop-based `jacobian` stacks the gradients in a TensorArray of
+    the target's dtype: a float32 output and a float64 input (or state) cannot share one.
+    """
     import tensorflow as tf
 
     tensors = {k: tf.constant(v) for k, v in feed.items()}
@@ -151,18 +155,22 @@ def _from_jacobian(call: Callable[[dict], dict], feed: dict[str, np.ndarray]) ->
     offdiag, diag, worst, passes = 0.0, 0.0, "none", 0
     if not float_keys:
         return BatchBlocks(offdiag_max=0.0, diag_max=0.0, worst=worst)
+    groups: dict = {}
+    for key in float_keys:
+        groups.setdefault(tensors[key].dtype, []).append(key)
     with tf.GradientTape(persistent=True) as tape:
         for key in float_keys:
             tape.watch(tensors[key])
         outputs = call(tensors)
-    for out_key, out in sorted(outputs.items()):
-        if not out.dtype.is_floating:
-            continue
+        targets = {(out_key, dtype): tf.cast(out, dtype) for out_key, out in outputs.items()
+                   if out.dtype.is_floating for dtype in groups}
+    for (out_key, dtype), target in sorted(targets.items(), key=lambda item: (item[0][0], item[0][1].name)):
+        keys = groups[dtype]
         # [B, ...out, B, ...in] per input; pfor cannot vectorise through a while_loop.
-        jacobians = tape.jacobian(out, [tensors[k] for k in float_keys],
+        jacobians = tape.jacobian(target, [tensors[k] for k in keys],
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO, experimental_use_pfor=False)
-        passes += int(np.prod(out.shape))
-        for in_key, jacobian in zip(float_keys, jacobians):
+        passes += int(np.prod(target.shape))
+        for in_key, jacobian in zip(keys, jacobians):
             width = int(np.prod(feed[in_key].shape[1:]) or 1)
             off, on = _split(jacobian.numpy().reshape(batch, -1, batch, width), batch)
             diag = max(diag, on)

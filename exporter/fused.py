@@ -62,6 +62,7 @@ def fused_lstm(cell) -> Callable:
 
     def call(inputs, states):
         h0, c0 = states
+        inputs = tf.cast(inputs, h0.dtype)  # as Keras casts a float64 input into a float32 cell
         weights = _icfo(tf.concat([cell.kernel.value, cell.recurrent_kernel.value], axis=0))
         bias = _icfo(cell.bias.value) if cell.use_bias else tf.zeros([4 * units], inputs.dtype)
         time_major = tf.transpose(inputs, [1, 0, 2])

@@ -24,7 +24,14 @@ GRADIENT_SIGNATURES = (SignatureName.PREDICT, SignatureName.STREAM, SignatureNam
 
 
 def probe_inputs(model: StepModel, options: ExportOptions) -> dict[str, np.ndarray]:
-    """Random probe inputs for `serving_default`; masked models get ragged `lengths`."""
+    """Random probe inputs for `serving_default`.
+
+    A masked model's probe marks padded steps in the inputs the way users pad: row 0
+    is whole, row 1 is pre-padded (`keras.utils.pad_sequences`'s default) with
+    `lengths` = T, row 2 has a hole in the middle and is post-padded with `lengths`
+    short of T, further rows are post-padded with ragged `lengths`. So the checks see
+    every mask pattern Keras computes from the inputs, not only `lengths`.
+    """
     rng = np.random.default_rng(options.seed)
     batch = model.reference_batch or options.probe_batch
     steps = options.probe_steps
@@ -35,12 +42,16 @@ def probe_inputs(model: StepModel, options: ExportOptions) -> dict[str, np.ndarr
         inputs = rng.normal(size=shape).astype(model.input_dtype)
     feed = {"inputs": inputs}
     if model.masked:
+        pad = model.mask_pad_value
         lengths = rng.integers(1, steps + 1, size=batch).astype(np.int32)
-        lengths[0] = steps
+        lengths[: min(batch, 2)] = steps
         if batch > 1:
-            lengths[-1] = max(1, steps // 2)
+            inputs[1, : max(1, steps // 3)] = pad
+        if batch > 2:
+            lengths[2] = max(2, steps - 1)
+            inputs[2, min(1, steps - 1) : min(1, steps - 1) + 1] = pad
         for row, length in enumerate(lengths):
-            inputs[row, length:] = model.mask_pad_value
+            inputs[row, length:] = pad
         feed["lengths"] = lengths
     return feed
 

@@ -13,15 +13,17 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from exporter.errors import UnsupportedModel
+from exporter.errors import SeqExportError, UnsupportedModel
 from exporter.fused import fused_lstm, is_fusable_lstm
 from exporter.specs import StateSpec
 from exporter.step_model import StepModel
+from exporter.time_probe import why_not_per_step
 
 _STATE_NAMES = {"LSTMCell": ("h", "c"), "GRUCell": ("h",), "SimpleRNNCell": ("h",)}
 _BUILTIN_CELLS = tuple(_STATE_NAMES)
 
-# Layers that act on each timestep alone, so `layer(x_t)` equals `layer(x)[:, t]`.
+# Layers known to act on each timestep alone, so `layer(x_t)` equals `layer(x)[:, t]`: no
+# probe needed. Any other layer runs per step when exporter/time_probe.py proves it may.
 _PER_STEP = (
     keras.layers.Dense,
     keras.layers.Dropout,
@@ -36,17 +38,12 @@ _PER_STEP = (
     keras.layers.Embedding,
 )
 
+# Known to need the whole sequence, and not callable on one probe tensor: refused by name.
 _WHOLE_SEQUENCE = {
     "Bidirectional": "it reads the sequence backwards as well as forwards",
-    "GlobalAveragePooling1D": "it pools over the whole time axis",
-    "GlobalMaxPooling1D": "it pools over the whole time axis",
     "MultiHeadAttention": "it attends over the whole sequence",
     "Attention": "it attends over the whole sequence",
     "AdditiveAttention": "it attends over the whole sequence",
-    "Flatten": "it mixes the time axis into the features",
-    "RepeatVector": "it builds a new time axis",
-    "Reshape": "it may mix the time axis into the features",
-    "Lambda": "its code cannot be checked to act on each step alone",
 }
 
 _FIX = (
@@ -67,9 +64,15 @@ class _Stage:
     # `(x [B, T, ...], states) -> (y [B, T, ...], new_states)` over a whole sequence in one
     # kernel, for a stage that has one (a stateless stage: its own call on [B, T, ...]).
     sequence_call: Callable | None = None
+    # `x_t -> mask_t [B] bool` for a layer that computes the Keras mask from its input
+    # (`Masking`, `Embedding(mask_zero=True)`): that mask reaches every later stage.
+    mask_fn: Callable | None = None
+    # `call` works on `[B, T, ...]` as well as on `[B, ...]` (Dense, activations, ...): such
+    # stages after the last stateful one run once on the whole sequence, after the loop.
+    rank_agnostic: bool = False
 
     def __post_init__(self):
-        if self.sequence_call is None and not self.states:
+        if self.sequence_call is None and not self.states and self.rank_agnostic:
             object.__setattr__(self, "sequence_call", lambda x, s: (self.call(x, (), None)[0], ()))
 
 
@@ -79,72 +82,140 @@ def _fail(index: int, layer, why: str) -> UnsupportedModel:
     )
 
 
-def _rnn_stage(index: int, layer: keras.layers.RNN, masked: bool) -> _Stage:
+def _cell_states(layer: keras.layers.RNN) -> tuple[list, object]:
+    """(flat zero states [1, ...] from the cell's own `get_initial_state`, their nesting)."""
+    cell = layer.cell
+    if hasattr(cell, "get_initial_state"):
+        nested = cell.get_initial_state(batch_size=1)
+    else:
+        sizes = cell.state_size if isinstance(cell.state_size, (list, tuple)) else [cell.state_size]
+        nested = [tf.zeros((1, *(s if isinstance(s, (list, tuple)) else (s,))), layer.compute_dtype)
+                  for s in tf.nest.flatten(sizes)]
+    if not isinstance(nested, (list, tuple)):
+        nested = [nested]
+    return tf.nest.flatten(nested), nested
+
+
+def _rnn_stage(index: int, layer: keras.layers.RNN, masked: bool, emit: int = 0) -> _Stage:
+    """A recurrent layer as its cell. `emit`: which of the layer's outputs flows on (0: its
+    output; i >= 1: its (i-1)-th final state, `return_state=True`)."""
     if layer.go_backwards:
         raise _fail(index, layer, "it has go_backwards=True, so step t needs the steps after it")
     cell = layer.cell
     cell_type = type(cell).__name__
-    if isinstance(cell, keras.layers.StackedRNNCells):
-        raise _fail(index, layer, "StackedRNNCells are not supported; stack RNN layers instead")
     if masked and cell_type not in _BUILTIN_CELLS:
         raise _fail(index, layer, "masking is supported for SimpleRNN, GRU and LSTM cells only")
-    sizes = cell.state_size if isinstance(cell.state_size, (list, tuple)) else [cell.state_size]
-    labels = _STATE_NAMES.get(cell_type, tuple(f"state{i}" for i in range(len(sizes))))
+    flat, nesting = _cell_states(layer)
+    labels = _STATE_NAMES.get(cell_type, tuple(f"state{i}" for i in range(len(flat))))
     states = tuple(
-        StateSpec(name=f"{layer.name}_{label}", layer=layer.name, index=i, shape=(int(size),))
-        for i, (label, size) in enumerate(zip(labels, sizes))
+        StateSpec(name=f"{layer.name}_{label}", layer=layer.name, index=i,
+                  shape=tuple(int(d) for d in zero.shape[1:]), dtype=zero.dtype.name)
+        for i, (label, zero) in enumerate(zip(labels, flat))
     )
     zero_output_for_mask = layer.zero_output_for_mask
 
     def call(x, prev, mask):
-        output, new = cell(x, list(prev), training=False)
-        new = tuple(new) if isinstance(new, (list, tuple)) else (new,)
+        output, new = cell(x, tf.nest.pack_sequence_as(nesting, list(prev)), training=False)
+        new = tuple(tf.nest.flatten(new))
         if mask is not None:
             keep = mask[:, None]
             # Keras repeats the previous output at a masked step; for these cells it is h.
             previous_output = tf.zeros_like(output) if zero_output_for_mask else prev[0]
             output = tf.where(keep, output, previous_output)
             new = tuple(tf.where(keep, n, p) for n, p in zip(new, prev))
-        return output, new
+        return (output if emit == 0 else new[emit - 1]), new
 
-    return _Stage(layer.name, states, call, ends_sequence=not layer.return_sequences,
-                  sequence_call=fused_lstm(cell) if is_fusable_lstm(cell) else None)
+    fusable = emit == 0 and is_fusable_lstm(cell)
+    return _Stage(layer.name, states, call, ends_sequence=emit > 0 or not layer.return_sequences,
+                  sequence_call=fused_lstm(cell) if fusable else None)
 
 
-def _per_step_stage(index: int, layer) -> _Stage:
+def _causal_conv_stage(index: int, layer) -> _Stage:
+    """`Conv1D(padding='causal')` as a ring buffer: the last (kernel_size - 1) * dilation inputs
+    are its state (zeros at first, as causal padding is), so each step is exact.
+
+    Step t runs the layer itself on `[window, x_t]`: causal padding then adds nothing the
+    last output reads, so that output is `y_t` of the whole-sequence call.
+    """
+    if layer.strides[0] != 1:
+        raise _fail(index, layer, f"it has strides={layer.strides[0]}, so it emits fewer steps than it reads")
+    if layer.data_format != "channels_last":
+        raise _fail(index, layer, "it is channels_first; the step model needs [batch, time, channels]")
+    width = (layer.kernel_size[0] - 1) * layer.dilation_rate[0]
+    channels = int(layer.input.shape[-1])
+    if width == 0:
+        return _Stage(layer.name, (), lambda x, s, m: (layer(x[:, None], training=False)[:, 0], ()))
+    state = StateSpec(name=f"{layer.name}_window", layer=layer.name, index=0, shape=(width, channels),
+                      dtype=layer.compute_dtype)
+
+    def call(x, prev, mask):
+        window = tf.concat([prev[0], tf.cast(x, prev[0].dtype)[:, None]], axis=1)
+        return layer(window, training=False)[:, -1], (window[:, 1:],)
+
+    def sequence_call(x, prev):
+        padded = tf.concat([prev[0], tf.cast(x, prev[0].dtype)], axis=1)
+        return layer(padded, training=False)[:, width:], (padded[:, -width:],)
+
+    return _Stage(layer.name, (state,), call, sequence_call=sequence_call)
+
+
+def _mask_from_inputs(layer) -> Callable | None:
+    """Keras's own mask rule for a layer that starts one, on one step's input."""
+    if isinstance(layer, keras.layers.Masking):
+        value = layer.mask_value
+        return lambda x: tf.reduce_any(tf.not_equal(x, tf.cast(value, x.dtype)), axis=-1)
+    if isinstance(layer, keras.layers.Embedding) and layer.mask_zero:
+        return lambda ids: tf.reshape(tf.reduce_any(tf.reshape(tf.not_equal(ids, 0), [tf.shape(ids)[0], -1]),
+                                                    axis=-1), [-1])
+    return None
+
+
+def _one_step(layer):
+    """Runs a sequence layer on one step: `layer(x_t[:, None])[:, 0]`."""
+    return lambda x, s, m: (layer(x[:, None], training=False)[:, 0], ())
+
+
+def _per_step_stage(index: int, layer, *, after_sequence: bool = False) -> _Stage:
+    """A layer without state. `after_sequence`: it follows an RNN that returns its last step only,
+    so it sees `[B, ...]` without a time axis and runs as it is."""
+    known = isinstance(layer, _PER_STEP) or getattr(layer, "seqexport_per_step", False)
+    whole = lambda x, s: (layer(x, training=False), ())  # noqa: E731  over [B, T, ...]
+    if after_sequence:
+        return _Stage(layer.name, (), lambda x, s, m: (layer(x, training=False), ()), rank_agnostic=known)
     if isinstance(layer, keras.layers.TimeDistributed):
-        _per_step_stage(index, layer.layer)  # the wrapped layer must be per-step too
+        # Per step by construction: Keras folds time into the batch for the wrapped layer.
         inner = layer.layer
-        return _Stage(layer.name, (), lambda x, s, m: (inner(x, training=False), ()))
+        return _Stage(layer.name, (), lambda x, s, m: (inner(x, training=False), ()), sequence_call=whole,
+                      rank_agnostic=isinstance(inner, _PER_STEP))
     if isinstance(layer, keras.layers.Masking):
         def mask_values(x, s, mask):
             if mask is None:
                 return x, ()
             return x * tf.cast(mask, x.dtype)[:, None], ()
-        return _Stage(layer.name, (), mask_values)
+        return _Stage(layer.name, (), mask_values, mask_fn=_mask_from_inputs(layer))
     if isinstance(layer, keras.layers.BatchNormalization):
         if layer.axis not in (-1, len(layer.input.shape) - 1):
             raise _fail(index, layer, "it normalises over an axis other than the features")
-        return _Stage(layer.name, (), lambda x, s, m: (_batch_norm_inference(layer, x), ()))
+        return _Stage(layer.name, (), lambda x, s, m: (_batch_norm_inference(layer, x), ()), rank_agnostic=True)
     if isinstance(layer, keras.layers.Embedding) and layer.mask_zero:
-        # tf.identity drops the Keras mask the layer attaches: the unroll masks by `lengths`.
-        return _Stage(layer.name, (), lambda x, s, m: (tf.identity(layer(x)), ()))
-    if isinstance(layer, _PER_STEP) or getattr(layer, "seqexport_per_step", False):
-        return _Stage(layer.name, (), lambda x, s, m: (layer(x, training=False), ()))
+        # tf.identity drops the Keras mask the layer attaches: the stage's mask_fn carries it.
+        return _Stage(layer.name, (), lambda x, s, m: (tf.identity(layer(x)), ()), mask_fn=_mask_from_inputs(layer))
+    if known:
+        return _Stage(layer.name, (), lambda x, s, m: (layer(x, training=False), ()), rank_agnostic=True)
     kind = type(layer).__name__
     if kind in _WHOLE_SEQUENCE:
         raise _fail(index, layer, _WHOLE_SEQUENCE[kind])
-    if isinstance(layer, keras.layers.Conv1D):
-        why = "it is a causal convolution, which needs a window of past steps as state (not supported yet)"
-        if layer.padding != "causal":
-            why = f"its padding is {layer.padding!r}, so step t reads steps after t"
+    if isinstance(layer, keras.layers.Conv1D) and layer.padding == "causal":
+        return _causal_conv_stage(index, layer)
+    shape = tuple(layer.input.shape)
+    if len(shape) < 2 or any(d is None for d in shape[2:]):
+        raise _fail(index, layer, f"its input shape {shape} is not [batch, time, static features...]")
+    why = why_not_per_step(layer, shape[2:], tf.as_dtype(layer.input.dtype).name, steps=shape[1])
+    if why is not None:
+        if not type(layer).__module__.startswith("keras."):
+            why += " (a custom layer that is per-step after all can declare `seqexport_per_step = True`)"
         raise _fail(index, layer, why)
-    raise _fail(
-        index,
-        layer,
-        "it is not a layer seqexport knows to act on each timestep alone "
-        "(a custom per-step layer can declare `seqexport_per_step = True`)",
-    )
+    return _Stage(layer.name, (), _one_step(layer), sequence_call=whole)
 
 
 def _batch_norm_inference(layer, x):
@@ -165,38 +236,65 @@ def _run_stages(stages, x, prev_states, mask, *, whole_sequence: bool = False):
     for stage in stages:
         count = len(stage.states)
         states = tuple(prev_states[offset : offset + count])
+        if stage.mask_fn is not None and not whole_sequence:
+            computed = stage.mask_fn(x)
+            mask = computed if mask is None else tf.logical_and(mask, computed)
         x, new = stage.sequence_call(x, states) if whole_sequence else stage.call(x, states, mask)
         new_states.extend(new)
         offset += count
     return x, tuple(new_states)
 
 
-def _sequence_layers(model: keras.Model) -> list:
-    """The model's layers in call order, if they form one chain from one input."""
+def _sequence_layers(model: keras.Model) -> list[tuple[object, int]]:
+    """The model's layers in call order, if they form one chain from one input, each with the
+    index of its outputs that the next layer (or the model's output) reads (`return_state`).
+
+    Nested Sequential and functional chains are flattened into the chain.
+    """
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise UnsupportedModel(
             f"Model {model.name!r} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
-            "seqexport exports a model with one sequence input and one output."
+            "seqexport exports a model with one sequence input and one output (several inputs, "
+            "outputs and branches are not supported yet; a step-model factory can express them)."
         )
     layers = [l for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
     if isinstance(model, keras.Sequential):
-        return layers
-    previous = None
-    for index, layer in enumerate(layers):
-        nodes = [n for n in layer._inbound_nodes if n.operation is layer]
-        parents = [p.operation for n in nodes for p in n.parent_nodes]
-        parents = [p for p in parents if not isinstance(p, keras.layers.InputLayer)]
-        if len(nodes) != 1 or parents != ([previous] if previous is not None else []):
-            raise UnsupportedModel(
-                f"Layer {index} {layer.name!r} ({type(layer).__name__}) is not fed by the layer "
-                "before it alone: seqexport exports a chain of layers (Sequential, or a "
-                "functional model without branches or shared layers)."
-            )
-        previous = layer
-    return layers
+        chain = [(layer, 0) for layer in layers]
+    else:
+        chain, previous = [], None
+        for index, layer in enumerate(layers):
+            nodes = [n for n in layer._inbound_nodes if n.operation is layer]
+            parents = [p.operation for n in nodes for p in n.parent_nodes]
+            parents = [p for p in parents if not isinstance(p, keras.layers.InputLayer)]
+            if len(nodes) != 1 or parents != ([previous] if previous is not None else []):
+                raise UnsupportedModel(
+                    f"Layer {index} {layer.name!r} ({type(layer).__name__}) is not fed by the layer "
+                    "before it alone: seqexport exports a chain of layers (Sequential, or a "
+                    "functional model without branches or shared layers; branches and merges are "
+                    "not supported yet: a step-model factory can express them, see the README)."
+                )
+            if chain:
+                chain[-1] = (previous, _output_index(nodes[0].arguments.keras_tensors[0]))
+            chain.append((layer, 0))
+            previous = layer
+        if chain:
+            chain[-1] = (previous, _output_index(model.outputs[0]))
+    flat = []
+    for layer, emit in chain:
+        if isinstance(layer, keras.Model) and not _is_step_model(layer):
+            flat.extend(_sequence_layers(layer))  # a nested encoder: its own chain, inline
+        else:
+            flat.append((layer, emit))
+    return flat
+
+
+def _output_index(tensor) -> int:
+    history = getattr(tensor, "_keras_history", None)
+    return int(history.tensor_index) if history is not None else 0
 
 
 def _has_mask_source(layers) -> tuple[bool, float]:
+    """(whether a layer starts a Keras mask, the value it marks padding with)."""
     for layer in layers:
         if isinstance(layer, keras.layers.Masking):
             return True, float(layer.mask_value)
@@ -285,6 +383,33 @@ def _key(name: str, fallback: str) -> str:
     return cleaned if cleaned[:1].isalpha() else fallback
 
 
+def _stage(index: int, layer, emit: int, masked: bool, ended_by: list) -> _Stage:
+    """`ended_by`: the RNN that returned its last step only, then the layers after it."""
+    if emit and not isinstance(layer, keras.layers.RNN):
+        raise _fail(index, layer, f"its output {emit} is used, and only RNN layers have several outputs here")
+    if isinstance(layer, keras.layers.RNN):
+        if ended_by:
+            between = "".join(f", then {l.name!r} ({type(l).__name__})" for l in ended_by[1:])
+            raise _fail(index, layer, f"it comes after {ended_by[0].name!r} ({type(ended_by[0]).__name__}), which "
+                        f"returns its last step only (no return_sequences){between}: there is no sequence "
+                        "left to step through")
+        return _rnn_stage(index, layer, masked, emit)
+    return _per_step_stage(index, layer, after_sequence=bool(ended_by))
+
+
+def _check_graph_model(model: keras.Model) -> None:
+    """A subclassed model's `call` is Python code: there are no layers to take apart."""
+    from keras.src.models.functional import Functional  # no public name for "a functional model"
+
+    if isinstance(model, (keras.Sequential, Functional)):
+        return
+    raise UnsupportedModel(
+        f"Model {model.name!r} ({type(model).__name__}) is a subclassed keras.Model: its call() is Python code, "
+        "not a graph of layers seqexport can rebuild step by step. Rebuild it as a Sequential or functional "
+        "model, or write a step-model factory (`seqexport export package.module:factory`, see the README)."
+    )
+
+
 def step_model_from_keras(model: keras.Model, description: str = "") -> StepModel:
     """Builds the step model of a Keras model made of RNN and per-step layers.
 
@@ -295,32 +420,37 @@ def step_model_from_keras(model: keras.Model, description: str = "") -> StepMode
     """
     if not isinstance(model, keras.Model):
         raise UnsupportedModel(f"Expected a Keras model, got {type(model).__name__}.")
+    _check_graph_model(model)
     if _is_step_model(model):
         return _from_step_model(model, description)
-    layers = _sequence_layers(model)
+    chain = _sequence_layers(model)
+    layers = [layer for layer, _ in chain]
     masked, pad_value = _has_mask_source(layers)
     stages: list[_Stage] = []
-    sequence_ended = False
-    for index, layer in enumerate(layers):
-        if isinstance(layer, keras.layers.RNN):
-            if sequence_ended:
-                raise _fail(index, layer, "it follows an RNN without return_sequences, so it sees one step")
-            stage = _rnn_stage(index, layer, masked)
-            sequence_ended = stage.ends_sequence
-        else:
-            stage = _per_step_stage(index, layer)
+    ended_by: list = []  # the RNN that returns its last step only, and the layers after it
+    for index, (layer, emit) in enumerate(chain):
+        try:
+            stage = _stage(index, layer, emit, masked, ended_by)
+        except SeqExportError:
+            raise
+        except Exception as exc:  # noqa: BLE001  any layer can fail any way: name it, no traceback
+            raise _fail(index, layer, f"building its step raised {type(exc).__name__}: "
+                        f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from None
+        if stage.ends_sequence or ended_by:
+            ended_by.append(layer)
         stages.append(stage)
 
-    if not any(isinstance(l, keras.layers.RNN) for l in layers):
+    if not any(stage.states for stage in stages):
         raise UnsupportedModel(
-            f"Model {model.name!r} has no RNN layer (SimpleRNN, GRU, LSTM or keras.layers.RNN); "
-            "seqexport exports recurrent sequence models."
+            f"Model {model.name!r} has no recurrent layer (SimpleRNN, GRU, LSTM, keras.layers.RNN) and no "
+            "causal convolution; seqexport exports models that carry a state from step to step (a custom "
+            "recurrence can be written as a step-model factory, see the README)."
         )
     states = tuple(spec for stage in stages for spec in stage.states)
     # Stateless per-step layers after the last RNN (a Dense head, say) run once on the whole
     # sequence after the loop instead of once per step: fewer ops per iteration.
-    last_stateful = max(i for i, stage in enumerate(stages) if stage.states)
-    core_stages, head_stages = stages[: last_stateful + 1], stages[last_stateful + 1 :]
+    last_core = max(i for i, stage in enumerate(stages) if stage.states or not stage.rank_agnostic)
+    core_stages, head_stages = stages[: last_core + 1], stages[last_core + 1 :]
 
     def masked_step(x, prev_states, mask):
         return _run_stages(stages, x, prev_states, mask)
@@ -354,9 +484,14 @@ def step_model_from_keras(model: keras.Model, description: str = "") -> StepMode
         )
     input_dtype = tf.as_dtype(input_spec.dtype).name
     probe = tf.zeros((1, *input_shape), dtype=input_dtype)
-    zero_states = tuple(tf.zeros((1, *s.shape)) for s in states)
-    y, _ = step(probe, zero_states)
-    core_y, _ = core_step(probe, zero_states)
+    zero_states = tuple(tf.zeros((1, *s.shape), dtype=s.dtype) for s in states)
+    try:
+        y, _ = step(probe, zero_states)
+        core_y, _ = core_step(probe, zero_states)
+    except Exception as exc:  # noqa: BLE001
+        raise UnsupportedModel(
+            f"Model {model.name!r}: its rebuilt step failed on a probe step ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}). {_FIX}") from None
 
     def reference(inputs, lengths=None):
         for layer in layers:
@@ -373,6 +508,7 @@ def step_model_from_keras(model: keras.Model, description: str = "") -> StepMode
         head=head if head_stages else None,
         fused_unroll=fused_core if fusable else None,
         core_output_shape=tuple(int(d) for d in core_y.shape[1:]) if head_stages else None,
+        core_output_dtype=core_y.dtype.name if head_stages else None,
         input_shape=input_shape,
         input_dtype=input_dtype,
         output_shape=tuple(int(d) for d in y.shape[1:]),
@@ -381,7 +517,7 @@ def step_model_from_keras(model: keras.Model, description: str = "") -> StepMode
         variables=variables,
         trainable_variables=trainable,
         trainable_names=tuple(v.path for v in model.trainable_variables),
-        last_step_only=sequence_ended,
+        last_step_only=bool(ended_by),
         reference_fn=reference,
         mask_pad_value=pad_value,
         reference_batch=_stateful_batch(layers),

@@ -42,8 +42,10 @@ def classify(model_ref: str) -> SourceKind:
     )
 
 
-def source_info(model_ref: str, kind: SourceKind) -> dict:
+def source_info(model_ref, kind: SourceKind) -> dict:
     """Kind, reference and content hash of the source, for the manifest."""
+    if kind is SourceKind.IN_MEMORY:
+        return {"kind": kind.value, "ref": f"{type(model_ref).__name__} {getattr(model_ref, 'name', '')}".strip()}
     info = {"kind": kind.value, "ref": model_ref}
     path = Path(model_ref)
     digest = hashlib.sha256()
@@ -58,13 +60,26 @@ def source_info(model_ref: str, kind: SourceKind) -> dict:
     return info
 
 
-def load_step_model(model_ref: str, *, unsafe: bool = False) -> tuple[StepModel, SourceKind]:
-    """Loads MODEL and rebuilds it as a step model.
+def load_step_model(model_ref, *, unsafe: bool = False) -> tuple[StepModel, SourceKind]:
+    """Loads MODEL (a reference string, or an in-memory `keras.Model` / `StepModel`) as a step model.
 
     Raises:
         BadInput: the file is missing or unreadable, or the factory fails.
         UnsupportedModel: a layer cannot run step by step.
     """
+    if isinstance(model_ref, StepModel):
+        return model_ref, SourceKind.IN_MEMORY
+    if not isinstance(model_ref, (str, os.PathLike)):
+        import keras
+
+        if not isinstance(model_ref, keras.Model):
+            raise BadInput(f"Expected a keras.Model, an exporter.StepModel or a model reference string; "
+                           f"got {type(model_ref).__name__}.")
+        from exporter.keras_step import step_model_from_keras
+
+        return step_model_from_keras(model_ref, description=f"in-memory Keras model {model_ref.name!r}"), \
+            SourceKind.IN_MEMORY
+    model_ref = str(model_ref)
     kind = classify(model_ref)
     if kind is SourceKind.KERAS_FILE:
         return _from_keras_file(Path(model_ref), unsafe=unsafe), kind

@@ -95,7 +95,7 @@ def write_export(
     from exporter.trace import trace, will_fuse
 
     options = options.resolved(
-        dtype=step_model.output_dtype,
+        dtype=step_model.compute_dtype,
         float_inputs=step_model.differentiable_inputs,
     )
     # The manifest says what was done: fused only where the model has the kernels for it.
@@ -128,7 +128,7 @@ def write_export(
 
 
 def export(
-    model_ref: str,
+    model_ref,
     *,
     name: str,
     base: Path,
@@ -143,7 +143,8 @@ def export(
 
     Args:
         model_ref: a `.keras` file, a SavedModel directory with a `step` signature, or
-            `package.module:function` returning a `StepModel` (runs that code).
+            `package.module:function` returning a `StepModel` (runs that code); or, from
+            Python, an in-memory `keras.Model` or `StepModel`.
         name: model name (a folder under `base`, TF Serving's model name).
         base: TF Serving's base path.
         version: version number to publish; default: one more than the highest.
@@ -257,7 +258,7 @@ def export(
                         replaced=replaced)
 
 
-def _load(model_ref: str, options: ExportOptions):
+def _load(model_ref, options: ExportOptions):
     from exporter.load import load_step_model
 
     step_model, kind = load_step_model(model_ref, unsafe=options.unsafe)

@@ -45,6 +45,7 @@ class SourceKind(str, enum.Enum):
     KERAS_FILE = "keras_file"
     SAVED_MODEL = "saved_model"
     FACTORY = "factory"
+    IN_MEMORY = "in_memory"  # a keras.Model or StepModel handed to the Python API
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -41,7 +41,8 @@ class StepModel:
             (`tape.jacobian`, Hessian-vector products) and which saves a read per step.
         head: optional stateless per-step map run once after the loop on `[B, T, *core]`
             (and on `[B, *core]` by `step`); when set, `bind_step`'s step returns the core
-            output of shape `core_output_shape` and `head` turns it into `output_shape`.
+            output of shape `core_output_shape` (dtype `core_output_dtype`, default
+            `output_dtype`) and `head` turns it into `output_shape`.
         fused_unroll: optional `(inputs [B, T, ...], states) -> (core outputs [B, T, ...],
             new_states)`: the same maths as the unroll in whole-sequence kernels (an LSTM
             as TF's `BlockLSTM`), used by `serving_default` and `stream` unless `--jit` or
@@ -83,6 +84,7 @@ class StepModel:
     bind_step: Callable[[], MaskedStepFn] | None = None
     head: Callable | None = None
     core_output_shape: tuple[int, ...] | None = None
+    core_output_dtype: str | None = None
     fused_unroll: Callable | None = None
     last_step_only: bool = False
     reference_fn: Callable | None = None
@@ -137,8 +139,21 @@ class StepModel:
         """Per-step shape of what the loop writes: the core output when there is a head."""
         return self.core_output_shape if self.head is not None else self.output_shape
 
+    def loop_output_dtype(self) -> str:
+        """Dtype of what the loop writes (a float16 cell under `mixed_float16` before a float32 head)."""
+        return (self.core_output_dtype or self.output_dtype) if self.head is not None else self.output_dtype
+
     def apply_head(self, outputs):
         return self.head(outputs) if self.head is not None else outputs
+
+    @property
+    def compute_dtype(self) -> str:
+        """The least precise float dtype of the outputs and states: what the tolerances follow
+        (a `mixed_float16` model computes in float16 even where its head returns float32)."""
+        order = ("bfloat16", "float16", "float32", "float64")
+        floats = [d for d in (self.output_dtype, self.loop_output_dtype(), *(s.dtype for s in self.states))
+                  if d in order]
+        return min(floats, key=order.index) if floats else self.output_dtype
 
     @property
     def masked(self) -> bool:

@@ -62,7 +62,7 @@ def unroll(model: StepModel, inputs, states: tuple, lengths=None, *, fused: bool
     ).unstack(time_major)
     loop_shape = model.loop_output_shape()
     output_ta = tf.TensorArray(
-        tf.as_dtype(model.output_dtype),
+        tf.as_dtype(model.loop_output_dtype()),
         size=steps,
         element_shape=tf.TensorShape([None, *loop_shape]),
     )
@@ -92,7 +92,7 @@ def unroll(model: StepModel, inputs, states: tuple, lengths=None, *, fused: bool
         outputs = tf.raw_ops.TensorListStack(
             input_handle=output_ta.flow,
             element_shape=tf.stack([tf.shape(inputs)[0], *loop_shape]),
-            element_dtype=tf.as_dtype(model.output_dtype),
+            element_dtype=tf.as_dtype(model.loop_output_dtype()),
             num_elements=-1,
         )
         outputs.set_shape([None, None, *loop_shape])

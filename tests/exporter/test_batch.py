@@ -76,3 +76,15 @@ def test_row_mixing_factories_are_found_by_projections(name):
         print(name, signature, blocks)
         assert blocks.backward_passes == BATCH
         assert not blocks.independent, (name, signature)
+
+
+def test_exact_jacobian_with_inputs_of_two_dtypes():
+    """A float64 input beside a float32 state (TF's jacobian stacks by the target's dtype)."""
+    feed = {"inputs": np.random.default_rng(3).normal(size=(BATCH, 4, 2)),
+            "state": np.random.default_rng(4).normal(size=(BATCH, 2)).astype(np.float32)}
+
+    def call(f):
+        return {"outputs": tf.cast(f["inputs"], tf.float32) * 2.0 + f["state"][:, None]}
+
+    blocks = offdiagonal_blocks(call, feed)
+    assert blocks.method == "exact Jacobian" and blocks.independent and blocks.diag_max > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 
@@ -9,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from exporter.cli import app
-from tests.exporter import models
+from tests.exporter import models, real_models
 
 runner = CliRunner()
 
@@ -205,3 +206,19 @@ def test_help_says_which_inputs_run_code():
     assert "RUNS that code" in text  # MODEL as package.module:function
     assert "runs code in the file" in text  # --unsafe
     assert "runs its code" in text  # --import
+
+
+@pytest.mark.parametrize("construct", sorted(real_models.REFUSED_CONSTRUCTS))
+def test_every_refused_construct_is_exit_2_with_a_json_error_and_no_traceback(tmp_path, construct):
+    """Models seqexport cannot take yet: a message naming what and why, pointing to the factory route."""
+    base = tmp_path / "b"
+    result = runner.invoke(app, ["export", f"tests.exporter.real_models:{construct}", "--name", "m",
+                                 "--base", str(base), "--json"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    payload = json.loads(result.stdout)
+    assert payload["ok"] is False and payload["exit_code"] == 2
+    print(construct, "->", payload["error"])
+    assert real_models.REFUSED_CONSTRUCTS[construct] in payload["error"]
+    assert "factory" in payload["error"]
+    assert not base.exists() or not any(base.iterdir())

@@ -1,0 +1,205 @@
+"""Models shaped like the ones users have: probed layers, causal convolutions, returned states, dtypes."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tests.exporter.models import F
+
+L = keras.layers
+
+
+@keras.saving.register_keras_serializable(package="seqexport_tests")
+class FeatureGate(L.Layer):
+    """A custom per-step layer with no opt-in: the probe must find it per-step."""
+
+    def build(self, input_shape):
+        self.gate = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="gate")
+
+    def call(self, x):
+        return x * tf.sigmoid(self.gate)
+
+
+@keras.saving.register_keras_serializable(package="seqexport_tests")
+class RunningSum(L.Layer):
+    """Mixes time (a cumulative sum): the probe must refuse it, naming the past offsets."""
+
+    def call(self, x):
+        return tf.cumsum(x, axis=1)
+
+
+def _seq(*layers, shape=(None, F), dtype="float32"):
+    return keras.Sequential([keras.Input(shape, dtype=dtype), *layers])
+
+
+def _normalization():
+    norm = L.Normalization()
+    norm.adapt(np.random.default_rng(0).normal(3.0, 2.0, size=(16, 5, F)).astype("float32"))
+    return _seq(norm, L.LSTM(4, return_sequences=True), L.Dense(2))
+
+
+def _return_state_c():
+    x = keras.Input((None, F))
+    _, _, c = L.LSTM(4, return_state=True)(x)
+    return keras.Model(x, L.Dense(2)(c))
+
+
+def _return_state_h_gru():
+    x = keras.Input((None, F))
+    _, h = L.GRU(4, return_sequences=True, return_state=True)(x)
+    return keras.Model(x, L.Dense(2)(h))
+
+
+def _nested():
+    encoder = keras.Sequential([keras.Input((None, F)), L.Dense(5, activation="relu"), L.GRU(4, return_sequences=True)],
+                               name="encoder")
+    return _seq(encoder, L.Dense(2))
+
+
+def _float64():
+    return _seq(L.Dense(4, dtype="float64"), L.LSTM(4, return_sequences=True, dtype="float64"),
+                L.Dense(2, dtype="float64"), dtype="float64")
+
+
+def _mixed(policy):
+    def build():
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(policy)
+        try:
+            return _seq(L.GRU(4, return_sequences=True), L.Dense(2, dtype="float32"))
+        finally:
+            keras.config.set_dtype_policy(previous)
+    return build
+
+
+STREAMABLE = {
+    "pre_padded_mask": lambda: _seq(L.Embedding(20, 5, mask_zero=True), L.GRU(4, return_sequences=True),
+                                    L.Dense(2), shape=(None,), dtype="int32"),
+    "normalization": _normalization,
+    "rescaling": lambda: _seq(L.Rescaling(0.5, offset=0.1), L.GRU(4, return_sequences=True)),
+    "reshape_and_flatten": lambda: _seq(L.Dense(6), L.Reshape((-1, 2, 3)), L.TimeDistributed(L.Flatten()),
+                                        L.SimpleRNN(4, return_sequences=True)),
+    "custom_layer": lambda: _seq(FeatureGate(), L.LSTM(4, return_sequences=True)),
+    "nested_sequential": _nested,
+    "stacked_cells": lambda: _seq(L.RNN(L.StackedRNNCells([L.LSTMCell(4), L.GRUCell(3)]), return_sequences=True)),
+    "lstm_options": lambda: _seq(L.LSTM(4, return_sequences=True, use_bias=False, activation="relu",
+                                        dropout=0.3, recurrent_dropout=0.3)),
+    "causal_conv": lambda: _seq(L.Conv1D(4, 3, padding="causal", dilation_rate=2), L.LSTM(4, return_sequences=True)),
+    "tcn": lambda: _seq(*[L.Conv1D(4, 2, padding="causal", dilation_rate=d, activation="relu") for d in (1, 2, 4)],
+                        L.Dense(2)),
+    "return_state_c": _return_state_c,
+    "return_state_h_gru": _return_state_h_gru,
+    "float64": _float64,
+    "float64_input": lambda: _seq(L.LSTM(4, return_sequences=True), dtype="float64"),
+    "mixed_float16": _mixed("mixed_float16"),
+    "convlstm1d": lambda: _seq(L.ConvLSTM1D(2, 3, padding="same", return_sequences=True), L.TimeDistributed(L.Flatten()),
+                               shape=(None, 5, F)),
+}
+
+# name: (builder, what the message must contain)
+NOT_STREAMABLE = {
+    "flatten_over_time": (lambda: _seq(L.LSTM(4, return_sequences=True), L.Flatten(), shape=(6, F)),
+                          "does not keep the time axis"),
+    "valid_conv": (lambda: _seq(L.Conv1D(4, 3, padding="valid"), L.LSTM(4)), "does not keep the time axis"),
+    "same_conv": (lambda: _seq(L.Conv1D(4, 3, padding="same"), L.LSTM(4)),
+                  "out[t] depends on in[t-1], in[t+1]"),
+    "running_sum": (lambda: _seq(RunningSum(), L.LSTM(4)), "out[t] depends on in[t-4], in[t-3], in[t-2], in[t-1]"),
+    "global_pooling": (lambda: _seq(L.LSTM(4, return_sequences=True), L.GlobalAveragePooling1D()),
+                       "does not keep the time axis"),
+}
+
+
+def build(name: str) -> keras.Model:
+    keras.utils.set_random_seed(7)
+    entry = STREAMABLE.get(name) or NOT_STREAMABLE[name][0]
+    model = entry()
+    for variable in model.trainable_variables:
+        if "bias" in variable.path:
+            variable.assign(keras.random.normal(variable.shape, stddev=0.3, seed=3, dtype=variable.dtype))
+    return model
+
+
+# --- constructs still refused: factories for `seqexport export tests.exporter.real_models:NAME` ----------
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.cell = L.LSTMCell(4)
+
+    def call(self, x):
+        state = [tf.zeros((tf.shape(x)[0], 4)), tf.zeros((tf.shape(x)[0], 4))]
+        for t in range(x.shape[1]):
+            out, state = self.cell(x[:, t], state)
+        return out
+
+
+def subclassed():
+    model = _Subclassed()
+    model(np.zeros((1, 3, F), "float32"))
+    return model
+
+
+def two_inputs():
+    x, static = keras.Input((None, F)), keras.Input((2,))
+    h = L.LSTM(4, return_sequences=True)(x)
+    return keras.Model([x, static], L.Dense(2)(h) + L.Dense(2)(static)[:, None])
+
+
+def two_outputs():
+    x = keras.Input((None, F))
+    h = L.LSTM(4, return_sequences=True)(x)
+    return keras.Model(x, [L.Dense(2)(h), L.Dense(1)(h)])
+
+
+def residual():
+    x = keras.Input((None, F))
+    h = L.Dense(4)(x)
+    return keras.Model(x, L.Add()([h, L.GRU(4, return_sequences=True)(h)]))
+
+
+def self_attention():
+    x = keras.Input((None, F))
+    h = L.LSTM(4, return_sequences=True)(x)
+    return keras.Model(x, L.MultiHeadAttention(1, 2)(h, h))
+
+
+def bidirectional():
+    return _seq(L.Bidirectional(L.LSTM(4, return_sequences=True)))
+
+
+def go_backwards():
+    return _seq(L.GRU(4, return_sequences=True, go_backwards=True))
+
+
+def strided_causal_conv():
+    return _seq(L.Conv1D(4, 3, padding="causal", strides=2), L.LSTM(4))
+
+
+def running_sum():
+    return _seq(RunningSum(), L.LSTM(4))
+
+
+def masked_custom_cell():
+    return _seq(L.Masking(0.0), L.RNN(L.StackedRNNCells([L.GRUCell(3), L.GRUCell(2)])))
+
+
+def no_recurrence():
+    return _seq(L.Dense(4), L.Dense(2))
+
+
+# function name: what the message must name
+REFUSED_CONSTRUCTS = {
+    "subclassed": "subclassed keras.Model",
+    "two_inputs": "2 inputs and 1 outputs",
+    "two_outputs": "1 inputs and 2 outputs",
+    "residual": "is not fed by the layer before it alone",
+    "self_attention": "MultiHeadAttention",
+    "bidirectional": "Bidirectional",
+    "go_backwards": "go_backwards",
+    "strided_causal_conv": "strides=2",
+    "running_sum": "out[t] depends on in[t-",
+    "masked_custom_cell": "masking is supported for SimpleRNN, GRU and LSTM cells only",
+    "no_recurrence": "no recurrent layer",
+}
