@@ -10,7 +10,7 @@ Example (the end of a training script):
 
 __version__ = "0.1.0"
 
-from exporter.errors import BadInput, SeqExportError, UnsupportedModel, VerifyFailed
+from exporter.errors import BadInput, SeqExportError, UnsupportedModel, VerificationIncomplete, VerifyFailed
 from exporter.specs import CheckResult, ExportOptions, Manifest, StateSpec, Tolerance
 from exporter.step_model import StepModel
 
@@ -55,6 +55,7 @@ __all__ = [
     "StepModel",
     "Tolerance",
     "UnsupportedModel",
+    "VerificationIncomplete",
     "VerifyFailed",
     "__version__",
     "export",

@@ -79,7 +79,10 @@ def _seqexport_export(model_file: Path, base: Path) -> tuple[float, dict]:
                            "--base", str(base), "--json"], capture_output=True, text=True, env=_child_env(),
                           timeout=CHILD_TIMEOUT_S)
     seconds = time.monotonic() - started
-    result = json.loads(proc.stdout)
+    try:
+        result = json.loads(proc.stdout)
+    except ValueError:
+        result = {"error": "no JSON on stdout; stderr ends: " + " | ".join(proc.stderr.strip().splitlines()[-5:])}
     if proc.returncode != 0:
         raise RuntimeError(f"seqexport export {model_file.name} failed (exit {proc.returncode}): {result.get('error')}")
     return seconds, result

@@ -94,8 +94,11 @@ STREAMABLE = {
     "float64": _float64,
     "float64_input": lambda: _seq(L.LSTM(4, return_sequences=True), dtype="float64"),
     "mixed_float16": _mixed("mixed_float16"),
+    "mixed_bfloat16": _mixed("mixed_bfloat16"),
     "convlstm1d": lambda: _seq(L.ConvLSTM1D(2, 3, padding="same", return_sequences=True), L.TimeDistributed(L.Flatten()),
                                shape=(None, 5, F)),
+    "convlstm2d": lambda: _seq(L.ConvLSTM2D(2, 3, padding="same", return_sequences=True),
+                               L.TimeDistributed(L.Flatten()), shape=(None, 4, 4, 2)),
 }
 
 # name: (builder, what the message must contain)
