@@ -69,10 +69,12 @@ def _user_errors(as_json: bool):
         raise typer.Exit(exc.exit_code) from None
 
 
-def _print_checks(checks, *, title: str, all_rows: bool) -> None:
-    from exporter.report import checks_table
+def _print_checks(checks, *, title: str, all_rows: bool, per_signature: bool = False) -> None:
+    """The checks table (passing rows folded per check, or per check and signature)."""
+    from exporter.report import FOLD_CHECK, FOLD_SIGNATURE, ChecksView
 
-    stdout.print(checks_table(tuple(checks), title=title, all_rows=all_rows))
+    stdout.print(ChecksView(checks, title=title, all_rows=all_rows,
+                            fold_by=FOLD_SIGNATURE if per_signature else FOLD_CHECK))
 
 
 def _import_modules(modules: list[str]) -> None:
@@ -215,26 +217,39 @@ def _run_export(model: str, *, name, base, version, options, as_json: bool, all_
 
             for conversion in result.conversions:
                 print_conversion(conversion, all_rows=all_rows)
-        timings = result.timings
-        convert = timings.get("convert", 0.0)
-        stdout.print(
-            f"[green]{'replaced' if result.replaced else 'published'}[/] {escape(name)} version {result.version} "
-            f"at {escape(str(result.path))}\n"
-            f"{result.report.summary()}; export {timings['total'] - timings['verify'] - convert:.1f} s, "
-            f"verify {timings['verify']:.1f} s, " + (f"convert {convert:.1f} s, " if convert else "")
-            + f"total {timings['total']:.1f} s"
-        )
-        if serving_files is not None:
-            batching = "on" if serving_files.batching is not None else "off (batch independence not proven)"
-            stdout.print(f"serving files: {', '.join(p.name for p in serving_files.files.values())} in "
-                         f"{escape(str(base))}; batching {batching}")
-            for note in serving_files.notes:
-                stdout.print(f"note: {escape(note)}", soft_wrap=True)
+        _print_export_summary(result, name=name, base=base, serving_files=serving_files)
     if not result.conversions_passed:
         failed = [c.summary().rstrip(".") for c in result.conversions if not c.passed]
         stderr.print(f"[bold red]error:[/] the TF export was published, but a requested conversion failed: "
                      f"{escape('; '.join(failed))}")
         raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+def _print_export_summary(result, *, name: str, base: Path, serving_files) -> None:
+    """After the table: the verdict and phase times, the per-check timings, where it went."""
+    from exporter.report import TimingsLine, seconds_text
+
+    timings = result.timings
+    convert = timings.get("convert", 0.0)
+    phases = [("export", timings["total"] - timings["verify"] - convert), ("verify", timings["verify"])]
+    phases += [("convert", convert)] if convert else []
+    phases.append(("total", timings["total"]))
+    stdout.print(f"{escape(result.report.summary())}; " + ", ".join(f"{k} {seconds_text(v)}" for k, v in phases),
+                 highlight=False)
+    stdout.print(TimingsLine(result.report.timings), highlight=False)
+    stdout.print(f"[green]{'replaced' if result.replaced else 'published'}[/] {escape(name)} version "
+                 f"{result.version} at {escape(str(result.path))}", highlight=False)
+    if serving_files is None:
+        return
+    batching = "on" if serving_files.batching is not None else "off (batch independence not proven)"
+    notes = serving_files.notes
+    record = serving_files.files.get("record")
+    stdout.print(f"serving files in {escape(str(base))}: {', '.join(p.name for p in serving_files.files.values())}; "
+                 f"batching {batching}" + (f"; {len(notes)} notes in {record.name}" if notes and record else ""),
+                 highlight=False)
+    if notes and not record:
+        for note in notes:
+            stdout.print(f"note: {escape(note)}", highlight=False)
 
 
 def _export_dir(path: Path) -> Path:
@@ -294,6 +309,7 @@ def inspect(
 
     for table in manifest_tables(manifest):
         stdout.print(table)
+        stdout.print()
     if manifest.checks:
         _print_checks(manifest.checks, title="last checks", all_rows=False)
 
