@@ -211,7 +211,8 @@ def _run_export(model: str, *, name, base, version, options, as_json: bool, all_
             payload["serving"] = serving_files.to_json()
         print(json.dumps(payload, indent=2))
     else:
-        _print_checks(result.report.checks, title=f"verification (fresh process) of {name}", all_rows=all_rows)
+        verdict = f": {result.report.summary()}" if result.report.passed else ""
+        _print_checks(result.report.checks, title=f"verification (fresh process) of {name}{verdict}", all_rows=all_rows)
         if result.conversions:
             from exporter.commands.convert import print_conversion
 
@@ -226,28 +227,24 @@ def _run_export(model: str, *, name, base, version, options, as_json: bool, all_
 
 
 def _print_export_summary(result, *, name: str, base: Path, serving_files) -> None:
-    """After the table: the verdict and phase times, the per-check timings, where it went."""
+    """After the table (its title says the verdict): the per-check timings, where it went and how long it took."""
     from exporter.report import TimingsLine, seconds_text
 
     timings = result.timings
-    convert = timings.get("convert", 0.0)
-    phases = [("export", timings["total"] - timings["verify"] - convert), ("verify", timings["verify"])]
-    phases += [("convert", convert)] if convert else []
-    phases.append(("total", timings["total"]))
-    stdout.print(f"{escape(result.report.summary())}; " + ", ".join(f"{k} {seconds_text(v)}" for k, v in phases),
-                 highlight=False)
+    phases = ", ".join(f"{k} {seconds_text(timings[k])}" for k in ("verify", "convert") if timings.get(k))
     stdout.print(TimingsLine(result.report.timings), highlight=False)
     stdout.print(f"[green]{'replaced' if result.replaced else 'published'}[/] {escape(name)} version "
-                 f"{result.version} at {escape(str(result.path))}", highlight=False)
+                 f"{result.version} at {escape(str(result.path))} in {seconds_text(timings['total'])} ({phases})",
+                 highlight=False)
     if serving_files is None:
         return
-    batching = "on" if serving_files.batching is not None else "off (batch independence not proven)"
+    # The serving files on two lines at 80 columns: batching.config listed means batching is on.
     notes = serving_files.notes
-    record = serving_files.files.get("record")
-    stdout.print(f"serving files in {escape(str(base))}: {', '.join(p.name for p in serving_files.files.values())}; "
-                 f"batching {batching}" + (f"; {len(notes)} notes in {record.name}" if notes and record else ""),
-                 highlight=False)
-    if notes and not record:
+    names = [p.name + (f" ({len(notes)} notes)" if k == "record" and notes else "")
+             for k, p in serving_files.files.items()]
+    off = "; batching off (batch independence not proven)" if serving_files.batching is None else ""
+    stdout.print(f"wrote {escape(', '.join(names))} into {escape(str(base))}{off}", highlight=False)
+    if notes and "record" not in serving_files.files:
         for note in notes:
             stdout.print(f"note: {escape(note)}", highlight=False)
 

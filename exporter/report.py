@@ -50,7 +50,7 @@ def tolerance_text(atol: float | None, rtol: float | None) -> str:
 
 
 def seconds_text(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds >= 100 else f"{seconds:.1f} s"
+    return f"{_seconds(seconds)} s"
 
 
 def table(*, title: str | None = None, show_header: bool = True) -> Table:
@@ -95,9 +95,8 @@ def fold(checks: tuple[CheckResult, ...], by: tuple[str, ...] = FOLD_CHECK) -> l
 
 def where(check: CheckResult) -> str:
     """`signature / tensor`, or the tensor alone for rows of no signature (weights)."""
-    if check.signature in NO_SIGNATURE:
-        return check.tensor
-    return f"{check.signature} / {check.tensor}"
+    parts = [part for part in (check.signature, check.tensor) if part not in NO_SIGNATURE]
+    return " / ".join(parts) or "-"
 
 
 def _shows_message(check: CheckResult) -> bool:
@@ -168,10 +167,14 @@ class ChecksView:
     def _footer(self, tolerances: dict[str, str]) -> list[Text]:
         by_value: dict[str, list[str]] = {}
         for check, value in tolerances.items():
-            by_value.setdefault(value.replace(" ", ""), []).append(check)
-        if len(by_value) == 1:
+            if value != "-":  # rows that compare no numbers have no tolerance
+                by_value.setdefault(value.replace(" ", ""), []).append(check)
+        if not by_value:
+            return []
+        if len(by_value) == 1 and "-" not in tolerances.values():
             return [Text(f"tolerance (abs/rel) of every row: {next(iter(by_value))}")]
-        return [Text("tolerance (abs/rel): " + "; ".join(f"{', '.join(checks)} {value}"
+        # abs/rel, as --atol/--rtol; "tolerance:" alone keeps the demo's footer to two lines at 80.
+        return [Text("tolerance: " + "; ".join(f"{', '.join(checks)} {value}"
                                                         for value, checks in by_value.items()))]
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
@@ -186,17 +189,26 @@ class ChecksView:
             yield from self._notes_text(notes)
             return
         tolerances = self._tolerances_by_check()
-        yield self._table(split=False, tolerance_column=tolerances is None, notes=notes)
+        narrow = self._table(split=False, tolerance_column=tolerances is None, notes=notes)
+        # A path is one long word: its column never gets narrower than the longest one, so
+        # it wraps at the " / " and never inside a name.
+        narrow.columns[1].min_width = min(options.max_width // 2, max(
+            (len(w) for r in self.rows for w in where(r.check).split()), default=1))
+        if not fits(console, options, narrow):
+            # Check names are words: let them wrap first, so the signature / tensor paths
+            # (long words of their own) keep more of the width.
+            narrow.columns[0].max_width = max(len(w) for r in self.rows for w in r.check.check.split() or [""])
+        yield narrow
         if tolerances is not None:
             yield from self._footer(tolerances)
         yield from self._notes_text(notes)
 
 
 class TimingsLine:
-    """`label: name 1.2 s, name 3.4 s, ...` on ONE line, in the dict's order.
+    """`label (s): name 1.2, name 3.4, ...` on ONE line, in the dict's order.
 
-    The entries are whatever keys `timings` holds; when they do not fit the width,
-    the shortest are summed into `N more X s` until the line fits.
+    The entries are whatever keys `timings` holds (seconds); when they do not fit the
+    width, the shortest are summed into `N more 0.3` until the line fits.
     """
 
     def __init__(self, timings: Mapping[str, float], *, label: str = "timings"):
@@ -207,11 +219,10 @@ class TimingsLine:
         kept = list(self.timings)
         while True:
             dropped = [k for k in self.timings if k not in kept]
-            parts = [f"{k} {seconds_text(self.timings[k])}" for k in kept]
+            parts = [f"{k} {_seconds(self.timings[k])}" for k in kept]
             if dropped:
-                rest = sum(self.timings[k] for k in dropped)
-                parts.append(f"{len(dropped)} more {seconds_text(rest)}")
-            text = f"{self.label}: " + ", ".join(parts)
+                parts.append(f"{len(dropped)} more {_seconds(sum(self.timings[k] for k in dropped))}")
+            text = f"{self.label} (s): " + ", ".join(parts)
             if len(text) <= width or not kept:
                 return text
             kept.remove(min(kept, key=lambda k: self.timings[k]))
@@ -221,9 +232,14 @@ class TimingsLine:
             yield Text(self.line(options.max_width), no_wrap=True, overflow="fold")
 
 
+def _seconds(seconds: float) -> str:
+    return f"{seconds:.0f}" if seconds >= 100 else f"{seconds:.1f}"
+
+
 def key_values(rows: Iterable[tuple[str, str]], *, title: str | None = None) -> Table:
     """A two-column table without header: `name = value` per line (values wrap at spaces)."""
-    out = table(title=title, show_header=False)
+    out = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False, padding=(0, 1),
+                collapse_padding=True)
     out.add_column("name", overflow="fold")
     out.add_column("=", width=1)
     out.add_column("value", overflow="fold")
@@ -268,7 +284,7 @@ def manifest_tables(manifest: Manifest) -> list:
     describe = lambda ts: "\n".join(f"{t.name} {t.dtype}{_shape(t.shape)}" for t in ts)  # noqa: E731
     for sig in manifest.signatures:
         signatures.add_row(escape(sig.name), escape(describe(sig.inputs)), escape(describe(sig.outputs)))
-    states = table(title="states (input and output keys of stream/step)")
+    states = table(title="states (keys of stream and step)")
     add_columns(states, ("name", "layer", "index", "shape", "dtype"), right=("index",))
     for state in manifest.states:
         states.add_row(*map(escape, (state.name, state.layer, str(state.index), _shape(state.shape), state.dtype)))
