@@ -273,8 +273,11 @@ def verify(
     if as_json:
         print(json.dumps({"ok": report.passed, **report.to_json()}, indent=2))
     else:
+        from exporter.report import TimingsLine
+
         _print_checks(report.checks, title=f"verification (fresh process) of {path}", all_rows=all_rows)
-        stdout.print(("[green]" if report.passed else "[bold red]") + escape(report.summary()))
+        stdout.print(TimingsLine(report.timings), highlight=False)
+        stdout.print(("[green]" if report.passed else "[bold red]") + escape(report.summary()), highlight=False)
     if not report.passed:
         raise typer.Exit(EXIT_CHECK_FAILED)
 

@@ -111,8 +111,8 @@ class ChecksView:
     Widest layout that fits the width: separate signature and tensor columns, a
     tolerance column and messages in the result column; then the same with messages
     as numbered notes below; then one merged `signature / tensor` column with the
-    tolerances in a footer (one line per tolerance, naming its checks) when each check
-    has one tolerance. Failed rows are never folded.
+    tolerances in a footer (each tolerance with the checks it applies to) when each
+    check has one tolerance. Failed rows are never folded.
     """
 
     def __init__(self, checks: Iterable[CheckResult], *, title: str, all_rows: bool = False,
@@ -197,7 +197,7 @@ class ChecksView:
         if not fits(console, options, narrow):
             # Check names are words: let them wrap first, so the signature / tensor paths
             # (long words of their own) keep more of the width.
-            narrow.columns[0].max_width = max(len(w) for r in self.rows for w in r.check.check.split() or [""])
+            narrow.columns[0].max_width = max((len(w) for r in self.rows for w in r.check.check.split()), default=1)
         yield narrow
         if tolerances is not None:
             yield from self._footer(tolerances)
