@@ -74,10 +74,12 @@ def _user_errors(as_json: bool):
         raise typer.Exit(exc.exit_code) from None
 
 
-def _print_checks(checks, *, title: str, all_rows: bool) -> None:
-    from exporter.report import checks_table
+def _print_checks(checks, *, title: str, all_rows: bool, per_signature: bool = False) -> None:
+    """The checks table (passing rows folded per check, or per check and signature)."""
+    from exporter.report import FOLD_CHECK, FOLD_SIGNATURE, ChecksView
 
-    stdout.print(checks_table(tuple(checks), title=title, all_rows=all_rows))
+    stdout.print(ChecksView(checks, title=title, all_rows=all_rows,
+                            fold_by=FOLD_SIGNATURE if per_signature else FOLD_CHECK))
 
 
 def _import_modules(modules: list[str]) -> None:
@@ -216,32 +218,42 @@ def _run_export(model: str, *, name, base, version, options, as_json: bool, all_
             payload["serving"] = serving_files.to_json()
         print(json.dumps(payload, indent=2))
     else:
-        _print_checks(result.report.checks, title=f"verification (fresh process) of {name}", all_rows=all_rows)
+        verdict = f": {result.report.summary()}" if result.report.passed else ""
+        _print_checks(result.report.checks, title=f"verification (fresh process) of {name}{verdict}", all_rows=all_rows)
         if result.conversions:
             from exporter.commands.convert import print_conversion
 
             for conversion in result.conversions:
                 print_conversion(conversion, all_rows=all_rows)
-        timings = result.timings
-        convert = timings.get("convert", 0.0)
-        stdout.print(
-            f"[green]{'replaced' if result.replaced else 'published'}[/] {escape(name)} version {result.version} "
-            f"at {escape(str(result.path))}\n"
-            f"{result.report.summary()}; export {timings['total'] - timings['verify'] - convert:.1f} s, "
-            f"verify {timings['verify']:.1f} s, " + (f"convert {convert:.1f} s, " if convert else "")
-            + f"total {timings['total']:.1f} s"
-        )
-        if serving_files is not None:
-            batching = "on" if serving_files.batching is not None else "off (batch independence not proven)"
-            stdout.print(f"serving files: {', '.join(p.name for p in serving_files.files.values())} in "
-                         f"{escape(str(base))}; batching {batching}")
-            for note in serving_files.notes:
-                stdout.print(f"note: {escape(note)}", soft_wrap=True)
+        _print_export_summary(result, name=name, base=base, serving_files=serving_files)
     if not result.conversions_passed:
         failed = [c.summary().rstrip(".") for c in result.conversions if not c.passed]
         stderr.print(f"[bold red]error:[/] the TF export was published, but a requested conversion failed: "
                      f"{escape('; '.join(failed))}")
         raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+def _print_export_summary(result, *, name: str, base: Path, serving_files) -> None:
+    """After the table (its title says the verdict): the per-check timings, where it went and how long it took."""
+    from exporter.report import TimingsLine, seconds_text
+
+    timings = result.timings
+    phases = ", ".join(f"{k} {seconds_text(timings[k])}" for k in ("verify", "convert") if timings.get(k))
+    stdout.print(TimingsLine(result.report.timings), highlight=False)
+    stdout.print(f"[green]{'replaced' if result.replaced else 'published'}[/] {escape(name)} version "
+                 f"{result.version} at {escape(str(result.path))} in {seconds_text(timings['total'])} ({phases})",
+                 highlight=False)
+    if serving_files is None:
+        return
+    # The serving files on two lines at 80 columns: batching.config listed means batching is on.
+    notes = serving_files.notes
+    names = [p.name + (f" ({len(notes)} notes)" if k == "record" and notes else "")
+             for k, p in serving_files.files.items()]
+    off = "; batching off (batch independence not proven)" if serving_files.batching is None else ""
+    stdout.print(f"wrote {escape(', '.join(names))} into {escape(str(base))}{off}", highlight=False)
+    if notes and "record" not in serving_files.files:
+        for note in notes:
+            stdout.print(f"note: {escape(note)}", highlight=False)
 
 
 def _export_dir(path: Path) -> Path:
@@ -270,8 +282,11 @@ def verify(
     if as_json:
         print(json.dumps({"ok": report.passed, **report.to_json()}, indent=2))
     else:
+        from exporter.report import TimingsLine
+
         _print_checks(report.checks, title=f"verification (fresh process) of {path}", all_rows=all_rows)
-        stdout.print(("[green]" if report.passed else "[bold red]") + escape(report.summary()))
+        stdout.print(TimingsLine(report.timings), highlight=False)
+        stdout.print(("[green]" if report.passed else "[bold red]") + escape(report.summary()), highlight=False)
     if not report.passed:
         raise typer.Exit(EXIT_CHECK_FAILED)
 
@@ -299,12 +314,17 @@ def inspect(
     if as_json:
         print(json.dumps(manifest.to_json(), indent=2))
         return
-    from exporter.report import manifest_tables
+    from exporter.report import TimingsLine, manifest_tables
 
     for table in manifest_tables(manifest):
         stdout.print(table)
+        stdout.print()
     if manifest.checks:
         _print_checks(manifest.checks, title="last checks", all_rows=False)
+    if manifest.verify_timings:
+        stdout.print(TimingsLine(manifest.verify_timings), highlight=False)
+        if manifest.verify_peak_rss_mb:
+            stdout.print(f"verifier peak RSS {manifest.verify_peak_rss_mb:.0f} MB", highlight=False)
 
 
 @app.command()

@@ -124,7 +124,7 @@ def run(config: ExportCostConfig, workdir: Path, progress: Callable[[str], None]
     return rows
 
 
-def _growth(row: dict, rows: list[dict]) -> float | None:
+def growth(row: dict, rows: list[dict]) -> float | None:
     """(time / time of the smallest model of its kind and depth) / (params / its params): <= 1 is linear or better."""
     peers = [r for r in rows if r["kind"] == row["kind"] and r["layers"] == row["layers"]]
     smallest = min(peers, key=lambda r: r["params"])
@@ -146,11 +146,11 @@ def markdown(rows: list[dict]) -> str:
         split = " / ".join(f"{phases.get(k, 0.0):.1f}" for k in ("load", "trace", "golden", "save", "verify", "publish"))
         checks = {k: v for k, v in row["verify_checks_s"].items() if k not in ("start", "load")}
         costliest = max(checks, key=checks.get) if checks else "-"
-        growth = _growth(row, rows)
+        rate = growth(row, rows)
         lines.append(
             f"| {row['kind']}({row['units']}) x {row['layers']} | {row['params']:,} | {row['keras_export_s']:.1f} | "
             f"{row['seqexport_s']:.1f} | {row['ratio_vs_keras']:.1f} | "
-            f"{'-' if growth is None else f'{growth:.2f}'} | {split} | "
+            f"{'-' if rate is None else f'{rate:.2f}'} | {split} | "
             f"{costliest} {checks.get(costliest, 0.0):.1f} s | {row['verify_peak_rss_mb']:.0f} |"
         )
     return "\n".join(lines) + "\n"

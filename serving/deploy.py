@@ -1,8 +1,7 @@
 """`docker-compose.yml` and `kubernetes.yaml`: the official `tensorflow/serving` image on BASE.
 
-Both are built as data and written with `json.dumps`: JSON is valid YAML 1.2,
-so `docker compose` and `kubectl` read them as they are, and no template or
-YAML library is involved. Both run `tensorflow_model_server` itself (not the
+Both are built as data (no template) and written as YAML with PyYAML's
+`safe_dump`, below a comment header saying how they were made. Both run `tensorflow_model_server` itself (not the
 image's entrypoint script, which adds `--model_name`/`--model_base_path`) with
 exactly the flags that use the files `serving-config` wrote; flag names are
 those of tensorflow_serving/model_servers/main.cc.
@@ -159,13 +158,47 @@ def kubernetes(*, flags: list[str], image: str, app: str, probe_model: str, clai
     return {"apiVersion": "v1", "kind": "List", "items": [deployment, service]}
 
 
-def write_document(data: dict, path: Path) -> Path:
-    """Writes `data` as indented JSON (valid YAML 1.2), atomically."""
+def _write_atomically(text: str, path: Path) -> Path:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)
     return path
+
+
+def write_document(data: dict, path: Path) -> Path:
+    """Writes `data` as indented JSON, atomically (the decision record)."""
+    return _write_atomically(json.dumps(data, indent=2) + "\n", path)
+
+
+def yaml_header(flags: list[str], *, tool: str = "seqexport serving-config") -> str:
+    """The comment at the top of a deploy file: what wrote it, from what, and how to redo it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        made_by = f"seqexport {version('seqexport')}"
+    except PackageNotFoundError:
+        made_by = "seqexport"
+    files = [PurePosixPath(parse_flags([f])[name]).name for f in flags for name in FILE_FLAGS
+             if f.startswith(f"--{name}=")]
+    return (f"Written by `{tool}` ({made_by}); regenerate rather than edit.\n"
+            f"Runs {SERVER_BINARY} of the official image on the config files beside\n"
+            f"this one ({', '.join(files)}), this folder mounted read-only\n"
+            f"at {CONTAINER_BASE}; seqexport-serving.json records every choice and its reason.")
+
+
+def write_yaml(data: dict, path: Path, *, header: str) -> Path:
+    """Writes `data` as block-style YAML (PyYAML `safe_dump`, key order kept) below `# header` lines, atomically."""
+    import yaml
+
+    class _Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data) -> bool:  # a dict used twice is written twice, not as &id001/*id001
+            return True
+
+    comment = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines())
+    body = yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True,
+                     width=1 << 16)
+    return _write_atomically(comment + body, path)
 
 
 def container_to_host(container_path: str, base: Path, *, container_base: str = CONTAINER_BASE) -> Path:

@@ -275,10 +275,14 @@ def write_serving_config(
                f"{prometheus_path}",
     )
     app = _app_name(names)
-    written["compose"] = deploy.write_document(deploy.compose(flags=flags, image=image), base / deploy.COMPOSE_FILE)
-    written["kubernetes"] = deploy.write_document(
+    header = deploy.yaml_header(flags)
+    written["compose"] = deploy.write_yaml(deploy.compose(flags=flags, image=image), base / deploy.COMPOSE_FILE,
+                                           header=header + "\nStart: docker compose -f docker-compose.yml up")
+    written["kubernetes"] = deploy.write_yaml(
         deploy.kubernetes(flags=flags, image=image, app=app, probe_model=names[0], claim=f"{app}-models"),
         base / deploy.KUBERNETES_FILE,
+        header=header + f"\nNeeds the PersistentVolumeClaim {app}-models holding a copy of this folder.\n"
+                        "Start: kubectl apply -f kubernetes.yaml",
     )
     result = ServingConfigResult(
         base=base, models=tuple(models), files=written, flags=tuple(flags), image=image, batching=choice,

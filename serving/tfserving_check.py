@@ -16,7 +16,6 @@ Rows use the verify table's format: `capi` (a signature on golden inputs),
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -352,6 +351,8 @@ def _batching_rows(meta_graph) -> list[CheckResult]:
 
 
 def _deploy_rows(config_dir: Path) -> list[CheckResult]:
+    import yaml
+
     from serving import deploy
 
     rows = []
@@ -363,8 +364,8 @@ def _deploy_rows(config_dir: Path) -> list[CheckResult]:
         if not path.is_file():
             continue
         try:
-            flags = deploy.parse_flags(flags_of(json.loads(path.read_text())))
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            flags = deploy.parse_flags(flags_of(yaml.safe_load(path.read_text())))
+        except (yaml.YAMLError, ValueError, KeyError, IndexError, TypeError) as exc:
             rows.append(_row("deploy", file_name, "-", False, f"does not parse as written: {exc}"))
             continue
         missing = [f"--{k}={flags[k]}" for k in deploy.FILE_FLAGS

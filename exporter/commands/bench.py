@@ -26,8 +26,51 @@ def bench(
     with stderr.status("benchmark", spinner="dots") as status:
         paths = run_and_write(config, out, progress=lambda p: status.update(f"[bold]{p}[/] ..."),
                               export_cost_config=cost_config)
-    stdout.print(paths["markdown"].read_text())
-    stdout.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    import json
+
+    for table in bench_tables(json.loads(paths["json"].read_text())):
+        stdout.print(table)
+    stdout.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)
+
+
+def bench_tables(results: dict) -> list:
+    """`bench.json` as tables (times per variant and config; peak memory; export cost), readable at 80 columns."""
+    from rich.markup import escape
+
+    from exporter.export_cost import growth
+    from exporter.report import add_columns, table
+
+    tables = []
+    if results.get("export_cost"):
+        cost = table(title="export cost: seqexport export (verification included) vs Keras model.export()")
+        numbers = ("params", "keras s", "seqexport s", "ratio", "growth", "peak MB")
+        add_columns(cost, ("model", *numbers), right=numbers, no_wrap=numbers)
+        rows = results["export_cost"]
+        for row in rows:
+            g = growth(row, rows)
+            cost.add_row(escape(f"{row['kind']}({row['units']}) x {row['layers']}"), f"{row['params']:,}",
+                         f"{row['keras_export_s']:.1f}", f"{row['seqexport_s']:.1f}", f"{row['ratio_vs_keras']:.1f}",
+                         "-" if g is None else f"{g:.2f}", f"{row['verify_peak_rss_mb']:.0f}")
+        tables.append(cost)
+    if not results.get("timings"):
+        return tables
+
+    numbers = ("B", "T", "µs/step", "steps/s", "vs keras")
+    times = table(title="time per step (medians; ratio vs the Keras call)")
+    add_columns(times, ("model", "kind", "B", "T", "variant", "µs/step", "steps/s", "vs keras", "matches"),
+                right=numbers, no_wrap=numbers)
+    for row in results["timings"]:
+        match = "-" if row["matches_keras"] is None else ("yes" if row["matches_keras"] else "[bold red]NO[/]")
+        times.add_row(escape(row["model"]), escape(row["kind"]), str(row["batch"]), str(row["steps"]),
+                      escape(row["variant"]), f"{row['us_per_step']:.1f}", f"{row['throughput_steps_per_s']:.0f}",
+                      f"{row['ratio_vs_keras']:.2f}", match)
+    memory = table(title="peak memory of the first call, fresh process")
+    add_columns(memory, ("model", "variant", "B", "T", "MB over baseline"), right=("B", "T", "MB over baseline"),
+                no_wrap=("B", "T", "MB over baseline"))
+    for row in results["memory"]:
+        memory.add_row(escape(row["model"]), escape(row["variant"]), str(row["batch"]), str(row["steps"]),
+                       f"{row['peak_mb_over_baseline']:.0f}")
+    return [times, memory, *tables] if results["memory"] else [times, *tables]
 
 
 def register(app: typer.Typer) -> None:

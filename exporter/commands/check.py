@@ -40,13 +40,14 @@ def tfserving(
     if as_json:
         print(json.dumps({"ok": report.passed, **report.to_json()}, indent=2))
     else:
+        from exporter.report import TimingsLine
+
         _print_checks(report.checks, title=f"TF Serving readiness (TF C API {report.tf_version}) of {path}",
-                      all_rows=all_rows)
-        t = report.timings
-        stdout.print(("[green]" if report.passed else "[bold red]") + escape(report.summary()))
-        if "load" in t:
-            stdout.print(f"build {t['build']:.1f} s, load {t['load']:.2f} s, runs {t['runs']:.2f} s, "
-                         f"total {t['total']:.1f} s; {report.warmup_records} warmup records replayed")
+                      all_rows=all_rows, per_signature=True)
+        stdout.print(("[green]" if report.passed else "[bold red]") + escape(report.summary()), highlight=False)
+        if "load" in report.timings:
+            stdout.print(f"{report.warmup_records} warmup records replayed", highlight=False)
+        stdout.print(TimingsLine(report.timings), highlight=False)
     if not report.passed:
         raise typer.Exit(EXIT_CHECK_FAILED)
 

@@ -21,15 +21,21 @@ def print_conversion(report, *, all_rows: bool) -> None:
     from rich.markup import escape
 
     from exporter.cli import _print_checks, stdout
+    from exporter.report import add_columns, table
 
-    _print_checks(report.checks, title=f"{report.target} parity vs golden.npz ({report.out_dir})", all_rows=all_rows)
+    _print_checks(report.checks, title=f"{report.target} parity vs golden.npz", all_rows=all_rows,
+                  per_signature=True)
+    files = table(title=f"files in {escape(str(report.out_dir))}")
+    add_columns(files, ("file", "from", "batch", "KiB", "converted in"), right=("KiB", "converted in"),
+                no_wrap=("KiB", "converted in"))
     for file in report.files:
-        batch = "any batch" if file.batch is None else f"batch {file.batch}"
-        stdout.print(f"  {escape(file.path)}: {file.signature}, {batch}, {file.size / 1024:.1f} KiB, "
-                     f"converted in {file.seconds:.2f} s")
+        files.add_row(escape(file.path), escape(file.signature), "any" if file.batch is None else str(file.batch),
+                      f"{file.size / 1024:.1f}", f"{file.seconds:.2f} s")
+    if report.files:
+        stdout.print(files)
     for note in report.notes:
-        stdout.print(f"  [dim]note:[/] {escape(note)}")
-    stdout.print(("[green]" if report.passed else "[bold red]") + escape(report.summary()))
+        stdout.print(f"[dim]note:[/] {escape(note)}", highlight=False)
+    stdout.print(("[green]" if report.passed else "[bold red]") + escape(report.summary()), highlight=False)
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -61,20 +61,24 @@ def serving_config(
         stderr.print(f"[yellow]note:[/] {escape(note)}")
     if result.batching_forced:
         stderr.print("[bold yellow]warning:[/] batching FORCED without proof: " + escape("; ".join(result.unproven)))
+    from exporter.report import key_values
+
+    rows = []
     for model in result.models:
         labels_text = ", ".join(f"{k}={v}" for k, v in model.labels.items()) or "no labels"
-        stdout.print(f"{escape(model.name)}: versions {list(model.versions)} ({model.policy}), {escape(labels_text)}")
+        rows.append((f"model {model.name}", f"versions {', '.join(map(str, model.versions))} ({model.policy}), "
+                                            f"{labels_text}"))
     if result.batching is not None:
         b = result.batching
-        stdout.print(f"batching: max_batch_size {b.max_batch_size}, timeout {b.batch_timeout_micros} us, "
-                     f"{b.num_batch_threads} threads, queue {b.max_enqueued_batches} batches, "
-                     f"sizes {list(b.allowed_batch_sizes)}")
+        rows.append(("batching", f"max_batch_size {b.max_batch_size}, timeout {b.batch_timeout_micros} us, "
+                                 f"{b.num_batch_threads} threads, queue {b.max_enqueued_batches} batches, "
+                                 f"sizes {', '.join(map(str, b.allowed_batch_sizes))}"))
     else:
-        stdout.print("batching: off")
-    for path in result.files.values():
-        stdout.print(f"[green]wrote[/] {escape(str(path))}")
-    stdout.print(f"start: docker compose -f {escape(str(result.files['compose']))} up   |   "
-                 f"kubectl apply -f {escape(str(result.files['kubernetes']))}")
+        rows.append(("batching", "off"))
+    rows.append(("wrote", ", ".join(path.name for path in result.files.values())))
+    rows.append(("start with docker", f"docker compose -f {result.files['compose']} up"))
+    rows.append(("or kubectl", f"kubectl apply -f {result.files['kubernetes']}"))
+    stdout.print(key_values(rows, title=f"TF Serving files in {escape(str(base))}"), highlight=False)
 
 
 def register(app: typer.Typer) -> None:

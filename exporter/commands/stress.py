@@ -53,57 +53,63 @@ def stress(
 
 
 def _render(report) -> list:
-    from rich.table import Table
+    """The run's figures as `name = value` rows, then the bad requests and the properties."""
+    from rich.markup import escape
+
+    from exporter.report import add_columns, compact, key_values, table
 
     config = report.config
-    head = Table(title=f"stress: {config.sessions} sessions x {config.chunks} chunks of {config.chunk_steps} steps, "
-                       f"{config.bad_fraction:.0%} bad requests, loopback", show_header=False)
-    head.add_column(justify="left")
-    head.add_column(justify="right")
     latency = report.latency_ms
     rss = report.rss_mb
+
+    def p50_p99(transport: str) -> str:
+        return f"{latency.get(transport, {}).get('p50', 0):.2f} / {latency.get(transport, {}).get('p99', 0):.2f} ms"
+
+    by_version = ", ".join(f"version {k}: {v}" for k, v in report.sessions_by_version.items())
+    publish = report.publish
     rows = [
-        ("requests: good / bad / metadata", f"{report.requests} ({report.good} / {report.bad} / {report.metadata})"),
-        ("wall time", f"{report.seconds:.1f} s"),
-        ("requests/s", f"{report.requests_per_s:.0f}"),
-        ("latency p50 / p99, all", f"{latency['all'].get('p50', 0):.2f} / {latency['all'].get('p99', 0):.2f} ms"),
-        ("latency p50 / p99, gRPC", f"{latency['grpc'].get('p50', 0):.2f} / {latency['grpc'].get('p99', 0):.2f} ms"),
-        ("latency p50 / p99, REST", f"{latency['rest'].get('p50', 0):.2f} / {latency['rest'].get('p99', 0):.2f} ms"),
-        ("sessions checked, by version", f"{report.sessions} {report.sessions_by_version}"),
-        ("wrong sessions; max abs, rel error",
-         f"{report.wrong_sessions} / {report.max_abs_error:.3g}, {report.max_rel_error:.3g} "
-         f"(tolerance {report.tolerance.atol:g} + {report.tolerance.rtol:g}*|want|)"),
+        ("requests", f"{report.requests} ({report.good} good, {report.bad} bad, {report.metadata} metadata)"),
+        ("wall time", f"{report.seconds:.1f} s, {report.requests_per_s:.0f} requests/s"),
+        ("latency p50 / p99, all", p50_p99("all")),
+        ("latency p50 / p99, gRPC", p50_p99("grpc")),
+        ("latency p50 / p99, REST", p50_p99("rest")),
+        ("sessions checked", f"{report.sessions} ({by_version})" if by_version else str(report.sessions)),
+        ("wrong sessions", str(report.wrong_sessions)),
+        ("max abs / rel error", f"{compact(report.max_abs_error)} / {compact(report.max_rel_error)} "
+                                f"(tolerance {compact(report.tolerance.atol, 3)} + "
+                                f"{compact(report.tolerance.rtol, 3)} * |want|)"),
         ("dropped good requests", str(report.dropped)),
-        ("bad requests with a wrong answer", str(report.unexpected_answers)),
-        ("server RSS", f"start {rss.get('start')} MB, after {rss.get('baseline_at')} requests "
-                       f"{rss.get('baseline')} MB, once version 2 was loaded (request {rss.get('after_publish_at')}) "
-                       f"{rss.get('after_publish')} MB, after {rss.get('at_min_requests_at')} requests "
-                       f"{rss.get('at_min_requests')} MB, end {rss.get('end')} MB"),
+        ("bad requests, wrong answer", str(report.unexpected_answers)),
+        *((label, f"{rss[key]} MB") for label, key in (
+            ("server RSS at start", "start"),
+            (f"RSS after {rss.get('baseline_at')} requests", "baseline"),
+            (f"RSS with version {publish.get('version')} (request {rss.get('after_publish_at')})", "after_publish"),
+            (f"RSS after {rss.get('at_min_requests_at')} requests", "at_min_requests"),
+            ("RSS at the end", "end"),
+        ) if rss.get(key) is not None),
         ("memory growth", "not measured" if report.memory_growth_mb is None
-         else f"{report.memory_growth_mb:+.1f} MB (budget {config.memory_budget_mb:g})"),
-        ("new version", f"{report.publish.get('version')} published at request {report.publish.get('at_request')}, "
-                        f"served after {report.publish.get('picked_up_s')} s; sessions started after it: "
-                        f"{report.publish.get('sessions_started_after')}, on an old version: {report.stale_sessions}"),
+         else f"{report.memory_growth_mb:+.1f} MB (budget {config.memory_budget_mb:g} MB)"),
+        ("new version", f"{publish.get('version')} published at request {publish.get('at_request')}, "
+                        f"served after {publish.get('picked_up_s')} s"),
+        ("sessions after it", f"{publish.get('sessions_started_after')}, on an old version: {report.stale_sessions}"),
     ]
-    for label, value in rows:
-        head.add_row(label, value)
-    codes = Table(title="bad requests: errors by code")
-    codes.add_column("transport and answer")
-    codes.add_column("count", justify="right")
+    head = key_values(rows, title=f"stress: {config.sessions} sessions x {config.chunks} chunks of "
+                                  f"{config.chunk_steps} steps, {config.bad_fraction:.0%} bad, loopback")
+    codes = table(title="bad requests by code")
+    add_columns(codes, ("transport and answer", "count"), right=("count",), no_wrap=("count",))
     for code, count in report.bad_answers.items():
-        codes.add_row(code, str(count))
-    kinds = Table(title="bad requests by kind")
-    for column in ("kind", "expected", "answer", "count"):
-        kinds.add_column(column, justify="right" if column == "count" else "left")
+        codes.add_row(escape(code), str(count))
+    kinds = table(title="bad requests by kind")
+    add_columns(kinds, ("kind", "expected", "answer", "count"), right=("count",), no_wrap=("count",))
     for kind, expected, answer, count in report.bad_by_kind:
-        kinds.add_row(kind, expected, answer if answer == expected else f"[bold red]{answer}[/]", str(count))
-    checks = Table(title="properties")
-    checks.add_column("property")
-    checks.add_column("held", justify="right")
+        kinds.add_row(escape(kind), escape(expected),
+                      escape(answer) if answer == expected else f"[bold red]{escape(answer)}[/]", str(count))
+    checks = table(title="properties")
+    add_columns(checks, ("property", "held"), right=("held",), no_wrap=("held",))
     for check, held in report.checks().items():
-        checks.add_row(check, {True: "[green]yes[/]", False: "[bold red]NO[/]", None: "not measured"}[held])
-    extra = [f"dropped: {line}" for line in report.dropped_examples]
-    extra += [f"unexpected: {line}" for line in report.unexpected_examples]
+        checks.add_row(escape(check), {True: "[green]yes[/]", False: "[bold red]NO[/]", None: "not measured"}[held])
+    extra = [f"dropped: {escape(line)}" for line in report.dropped_examples]
+    extra += [f"unexpected: {escape(line)}" for line in report.unexpected_examples]
     return [head, codes, kinds, checks, *extra]
 
 

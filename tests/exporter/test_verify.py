@@ -19,6 +19,7 @@ from exporter.specs import ExportOptions
 from exporter.save import read_manifest
 from exporter.verify import verify_in_fresh_process, verify_many_in_fresh_process
 from exporter.verify_worker import CHECK_ORDER
+from tests.render import assert_fits
 
 runner = CliRunner()
 NO_HVP = ExportOptions(check_hvp=False)  # these exports break other checks; hvp has its own tests
@@ -160,6 +161,10 @@ def test_lost_custom_gradients_cli_exit_1(broken_exports):
     result = runner.invoke(app, ["verify", path])
     assert result.exit_code == 1, result.output
     assert "IdentityN" in result.output
+    print(result.stdout)
+    assert_fits(result.stdout, 80)  # failed rows stay rows; their messages are notes below the table
+    assert "FAIL [1]" in result.stdout and "[1] " in result.stdout
+    assert "experimental_custom_gradients=True" in " ".join(result.stdout.split())
 
 
 def test_weights_check_fails_on_changed_weight(broken_exports):

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from exporter.cli import app
@@ -70,10 +71,14 @@ def test_writes_every_file_and_they_parse(base):
     assert record["models"][0]["versions"] == [1, 2]
 
 
+def _load_yaml(path: Path):
+    return yaml.safe_load(path.read_text())
+
+
 def _flags_and_mounts(base: Path):
-    composed = json.loads((base / deploy.COMPOSE_FILE).read_text())  # JSON is YAML 1.2
+    composed = _load_yaml(base / deploy.COMPOSE_FILE)
     service = composed["services"]["tfserving"]
-    listed = json.loads((base / deploy.KUBERNETES_FILE).read_text())
+    listed = _load_yaml(base / deploy.KUBERNETES_FILE)
     deployment, svc = listed["items"]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     return service, deployment, svc, container
@@ -97,6 +102,38 @@ def test_deploy_files_run_the_official_image_with_exactly_these_files(base):
     assert svc["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     probe = container["readinessProbe"]["httpGet"]
     assert probe["path"].startswith("/v1/models/demo") and probe["port"] == 8501
+
+
+def test_deploy_files_are_commented_yaml_whose_flags_read_the_config_files(base):
+    from tensorflow_serving.config import model_server_config_pb2
+
+    result = _run(base, "--name", "demo", "--cpus", "3", "--prometheus-path", "/metrics/here")
+    assert result.exit_code == 0, result.output
+    record = json.loads((base / RECORD_FILE).read_text())
+    service, _, _, container = _flags_and_mounts(base)
+    for name in (deploy.COMPOSE_FILE, deploy.KUBERNETES_FILE):
+        text = (base / name).read_text()
+        header = [line for line in text.splitlines() if line.startswith("#")]
+        assert text.startswith("# Written by `seqexport serving-config`"), text[:200]
+        assert any("regenerate rather than edit" in line for line in header)
+        assert not text.lstrip("#").startswith("{") and "&id" not in text and "*id" not in text  # block YAML
+        with pytest.raises(json.JSONDecodeError):  # real YAML now, not JSON
+            json.loads(text)
+    assert service["command"] == container["args"] == record["flags"]
+    flags = deploy.parse_flags(service["command"])
+    models = cfg.parse_text(deploy.container_to_host(flags["model_config_file"], base),
+                            model_server_config_pb2.ModelServerConfig)
+    assert [c.name for c in models.model_config_list.config] == ["demo"]
+    batching = cfg.parse_text(deploy.container_to_host(flags["batching_parameters_file"], base),
+                              session_bundle_config_pb2.BatchingParameters)
+    assert batching.num_batch_threads.value == 3
+    assert batching.max_batch_size.value == record["batching"]["max_batch_size"]
+    monitoring = cfg.parse_text(deploy.container_to_host(flags["monitoring_config_file"], base),
+                                monitoring_config_pb2.MonitoringConfig)
+    assert monitoring.prometheus_config.path == "/metrics/here"
+    header = (base / deploy.KUBERNETES_FILE).read_text()
+    claim = _load_yaml(base / deploy.KUBERNETES_FILE)["items"][0]["spec"]["template"]["spec"]["volumes"][0]
+    assert claim["persistentVolumeClaim"]["claimName"] in header  # the header names what it needs
 
 
 def test_no_batching_writes_no_batching_flags_and_removes_the_old_file(base):
@@ -177,7 +214,7 @@ def test_jit_export_turns_on_tf_servings_xla_flag(base):
     from exporter.specs import Manifest
 
     assert _run(base, "--name", "demo").exit_code == 0
-    compose = json.loads((base / deploy.COMPOSE_FILE).read_text())
+    compose = _load_yaml(base / deploy.COMPOSE_FILE)
     assert "xla_cpu_compilation_enabled" not in deploy.parse_flags(compose["services"]["tfserving"]["command"])
     path = manifest_path(base / "demo" / "2")
     manifest = Manifest.from_json(json.loads(path.read_text()))
@@ -185,6 +222,6 @@ def test_jit_export_turns_on_tf_servings_xla_flag(base):
     path.write_text(json.dumps(manifest.to_json()))
     result = _run(base, "--name", "demo")
     assert result.exit_code == 0, result.output
-    compose = json.loads((base / deploy.COMPOSE_FILE).read_text())
+    compose = _load_yaml(base / deploy.COMPOSE_FILE)
     flags = deploy.parse_flags(compose["services"]["tfserving"]["command"])
     assert flags["xla_cpu_compilation_enabled"] == "true"

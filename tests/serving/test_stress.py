@@ -79,6 +79,24 @@ def test_session_check_fails_on_a_wrong_result():
     assert not stale[1].passed  # a state not carried over
 
 
+def test_report_reads_whole_at_80_columns(small_run):
+    from exporter.commands.stress import _render
+    from exporter.specs import Tolerance
+    from serving.stress import StressConfig, StressReport
+    from tests.render import assert_fits, assert_whole, render
+
+    fields = {f.name for f in dataclasses.fields(StressReport)}
+    data = {k: v for k, v in small_run.items() if k in fields}
+    report = StressReport(**data | {"config": StressConfig(**data["config"]), "tolerance": Tolerance(**data["tolerance"]),
+                                    "bad_by_kind": tuple(map(tuple, data["bad_by_kind"]))})
+    assert json.loads(json.dumps(report.to_json())) == small_run  # the same run, rebuilt
+    text = render(*_render(report), width=80)
+    print(text)
+    assert_fits(text, 80)
+    assert_whole(text, *(kind for kind, *_ in report.bad_by_kind), *report.bad_answers, *report.checks())
+    assert all(str(report.rss_mb[k]) in text for k in ("start", "end"))
+
+
 def test_report_fails_when_a_property_does_not_hold():
     from exporter.specs import Tolerance
     from serving.stress import StressConfig, StressReport

@@ -21,6 +21,7 @@ from exporter.errors import BadInput
 from exporter.paths import WARMUP_FILE, golden_path, manifest_path
 from serving import config as cfg
 from serving.tfserving_check import check_tfserving
+from tests.render import assert_fits, assert_whole
 from tests.serving.export_copies import make_base
 
 cli = CliRunner()
@@ -66,6 +67,12 @@ def test_demo_export_is_ready_for_tf_serving(base, cache):
     assert all(c["atol"] == 1e-5 and c["rtol"] == 1e-4 for c in numeric)
     print("max errors:", payload["max_errors"], "timings:", payload["timings"])
     assert payload["max_errors"]["capi"] <= 1e-5 and payload["max_errors"]["warmup"] <= 1e-5
+    shown = cli.invoke(app, ["check", "tfserving", str(base / "demo" / "1"), "--cache-dir", str(cache)])
+    assert shown.exit_code == 0, shown.output
+    print(shown.stdout)
+    assert_fits(shown.stdout, 80)  # the readiness table, whole at 80 columns
+    assert_whole(shown.stdout, *signatures, cfg.MODELS_CONFIG, "docker-compose.yml", "kubernetes.yaml")
+    assert any(line.startswith("timings (s): ") for line in shown.stdout.splitlines())
 
 
 def test_with_batching_initial_state_is_flagged(base, cache):
@@ -185,6 +192,7 @@ def test_config_field_typo(base, cache):
     assert "models.config:" in failure["message"] and "model_platfrom" in failure["message"]
     text = cli.invoke(app, ["check", "tfserving", str(base / "demo" / "1"), "--cache-dir", str(cache)])
     assert text.exit_code == 1
+    assert_fits(text.stdout, 80)
     flat = " ".join(text.output.split())
     assert "1 of" in flat and "checks failed; first: config models.config" in flat and "Traceback" not in flat
 

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from exporter.cli import app
 from exporter.convert.targets import ConversionReport, convert_export
 from exporter.paths import SEQEXPORT_DIR, manifest_path
+from tests.render import assert_fits, assert_whole
 
 DIGAMMA = "tests.exporter.convert.factories:digamma_cell"
 
@@ -48,6 +49,8 @@ def test_convert_cli_leaves_the_export_untouched(demo_export, tmp_path):
     result = CliRunner().invoke(app, ["convert", str(demo_export.path), "--to", "onnx", "--out", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
     assert "onnx parity vs golden.npz" in _text(result) and "all 32 parity checks passed" in _text(result)
+    assert_fits(result.stdout, 80)  # the parity and files tables, whole at 80 columns
+    assert_whole(result.stdout, "step.onnx", "stream.onnx", "step driver x2", "stream model x6")
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["parity.json", "step.onnx", "stream.onnx"]
     report = ConversionReport.from_json(json.loads((tmp_path / "o" / "parity.json").read_text()))
     assert report.passed and report.to_json() == json.loads((tmp_path / "o" / "parity.json").read_text())
