@@ -46,6 +46,18 @@ _HTTP_TO_CODE = {400: Code.INVALID_ARGUMENT, 404: Code.NOT_FOUND, 413: Code.RESO
                  504: Code.DEADLINE_EXCEEDED}
 
 
+def _error_code(name) -> int:
+    """`error_code` of a status row in JSON (the enum's name, as TF Serving's JSON writes it)."""
+    from tensorflow.core.protobuf import error_codes_pb2
+
+    if isinstance(name, int):
+        return name
+    try:
+        return error_codes_pb2.Code.Value(name)
+    except ValueError:
+        return error_codes_pb2.UNKNOWN
+
+
 class ClientError(ServingError):
     """The server refused a request: `code` is its status, `http_status` the REST code (or None)."""
 
@@ -153,7 +165,8 @@ class GrpcClient:
         self._spec(request.model_spec, model, version, label)
         response = self._call(self._models.GetModelStatus, request, timeout)
         return [
-            VersionStatus(version=row.version, state=State(row.state), error=row.status.error_message)
+            VersionStatus(version=row.version, state=State(row.state), error=row.status.error_message,
+                          error_code=row.status.error_code)
             for row in response.model_version_status
         ]
 
@@ -274,7 +287,8 @@ class RestClient:
         body = self.request("GET", self._model_path(model, version, label), timeout=timeout)
         return [
             VersionStatus(version=int(row["version"]), state=State[row["state"]],
-                          error=row.get("status", {}).get("error_message", ""))
+                          error=row.get("status", {}).get("error_message", ""),
+                          error_code=_error_code(row.get("status", {}).get("error_code", "OK")))
             for row in body.get("model_version_status", [])
         ]
 
