@@ -198,9 +198,12 @@ class RestClient:
         url: `http://host:port` of the server.
         timeout: default timeout of each request, in seconds.
         format: `"columnar"` (`inputs` / `outputs`) or `"row"` (`instances` / `predictions`).
+        connection_per_request: open a new connection for every request (`Connection: close`)
+            and never resend one; a reset then reaches the caller (what load tests count).
     """
 
-    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT_S, format: str = "columnar"):  # noqa: A002
+    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT_S, format: str = "columnar",  # noqa: A002
+                 connection_per_request: bool = False):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme != "http" or not parts.hostname or not parts.port:
             raise ValueError(f"`url` must look like http://host:port. Got: {url!r}")
@@ -209,6 +212,7 @@ class RestClient:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.format = format
+        self.connection_per_request = connection_per_request
         self._host, self._port = parts.hostname, parts.port
         self._local = threading.local()
         self._connections: list[http.client.HTTPConnection] = []
@@ -249,6 +253,15 @@ class RestClient:
         payload = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if payload is not None else {}
         timeout = self.timeout if timeout is None else timeout
+        if self.connection_per_request:  # one TCP connection per request, never retried (load tests)
+            connection = _NoDelayConnection(self._host, self._port, timeout=timeout)
+            try:
+                connection.request(method, path, body=payload, headers={**headers, "Connection": "close"})
+                response = connection.getresponse()
+                data = response.read()
+            finally:
+                connection.close()
+            return self._decode(response, data)
         for attempt in (1, 2):
             connection = self._connection(timeout)
             try:
@@ -263,6 +276,10 @@ class RestClient:
                     raise
         if response.will_close:
             connection.close()
+        return self._decode(response, data)
+
+    @staticmethod
+    def _decode(response, data: bytes) -> dict:
         try:
             decoded = json.loads(data) if data else {}
         except ValueError:
