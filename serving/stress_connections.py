@@ -245,9 +245,9 @@ def _run(base: Path, name: str, config: ConnectionsConfig, progress) -> Connecti
             try:
                 while not counts.stop.is_set():
                     sequence = rng.normal(size=(1, config.chunks * config.chunk_steps, *features)).astype(np.float32)
-                    session = StreamingSession(_Counted(backend, counts, transport), batch_size=1)
                     pieces = []
                     try:
+                        session = StreamingSession(_Counted(backend, counts, transport), batch_size=1)
                         for chunk in range(config.chunks):
                             pieces.append(session.feed(
                                 sequence[:, chunk * config.chunk_steps:(chunk + 1) * config.chunk_steps]))
