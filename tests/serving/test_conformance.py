@@ -496,7 +496,10 @@ def test_connections_over_the_limit_get_503_not_a_reset(conf_base):
         server.wait_until_available("text", timeout=60)
         held = [socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) for _ in range(6)]
         try:
-            time.sleep(0.2)
+            deadline = time.monotonic() + 30
+            while server._rest.open_connections() < len(held):  # every one accepted before the first request
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
             answers = []
             for sock in held:
                 sock.sendall(b"GET /v1/models/text HTTP/1.1\r\nHost: x\r\n\r\n")
