@@ -46,6 +46,18 @@ _HTTP_TO_CODE = {400: Code.INVALID_ARGUMENT, 404: Code.NOT_FOUND, 413: Code.RESO
                  504: Code.DEADLINE_EXCEEDED}
 
 
+def _error_code(name) -> int:
+    """`error_code` of a status row in JSON (the enum's name, as TF Serving's JSON writes it)."""
+    from tensorflow.core.protobuf import error_codes_pb2
+
+    if isinstance(name, int):
+        return name
+    try:
+        return error_codes_pb2.Code.Value(name)
+    except ValueError:
+        return error_codes_pb2.UNKNOWN
+
+
 class ClientError(ServingError):
     """The server refused a request: `code` is its status, `http_status` the REST code (or None)."""
 
@@ -153,7 +165,8 @@ class GrpcClient:
         self._spec(request.model_spec, model, version, label)
         response = self._call(self._models.GetModelStatus, request, timeout)
         return [
-            VersionStatus(version=row.version, state=State(row.state), error=row.status.error_message)
+            VersionStatus(version=row.version, state=State(row.state), error=row.status.error_message,
+                          error_code=row.status.error_code)
             for row in response.model_version_status
         ]
 
@@ -185,9 +198,12 @@ class RestClient:
         url: `http://host:port` of the server.
         timeout: default timeout of each request, in seconds.
         format: `"columnar"` (`inputs` / `outputs`) or `"row"` (`instances` / `predictions`).
+        connection_per_request: open a new connection for every request (`Connection: close`)
+            and never resend one; a reset then reaches the caller (what load tests count).
     """
 
-    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT_S, format: str = "columnar"):  # noqa: A002
+    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT_S, format: str = "columnar",  # noqa: A002
+                 connection_per_request: bool = False):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme != "http" or not parts.hostname or not parts.port:
             raise ValueError(f"`url` must look like http://host:port. Got: {url!r}")
@@ -196,6 +212,7 @@ class RestClient:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.format = format
+        self.connection_per_request = connection_per_request
         self._host, self._port = parts.hostname, parts.port
         self._local = threading.local()
         self._connections: list[http.client.HTTPConnection] = []
@@ -236,6 +253,15 @@ class RestClient:
         payload = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if payload is not None else {}
         timeout = self.timeout if timeout is None else timeout
+        if self.connection_per_request:  # one TCP connection per request, never retried (load tests)
+            connection = _NoDelayConnection(self._host, self._port, timeout=timeout)
+            try:
+                connection.request(method, path, body=payload, headers={**headers, "Connection": "close"})
+                response = connection.getresponse()
+                data = response.read()
+            finally:
+                connection.close()
+            return self._decode(response, data)
         for attempt in (1, 2):
             connection = self._connection(timeout)
             try:
@@ -250,6 +276,10 @@ class RestClient:
                     raise
         if response.will_close:
             connection.close()
+        return self._decode(response, data)
+
+    @staticmethod
+    def _decode(response, data: bytes) -> dict:
         try:
             decoded = json.loads(data) if data else {}
         except ValueError:
@@ -274,7 +304,8 @@ class RestClient:
         body = self.request("GET", self._model_path(model, version, label), timeout=timeout)
         return [
             VersionStatus(version=int(row["version"]), state=State[row["state"]],
-                          error=row.get("status", {}).get("error_message", ""))
+                          error=row.get("status", {}).get("error_message", ""),
+                          error_code=_error_code(row.get("status", {}).get("error_code", "OK")))
             for row in body.get("model_version_status", [])
         ]
 

@@ -68,9 +68,10 @@ def _served(registry: ModelRegistry, request) -> ServedVersion:
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict and GetModelMetadata over the models of a `ModelRegistry`."""
 
-    def __init__(self, registry: ModelRegistry, *, max_request_bytes: int):
+    def __init__(self, registry: ModelRegistry, *, max_request_bytes: int, tensor_content: bool = False):
         self.registry = registry
         self.max_request_bytes = max_request_bytes
+        self.tensor_content = tensor_content
 
     @_answers_errors
     def Predict(self, request, context):  # noqa: N802 - gRPC method name
@@ -86,7 +87,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.model_spec.version.value = served.version
         response.model_spec.signature_name = signature
         for key, array in outputs.items():
-            response.outputs[key].CopyFrom(tensors.to_tensor_proto(array))
+            response.outputs[key].CopyFrom(tensors.to_tensor_proto(array, as_content=self.tensor_content))
         return response
 
     @_answers_errors
@@ -113,16 +114,19 @@ def metadata_response(registry: ModelRegistry, request):
 
 
 def status_response(registry: ModelRegistry, request):
-    """GetModelStatusResponse for a request (shared with the REST front end)."""
-    if not request.HasField("model_spec") or not request.model_spec.name:
-        raise invalid("Missing ModelSpec: set model_spec.name.")
-    version, label = _version_of(request.model_spec)
+    """GetModelStatusResponse for a request (shared with the REST front end).
+
+    `model_spec.version_label` is ignored, as get_model_status_impl.cc ignores it.
+    """
+    if not request.HasField("model_spec"):
+        raise invalid("Missing ModelSpec")
+    version = request.model_spec.version.value if request.model_spec.HasField("version") else None
     response = get_model_status_pb2.GetModelStatusResponse()
-    for row in registry.status(request.model_spec.name, version, label):
+    for row in registry.status(request.model_spec.name, version):
         status = response.model_version_status.add()
         status.version = row.version
         status.state = row.state.value
-        status.status.error_code = error_codes_pb2.UNKNOWN if row.error else error_codes_pb2.OK
+        status.status.error_code = row.error_code or (error_codes_pb2.UNKNOWN if row.error else error_codes_pb2.OK)
         status.status.error_message = row.error
     return response
 
@@ -196,10 +200,11 @@ class _Collect:
         self.handlers.append(grpc.method_handlers_generic_handler(service_name, method_handlers))
 
 
-def add_services(server: grpc.Server, registry: ModelRegistry, *, max_request_bytes: int) -> None:
+def add_services(server: grpc.Server, registry: ModelRegistry, *, max_request_bytes: int,
+                 tensor_content: bool = False) -> None:
     collect = _Collect()
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(registry, max_request_bytes=max_request_bytes), collect
+        PredictionServicer(registry, max_request_bytes=max_request_bytes, tensor_content=tensor_content), collect
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), collect)
     server.add_generic_rpc_handlers(tuple(_ParsedInHandler(handler) for handler in collect.handlers))

@@ -6,10 +6,19 @@ is a number; seqexport publishes a version by renaming a complete staging folder
 lists `BASE/NAME/<digits>/` that hold a `saved_model.pb`, loads the newest
 `versions` of them, then unloads the rest, but only once a wanted version is
 loaded: a model never goes dark, even when its newest version fails to load.
-A version that fails is reported in its status (state END with the error),
-retried on later polls up to `max_load_attempts`, and never stops the others
-from serving. Requests take a reference to a loaded version under a lock and
-run outside it, so a swap never waits for a request.
+
+A load that fails is retried as TF Serving's `LoaderHarness::Load` retries it
+(util/retrier.cc): up to `max_num_load_retries` more times,
+`load_retry_interval_s` apart (TF Serving's defaults: 5 and 60 s, server.h);
+meanwhile the version is LOADING, and once every try failed it is END with the
+error's own code (NOT_FOUND for a missing file, DATA_LOSS for a file that does
+not parse, ...). So a version folder copied in non-atomically (`cp -r`,
+`rsync`) is served once the copy is complete. It is never served before: a
+load whose folder changed while it ran (files added, grown or rewritten)
+counts as a failed try. A version that stopped being wanted stops being
+retried; one whose folder disappears and comes back gets fresh tries.
+Requests take a reference to a loaded version under a lock and run outside it,
+so a swap never waits for a request.
 """
 
 from __future__ import annotations
@@ -24,14 +33,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from serving.signatures import SignatureView, views_from_signature_defs
-from serving.status import Code, ServingError, not_found
+from serving.status import Code, ServingError, code_of, invalid, not_found
 
 log = logging.getLogger("seqexport.serve")
 
 SAVED_MODEL_FILE = "saved_model.pb"
 SERVE_TAG = "serve"
 DEFAULT_POLL_SECONDS = 1.0
-DEFAULT_MAX_LOAD_ATTEMPTS = 3
+DEFAULT_MAX_NUM_LOAD_RETRIES = 5  # TF Serving's --max_num_load_retries (server.h)
+DEFAULT_LOAD_RETRY_INTERVAL_S = 60.0  # TF Serving's --load_retry_interval_micros, 1 minute (server.h)
 
 
 class State(enum.Enum):
@@ -46,11 +56,19 @@ class State(enum.Enum):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class VersionStatus:
-    """One row of GetModelStatus: a version, its state, and the error that ended it (if any)."""
+    """One row of GetModelStatus: a version, its state, and the error that ended it (if any).
+
+    Attributes:
+        version: version number.
+        state: its `ModelVersionStatus.State`.
+        error: the error message ('' when none).
+        error_code: the numeric `tensorflow.error.Code` of that error (0: OK).
+    """
 
     version: int
     state: State
     error: str = ""
+    error_code: int = 0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -133,11 +151,35 @@ def load_version(name: str, version: int, path: Path) -> ServedVersion:
 
 
 @dataclasses.dataclass
+class _Tries:
+    """Load tries of one version: how many were made, when the next is due, the last error."""
+
+    count: int = 0
+    next_at: float = 0.0
+    error: VersionStatus | None = None
+    exhausted: bool = False
+
+
+@dataclasses.dataclass
 class _Model:
     served: dict[int, ServedVersion] = dataclasses.field(default_factory=dict)
     status: dict[int, VersionStatus] = dataclasses.field(default_factory=dict)
-    # version -> (load attempts, folder mtime when they were made)
-    attempts: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    tries: dict[int, _Tries] = dataclasses.field(default_factory=dict)
+
+
+def folder_fingerprint(path: Path) -> tuple:
+    """(relative path, size, mtime) of every file under `path`: changes while a copy is under way."""
+    rows = []
+    try:
+        for file in sorted(path.rglob("*")):
+            try:
+                info = file.stat()
+            except OSError:
+                continue
+            rows.append((str(file.relative_to(path)), info.st_size if file.is_file() else -1, info.st_mtime_ns))
+    except OSError:
+        return ()
+    return tuple(rows)
 
 
 class ModelRegistry:
@@ -147,9 +189,12 @@ class ModelRegistry:
         base: the folder holding one sub-folder per model (seqexport's `--base`).
         names: serve only these models (default: every sub-folder with a valid model name).
         versions: how many of the newest versions to serve (TF Serving's `latest { num_versions }`).
-        labels: version labels per model, e.g. `{"demo": {"stable": 3}}`.
-        max_load_attempts: loads tried per version before it is left failed; a
-            folder that changes (new modification time) gets fresh attempts.
+        labels: version labels per model, e.g. `{"demo": {"stable": 3}}`. A label
+            may point at a version that is not loaded (TF Serving's
+            `allow_version_labels_for_unavailable_models`): requests through it are
+            NOT_FOUND and its status row says which label points at it.
+        max_num_load_retries: tries after the first failed load (0: load once).
+        load_retry_interval_s: seconds between two tries of one version.
     """
 
     def __init__(
@@ -159,15 +204,21 @@ class ModelRegistry:
         names: tuple[str, ...] = (),
         versions: int = 1,
         labels: Mapping[str, Mapping[str, int]] | None = None,
-        max_load_attempts: int = DEFAULT_MAX_LOAD_ATTEMPTS,
+        max_num_load_retries: int = DEFAULT_MAX_NUM_LOAD_RETRIES,
+        load_retry_interval_s: float = DEFAULT_LOAD_RETRY_INTERVAL_S,
     ):
         if versions < 1:
             raise ValueError(f"`versions` must be positive. Got: {versions}")
+        if max_num_load_retries < 0:
+            raise ValueError(f"`max_num_load_retries` must be >= 0. Got: {max_num_load_retries}")
+        if load_retry_interval_s < 0:
+            raise ValueError(f"`load_retry_interval_s` must be >= 0. Got: {load_retry_interval_s}")
         self.base = Path(base)
         self.names = tuple(names)
         self.versions = versions
         self.labels = {k: dict(v) for k, v in (labels or {}).items()}
-        self.max_load_attempts = max_load_attempts
+        self.max_num_load_retries = max_num_load_retries
+        self.load_retry_interval_s = load_retry_interval_s
         self._models: dict[str, _Model] = {}
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
@@ -182,10 +233,13 @@ class ModelRegistry:
         """The version a request asks for: a number, a label, or (neither) the newest loaded.
 
         Raises:
-            ServingError: NOT_FOUND for an unknown model, version or label, or one not loaded.
+            ServingError: NOT_FOUND for an unknown model or version, or one not
+                loaded; INVALID_ARGUMENT for an unknown label (server_core.cc's
+                `GetModelVersionForLabel`).
         """
         if version is not None and label:
-            raise ServingError(Code.INVALID_ARGUMENT, "give a model version or a version label, not both.")
+            raise ServingError(Code.INVALID_ARGUMENT,
+                               f"Both model version ({version}) and model version label ({label}) cannot be supplied.")
         with self._lock:
             model = self._models.get(name)
             if model is None:
@@ -194,7 +248,8 @@ class ModelRegistry:
             if label:
                 labels = self.labels.get(name, {})
                 if label not in labels:
-                    raise not_found(f"model {name!r} has no version label {label!r} (labels: {sorted(labels)}).")
+                    raise invalid(f"Unrecognized servable version label: {label} "
+                                  f"(model {name!r} has labels {sorted(labels)}).")
                 version = labels[label]
             if version is None:
                 if not model.served:
@@ -202,28 +257,43 @@ class ModelRegistry:
                 return model.served[max(model.served)]
             served = model.served.get(version)
             if served is None:
+                through = f" (version label {label!r} points at it)" if label else ""
                 raise not_found(
-                    f"Servable not found for request: version {version} of model {name!r} is not available "
-                    f"(available: {sorted(model.served)})."
+                    f"Servable not found for request: version {version} of model {name!r} is not available"
+                    f"{through} (available: {sorted(model.served)})."
                 )
             return served
 
-    def status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionStatus]:
-        """GetModelStatus: every known version of `name` (or one), newest first."""
+    def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
+        """GetModelStatus: every known version of `name` (or one), newest first.
+
+        There is no label argument: GetModelStatus ignores `version_label`
+        (get_model_status_impl.cc looks at `model_spec.version` only). A version
+        that a label points at but that is not AVAILABLE carries an error naming
+        the label, with a row of its own when the server never tried it.
+        """
         with self._lock:
             model = self._models.get(name)
-            if model is None or not model.status:
-                raise not_found(f"Could not find any versions of model {name!r}.")
-            if label:
-                labels = self.labels.get(name, {})
-                if label not in labels:
-                    raise not_found(f"model {name!r} has no version label {label!r} (labels: {sorted(labels)}).")
-                version = labels[label]
+            rows = dict(model.status) if model is not None else {}
+            for label, target in sorted(self.labels.get(name, {}).items()):
+                row = rows.get(target)
+                if row is not None and row.state is State.AVAILABLE:
+                    continue
+                note = f"version label {label!r} points at version {target}, which is not available"
+                if row is None:
+                    rows[target] = VersionStatus(version=target, state=State.END, error_code=Code.NOT_FOUND.number,
+                                                 error=f"{note}: it is not among the versions this server loads.")
+                else:
+                    rows[target] = dataclasses.replace(
+                        row, error_code=row.error_code or Code.NOT_FOUND.number,
+                        error=f"{note}: {row.error}" if row.error else f"{note} ({row.state.name}).")
+            if not rows or model is None:
+                raise not_found(f"Could not find any versions of model {name}")
             if version is not None:
-                if version not in model.status:
-                    raise not_found(f"Could not find version {version} of model {name!r}.")
-                return [model.status[version]]
-            return [model.status[v] for v in sorted(model.status, reverse=True)]
+                if version not in rows:
+                    raise not_found(f"Could not find version {version} of model {name}")
+                return [rows[version]]
+            return [rows[v] for v in sorted(rows, reverse=True)]
 
     # ----- polling -----
 
@@ -265,9 +335,15 @@ class ModelRegistry:
     def _poll_model(self, name: str, directory: Path) -> None:
         folders = version_folders(directory)
         wanted = sorted(folders, reverse=True)[: self.versions]
+        now = time.monotonic()
         with self._lock:
             model = self._models.setdefault(name, _Model())
-            to_load = [v for v in wanted if v not in model.served and self._may_try(model, v, folders[v])]
+            for version in list(model.tries):
+                if version not in folders:  # gone: if it comes back, it gets fresh tries
+                    model.tries.pop(version)
+                elif version not in wanted and not model.tries[version].exhausted:
+                    self._give_up(model, version)  # no longer wanted: TF Serving cancels the retries
+            to_load = [v for v in wanted if v not in model.served and self._due(model, v, now)]
         for version in sorted(to_load, reverse=True):
             self._load(name, version, folders[version])
         with self._lock:
@@ -283,30 +359,52 @@ class ModelRegistry:
                         model.status[version] = VersionStatus(version=version, state=State.END)
         self._unload(name, stale)
 
-    def _may_try(self, model: _Model, version: int, path: Path) -> bool:
-        count, mtime = model.attempts.get(version, (0, 0))
-        if count and mtime != _mtime(path):
-            model.attempts.pop(version)
-            return True
-        return count < self.max_load_attempts
+    @staticmethod
+    def _due(model: _Model, version: int, now: float) -> bool:
+        tries = model.tries.get(version)
+        return tries is None or (not tries.exhausted and now >= tries.next_at)
+
+    @staticmethod
+    def _give_up(model: _Model, version: int) -> None:
+        tries = model.tries[version]
+        tries.exhausted = True
+        if tries.error is not None and version not in model.served:
+            model.status[version] = tries.error
 
     def _load(self, name: str, version: int, path: Path) -> None:
         with self._lock:
             model = self._models[name]
             model.status[version] = VersionStatus(version=version, state=State.LOADING)
-            count, mtime = model.attempts.get(version, (0, _mtime(path)))
-            model.attempts[version] = (count + 1, mtime)
+            tries = model.tries.setdefault(version, _Tries())
+            tries.count += 1
         started = time.monotonic()
+        before = folder_fingerprint(path)
         try:
             served = load_version(name, version, path)
+            if folder_fingerprint(path) != before:
+                raise ServingError(Code.UNAVAILABLE, f"{path} changed while it was loading (a copy still under way?); "
+                                                     "it is loaded again once it stops changing.")
         except Exception as exc:  # noqa: BLE001 - a broken folder is reported, never fatal
-            message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            log.error("model %s version %s failed to load: %s", name, version, message)
+            code = code_of(exc)
+            text = exc.message if isinstance(exc, ServingError) else str(exc)
+            text = " ".join(line.strip() for line in text.splitlines() if line.strip())[:600]
+            message = text if isinstance(exc, ServingError) else f"{type(exc).__name__}: {text}"
+            error = VersionStatus(version=version, state=State.END, error=message, error_code=code.number)
             with self._lock:
-                model.status[version] = VersionStatus(version=version, state=State.END, error=message)
+                tries.error = error
+                if tries.count > self.max_num_load_retries:
+                    log.error("model %s version %s failed to load (%d tries, giving up): %s: %s", name, version,
+                              tries.count, code.grpc_name, message)
+                    self._give_up(model, version)
+                else:
+                    log.error("model %s version %s failed to load (try %d of %d; next in %g s): %s: %s", name,
+                              version, tries.count, self.max_num_load_retries + 1, self.load_retry_interval_s,
+                              code.grpc_name, message)
+                    tries.next_at = time.monotonic() + self.load_retry_interval_s
             return
         with self._lock:
             model.served[version] = served
+            model.tries.pop(version, None)
             model.status[version] = VersionStatus(version=version, state=State.AVAILABLE)
         log.info("model %s version %s available (%.1f s)", name, version, time.monotonic() - started)
 
@@ -323,9 +421,3 @@ class ModelRegistry:
         for version in sorted(versions):
             log.info("model %s version %s unloaded", name, version)
 
-
-def _mtime(path: Path) -> int:
-    try:
-        return path.stat().st_mtime_ns
-    except OSError:
-        return 0

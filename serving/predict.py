@@ -17,21 +17,28 @@ import numpy as np
 
 from serving.model_registry import ServedVersion
 from serving.signatures import SignatureView, TensorSig
-from serving.status import Code, ServingError, invalid, not_found
+from serving.status import Code, ServingError, failed_precondition, invalid
 
 DEFAULT_SIGNATURE = "serving_default"
 _MAX_TF_MESSAGE = 600
 
 
-def signature_view(served: ServedVersion, signature_name: str) -> SignatureView:
-    """The signature a request names ('' means `serving_default`, as in TF Serving)."""
+def signature_view(served: ServedVersion, signature_name: str, *, rest: bool = False) -> SignatureView:
+    """The signature a request names ('' means `serving_default`, as in TF Serving).
+
+    Raises:
+        ServingError: an unknown name is FAILED_PRECONDITION over gRPC
+            (predict_util.cc's `RunPredict`) and INVALID_ARGUMENT over REST
+            (http_rest_api_handler.cc's `GetInfoMap`, which looks it up first);
+            both are HTTP 400.
+    """
     name = signature_name or DEFAULT_SIGNATURE
     view = served.views.get(name)
     if view is None or name not in served.functions:
-        raise not_found(
-            f"Serving signature name: {name!r} not found in model {served.name!r} version "
-            f"{served.version}. Available: {sorted(served.functions)}."
-        )
+        available = f" Model {served.name!r} version {served.version} has {sorted(served.functions)}."
+        if rest:
+            raise invalid(f'Serving signature name: "{name}" not found in signature def.{available}')
+        raise failed_precondition(f'Serving signature key "{name}" not found.{available}')
     return view
 
 
@@ -57,7 +64,10 @@ def check_inputs(served: ServedVersion, view: SignatureView, arrays: Mapping[str
 
 
 def _check_one(signature: str, sig: TensorSig, array: np.ndarray) -> None:
-    if array.dtype.name != sig.dtype:
+    if sig.dtype == "string":
+        if array.dtype != object and array.dtype.kind not in "SU":
+            raise invalid(f"input {sig.key!r} of signature {signature!r} must be string; got {array.dtype.name}.")
+    elif array.dtype.name != sig.dtype:
         raise invalid(
             f"input {sig.key!r} of signature {signature!r} must be {sig.dtype}; got {array.dtype.name}."
         )
@@ -147,7 +157,7 @@ def run(
     """Checks `arrays` and runs the signature; returns (signature name, outputs by key).
 
     Raises:
-        ServingError: NOT_FOUND for an unknown signature, INVALID_ARGUMENT for bad
+        ServingError: FAILED_PRECONDITION for an unknown signature, INVALID_ARGUMENT for bad
             inputs or output filter, or the code of the TensorFlow error the run raised.
     """
     view = signature_view(served, signature_name)

@@ -32,7 +32,13 @@ from collections.abc import Iterator, Mapping
 from concurrent import futures
 from pathlib import Path
 
-from serving.model_registry import DEFAULT_POLL_SECONDS, ModelRegistry, State
+from serving.model_registry import (
+    DEFAULT_LOAD_RETRY_INTERVAL_S,
+    DEFAULT_MAX_NUM_LOAD_RETRIES,
+    DEFAULT_POLL_SECONDS,
+    ModelRegistry,
+    State,
+)
 
 log = logging.getLogger("seqexport.serve")
 
@@ -40,7 +46,11 @@ DEFAULT_HOST = "127.0.0.1"
 # Both front ends refuse a request body (gRPC message or HTTP body) larger than
 # this: 64 MiB carries a float32 chunk of 16M values, far above any streaming chunk.
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
-DEFAULT_GRPC_WORKERS = 16
+# TF Serving's --grpc_max_threads and --rest_api_num_threads default to 4 x the CPUs (server.h).
+DEFAULT_GRPC_WORKERS = 4 * (os.cpu_count() or 1)
+DEFAULT_REST_WORKERS = DEFAULT_GRPC_WORKERS
+DEFAULT_REST_MAX_CONNECTIONS = 1024
+DEFAULT_REST_BACKLOG = 1024
 STOP_GRACE_S = 2.0
 
 
@@ -58,7 +68,14 @@ class ServerOptions:
         labels: version labels, e.g. `{"demo": {"stable": 2}}`.
         poll_seconds: how often `base` is scanned for new or removed versions.
         max_request_bytes: largest request body accepted (gRPC: RESOURCE_EXHAUSTED, REST: 413).
-        grpc_workers: gRPC handler threads.
+        grpc_workers: gRPC handler threads (TF Serving's `--grpc_max_threads`).
+        rest_workers: threads running REST requests (TF Serving's `--rest_api_num_threads`).
+        rest_max_connections: REST connections served at once; a request over it gets 503.
+        rest_backlog: the REST listen socket's backlog.
+        max_num_load_retries: load tries after a failed one (TF Serving's `--max_num_load_retries`).
+        load_retry_interval_s: seconds between two load tries (TF Serving's `--load_retry_interval_micros`).
+        tensor_content: gRPC outputs in `tensor_content` rather than the typed fields
+            (TF Serving's `--enable_serialization_as_tensor_content`).
     """
 
     base: Path
@@ -71,8 +88,22 @@ class ServerOptions:
     poll_seconds: float = DEFAULT_POLL_SECONDS
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     grpc_workers: int = DEFAULT_GRPC_WORKERS
+    rest_workers: int = DEFAULT_REST_WORKERS
+    rest_max_connections: int = DEFAULT_REST_MAX_CONNECTIONS
+    rest_backlog: int = DEFAULT_REST_BACKLOG
+    max_num_load_retries: int = DEFAULT_MAX_NUM_LOAD_RETRIES
+    load_retry_interval_s: float = DEFAULT_LOAD_RETRY_INTERVAL_S
+    tensor_content: bool = False
 
     def __post_init__(self):
+        for field in ("grpc_workers", "rest_workers", "rest_max_connections", "rest_backlog"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"`{field}` must be positive. Got: {getattr(self, field)}")
+        if self.max_num_load_retries < 0 or self.load_retry_interval_s < 0:
+            raise ValueError(
+                f"`max_num_load_retries` and `load_retry_interval_s` must be >= 0. Got: "
+                f"{self.max_num_load_retries}, {self.load_retry_interval_s}"
+            )
         if self.poll_seconds <= 0:
             raise ValueError(f"`poll_seconds` must be positive. Got: {self.poll_seconds}")
         if self.max_request_bytes < 1024:
@@ -95,7 +126,8 @@ class ModelServer:
     def __init__(self, options: ServerOptions):
         self.options = options
         self.registry = ModelRegistry(
-            options.base, names=options.names, versions=options.versions, labels=options.labels
+            options.base, names=options.names, versions=options.versions, labels=options.labels,
+            max_num_load_retries=options.max_num_load_retries, load_retry_interval_s=options.load_retry_interval_s,
         )
         self.grpc_port: int | None = None
         self.rest_port: int | None = None
@@ -132,7 +164,7 @@ class ModelServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        add_services(self._grpc, self.registry, max_request_bytes=limit)
+        add_services(self._grpc, self.registry, max_request_bytes=limit, tensor_content=self.options.tensor_content)
         address = f"{_url_host(self.options.host)}:{self.options.grpc_port}"
         try:
             self.grpc_port = self._grpc.add_insecure_port(address)
@@ -142,12 +174,13 @@ class ModelServer:
             raise OSError(f"cannot bind gRPC to {address} (port in use?)")
         if self.options.rest_port is not None:
             self._rest = RestServer((self.options.host, self.options.rest_port), self.registry,
-                                    max_request_bytes=limit)
-            self.rest_port = self._rest.server_address[1]
+                                    max_request_bytes=limit, workers=self.options.rest_workers,
+                                    max_connections=self.options.rest_max_connections,
+                                    backlog=self.options.rest_backlog)
+            self._rest.start()
+            self.rest_port = self._rest.port
         self.registry.poll()
         self._grpc.start()
-        if self._rest is not None:
-            self._rest.serve_in_thread()
         self._poller = threading.Thread(target=self._poll_loop, name="seqexport-poll", daemon=True)
         self._poller.start()
         return self
@@ -159,8 +192,7 @@ class ModelServer:
     def stop(self) -> None:
         self._stop.set()
         if self._rest is not None:
-            self._rest.shutdown()
-            self._rest.server_close()
+            self._rest.stop()
             self._rest = None
         if self._grpc is not None:
             self._grpc.stop(STOP_GRACE_S).wait()

@@ -226,7 +226,7 @@ class _BadRequests:
                                    lambda: self._grpc({k: v for k, v in feed.items() if k != keys.states[0]})),
             "grpc batch mismatch": (GRPC, "INVALID_ARGUMENT",
                                     lambda: self._grpc({**feed, keys.states[0]: np.zeros((2, *state_shapes[keys.states[0]]), np.float32)})),
-            "grpc unknown signature": (GRPC, "NOT_FOUND", lambda: self._grpc(feed, signature="no_such_signature")),
+            "grpc unknown signature": (GRPC, "FAILED_PRECONDITION", lambda: self._grpc(feed, signature="no_such_signature")),
             "grpc unknown model": (GRPC, "NOT_FOUND", lambda: self._grpc(feed, model="no_such_model")),
             "grpc garbage bytes": (GRPC, "INVALID_ARGUMENT", self._grpc_garbage),
             "grpc oversize": (GRPC, "RESOURCE_EXHAUSTED",
@@ -238,7 +238,7 @@ class _BadRequests:
                 **{k: v.tolist() for k, v in feed.items()}, keys.states[0]: [["x"] * state_shapes[keys.states[0]][-1]]}})),
             "rest wrong shape": (REST, "400", lambda: self._rest_json({"signature_name": "stream", "inputs": {
                 **{k: v.tolist() for k, v in feed.items()}, keys.sequence: np.zeros((1, 2, *wrong_features)).tolist()}})),
-            "rest unknown signature": (REST, "404", lambda: self._rest_json({"signature_name": "nope", "inputs": {}})),
+            "rest unknown signature": (REST, "400", lambda: self._rest_json({"signature_name": "nope", "inputs": {}})),
             "rest unknown model": (REST, "404", lambda: self._rest_json({"inputs": {}}, model="no_such_model")),
             "rest oversize body": (REST, "413", self._rest_oversize),
         }

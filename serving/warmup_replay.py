@@ -32,6 +32,7 @@ def replay(served: ServedVersion) -> int:
 
     Raises:
         ValueError: naming the record and what is wrong with it (the load then fails).
+        ServingError: a record's request failed, with that request's code.
     """
     path = warmup_file(served.path)
     if not path.is_file():
@@ -59,6 +60,6 @@ def replay(served: ServedVersion) -> int:
                 for key, proto in request.inputs.items()
             }
             predict.run(served, request.model_spec.signature_name, arrays, list(request.output_filter))
-        except ServingError as exc:
-            raise ValueError(f"warmup record {count} of {path} failed: {exc}") from None
+        except ServingError as exc:  # the load fails with the request's own code, as in TF Serving
+            raise ServingError(exc.code, f"warmup record {count} of {path} failed: {exc}") from None
     return count

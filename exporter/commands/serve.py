@@ -9,10 +9,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from serving.model_registry import DEFAULT_POLL_SECONDS
-from serving.server import DEFAULT_HOST, DEFAULT_MAX_REQUEST_BYTES
+from serving.model_registry import DEFAULT_LOAD_RETRY_INTERVAL_S, DEFAULT_MAX_NUM_LOAD_RETRIES, DEFAULT_POLL_SECONDS
+from serving.server import (
+    DEFAULT_GRPC_WORKERS,
+    DEFAULT_HOST,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_REST_MAX_CONNECTIONS,
+    DEFAULT_REST_WORKERS,
+)
 
 LIMITS = "Limits"
+LOADING = "Loading"
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
@@ -75,6 +82,28 @@ def serve(
         typer.Option("--max-request-bytes", min=1024, rich_help_panel=LIMITS,
                      help="Largest request body (gRPC: RESOURCE_EXHAUSTED, REST: 413)."),
     ] = DEFAULT_MAX_REQUEST_BYTES,
+    max_num_load_retries: Annotated[
+        int, typer.Option("--max-num-load-retries", min=0, rich_help_panel=LOADING,
+                          help="Load tries after a failed one before a version is left failed (TF Serving's flag).")
+    ] = DEFAULT_MAX_NUM_LOAD_RETRIES,
+    load_retry_interval_seconds: Annotated[
+        float, typer.Option("--load-retry-interval-seconds", min=0.0, rich_help_panel=LOADING,
+                            help="Seconds between two load tries (TF Serving: --load_retry_interval_micros).")
+    ] = DEFAULT_LOAD_RETRY_INTERVAL_S,
+    grpc_max_threads: Annotated[
+        int, typer.Option("--grpc-max-threads", min=1, rich_help_panel=LIMITS, help="gRPC handler threads.")
+    ] = DEFAULT_GRPC_WORKERS,
+    rest_api_num_threads: Annotated[
+        int, typer.Option("--rest-api-num-threads", min=1, rich_help_panel=LIMITS, help="Threads running REST requests.")
+    ] = DEFAULT_REST_WORKERS,
+    rest_max_connections: Annotated[
+        int, typer.Option("--rest-max-connections", min=1, rich_help_panel=LIMITS,
+                          help="REST connections served at once; a request over it gets 503.")
+    ] = DEFAULT_REST_MAX_CONNECTIONS,
+    tensor_content: Annotated[
+        bool, typer.Option("--enable-serialization-as-tensor-content",
+                           help="gRPC outputs in tensor_content instead of float_val etc. (TF Serving's flag).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the bound ports as one JSON line.")] = False,
 ) -> None:
     """Serve every model under BASE over TF Serving's gRPC and REST APIs until Ctrl-C (development use)."""
@@ -87,7 +116,10 @@ def serve(
         options = ServerOptions(
             base=base, grpc_port=grpc_port, rest_port=rest_port, host=host, names=tuple(names or ()),
             versions=versions, labels=_parse_labels(labels or []), poll_seconds=poll_seconds,
-            max_request_bytes=max_request_bytes,
+            max_request_bytes=max_request_bytes, max_num_load_retries=max_num_load_retries,
+            load_retry_interval_s=load_retry_interval_seconds, grpc_workers=grpc_max_threads,
+            rest_workers=rest_api_num_threads, rest_max_connections=rest_max_connections,
+            tensor_content=tensor_content,
         )
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
         server = ModelServer(options)

@@ -21,6 +21,11 @@ def stress(
     min_requests: Annotated[
         Optional[int], typer.Option("--min-requests", min=0, help="Keep starting sessions until this many requests (default 20000).")
     ] = None,
+    connections: Annotated[
+        Optional[int],
+        typer.Option("--connections", min=1, help="Connections mode: N REST clients (a connection per request) "
+                                                  "and N gRPC channels at once; counts resets and failures."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sequences and of the bad-request mix.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
@@ -32,6 +37,9 @@ def stress(
     from exporter.errors import EXIT_CHECK_FAILED
     from serving.stress import StressConfig, run_stress
 
+    if connections is not None:
+        _connections_mode(base, name, connections, min_requests, chunks, seed, as_json)
+        return
     with _user_errors(as_json):
         config = StressConfig.small() if small else StressConfig()
         changes = {k: v for k, v in {"sessions": sessions, "chunks": chunks, "min_requests": min_requests}.items()
@@ -111,6 +119,54 @@ def _render(report) -> list:
     extra = [f"dropped: {escape(line)}" for line in report.dropped_examples]
     extra += [f"unexpected: {escape(line)}" for line in report.unexpected_examples]
     return [head, codes, kinds, checks, *extra]
+
+
+def _connections_mode(base, name, connections, requests, chunks, seed, as_json) -> None:
+    import dataclasses
+    import tempfile
+
+    from exporter.cli import _user_errors, stderr, stdout
+    from exporter.errors import EXIT_CHECK_FAILED
+    from serving.stress_connections import ConnectionsConfig, run_connections
+
+    with _user_errors(as_json):
+        changes = {k: v for k, v in {"requests": requests, "chunks": chunks}.items() if v is not None}
+        config = dataclasses.replace(ConnectionsConfig(connections=connections, seed=seed), **changes)
+        with tempfile.TemporaryDirectory(prefix="seqexport-stress-demo-") as scratch, \
+                stderr.status("stress", spinner="dots") as status:
+            progress = lambda text: status.update(f"[bold]{text}[/] ...")  # noqa: E731
+            if base is None:
+                base, name = _demo_base(Path(scratch), progress)
+            report = run_connections(base, name, config, progress=progress)
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        stdout.print(_render_connections(report))
+        for line in report.examples:
+            stdout.print(f"example: {line}")
+    if not report.passed:
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+def _render_connections(report):
+    from rich.table import Table
+
+    config = report.config
+    table = Table(title=f"stress --connections {config.connections}: {config.connections} REST clients (a connection "
+                        f"per request) + {config.connections} gRPC channels, {report.requests} requests, loopback")
+    for column in ("transport", "requests", "resets", "failures", "p50 ms", "p99 ms", "requests/s"):
+        table.add_column(column, justify="left" if column == "transport" else "right")
+    for transport, row in report.transports.items():
+        latency = row["latency_ms"]
+        table.add_row(transport, str(row["requests"]), str(row["resets"]), str(row["failures"]),
+                      f"{latency.get('p50', 0):.2f}", f"{latency.get('p99', 0):.2f}", f"{row['per_s']:.0f}")
+    rss = report.rss_mb
+    growth = "not measured" if report.memory_growth_mb is None else f"{report.memory_growth_mb:+.1f} MB"
+    table.caption = (f"{report.seconds:.1f} s, {report.requests / report.seconds if report.seconds else 0:.0f} req/s; "
+                     f"sessions {report.sessions}, wrong {report.wrong_sessions}; server RSS start {rss.get('start')} "
+                     f"MB, after {rss.get('baseline_at')} requests {rss.get('baseline')} MB, end {rss.get('end')} MB "
+                     f"({growth}); checks: " + ", ".join(f"{k}: {v}" for k, v in report.checks().items()))
+    return table
 
 
 def _demo_base(folder: Path, progress) -> tuple[Path, str]:

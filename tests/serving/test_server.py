@@ -143,8 +143,8 @@ GRPC_CASES = {
     # name: (request builder(feed), expected code, words the message must contain)
     "unknown model": (lambda f: _request(model="nope", feed=f), grpc.StatusCode.NOT_FOUND, ["'nope'"]),
     "unknown version": (lambda f: _request(version=99, feed=f), grpc.StatusCode.NOT_FOUND, ["version 99"]),
-    "unknown signature": (lambda f: _request(signature="nope", feed=f), grpc.StatusCode.NOT_FOUND,
-                          ["'nope'", "Available"]),
+    "unknown signature": (lambda f: _request(signature="nope", feed=f), grpc.StatusCode.FAILED_PRECONDITION,
+                          ['"nope"', "stream"]),
     "missing state": (lambda f: _request(feed=_with(f, lstm_c=None)), grpc.StatusCode.INVALID_ARGUMENT,
                       ["missing ['lstm_c']"]),
     "extra input": (lambda f: _request(feed=_with(f, bogus=np.zeros(1, np.float32))),
@@ -339,14 +339,19 @@ def _columns(feed):
     return {k: v.tolist() for k, v in feed.items()}
 
 
+def _row(cols):
+    """Batch row 0 of columnar inputs, as one `instances` item."""
+    return {k: v[0] for k, v in cols.items()}
+
+
 def _rest_cases(feed):
     cols = _columns(feed)
     predict = "/v1/models/demo:predict"
     return {
         "malformed JSON": ("POST", predict, b'{"inputs": [1, 2', 400, ["JSON Parse error"]),
-        "not an object": ("POST", predict, b"[1, 2]", 400, ["JSON object"]),
+        "not an object": ("POST", predict, b"[1, 2]", 400, ["Is not object"]),
         "both formats": ("POST", predict, {"signature_name": STREAM, "inputs": cols, "instances": [cols]}, 400,
-                         ["exactly one"]),
+                         ["only one of"]),
         "no inputs": ("POST", predict, {"signature_name": STREAM}, 400, ["'instances'", "'inputs'"]),
         "empty instances": ("POST", predict, {"signature_name": STREAM, "instances": []}, 400, ["No values"]),
         "ragged list": ("POST", predict, {"signature_name": STREAM, "inputs": {**cols, "inputs": [[[1.0] * 4, [1.0] * 3]]}},
@@ -362,19 +367,21 @@ def _rest_cases(feed):
         "wrong shape": ("POST", predict, {"signature_name": STREAM, "inputs": {**cols, "gru_h": [[0.0] * 11]}}, 400,
                         ["'gru_h'", "[1, 11]"]),
         "missing input": ("POST", predict, {"signature_name": STREAM, "inputs": {"inputs": cols["inputs"]}}, 400,
-                          ["missing", "lstm_h"]),
-        "unknown input": ("POST", predict, {"signature_name": STREAM, "inputs": {**cols, "x": [1]}}, 400, ["['x']"]),
+                          ["Missing named input", "lstm_h"]),
+        "unknown input in a row": ("POST", predict, {"signature_name": STREAM, "instances": [{**_row(cols), "x": 1}]},
+                                   400, ["named input: x"]),
         "unknown model": ("POST", "/v1/models/nope:predict", {"inputs": cols}, 404, ["'nope'"]),
         "unknown version": ("POST", "/v1/models/demo/versions/9:predict", {"inputs": cols}, 404, ["version 9"]),
-        "unknown label": ("POST", "/v1/models/demo/labels/stable:predict", {"inputs": cols}, 404, ["'stable'"]),
-        "unknown signature": ("POST", predict, {"signature_name": "nope", "inputs": cols}, 404, ["'nope'"]),
+        "unknown label": ("POST", "/v1/models/demo/labels/stable:predict", {"inputs": cols}, 400,
+                          ["Unrecognized servable version label: stable"]),
+        "unknown signature": ("POST", predict, {"signature_name": "nope", "inputs": cols}, 400, ['"nope"']),
         "signature not a string": ("POST", predict, {"signature_name": 3, "inputs": cols}, 400, ["signature_name"]),
         "classify": ("POST", "/v1/models/demo:classify", {"examples": []}, 501, ["classify"]),
-        "status of unknown model": ("GET", "/v1/models/nope", None, 404, ["'nope'"]),
+        "status of unknown model": ("GET", "/v1/models/nope", None, 404, ["model nope"]),
         "status of unknown version": ("GET", "/v1/models/demo/versions/4", None, 404, ["version 4"]),
         "no model name": ("GET", "/v1/models", None, 400, ["model name"]),
         "not the API": ("GET", "/metrics", None, 404, ["/v1/models"]),
-        "another method": ("DELETE", "/v1/models/demo", None, 405, ["DELETE"]),
+        "another method": ("DELETE", "/v1/models/demo", None, 400, ["Malformed request: DELETE"]),
         "absurd nesting": ("POST", predict, b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400,
                            ["JSON Parse error"]),
     }
@@ -448,7 +455,7 @@ def test_versions_come_and_go_like_tf_serving(serving_base, offline, tmp_path):
     shutil.copytree(source / "variables", model_dir / "7" / "variables")
 
     feed = _stream_feed(offline)
-    options = ServerOptions(base=tmp_path, poll_seconds=0.1, rest_port=None)
+    options = ServerOptions(base=tmp_path, poll_seconds=0.1, rest_port=None, max_num_load_retries=0)
     with ModelServer(options) as server, GrpcClient(server.grpc_target) as client:
         client.wait_until_available("pub", timeout=30)
         time.sleep(0.5)  # several polls
@@ -621,7 +628,7 @@ def test_warmup_records_are_replayed_at_load(serving_base, offline, tmp_path):
     _write_warmup(good, [_request(feed=feed), _request(signature="initial_state", feed={"batch_size": np.int32(2)})])
     _write_warmup(bad, [_request(feed=feed), _request(feed=_with(feed, bogus=np.zeros(1, np.float32)))])
     os.rename(good, model_dir / "1")
-    options = ServerOptions(base=tmp_path, poll_seconds=0.1, rest_port=None)
+    options = ServerOptions(base=tmp_path, poll_seconds=0.1, rest_port=None, max_num_load_retries=0)
     with ModelServer(options) as server, GrpcClient(server.grpc_target) as client:
         assert [(r.version, r.state.name) for r in client.status("warm")] == [(1, "AVAILABLE")]
         os.rename(bad, model_dir / "2")
@@ -645,9 +652,14 @@ def test_latest_n_versions_labels_and_names(serving_base, offline, tmp_path):
                             labels={"pub": {"stable": 2, "canary": 3, "old": 1}})
     feed = _stream_feed(offline)
     with ModelServer(options) as server, GrpcClient(server.grpc_target) as g, RestClient(server.rest_url) as r:
-        assert [(s.version, s.state.name) for s in g.status("pub")] == [(3, "AVAILABLE"), (2, "AVAILABLE")]
+        rows = g.status("pub")
+        assert [(s.version, s.state.name) for s in rows] == [(3, "AVAILABLE"), (2, "AVAILABLE"), (1, "END")]
+        # label "old" points at a version that is not loaded: said in its row, not a silent 404
+        assert "version label 'old' points at version 1" in rows[2].error and rows[2].error_code == 5
         assert g.metadata("pub", label="stable")[0] == 2 and r.metadata("pub", label="canary")[0] == 3
-        assert _rest(server, "GET", "/v1/models/pub/labels/stable")[1]["model_version_status"][0]["version"] == "2"
+        # GetModelStatus ignores the label (get_model_status_impl.cc): every version, as without it
+        by_label = _rest(server, "GET", "/v1/models/pub/labels/stable")[1]["model_version_status"]
+        assert [row["version"] for row in by_label] == ["3", "2", "1"]
         response = _raw_predict(server, _request(model="pub", feed=feed, version=2))
         assert response.model_spec.version.value == 2
         assert r.predict("pub", feed, signature=STREAM, label="stable")["outputs"].shape == (1, 3, 2)

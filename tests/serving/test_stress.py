@@ -120,3 +120,39 @@ def test_report_fails_when_a_property_does_not_hold():
                           (dict(completed=False), "completed in time")):
         bad = dataclasses.replace(good, **change)
         assert bad.checks()[check] is False and not bad.passed, change
+
+
+def test_connections_mode_small_run_has_no_reset_or_failure(serving_base):
+    """`stress --connections`: REST clients opening a connection per request and gRPC channels at once.
+
+    Counts only: resets, failed requests and wrong results must be 0; times are reported, not judged.
+    """
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "stress.py"), str(serving_base), "--name", "demo",
+                             "--connections", "24", "--min-requests", "600", "--chunks", "5", "--json"],
+                            capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    report = json.loads(result.stdout)
+    print(json.dumps({k: report[k] for k in ("requests", "transports", "rss_mb", "checks")}, indent=1))
+    assert report["resets"] == 0 and report["failures"] == 0 and report["wrong_sessions"] == 0
+    assert report["requests"] == 600 and report["sessions"] > 0
+    for transport in ("grpc", "rest"):
+        row = report["transports"][transport]
+        assert row["requests"] > 0 and row["latency_ms"]["n"] == row["requests"]
+    assert report["checks"]["memory within budget"] is None  # too short to judge
+
+
+def test_connections_report_fails_on_a_reset_or_failure():
+    from serving.stress_connections import ConnectionsConfig, ConnectionsReport
+
+    row = {"requests": 10, "resets": 0, "failures": 0, "latency_ms": {}, "per_s": 1.0}
+    good = ConnectionsReport(config=ConnectionsConfig(), seconds=1.0, requests=20_000,
+                             transports={"grpc": dict(row), "rest": dict(row)}, sessions=10, wrong_sessions=0,
+                             max_abs_error=0.0, examples=(), rss_mb={}, memory_growth_mb=10.0, completed=True)
+    assert good.passed
+    for transport, change, check in (("rest", {"resets": 1}, "zero connection resets"),
+                                     ("grpc", {"failures": 2}, "zero failed requests")):
+        bad = dataclasses.replace(good, transports={**good.transports, transport: {**row, **change}})
+        assert bad.checks()[check] is False and not bad.passed
+    assert dataclasses.replace(good, memory_growth_mb=51.0).checks()["memory within budget"] is False
+    assert dataclasses.replace(good, wrong_sessions=1).checks()["zero wrong results"] is False
