@@ -245,6 +245,10 @@ def _run_stages(stages, x, prev_states, mask, *, whole_sequence: bool = False):
     return x, tuple(new_states)
 
 
+class _NotAChain(UnsupportedModel):
+    """A functional model with branches, merges or shared layers: exporter/keras_graph.py takes it."""
+
+
 def _sequence_layers(model: keras.Model) -> list[tuple[object, int]]:
     """The model's layers in call order, if they form one chain from one input, each with the
     index of its outputs that the next layer (or the model's output) reads (`return_state`).
@@ -267,7 +271,7 @@ def _sequence_layers(model: keras.Model) -> list[tuple[object, int]]:
             parents = [p.operation for n in nodes for p in n.parent_nodes]
             parents = [p for p in parents if not isinstance(p, keras.layers.InputLayer)]
             if len(nodes) != 1 or parents != ([previous] if previous is not None else []):
-                raise UnsupportedModel(
+                raise _NotAChain(
                     f"Layer {index} {layer.name!r} ({type(layer).__name__}) is not fed by the layer "
                     "before it alone: seqexport exports a chain of layers (Sequential, or a "
                     "functional model without branches or shared layers; branches and merges are "
@@ -423,7 +427,12 @@ def step_model_from_keras(model: keras.Model, description: str = "") -> StepMode
     _check_graph_model(model)
     if _is_step_model(model):
         return _from_step_model(model, description)
-    chain = _sequence_layers(model)
+    try:
+        chain = _sequence_layers(model)
+    except _NotAChain:
+        from exporter.keras_graph import graph_step_model
+
+        return graph_step_model(model, description)
     layers = [layer for layer, _ in chain]
     masked, pad_value = _has_mask_source(layers)
     stages: list[_Stage] = []

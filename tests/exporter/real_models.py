@@ -74,6 +74,40 @@ def _mixed(policy):
     return build
 
 
+def _residual():
+    x = keras.Input((None, F))
+    h = L.Dense(4)(x)
+    return keras.Model(x, L.Dense(2)(L.Add()([h, L.GRU(4, return_sequences=True)(h)])))
+
+
+def _head_on_h_and_c():
+    x = keras.Input((None, F))
+    _, h, c = L.LSTM(4, return_state=True)(x)
+    return keras.Model(x, L.Dense(2)(L.Concatenate()([h, c])))
+
+
+def _two_branches_shared_dense():
+    x = keras.Input((None, F))
+    shared = L.Dense(4, activation="tanh")
+    left = L.SimpleRNN(3, return_sequences=True)(shared(x))
+    right = L.GRU(3, return_sequences=True)(shared(L.Rescaling(2.0)(x)))
+    return keras.Model(x, L.Multiply()([left, right]))
+
+
+def _residual_tcn():
+    x = keras.Input((None, F))
+    h = L.Conv1D(4, 1)(x)
+    for dilation in (1, 2, 4):
+        h = L.Add()([h, L.Conv1D(4, 2, padding="causal", dilation_rate=dilation, activation="relu")(h)])
+    return keras.Model(x, L.Dense(2)(h))
+
+
+def _keras_ops():
+    x = keras.Input((None, F))
+    y = L.Dense(4)(x) + L.GRU(4, return_sequences=True)(x)  # keras ops, not layers
+    return keras.Model(x, y[:, :, :2] * 2.0)
+
+
 STREAMABLE = {
     "pre_padded_mask": lambda: _seq(L.Embedding(20, 5, mask_zero=True), L.GRU(4, return_sequences=True),
                                     L.Dense(2), shape=(None,), dtype="int32"),
@@ -97,6 +131,11 @@ STREAMABLE = {
     "mixed_bfloat16": _mixed("mixed_bfloat16"),
     "convlstm1d": lambda: _seq(L.ConvLSTM1D(2, 3, padding="same", return_sequences=True), L.TimeDistributed(L.Flatten()),
                                shape=(None, 5, F)),
+    "residual": _residual,
+    "keras_ops": _keras_ops,
+    "head_on_h_and_c": _head_on_h_and_c,
+    "two_branches_shared_dense": _two_branches_shared_dense,
+    "residual_tcn": _residual_tcn,
     "convlstm2d": lambda: _seq(L.ConvLSTM2D(2, 3, padding="same", return_sequences=True),
                                L.TimeDistributed(L.Flatten()), shape=(None, 4, 4, 2)),
 }
@@ -156,10 +195,10 @@ def two_outputs():
     return keras.Model(x, [L.Dense(2)(h), L.Dense(1)(h)])
 
 
-def residual():
+def last_step_into_rnn():
     x = keras.Input((None, F))
-    h = L.Dense(4)(x)
-    return keras.Model(x, L.Add()([h, L.GRU(4, return_sequences=True)(h)]))
+    h = L.LSTM(4)(x)
+    return keras.Model(x, L.Add()([L.Dense(4)(x), L.GRU(4, return_sequences=True)(x)]) + h[:, None])
 
 
 def self_attention():
@@ -197,7 +236,7 @@ REFUSED_CONSTRUCTS = {
     "subclassed": "subclassed keras.Model",
     "two_inputs": "2 inputs and 1 outputs",
     "two_outputs": "1 inputs and 2 outputs",
-    "residual": "is not fed by the layer before it alone",
+    "last_step_into_rnn": "merges a per-step tensor with a last-step one",
     "self_attention": "MultiHeadAttention",
     "bidirectional": "Bidirectional",
     "go_backwards": "go_backwards",

@@ -1,0 +1,218 @@
+"""Rebuild a functional Keras model that is not a chain: branches, merges, residual adds, shared layers.
+
+Node by node, in the model's own topological order, each node becomes one step of the
+step function: a recurrent layer runs its cell (its final states are outputs a later
+node may read, `return_state=True`), a causal convolution its ring buffer, any other
+one-input layer what exporter/time_probe.py allows, and a merge (`Add`, `Concatenate`,
+`Multiply`, `Average`, ...) its own call on the per-step tensors. Every tensor is either
+per step or the last step (after an RNN without `return_sequences`, or a returned
+state); a node may not mix the two, and no RNN runs over a last step.
+
+A chain keeps the faster rebuild of exporter/keras_step.py (a head after the loop,
+fused kernels); this one runs every node inside the `tf.while_loop`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+
+from exporter.errors import SeqExportError, UnsupportedModel
+from exporter.specs import StateSpec
+from exporter.step_model import StepModel
+
+PER_STEP, LAST_STEP = "per step", "last step"
+
+PROBE_STEPS = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class _GraphNode:
+    """One call of a layer: which tensors it reads, which it writes, its states."""
+
+    layer: object
+    inputs: tuple[int, ...]   # ids of the KerasTensors it reads
+    outputs: tuple[int, ...]  # ids of the KerasTensors it writes
+    kinds: tuple[str, ...]    # PER_STEP or LAST_STEP, of each output
+    states: tuple[StateSpec, ...]
+    call: Callable            # (inputs list, states, mask) -> (outputs list, new states)
+
+
+def _error(index: int, layer, why: str) -> UnsupportedModel:
+    from exporter.keras_step import _fail
+
+    return _fail(index, layer, why)
+
+
+def _renamed(states: tuple[StateSpec, ...], layer, node_index: int) -> tuple[StateSpec, ...]:
+    """A layer called at several places has one set of states per call: `<layer>_<call>_<label>`."""
+    if len(layer._inbound_nodes) <= 1:
+        return states
+    prefix = f"{layer.name}_"
+    return tuple(dataclasses.replace(s, name=f"{layer.name}_{node_index}_{s.name[len(prefix):]}") for s in states)
+
+
+def _node(index: int, node, kinds: dict[int, str]) -> _GraphNode:
+    from exporter.keras_step import _causal_conv_stage, _per_step_stage, _rnn_stage
+
+    layer = node.operation
+    inputs = tuple(id(t) for t in node.arguments.keras_tensors)
+    outputs = tuple(id(t) for t in node.outputs)
+    in_kinds = {kinds[i] for i in inputs}
+    if len(in_kinds) > 1:
+        raise _error(index, layer, "it merges a per-step tensor with a last-step one (the output of an RNN "
+                     "without return_sequences, or a returned state)")
+    in_kind = in_kinds.pop()
+    node_index = layer._inbound_nodes.index(node)
+    if isinstance(layer, keras.layers.RNN):
+        if in_kind == LAST_STEP:
+            raise _error(index, layer, "it reads a last-step tensor, so there is no sequence left to step through")
+        stage = _rnn_stage(index, layer, masked=False)
+
+        def rnn_call(values, states, mask, stage=stage):
+            output, new = stage.call(values[0], states, mask)
+            return [output, *new][: len(outputs)], new
+
+        # A returned state is the state after each step: to a later node, the last step's.
+        kinds = (PER_STEP if layer.return_sequences else LAST_STEP,) + (LAST_STEP,) * (len(outputs) - 1)
+        return _GraphNode(layer, inputs, outputs, kinds, _renamed(stage.states, layer, node_index), rnn_call)
+    if len(inputs) > 1 or not isinstance(layer, keras.layers.Layer):
+        # A merge (`Add`, `Concatenate`, ...) or a Keras op (`a + b`, `x[:, :, :2]`): its own call,
+        # on tensors of one step given a time axis of 1, once a probe shows that is the same.
+        if in_kind == PER_STEP:
+            why = _why_not_per_step_node(node)
+            if why is not None:
+                raise _error(index, layer, why)
+        return _GraphNode(layer, inputs, outputs, (in_kind,), (), _op_call(node, per_step=in_kind == PER_STEP))
+    if isinstance(layer, keras.layers.Conv1D) and layer.padding == "causal" and in_kind == PER_STEP:
+        stage = _causal_conv_stage(index, layer)
+    else:
+        stage = _per_step_stage(index, layer, after_sequence=in_kind == LAST_STEP)
+
+    def call(values, states, mask, stage=stage):
+        output, new = stage.call(values[0], states, mask)
+        return [output], new
+
+    return _GraphNode(layer, inputs, outputs, (in_kind,), _renamed(stage.states, layer, node_index), call)
+
+
+def _op_call(node, *, per_step: bool) -> Callable:
+    """Calls the node's operation as the model does (its recorded args and kwargs), on one step."""
+    keys = [id(t) for t in node.arguments.keras_tensors]
+    operation = node.operation
+
+    def call(values, states, mask):
+        feed = {k: (v[:, None] if per_step else v) for k, v in zip(keys, values)}
+        args, kwargs = node.arguments.fill_in(feed)
+        output = operation(*args, **kwargs)
+        return [output[:, 0] if per_step else output], ()
+
+    return call
+
+
+def _why_not_per_step_node(node) -> str | None:
+    """The probe for a node of several inputs (or a Keras op): on random sequences, its output keeps
+    the time axis and each step run alone gives the whole-sequence numbers."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    tensors = node.arguments.keras_tensors
+    if any(d is None for t in tensors for d in t.shape[2:]):
+        return "its inputs' feature shapes are not static, so it cannot be probed"
+    whole_in = {id(t): (rng.integers(1, 10, size=(2, PROBE_STEPS, *t.shape[2:])) if "int" in str(t.dtype)
+                        else rng.normal(size=(2, PROBE_STEPS, *t.shape[2:]))).astype(str(t.dtype)) for t in tensors}
+    try:
+        args, kwargs = node.arguments.fill_in({k: tf.constant(v) for k, v in whole_in.items()})
+        whole = np.asarray(node.operation(*args, **kwargs))
+    except Exception as exc:  # noqa: BLE001
+        return f"it fails on {PROBE_STEPS}-step probe sequences ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    if whole.ndim < 2 or whole.shape[:2] != (2, PROBE_STEPS):
+        return f"it does not keep the time axis (probes of [2, {PROBE_STEPS}, ...] came out {list(whole.shape)})"
+    for t in range(PROBE_STEPS):
+        args, kwargs = node.arguments.fill_in({k: tf.constant(v[:, t : t + 1]) for k, v in whole_in.items()})
+        alone = np.asarray(node.operation(*args, **kwargs))
+        if alone.shape != whole[:, t : t + 1].shape or not np.allclose(alone, whole[:, t : t + 1], rtol=1e-5, atol=1e-6):
+            return f"run on step {t} alone it gives other numbers than on the whole sequence (it mixes time steps)"
+    return None
+
+
+def graph_step_model(model: keras.Model, description: str) -> StepModel:
+    """The step model of a functional model with one sequence input and one output, any graph between.
+
+    Raises:
+        UnsupportedModel: naming the node that cannot run step by step.
+    """
+    from exporter.keras_step import _binder, _has_mask_source, _stateful_batch
+
+    layers = [l for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
+    if _has_mask_source(layers)[0]:
+        raise UnsupportedModel(
+            f"Model {model.name!r} masks its inputs and is not a chain of layers: masks through branches "
+            "and merges are not supported yet. Make it a chain, or write a step-model factory (see the README).")
+    x_tensor = model.inputs[0]
+    kinds = {id(x_tensor): PER_STEP}
+    nodes: list[_GraphNode] = []
+    ordered = [n for depth in sorted(model._nodes_by_depth, reverse=True) for n in model._nodes_by_depth[depth]]
+    for index, node in enumerate(n for n in ordered if not isinstance(n.operation, keras.layers.InputLayer)):
+        try:
+            graph_node = _node(index, node, kinds)
+        except SeqExportError:
+            raise
+        except Exception as exc:  # noqa: BLE001  any layer can fail any way: name it, no traceback
+            raise _error(index, node.operation, f"building its step raised {type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from None
+        kinds.update(zip(graph_node.outputs, graph_node.kinds))
+        nodes.append(graph_node)
+    output_id = id(model.outputs[0])
+    states = tuple(s for n in nodes for s in n.states)
+    if not states:
+        raise UnsupportedModel(f"Model {model.name!r} has no recurrent layer and no causal convolution; "
+                               "seqexport exports models that carry a state from step to step.")
+
+    def masked_step(x, prev_states, mask=None):
+        values, new_states, offset = {id(x_tensor): x}, [], 0
+        for node in nodes:
+            count = len(node.states)
+            outputs, new = node.call([values[i] for i in node.inputs], tuple(prev_states[offset: offset + count]), mask)
+            values.update(zip(node.outputs, outputs))
+            new_states.extend(new)
+            offset += count
+        return values[output_id], tuple(new_states)
+
+    def step(x, prev_states):
+        return masked_step(x, prev_states, None)
+
+    input_shape = tuple(x_tensor.shape[2:])
+    input_dtype = tf.as_dtype(x_tensor.dtype).name
+    try:
+        y, _ = step(tf.zeros((1, *input_shape), input_dtype), tuple(tf.zeros((1, *s.shape), s.dtype) for s in states))
+    except Exception as exc:  # noqa: BLE001
+        raise UnsupportedModel(f"Model {model.name!r}: its rebuilt step failed on a probe step "
+                               f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}).") from None
+
+    def reference(inputs, lengths=None):
+        for layer in layers:
+            if isinstance(layer, keras.layers.RNN) and layer.stateful:
+                layer.reset_states()
+        return model(inputs, training=False)
+
+    return StepModel(
+        step_fn=step,
+        bind_step=_binder(model, masked_step),
+        input_shape=input_shape,
+        input_dtype=input_dtype,
+        output_shape=tuple(int(d) for d in y.shape[1:]),
+        output_dtype=y.dtype.name,
+        states=states,
+        variables=tuple(v.value for v in model.variables),
+        trainable_variables=tuple(v.value for v in model.trainable_variables),
+        trainable_names=tuple(v.path for v in model.trainable_variables),
+        last_step_only=kinds[output_id] == LAST_STEP,
+        reference_fn=reference,
+        reference_batch=_stateful_batch(layers),
+        input_vocab=next((l.input_dim for l in layers if isinstance(l, keras.layers.Embedding)), None),
+        description=description or f"Keras model {model.name!r}",
+    )
