@@ -57,6 +57,9 @@ def triton_check(
     export: Annotated[
         Optional[Path], typer.Option("--export", help="The export of the goldens (default: from the repository).")
     ] = None,
+    model: Annotated[
+        Optional[list[str]], typer.Option("--model", help="Check this model only (repeatable; default: all).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")] = False,
     all_rows: Annotated[bool, typer.Option("--all", help="Show every row, not the worst per check.")] = False,
 ) -> None:
@@ -69,7 +72,7 @@ def triton_check(
 
     with _user_errors(as_json):
         with stderr.status("starting tritonserver and streaming the goldens", spinner="dots"):
-            report = check_repository(repo, export=export)
+            report = check_repository(repo, export=export, names=tuple(model or ()))
     if as_json:
         print(json.dumps({"ok": report.passed, **report.to_json()}, indent=2))
     else:

@@ -288,7 +288,14 @@ def check_config(config, model) -> list[str]:
         zero = [s for s in state.initial_state if s.zero_data]
         if len(zero) != 1 or list(zero[0].dims) != list(state.dims):
             problems.append(f"state {state.input_name!r} needs one zero initial_state with dims {list(state.dims)}")
+    names = [c.name for c in config.sequence_batching.control_input]
+    problems += [f"control input {n!r} is declared {names.count(n)} times (Triton refuses that at load)"
+                 for n in sorted(set(names)) if names.count(n) > 1]
     for control in config.sequence_batching.control_input:
+        for item in control.control:
+            if item.kind == pb.ModelSequenceBatching.Control.CONTROL_SEQUENCE_CORRID and not item.data_type:
+                problems.append(f"control input {control.name!r}: a CONTROL_SEQUENCE_CORRID control needs a "
+                                "data_type (Triton refuses it at load)")
         if control.name not in raw_inputs:
             problems.append(f"control input {control.name!r} is not a model input; the model has {sorted(raw_inputs)}")
             continue

@@ -218,7 +218,10 @@ def _python_rows(server, model: _Model, export: Path | None, tolerance: Toleranc
     from exporter.compare import failed
     from exporter.convert.triton_server import SequenceClient
 
-    manifest, golden = _load_export(find_export(model.folder, export))
+    try:
+        manifest, golden = _load_export(find_export(model.folder, export))
+    except BadInput as exc:
+        return [failed(CHECK, f"{model.name} goldens", "golden.npz", str(exc))]
     tolerance = tolerance or manifest.options.tolerance
     inputs = golden["serving_default/in/inputs"]
     lengths = golden.get("serving_default/in/lengths")
@@ -275,7 +278,7 @@ def _load_failures(server) -> dict[str, str]:
 
 
 def check_repository(repo: Path, *, export: Path | None = None, tolerance: Tolerance | None = None,
-                     server=None) -> TritonCheckReport:
+                     server=None, names: tuple[str, ...] = ()) -> TritonCheckReport:
     """Starts the real `tritonserver` on `repo` (unless `server`, a started `TritonServer`, is given),
     checks every model, and stops the server.
 
@@ -284,6 +287,7 @@ def check_repository(repo: Path, *, export: Path | None = None, tolerance: Toler
         export: the export the goldens come from (default: found from the repository, see `find_export`).
         tolerance: default: the export's own.
         server: a running `triton_server.TritonServer` on `repo` (left running).
+        names: check these models only (default: every model of the repository).
 
     Raises:
         BadInput: not a repository, no export found, or the server is not installed.
@@ -295,8 +299,15 @@ def check_repository(repo: Path, *, export: Path | None = None, tolerance: Toler
     repo = Path(repo)
     if not repo.is_dir():
         raise BadInput(f"{str(repo)!r} is not a folder (a Triton model repository).")
+    if export is not None:
+        find_export(repo, export)  # a wrong --export is a usage error, before any server starts
     files = find_server()
     models = _models(repo)
+    if names:
+        unknown = sorted(set(names) - {m.name for m in models})
+        if unknown:
+            raise BadInput(f"{str(repo)!r} has no model {', '.join(unknown)}; it has {', '.join(m.name for m in models)}.")
+        models = [m for m in models if m.name in names]
     rows: list[CheckResult] = [failed(CHECK, f"{m.name} config", "config.pbtxt", m.error) for m in models if m.error]
     notes = []
     own = server is None

@@ -131,6 +131,7 @@ class TritonServer:
         self.files = files or find_server()
         self._own_dir = work_dir is None
         self.work_dir = Path(tempfile.mkdtemp(prefix="seqexport-triton-")) if work_dir is None else Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
         self.ports = ports
         self.exit_on_error = exit_on_error
         self.process: subprocess.Popen | None = None
@@ -183,7 +184,7 @@ class TritonServer:
             f"--http-address={HOST}", f"--http-port={http}", f"--grpc-address={HOST}", f"--grpc-port={grpc}",
             f"--metrics-address={HOST}", f"--metrics-port={metrics}", "--allow-gpu-metrics=false",
             f"--exit-on-error={'true' if self.exit_on_error else 'false'}", "--strict-readiness=false",
-            "--exit-timeout-secs=5", "--disable-auto-complete-config",
+            "--exit-timeout-secs=2", "--disable-auto-complete-config",
             f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
             "--log-verbose=0",
         ]
