@@ -332,15 +332,16 @@ def python_model_config(name: str, model, options: TritonOptions = TritonOptions
     control = pb.ModelSequenceBatching.Control
     config = pb.ModelConfig(name=name, backend=PYTHON_BACKEND, max_batch_size=options.max_batch_size)
     x, y = model.inputs["x"], model.outputs["y"]
+    one = None if batched else 1  # unbatched, the dims hold the batch dimension: one sequence per request
     config.input.append(pb.ModelInput(name=CHUNK_INPUT, data_type=data_type(x.dtype),
-                                      dims=_dims((None, None, *x.shape[1:]), batched)))
+                                      dims=_dims((one, None, *x.shape[1:]), batched)))
     config.output.append(pb.ModelOutput(name=CHUNK_OUTPUT, data_type=data_type(y.dtype),
-                                        dims=_dims((None, None, *y.shape[1:]), batched)))
+                                        dims=_dims((one, None, *y.shape[1:]), batched)))
     states = sorted(model.state_names)
     for state in states:
         info = model.inputs[state]
         config.output.append(pb.ModelOutput(name=state, data_type=data_type(info.dtype),
-                                            dims=_dims(info.shape, batched)))
+                                            dims=_dims((one, *info.shape[1:]), batched)))
     batching = config.sequence_batching
     batching.max_sequence_idle_microseconds = options.max_sequence_idle_microseconds
     if options.strategy is Strategy.DIRECT:

@@ -155,27 +155,39 @@ def _chunks(length: int, count: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def stream_sequences(client, model: str, inputs: np.ndarray, lengths, *, chunks: int, first_id: int
-                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def sequence_slots(config) -> int:
+    """How many sequences Triton runs at once for `config` (the `direct` strategy's batch slots).
+
+    A sequence beyond that waits in Triton's backlog until one ends or idles out, so one
+    client thread must never interleave more sequences than this.
+    """
+    instances = sum(g.count or 1 for g in config.instance_group) or 1
+    return max(1, config.max_batch_size) * instances
+
+
+def stream_sequences(client, model: str, inputs: np.ndarray, lengths, *, chunks: int, first_id: int,
+                     slots: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Streams every row of `inputs` `[B, T, F]` as its own sequence, in `chunks` pieces each.
 
-    Requests of the B sequences alternate (chunk k of every row, then chunk k + 1), so a
-    state kept under the wrong id shows. Returns the outputs `[B, T, O]` (zeros past a
-    row's length) and the states after each row's last chunk, stacked `[B, ...]`.
+    Requests of up to `slots` sequences alternate (chunk k of every row, then chunk k + 1),
+    so a state kept under the wrong id shows. Returns the outputs `[B, T, O]` (zeros past
+    a row's length) and the states after each row's last chunk, stacked `[B, ...]`.
     """
     batch, steps = inputs.shape[:2]
+    slots = slots or batch
     plans = [_chunks(steps if lengths is None else int(lengths[b]), chunks) for b in range(batch)]
     pieces: list[list[np.ndarray]] = [[] for _ in range(batch)]
     finals: list[dict[str, np.ndarray] | None] = [None] * batch
-    for k in range(max(len(p) for p in plans)):
-        for b, plan in enumerate(plans):
-            if k >= len(plan):
-                continue
-            start, stop = plan[k]
-            out = client.infer(model, inputs[b:b + 1, start:stop], sequence_id=first_id + b, start=k == 0,
-                               end=k == len(plan) - 1)
-            pieces[b].append(out.pop("outputs")[0])
-            finals[b] = {name: value[0] for name, value in out.items()}
+    order = [(group, k, b) for group in range(0, batch, slots)
+             for k in range(max(len(p) for p in plans)) for b in range(group, min(batch, group + slots))]
+    for _, k, b in order:
+        if k >= len(plans[b]):
+            continue
+        start, stop = plans[b][k]
+        out = client.infer(model, inputs[b:b + 1, start:stop], sequence_id=first_id + b, start=k == 0,
+                           end=k == len(plans[b]) - 1)
+        pieces[b].append(out.pop("outputs")[0])
+        finals[b] = {name: value[0] for name, value in out.items()}
     rows = []
     for b in range(batch):
         got = np.concatenate(pieces[b], axis=0) if pieces[b] else None
@@ -234,7 +246,7 @@ def _python_rows(server, model: _Model, export: Path | None, tolerance: Toleranc
                 label = f"{model.name} {protocol} x{chunks}"
                 try:
                     outputs, states = stream_sequences(client, model.name, inputs, lengths, chunks=chunks,
-                                                       first_id=first_id)
+                                                       first_id=first_id, slots=sequence_slots(model.config))
                 except Exception as exc:  # noqa: BLE001  the server's refusal is the finding
                     rows.append(failed(CHECK, label, "*", f"{type(exc).__name__}: {exc}"))
                 else:

@@ -187,7 +187,10 @@ IDLE_US = 1_000_000
 @pytest.fixture(scope="module")
 def python_repo(kind_exports, kind_loaded, tmp_path_factory):
     """A Python-backend repository: the stacked and masked models, plus copies of the stacked one
-    with a 1 s idle timeout (`stacked_idle`) and at most 2 live sequences (`stacked_bounded`)."""
+    with a 1 s idle timeout (`stacked_idle`), at most 2 live sequences (`stacked_bounded`), and
+    no batching with the oldest strategy (`stacked_unbatched`)."""
+    import shutil
+
     repo = tmp_path_factory.mktemp("triton_python")
     reports = {kind: convert_export(kind_exports[kind], "triton-python", repo, loaded=kind_loaded[kind])
                for kind in ("stacked_functional", "masking")}
@@ -196,6 +199,10 @@ def python_repo(kind_exports, kind_loaded, tmp_path_factory):
                                    options=triton.TritonOptions(max_sequence_idle_microseconds=IDLE_US))
     triton.write_python_repository(repo, name="stacked_bounded", version=1, onnx_model=step,
                                    options=triton.TritonOptions(max_sequences=2))
+    # One batch slot (no batching), oldest strategy: the check must not interleave more sequences than slots.
+    triton.write_python_repository(repo, name="stacked_unbatched", version=1, onnx_model=step,
+                                   options=triton.TritonOptions(max_batch_size=0, strategy=triton.Strategy.OLDEST))
+    shutil.copy(repo / "stacked_functional" / "parity.json", repo / "stacked_unbatched" / "parity.json")
     return repo, reports
 
 
@@ -251,12 +258,13 @@ def test_python_repository_layout_and_config(python_repo, kind_loaded):
 def test_round_trip_on_the_real_server_equals_golden(python_repo, server, kind_loaded):
     from exporter.convert.triton_check import check_repository
 
-    report = check_repository(python_repo[0], server=server, names=("stacked_functional", "masking"))
+    report = check_repository(python_repo[0], server=server,
+                              names=("stacked_functional", "masking", "stacked_unbatched"))
     for row in report.checks:
         print(row.signature, row.tensor, row.max_abs, row.message)
     assert report.passed, report.failures
     streamed = {c.signature for c in report.checks if c.max_abs is not None}
-    for name in ("stacked_functional", "masking"):
+    for name in ("stacked_functional", "masking", "stacked_unbatched"):
         assert {f"{name} {p} x{n}" for p in ("grpc", "http") for n in (1, 2, 6)} <= streamed
     assert {c.tensor for c in report.checks if c.signature.startswith("masking grpc")} == {
         "outputs[t<lengths]", *(s.name for s in kind_loaded["masking"].manifest.states)}
