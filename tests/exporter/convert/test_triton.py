@@ -495,6 +495,14 @@ def test_cli_python_backend_and_export_targets(kind_exports, tmp_path):
     result = CliRunner().invoke(app, ["convert", str(kind_exports["lstm"]), "--to", "onnx", "--backend", "python",
                                       "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "--backend" in result.output
+    result = CliRunner().invoke(app, ["convert", str(kind_exports["lstm"]), "--to", "triton", "--backend", "python",
+                                      "--max-sequences", "7", "--max-sequence-idle-us", "2000000",
+                                      "--out", str(tmp_path / "cli"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["target"] == "triton-python"
+    config = triton.read_config(tmp_path / "cli" / "lstm" / "config.pbtxt")
+    assert config.backend == "python" and config.sequence_batching.max_sequence_idle_microseconds == 2_000_000
+    assert (triton.python_spec(config)["max_sequences"], triton.python_spec(config)["idle_seconds"]) == (7, 2.0)
     export = tmp_path / "lstm" / "1"
     shutil.copytree(kind_exports["lstm"], export)
     (report,) = convert_in_export(export, ("triton-python",))
