@@ -6,7 +6,8 @@ its Python backend only. `TritonServer` lays out a backends folder (the Python
 picks, with this environment's `bin` first on `PATH` and its `libpython` and the
 wheel's bundled libraries on `LD_LIBRARY_PATH` (so the stub's Python is this one
 and finds numpy and onnxruntime), waits until it is live, and stops it by its pid
-(its process group: the stubs too) on every way out of the `with` block.
+(its process group: the stubs too) on every way out of the `with` block; a server
+whose starting process dies (even by SIGKILL) is killed by the kernel.
 
 `SequenceClient` sends one chunk of one sequence per request over gRPC or HTTP
 (`tritonclient`), with the correlation id and the START / END flags.
@@ -92,6 +93,17 @@ def find_server() -> ServerFiles:
             raise BadInput(f"The nvidia-pytriton wheel has no {str(path)!r} (Python {python}); reinstall it: "
                            f"{INSTALL_HINT}.")
     return files
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the process that started it dies (Linux
+    `PR_SET_PDEATHSIG`), so a killed seqexport never leaves a server behind. The signal follows
+    the starting *thread*: start servers from a thread that outlives them."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _free_ports(count: int) -> list[int]:
@@ -197,7 +209,8 @@ class TritonServer:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, env=self._environment(),
-                                            start_new_session=True, cwd=self.work_dir)
+                                            start_new_session=True, cwd=self.work_dir,
+                                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         try:
             self._wait_live(started + timeout)
         except BaseException:

@@ -511,3 +511,36 @@ def test_cli_python_backend_and_export_targets(kind_exports, tmp_path):
     assert (repo / "lstm" / "1" / "model.py").is_file()
     checked = check_repository(repo)  # finds the export above the repository
     assert checked.passed, checked.failures
+
+
+def test_a_killed_starter_takes_its_server_with_it(python_repo, tmp_path):
+    """SIGKILL the process that started a server: the kernel kills the server too (no orphan)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import sys, time; from pathlib import Path; from exporter.convert.triton_server import TritonServer; "
+              "s = TritonServer(Path(sys.argv[1])).start(); print(s.pid, flush=True); time.sleep(600)")
+    child = subprocess.Popen([sys.executable, "-c", script, str(python_repo[0])], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[3])
+    try:
+        pid = int(child.stdout.readline())
+        os.kill(pid, 0)  # the server runs
+    finally:
+        child.kill()
+        child.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{pid}/stat") as stat:  # a zombie waiting for init to reap it is gone too
+            if stat.read().split(")")[-1].split()[0] == "Z":
+                break
+        time.sleep(0.1)
+    else:
+        os.killpg(pid, signal.SIGKILL)
+        raise AssertionError(f"tritonserver {pid} outlived the process that started it")
