@@ -106,6 +106,22 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _remove_dead_regions() -> None:
+    """Removes the Python backend's shared memory left by servers of seqexport processes that died
+    (SIGKILL leaves no time to clean up); the region names carry the starting process's pid."""
+    for region in Path("/dev/shm").glob(f"{_SHM_PREFIX}*"):
+        pid = region.name[len(_SHM_PREFIX):].split("_", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                region.unlink()
+        except PermissionError:  # another user's live process
+            pass
+
+
 def _free_ports(count: int) -> list[int]:
     sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
     try:
@@ -203,6 +219,7 @@ class TritonServer:
 
     def start(self, timeout: float = READY_TIMEOUT_S) -> "TritonServer":
         """Starts the server and waits until it is live and no model is still loading."""
+        _remove_dead_regions()
         if self.ports is None:
             self.ports = tuple(_free_ports(3))
         started = time.monotonic()

@@ -544,3 +544,10 @@ def test_a_killed_starter_takes_its_server_with_it(python_repo, tmp_path):
     else:
         os.killpg(pid, signal.SIGKILL)
         raise AssertionError(f"tritonserver {pid} outlived the process that started it")
+    # Its shared memory stays behind (nobody cleaned up) until the next server start removes it.
+    from exporter.convert.triton_server import _remove_dead_regions
+
+    left = list(Path("/dev/shm").glob(f"seqexport_triton_{child.pid}_*"))
+    assert left, "the Python backend's regions were expected in /dev/shm"
+    _remove_dead_regions()
+    assert not any(p.exists() for p in left)
