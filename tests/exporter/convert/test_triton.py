@@ -288,6 +288,11 @@ def test_check_cli_starts_and_stops_its_own_server(python_repo, tmp_path):
     parity = json.loads((repo / "stacked_functional" / "parity.json").read_text())
     result = CliRunner().invoke(app, ["check", "triton", str(repo), "--export", parity["export_dir"] + "-missing"])
     assert result.exit_code == 2 and "not a seqexport export" in " ".join(result.output.split())
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(app, ["check", "triton", str(tmp_path / "empty")])
+    assert result.exit_code == 2 and "is not a Triton model repository" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, ["check", "triton", str(repo), "--model", "nope"])
+    assert result.exit_code == 2 and "has no model nope" in " ".join(result.output.split())
 
 
 def test_check_fails_against_another_exports_goldens(python_repo, kind_exports, server):
