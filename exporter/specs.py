@@ -30,15 +30,21 @@ class SignatureName(str, enum.Enum):
 
 
 class RuntimeTarget(str, enum.Enum):
-    """Runtimes an export converts to (`exporter.convert`); `export --targets` takes the first two."""
+    """Runtimes an export converts to (`exporter.convert`); `export --targets` takes `EXPORT_TARGETS`.
+
+    `triton` is a repository for Triton's ONNX Runtime backend (implicit state),
+    `triton-python` one for its Python backend (`convert --to triton --backend python`).
+    """
 
     TFLITE = "tflite"
     ONNX = "onnx"
     TRITON = "triton"
+    TRITON_PYTHON = "triton-python"
 
 
-# A Triton model repository is a layout of its own, so it is written by `convert` only.
-EXPORT_TARGETS = (RuntimeTarget.TFLITE.value, RuntimeTarget.ONNX.value)
+# The ONNX Runtime-backend Triton repository is for the official container only, so it is
+# written by `convert`; the Python-backend one can be checked on a real server here.
+EXPORT_TARGETS = (RuntimeTarget.TFLITE.value, RuntimeTarget.ONNX.value, RuntimeTarget.TRITON_PYTHON.value)
 
 
 class SourceKind(str, enum.Enum):
@@ -232,7 +238,7 @@ class ExportOptions:
         fused: run `serving_default` and `stream` in whole-sequence kernels where the model
             has them (LSTM stacks: TF's `BlockLSTM`; not with `jit`, not for masked models);
             the while_loop stays beside them as `<name>_unfused` signatures.
-        targets: runtimes to convert to before publishing (`tflite`, `onnx`); results go
+        targets: runtimes to convert to before publishing (`tflite`, `onnx`, `triton-python`); results go
             to `assets.extra/seqexport/runtimes/<target>/`.
         hvp_auto: `check_hvp` was chosen by default, not asked for: a model whose ops have no
             second derivative in TF then gets a "not supported" row instead of a failure.
@@ -255,8 +261,8 @@ class ExportOptions:
         unknown = [t for t in self.targets if t not in EXPORT_TARGETS]
         if unknown or len(set(self.targets)) != len(self.targets):
             raise ValueError(
-                f"`targets` must be distinct names from {list(EXPORT_TARGETS)} (a Triton repository is "
-                f"written by `seqexport convert --to triton`). Got: {list(self.targets)}"
+                f"`targets` must be distinct names from {list(EXPORT_TARGETS)} (a Triton repository for the "
+                f"ONNX Runtime backend is written by `seqexport convert --to triton`). Got: {list(self.targets)}"
             )
         if self.probe_batch < 2:
             raise ValueError(f"`probe_batch` must be at least 2 (batch independence needs 2 rows). Got: {self.probe_batch}")

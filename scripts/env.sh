@@ -19,7 +19,11 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; 
   echo "setting up .venv from requirements.lock (first run: a few minutes)" >&2
   "$python_bin" -m venv .venv
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+  # nvidia-pytriton (the real tritonserver for `seqexport check triton`) asks for numpy<2 for its own
+  # Python API, which seqexport does not use: it is installed without its dependencies.
+  grep -v '^nvidia-pytriton==' requirements.lock > .venv/.requirements-resolved
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r .venv/.requirements-resolved
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps $(grep '^nvidia-pytriton==' requirements.lock)
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
   echo "$wanted" > "$stamp"
 fi

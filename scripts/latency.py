@@ -1,18 +1,24 @@
-"""Per-chunk latency of `stream` (B=1) over gRPC and REST on loopback, and the same call in-process.
+"""Per-chunk latency of `stream` (B=1) over gRPC and REST on loopback, in-process, and through Triton.
 
     python scripts/latency.py [BASE [NAME]]
 
 Serves BASE (default: the demo model, trained for a few seconds and exported
 into a temporary folder) with `seqexport serve` in a child process on
 127.0.0.1, then times `StreamingSession.feed` for chunks of 1 and 16 steps:
-through `GrpcClient`, `RestClient` and `SavedModelBackend` (no server), the
-three interleaved in rounds so that drifting machine load hits them alike.
+through `GrpcClient`, `RestClient` and `SavedModelBackend` (no server). Where
+`nvidia-pytriton` is installed, the version is also converted to a Triton
+Python-backend repository (`convert --to triton --backend python`) and served
+by the real `tritonserver` on 127.0.0.1: one request per chunk, the state kept
+on the server per correlation id, over gRPC and HTTP (`triton-grpc`,
+`triton-http`). All transports interleave in rounds so that drifting machine
+load hits them alike.
 Prints p50/p99 per chunk, the ratio of each transport's p50 to in-process,
 and the same as one JSON line. Bounded: a fixed number of calls, loopback only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -50,27 +56,68 @@ def _time_calls(session, chunk: np.ndarray, calls: int) -> list[float]:
     return times
 
 
-def measure(base: Path, name: str) -> dict:
+class _TritonSession:
+    """`feed(chunk)` as one request of one Triton sequence (started by the first call)."""
+
+    def __init__(self, client, model: str, sequence_id: int):
+        self.client, self.model, self.sequence_id, self.started = client, model, sequence_id, False
+
+    def feed(self, chunk: np.ndarray):
+        out = self.client.infer(self.model, chunk, sequence_id=self.sequence_id, start=not self.started)
+        self.started = True
+        return out["outputs"]
+
+
+@contextlib.contextmanager
+def _triton(version_dir: Path, name: str, scratch: Path, notes: list[str]):
+    """`{transport: client}` for the Triton transports, or `{}` (with a note) when Triton is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("pytriton") is None:
+        notes.append("Triton not timed: nvidia-pytriton is not installed (pip install --no-deps nvidia-pytriton==0.7.0)")
+        yield {}
+        return
+    from exporter.convert.targets import convert_export
+    from exporter.convert.triton_server import SequenceClient, TritonServer
+
+    repo = scratch / "triton-repo"
+    report = convert_export(version_dir, "triton-python", repo, triton_name=name)
+    if not report.passed:
+        raise SystemExit(f"the Triton conversion failed: {report.summary()}")
+    with TritonServer(repo) as server, SequenceClient("grpc", server.grpc_url) as grpc_client, \
+            SequenceClient("http", server.http_url) as http_client:
+        notes.append(f"tritonserver (nvidia-pytriton {server.files.version}) live in {server.start_seconds:.2f} s")
+        yield {"triton-grpc": grpc_client, "triton-http": http_client}
+
+
+def measure(base: Path, name: str, scratch: Path | None = None, notes: list[str] | None = None) -> dict:
     from serving.client import GrpcClient, RestClient, SavedModelBackend
     from serving.model_registry import version_folders
     from serving.server import server_process
     from serving.session import StreamingSession
 
+    notes = [] if notes is None else notes
     version_dir = version_folders(base / name)[max(version_folders(base / name))]
     local = SavedModelBackend(version_dir)
     features = local.served.views["stream"].inputs[local.keys.sequence].shape[2:]
     rng = np.random.default_rng(0)
     samples: dict[tuple[str, int], list[float]] = {}
-    with server_process(base, "--name", name) as server, GrpcClient(server.grpc_target) as grpc_client, \
-            RestClient(server.rest_url) as rest_client:
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(server_process(base, "--name", name))
+        grpc_client = stack.enter_context(GrpcClient(server.grpc_target))
+        rest_client = stack.enter_context(RestClient(server.rest_url))
+        scratch = scratch or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        triton_clients = stack.enter_context(_triton(version_dir, name, scratch, notes))
         backends = {"grpc": grpc_client.backend(name), "rest": rest_client.backend(name), "in-process": local}
-        for steps in CHUNK_STEPS:
+        for sequence_id, steps in enumerate(CHUNK_STEPS, start=1):
             chunk = rng.normal(size=(BATCH, steps, *features)).astype(np.float32)
             sessions = {k: StreamingSession(b, batch_size=BATCH) for k, b in backends.items()}
+            sessions.update({k: _TritonSession(c, name, sequence_id) for k, c in triton_clients.items()})
             for session in sessions.values():
                 _time_calls(session, chunk, WARMUP_CALLS)
             for round_index in range(ROUNDS):
-                order = list(sessions)[round_index % 3 :] + list(sessions)[: round_index % 3]
+                shift = round_index % len(sessions)
+                order = list(sessions)[shift:] + list(sessions)[:shift]
                 for kind in order:
                     samples.setdefault((kind, steps), []).extend(
                         _time_calls(sessions[kind], chunk, CALLS_PER_ROUND)
@@ -99,8 +146,9 @@ def main() -> None:
         else:
             with console.status("training and exporting the demo model"):
                 base, name = _demo_base(Path(scratch))
+        notes: list[str] = []
         with console.status("timing stream calls"):
-            results = measure(base, name)
+            results = measure(base, name, Path(scratch), notes)
     table = Table(title=f"stream latency, B={BATCH}, loopback ({ROUNDS * CALLS_PER_ROUND} calls each)")
     for column in ("transport", "chunk steps", "p50 ms", "p99 ms", "p50 / in-process"):
         table.add_column(column, justify="right")
@@ -108,7 +156,9 @@ def main() -> None:
         table.add_row(row["transport"], str(row["chunk_steps"]), f"{row['p50_ms']:.2f}", f"{row['p99_ms']:.2f}",
                       f"{row['p50_vs_in_process']:.2f}")
     Console().print(table)
-    print(json.dumps({"latency": list(results.values())}))
+    for note in notes:
+        console.print(f"note: {note}")
+    print(json.dumps({"latency": list(results.values()), "notes": notes}))
 
 
 if __name__ == "__main__":

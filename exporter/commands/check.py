@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 check_app = typer.Typer(
-    help="Prove an export runs in a serving runtime, without that runtime's server.",
+    help="Prove an export runs in a serving runtime (its loader, or the real server where one installs).",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -48,6 +48,42 @@ def tfserving(
         if "load" in report.timings:
             stdout.print(f"{report.warmup_records} warmup records replayed", highlight=False)
         stdout.print(TimingsLine(report.timings), highlight=False)
+    if not report.passed:
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+@check_app.command("triton")
+def triton_check(
+    repo: Annotated[Path, typer.Argument(help="A Triton model repository (seqexport convert --to triton).")],
+    export: Annotated[
+        Optional[Path], typer.Option("--export", help="The export of the goldens (default: from the repository).")
+    ] = None,
+    model: Annotated[
+        Optional[list[str]], typer.Option("--model", help="Check this model only (repeatable; default: all).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")] = False,
+    all_rows: Annotated[bool, typer.Option("--all", help="Show every row, not the worst per check.")] = False,
+) -> None:
+    """Load REPO in the real tritonserver (nvidia-pytriton), stream the goldens through it over gRPC and HTTP."""
+    from rich.markup import escape
+
+    from exporter.cli import _print_checks, _user_errors, stderr, stdout
+    from exporter.convert.triton_check import check_repository
+    from exporter.errors import EXIT_CHECK_FAILED
+
+    with _user_errors(as_json):
+        with stderr.status("starting tritonserver and streaming the goldens", spinner="dots"):
+            report = check_repository(repo, export=export, names=tuple(model or ()))
+    if as_json:
+        print(json.dumps({"ok": report.passed, **report.to_json()}, indent=2))
+    else:
+        _print_checks(report.checks, title=f"Triton (tritonserver of nvidia-pytriton {report.server_version}) "
+                      f"on {repo}", all_rows=all_rows)
+        for note in report.notes:
+            stdout.print(f"  [dim]note:[/] {escape(note)}")
+        stdout.print(("[green]" if report.passed else "[bold red]") + escape(report.summary()))
+        if report.start_seconds is not None:
+            stdout.print(f"server live with its models in {report.start_seconds:.2f} s; check {report.seconds:.1f} s")
     if not report.passed:
         raise typer.Exit(EXIT_CHECK_FAILED)
 

@@ -1,4 +1,4 @@
-"""`seqexport convert PATH --to tflite|onnx|triton --out DIR`: convert an existing version, read-only.
+"""`seqexport convert PATH --to tflite|onnx|triton [--backend python] --out DIR`: convert a version, read-only.
 
 Writes the converted models and `parity.json` into DIR (a Triton model repository
 for `--to triton`) and prints the parity table. Exit 0 when every parity check
@@ -61,6 +61,13 @@ def convert(
         Optional[int], typer.Option("--version", min=1, help="triton: version folder (default: the export's).",
                                     rich_help_panel=TRITON)
     ] = None,
+    backend: Annotated[
+        Optional[str], typer.Option("--backend", help="triton: onnxruntime (implicit state, the official container; "
+                                    "default) or python (model.py keeps the state).", rich_help_panel=TRITON)
+    ] = None,
+    max_sequences: Annotated[
+        int, typer.Option(min=1, help="triton python: most sequence states model.py keeps.", rich_help_panel=TRITON)
+    ] = 1024,
     max_batch_size: Annotated[
         int, typer.Option(min=0, help="triton: sequences per batch (0: no batching).", rich_help_panel=TRITON)
     ] = 8,
@@ -88,6 +95,11 @@ def convert(
 
         if to not in {t.value for t in RuntimeTarget}:
             raise BadInput(f"--to {to!r} is not a target. Choose from: {', '.join(t.value for t in RuntimeTarget)}.")
+        if backend is not None:
+            if to != RuntimeTarget.TRITON.value or backend not in ("onnxruntime", "python"):
+                raise BadInput(f"--backend {backend!r}: use --to triton with --backend onnxruntime or python.")
+            if backend == "python":
+                to = RuntimeTarget.TRITON_PYTHON.value
         if _inside(out, path):
             raise BadInput(
                 f"--out {str(out)!r} is inside the export {str(path)!r}; `convert` never writes into a "
@@ -104,12 +116,13 @@ def convert(
             tolerance = Tolerance(atol=default.atol if atol is None else atol,
                                   rtol=default.rtol if rtol is None else rtol)
         triton_options = None
-        if to == RuntimeTarget.TRITON.value:
+        if to in (RuntimeTarget.TRITON.value, RuntimeTarget.TRITON_PYTHON.value):
             from exporter.convert.triton import Strategy, TritonOptions
 
             try:
                 triton_options = TritonOptions(max_batch_size=max_batch_size, strategy=Strategy(strategy),
-                                               max_sequence_idle_microseconds=idle_us, correlation_id=correlation_id)
+                                               max_sequence_idle_microseconds=idle_us, correlation_id=correlation_id,
+                                               max_sequences=max_sequences)
             except ValueError as exc:
                 raise BadInput(f"--strategy must be direct or oldest ({exc}).") from None
         elif name is not None or version is not None:

@@ -6,7 +6,8 @@ What each target gets (files relative to the output folder):
 |---|---|---|
 | `tflite` | `step.tflite`; `stream_b<N>.tflite` when a batch N is given | only at a static batch, and LiteRT's `WHILE` was measured O(T^2): use the step driver |
 | `onnx` | `step.onnx`, `stream.onnx` | yes: a `Loop`, dynamic batch and time |
-| `triton` | `NAME/VERSION/model.onnx` + `NAME/config.pbtxt` (a model repository) | no: Triton keeps the state and feeds one step per request |
+| `triton` | `NAME/VERSION/model.onnx` + `NAME/config.pbtxt` (a model repository, ONNX Runtime backend) | no: Triton keeps the state and feeds one step per request |
+| `triton-python` | `NAME/VERSION/{model.py,step.onnx}` + `NAME/config.pbtxt` (Python backend) | a chunk per request; `model.py` keeps the state per correlation id |
 
 Gradients are TF-only: no converted model has `input_gradients`, and a
 `tf.custom_gradient` in the export (the demo has one) exists only in the SavedModel.
@@ -30,6 +31,8 @@ REQUIREMENTS = {
     RuntimeTarget.ONNX: (("tf2onnx", "tf2onnx"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime")),
     RuntimeTarget.TRITON: (("tf2onnx", "tf2onnx"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime"),
                            ("tritonclient.grpc", "tritonclient[grpc]")),
+    RuntimeTarget.TRITON_PYTHON: (("tf2onnx", "tf2onnx"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime"),
+                                  ("tritonclient.grpc", "tritonclient[grpc]")),
 }
 PARITY_FILE = "parity.json"
 RUNTIMES_DIR = "runtimes"  # under assets.extra/seqexport/ of a version folder
@@ -287,6 +290,31 @@ def _triton(run: _Run, name: str, version: int, options) -> None:
     )
 
 
+def _triton_python(run: _Run, name: str, version: int, options) -> None:
+    from exporter.convert import onnx, triton
+    from serving.runtimes import OrtModel
+
+    def make() -> bytes:
+        content = onnx.convert_signature(run.loaded, "step")
+        step_path, code_path, config_path = triton.write_python_repository(
+            run.out_dir, name=name, version=version, onnx_model=content, options=options)
+        for path in (code_path, config_path):
+            relative = path.relative_to(run.out_dir).as_posix()
+            run.files.append(ModelFile(path=relative, signature="step", batch=None, size=path.stat().st_size,
+                                       seconds=0.0))
+        return step_path.read_bytes()
+
+    content = run.convert("step", f"{name}/{version}/{triton.PYTHON_STEP_FILE}", make)
+    if content is None:
+        return
+    run.check("step", lambda: OrtModel(content))
+    run.notes.append(
+        "Triton Python backend: model.py keeps each sequence's state by correlation id (created on START, "
+        "dropped on END, after max_sequence_idle_microseconds idle, and past max_sequences live ones); one "
+        f"request is one chunk [1, T, F]. Check it on the real server: seqexport check triton {run.out_dir}"
+    )
+
+
 def convert_export(
     export_dir: Path,
     target: str | RuntimeTarget,
@@ -307,11 +335,11 @@ def convert_export(
 
     Args:
         export_dir: an export version folder.
-        target: `tflite`, `onnx` or `triton`.
+        target: `tflite`, `onnx`, `triton` or `triton-python`.
         out_dir: output folder (created).
         tolerance: of the parity checks; default: the export's own (manifest options).
         stream_batch: `tflite` only: also convert the whole-sequence model for this batch.
-        triton_name: `triton` only: model name in the repository (default: the export's name).
+        triton_name: `triton*` only: model name in the repository (default: the export's name).
         triton_version: `triton` only: version folder (default: the export's version).
         triton_options: `triton` only: a `triton.TritonOptions`.
         loaded: an already reloaded `graph.LoadedExport` of `export_dir` (saves a reload).
@@ -349,7 +377,8 @@ def convert_export(
 
         name = check_name(triton_name or loaded.manifest.name)
         version = triton_version or triton.version_of(loaded.path)
-        _triton(run, name, version, triton_options or triton.TritonOptions())
+        write = _triton if target is RuntimeTarget.TRITON else _triton_python
+        write(run, name, version, triton_options or triton.TritonOptions())
         parity_dir = out_dir / name
     report = run.report(started)
     _write(parity_dir / PARITY_FILE, json.dumps(report.to_json(), indent=2).encode())

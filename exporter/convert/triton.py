@@ -1,5 +1,12 @@
 """A Triton Inference Server model repository for an export, state kept on the server.
 
+Two backends (`Backend`): `onnxruntime` (the default, for the official Triton
+container: implicit state) and `python` (state kept by the repository's own
+`model.py`, for any Triton with the Python backend, `pytriton`'s included).
+
+onnxruntime
+-----------
+
 Triton's sequence batcher can hold a sequence's state between requests
 ("implicit state"), but only for its ONNX Runtime, TensorRT and PyTorch backends,
 not for TF SavedModels. The export's ONNX step model is the bridge:
@@ -21,6 +28,22 @@ have that input, so the repository's `model.onnx` gets an extra `CORRID` input
 
 Start Triton on the repository with
 `tritonserver --model-repository=REPO` (the binary of the official container image).
+
+python
+------
+
+Triton's Python backend has no implicit state (its `libtriton_python.so` has no
+`TRITONBACKEND_State*` call), so the repository holds a model that keeps it:
+
+    REPO/NAME/VERSION/model.py       `exporter/convert/triton_model.py`: one state per correlation id
+    REPO/NAME/VERSION/step.onnx      the `step` signature, weights frozen
+    REPO/NAME/config.pbtxt           `backend: "python"`, `sequence_batching` with the
+                                     START / END / READY / CORRID controls and an idle timeout
+
+A request is one chunk of one sequence, `inputs [1, T, F]`; the response holds
+`outputs [1, T, O]` and every state after the chunk. `model.py` creates a
+sequence's state (zeros) on START, drops it on END, after the idle timeout, and
+past `max_sequences` live sequences (least recently used first); see its docstring.
 """
 
 from __future__ import annotations
@@ -37,6 +60,15 @@ CONFIG_FILE = "config.pbtxt"
 MODEL_FILE = "model.onnx"
 PLATFORM = "onnxruntime_onnx"
 START_COMMAND = "tritonserver --model-repository={repo}"
+PYTHON_BACKEND = "python"
+PYTHON_MODEL_FILE = "model.py"
+PYTHON_STEP_FILE = "step.onnx"
+PYTHON_PARAMETER = "seqexport"  # `triton_model.PARAMETER`
+# Tensor names of the Python-backend model: one chunk in, its outputs and every state out.
+CHUNK_INPUT = "inputs"
+CHUNK_OUTPUT = "outputs"
+# Control inputs of the Python-backend model (`ModelSequenceBatching.Control` kinds).
+START, END, READY = "START", "END", "READY"
 
 _DATA_TYPES = {
     np.dtype(np.float32): "TYPE_FP32",
@@ -47,6 +79,13 @@ _DATA_TYPES = {
     np.dtype(np.uint64): "TYPE_UINT64",
     np.dtype(np.bool_): "TYPE_BOOL",
 }
+
+
+class Backend(str, enum.Enum):
+    """Which Triton backend runs the repository's model."""
+
+    ONNXRUNTIME = "onnxruntime"
+    PYTHON = "python"
 
 
 class Strategy(str, enum.Enum):
@@ -67,7 +106,9 @@ class TritonOptions:
         max_sequence_idle_microseconds: a sequence with no request for this long is
             ended and its state freed.
         max_queue_delay_microseconds: how long a batch may wait to fill up.
-        correlation_id: declare the `CORRID` control input (uint64) and add it to the model.
+        correlation_id: declare the `CORRID` control input (uint64) and add it to the model
+            (the Python backend always declares it: it keys the state).
+        max_sequences: Python backend: most states `model.py` keeps at once.
     """
 
     max_batch_size: int = 8
@@ -75,8 +116,11 @@ class TritonOptions:
     max_sequence_idle_microseconds: int = 60_000_000
     max_queue_delay_microseconds: int = 0
     correlation_id: bool = True
+    max_sequences: int = 1024
 
     def __post_init__(self):
+        if self.max_sequences < 1:
+            raise ValueError(f"`max_sequences` must be positive. Got: {self.max_sequences}")
         if self.max_batch_size < 0:
             raise ValueError(f"`max_batch_size` must be >= 0. Got: {self.max_batch_size}")
         if self.max_sequence_idle_microseconds < 1:
@@ -244,7 +288,14 @@ def check_config(config, model) -> list[str]:
         zero = [s for s in state.initial_state if s.zero_data]
         if len(zero) != 1 or list(zero[0].dims) != list(state.dims):
             problems.append(f"state {state.input_name!r} needs one zero initial_state with dims {list(state.dims)}")
+    names = [c.name for c in config.sequence_batching.control_input]
+    problems += [f"control input {n!r} is declared {names.count(n)} times (Triton refuses that at load)"
+                 for n in sorted(set(names)) if names.count(n) > 1]
     for control in config.sequence_batching.control_input:
+        for item in control.control:
+            if item.kind == pb.ModelSequenceBatching.Control.CONTROL_SEQUENCE_CORRID and not item.data_type:
+                problems.append(f"control input {control.name!r}: a CONTROL_SEQUENCE_CORRID control needs a "
+                                "data_type (Triton refuses it at load)")
         if control.name not in raw_inputs:
             problems.append(f"control input {control.name!r} is not a model input; the model has {sorted(raw_inputs)}")
             continue
@@ -262,3 +313,89 @@ def check_config(config, model) -> list[str]:
     if not config.sequence_batching.WhichOneof("strategy_choice"):
         problems.append("sequence_batching has no strategy (direct or oldest)")
     return problems
+
+
+def python_model_config(name: str, model, options: TritonOptions = TritonOptions()):
+    """The `ModelConfig` of the Python-backend model (`triton_model.py`) for an ONNX step model.
+
+    Args:
+        name: the model's name in the repository.
+        model: a `serving.runtimes.OrtModel` of the step model (as written, `CORRID` input or not).
+        options: see `TritonOptions`; `correlation_id` is ignored (always declared).
+    """
+    import json
+
+    from serving.runtimes import CORRELATION_ID, STATE_OUTPUT_SUFFIX
+    from tritonclient.grpc import model_config_pb2 as pb  # optional dependency
+
+    batched = options.max_batch_size > 0
+    control = pb.ModelSequenceBatching.Control
+    config = pb.ModelConfig(name=name, backend=PYTHON_BACKEND, max_batch_size=options.max_batch_size)
+    x, y = model.inputs["x"], model.outputs["y"]
+    one = None if batched else 1  # unbatched, the dims hold the batch dimension: one sequence per request
+    config.input.append(pb.ModelInput(name=CHUNK_INPUT, data_type=data_type(x.dtype),
+                                      dims=_dims((one, None, *x.shape[1:]), batched)))
+    config.output.append(pb.ModelOutput(name=CHUNK_OUTPUT, data_type=data_type(y.dtype),
+                                        dims=_dims((one, None, *y.shape[1:]), batched)))
+    states = sorted(model.state_names)
+    for state in states:
+        info = model.inputs[state]
+        config.output.append(pb.ModelOutput(name=state, data_type=data_type(info.dtype),
+                                            dims=_dims((one, *info.shape[1:]), batched)))
+    batching = config.sequence_batching
+    batching.max_sequence_idle_microseconds = options.max_sequence_idle_microseconds
+    if options.strategy is Strategy.DIRECT:
+        batching.direct.max_queue_delay_microseconds = options.max_queue_delay_microseconds
+    else:
+        batching.oldest.max_candidate_sequences = max(1, options.max_batch_size)
+        batching.oldest.max_queue_delay_microseconds = options.max_queue_delay_microseconds
+    for input_name, kind in ((START, control.CONTROL_SEQUENCE_START), (END, control.CONTROL_SEQUENCE_END),
+                             (READY, control.CONTROL_SEQUENCE_READY)):
+        batching.control_input.add(name=input_name).control.add(kind=kind, int32_false_true=[0, 1])
+    batching.control_input.add(name=CORRELATION_ID).control.add(kind=control.CONTROL_SEQUENCE_CORRID,
+                                                                data_type="TYPE_UINT64")
+    config.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=1)
+    spec = {
+        "step_model": PYTHON_STEP_FILE,
+        "input": "x",
+        "output": "y",
+        "output_dtype": np.dtype(y.dtype).name,
+        "output_shape": [int(d) for d in y.shape[1:]],
+        "states": [{"name": s, "shape": [int(d) for d in model.inputs[s].shape[1:]],
+                    "dtype": np.dtype(model.inputs[s].dtype).name} for s in states],
+        "state_output_suffix": STATE_OUTPUT_SUFFIX,
+        "correlation_id_input": CORRELATION_ID,
+        "idle_seconds": options.max_sequence_idle_microseconds / 1e6,
+        "max_sequences": options.max_sequences,
+        "controls": {"start": START, "end": END, "ready": READY, "corrid": CORRELATION_ID},
+    }
+    config.parameters[PYTHON_PARAMETER].string_value = json.dumps(spec, sort_keys=True)
+    return config
+
+
+def python_spec(config) -> dict:
+    """The `model.py` settings a Python-backend config carries (its `seqexport` parameter)."""
+    import json
+
+    return json.loads(config.parameters[PYTHON_PARAMETER].string_value)
+
+
+def write_python_repository(
+    repo: Path, *, name: str, version: int, onnx_model: bytes, options: TritonOptions = TritonOptions()
+) -> tuple[Path, Path, Path]:
+    """Writes `repo/name/version/{model.py,step.onnx}` and `repo/name/config.pbtxt`; returns their paths.
+
+    `onnx_model` is the converted step model (`onnx.convert_signature(..., "step")`).
+    """
+    from serving.runtimes import OrtModel
+
+    model_dir = Path(repo) / name
+    (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
+    step_path = model_dir / str(version) / PYTHON_STEP_FILE
+    step_path.write_bytes(onnx_model)
+    code_path = model_dir / str(version) / PYTHON_MODEL_FILE
+    code_path.write_text((Path(__file__).parent / "triton_model.py").read_text())
+    config = python_model_config(name, OrtModel(onnx_model), options)
+    config_path = model_dir / CONFIG_FILE
+    write_config(config, config_path)
+    return step_path, code_path, config_path

@@ -1,0 +1,365 @@
+"""`seqexport check triton REPO`: load a model repository in the real `tritonserver` and stream the goldens.
+
+For every model of the repository (a folder with a `config.pbtxt`):
+
+- `backend: "python"` (`seqexport convert --to triton --backend python`): the server
+  loads it; the golden `serving_default` inputs of its export are streamed through it
+  in 1, 2 and T chunks per sequence, every golden row its own sequence (correlation
+  id), the sequences interleaved request by request, over gRPC and over HTTP; the
+  outputs and the states after the last chunk are compared with `golden.npz`
+  (same rows as `verify`).
+- `onnxruntime` (the default `--to triton`): the wheel's server has no ONNX Runtime
+  backend, so it can check the config only as far as Triton's core goes before it
+  needs the backend (text format, names, batch size, sequence-batching controls: a
+  model that passes gets as far as "unable to find backend library"). The state
+  entries (`sequence_batching.state`: dims, data types, initial state) and the
+  numbers are checked offline, against `model.onnx` with ONNX Runtime, and only the
+  official Triton container runs the model itself.
+
+The server is started on 127.0.0.1 ports picked here and stopped by its pid before
+the function returns, whatever happened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from exporter.errors import BadInput
+from exporter.specs import CheckResult, CheckRows, Manifest, Tolerance
+
+CHECK = "triton"
+PROTOCOLS = ("grpc", "http")
+_POLL_FAILED = re.compile(r"Poll failed for model directory '([^']+)': (.*?)\"?$")
+_NO_BACKEND = "unable to find backend library"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TritonCheckReport(CheckRows):
+    """What the real server did with a repository.
+
+    Attributes:
+        repo: the model repository.
+        server_version: the `nvidia-pytriton` wheel's version (it bundles tritonserver).
+        checks: one row per compared tensor, plus load and refusal rows.
+        notes: what was checked where (server vs offline).
+        start_seconds: from starting `tritonserver` to live with every model loaded.
+        seconds: the whole check.
+        models: `{name: backend}`.
+    """
+
+    repo: str
+    server_version: str
+    checks: tuple[CheckResult, ...]
+    notes: tuple[str, ...] = ()
+    start_seconds: float | None = None
+    seconds: float = 0.0
+    models: dict = dataclasses.field(default_factory=dict)
+
+    def summary(self) -> str:
+        if self.passed:
+            return f"triton: all {len(self.checks)} checks passed on the real server"
+        return f"triton: {self.failure_summary('checks')}"
+
+    def to_json(self) -> dict:
+        return {
+            "repo": self.repo,
+            "passed": self.passed,
+            "server_version": self.server_version,
+            "models": dict(self.models),
+            "checks": [c.to_json() for c in self.checks],
+            "notes": list(self.notes),
+            "start_seconds": None if self.start_seconds is None else round(self.start_seconds, 3),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Model:
+    name: str
+    folder: Path
+    config: object | None
+    error: str = ""
+
+    @property
+    def backend(self) -> str:
+        if self.config is None:
+            return "?"
+        return self.config.backend or ("onnxruntime" if self.config.platform.startswith("onnxruntime") else
+                                       self.config.platform)
+
+
+def _models(repo: Path) -> list[_Model]:
+    from exporter.convert import triton
+
+    models = []
+    for config_path in sorted(repo.glob(f"*/{triton.CONFIG_FILE}")):
+        try:
+            config = triton.read_config(config_path)
+        except Exception as exc:  # noqa: BLE001  text_format.ParseError and friends: the finding
+            models.append(_Model(name=config_path.parent.name, folder=config_path.parent, config=None,
+                                 error=f"{config_path} does not parse as a ModelConfig: {exc}"))
+            continue
+        models.append(_Model(name=config_path.parent.name, folder=config_path.parent, config=config))
+    if not models:
+        raise BadInput(f"{str(repo)!r} is not a Triton model repository: no NAME/{triton.CONFIG_FILE} in it. "
+                       "Write one with `seqexport convert EXPORT --to triton --out REPO`.")
+    return models
+
+
+def find_export(model_folder: Path, export: Path | None = None) -> Path:
+    """The export whose goldens a repository model is checked against.
+
+    `export` when given; else the `export_dir` its `parity.json` records (written by
+    `convert`); else the nearest folder above it that is an export (`export --targets`
+    writes the repository inside the version folder).
+    """
+    from exporter.paths import golden_path
+
+    if export is not None:
+        if not golden_path(export).is_file():
+            raise BadInput(f"--export {str(export)!r} is not a seqexport export (no {golden_path(export)}).")
+        return Path(export)
+    parity = model_folder / "parity.json"
+    if parity.is_file():
+        try:
+            recorded = Path(json.loads(parity.read_text())["export_dir"])
+        except (ValueError, KeyError):
+            recorded = None
+        if recorded is not None and recorded.is_absolute() and golden_path(recorded).is_file():
+            return recorded
+    for folder in model_folder.resolve().parents:
+        if golden_path(folder).is_file():
+            return folder
+    raise BadInput(f"Cannot tell which export {str(model_folder)!r} came from (no parity.json naming it, and no "
+                   "export above it); pass --export BASE/NAME/VERSION.")
+
+
+def _load_export(folder: Path) -> tuple[Manifest, dict]:
+    from exporter.paths import golden_path, manifest_path
+
+    manifest = Manifest.from_json(json.loads(manifest_path(folder).read_text()))
+    with np.load(golden_path(folder)) as data:
+        golden = {k: data[k] for k in data.files if k.startswith("serving_default/")}
+    return manifest, golden
+
+
+def _chunks(length: int, count: int) -> list[tuple[int, int]]:
+    """`count` near-equal pieces of `[0, length)`, empty ones dropped."""
+    bounds = np.linspace(0, length, count + 1).astype(int)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def sequence_slots(config) -> int:
+    """How many sequences Triton runs at once for `config` (the `direct` strategy's batch slots).
+
+    A sequence beyond that waits in Triton's backlog until one ends or idles out, so one
+    client thread must never interleave more sequences than this.
+    """
+    instances = sum(g.count or 1 for g in config.instance_group) or 1
+    return max(1, config.max_batch_size) * instances
+
+
+def stream_sequences(client, model: str, inputs: np.ndarray, lengths, *, chunks: int, first_id: int,
+                     slots: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Streams every row of `inputs` `[B, T, F]` as its own sequence, in `chunks` pieces each.
+
+    Requests of up to `slots` sequences alternate (chunk k of every row, then chunk k + 1),
+    so a state kept under the wrong id shows. Returns the outputs `[B, T, O]` (zeros past
+    a row's length) and the states after each row's last chunk, stacked `[B, ...]`.
+    """
+    batch, steps = inputs.shape[:2]
+    slots = slots or batch
+    plans = [_chunks(steps if lengths is None else int(lengths[b]), chunks) for b in range(batch)]
+    pieces: list[list[np.ndarray]] = [[] for _ in range(batch)]
+    finals: list[dict[str, np.ndarray] | None] = [None] * batch
+    order = [(group, k, b) for group in range(0, batch, slots)
+             for k in range(max(len(p) for p in plans)) for b in range(group, min(batch, group + slots))]
+    for _, k, b in order:
+        if k >= len(plans[b]):
+            continue
+        start, stop = plans[b][k]
+        out = client.infer(model, inputs[b:b + 1, start:stop], sequence_id=first_id + b, start=k == 0,
+                           end=k == len(plans[b]) - 1)
+        pieces[b].append(out.pop("outputs")[0])
+        finals[b] = {name: value[0] for name, value in out.items()}
+    rows = []
+    for b in range(batch):
+        got = np.concatenate(pieces[b], axis=0) if pieces[b] else None
+        padded = np.zeros((steps, *(got.shape[1:] if got is not None else ())), np.float32)
+        if got is not None:
+            padded[: len(got)] = got
+        rows.append(padded)
+    names = sorted({n for f in finals if f for n in f})
+    states = {n: np.stack([f[n] if f else np.zeros_like(next(x for x in finals if x)[n]) for f in finals])
+              for n in names}
+    return np.stack(rows), states
+
+
+def golden_rows(label: str, outputs: np.ndarray, states: dict, manifest: Manifest, golden: dict,
+                tolerance: Tolerance) -> list[CheckResult]:
+    """Streamed outputs and final states vs the golden `serving_default` ones (`parity.driver_checks` rules)."""
+    from exporter.compare import compare, failed
+    from exporter.convert.parity import _last_valid
+
+    want_outputs = golden["serving_default/out/outputs"]
+    lengths = golden.get("serving_default/in/lengths")
+    rows = []
+    if manifest.last_step_only:
+        rows.append(compare(CHECK, label, "outputs", _last_valid(outputs, lengths), want_outputs, tolerance))
+    elif lengths is not None:
+        valid = np.arange(outputs.shape[1])[None, :] < lengths[:, None]
+        rows.append(compare(CHECK, label, "outputs[t<lengths]", outputs[valid], want_outputs[valid], tolerance))
+    else:
+        rows.append(compare(CHECK, label, "outputs", outputs, want_outputs, tolerance))
+    for state in manifest.states:
+        if state.name not in states:
+            rows.append(failed(CHECK, label, state.name, f"the server returned no state {state.name!r}"))
+        else:
+            rows.append(compare(CHECK, label, state.name, states[state.name],
+                                golden[f"serving_default/out/{state.name}"], tolerance))
+    return rows
+
+
+def _python_rows(server, model: _Model, export: Path | None, tolerance: Tolerance | None) -> list[CheckResult]:
+    from exporter.compare import failed
+    from exporter.convert.triton_server import SequenceClient
+
+    try:
+        manifest, golden = _load_export(find_export(model.folder, export))
+    except BadInput as exc:
+        return [failed(CHECK, f"{model.name} goldens", "golden.npz", str(exc))]
+    tolerance = tolerance or manifest.options.tolerance
+    inputs = golden["serving_default/in/inputs"]
+    lengths = golden.get("serving_default/in/lengths")
+    rows: list[CheckResult] = []
+    first_id = 1
+    for protocol in PROTOCOLS:
+        url = server.grpc_url if protocol == "grpc" else server.http_url
+        with SequenceClient(protocol, url) as client:
+            for chunks in sorted({1, 2, inputs.shape[1]}):
+                label = f"{model.name} {protocol} x{chunks}"
+                try:
+                    outputs, states = stream_sequences(client, model.name, inputs, lengths, chunks=chunks,
+                                                       first_id=first_id, slots=sequence_slots(model.config))
+                except Exception as exc:  # noqa: BLE001  the server's refusal is the finding
+                    rows.append(failed(CHECK, label, "*", f"{type(exc).__name__}: {exc}"))
+                else:
+                    rows.extend(golden_rows(label, outputs, states, manifest, golden, tolerance))
+                first_id += inputs.shape[0]
+    return rows
+
+
+def _onnxruntime_rows(model: _Model, reason: str) -> list[CheckResult]:
+    from exporter.compare import failed
+    from exporter.convert import triton
+    from serving.runtimes import OrtModel
+
+    rows = []
+    if _NO_BACKEND in reason:
+        rows.append(CheckResult(check=CHECK, signature=f"{model.name} server", tensor="config.pbtxt", passed=True,
+                                message="Triton's core validation passed; the server has no ONNX Runtime backend "
+                                        "to load the model"))
+    else:
+        rows.append(failed(CHECK, f"{model.name} server", "config.pbtxt", f"the server refused it: {reason}"))
+    onnx_files = sorted(model.folder.glob(f"*/{triton.MODEL_FILE}"))
+    if not onnx_files:
+        return rows + [failed(CHECK, f"{model.name} offline", triton.MODEL_FILE, "no version folder holds one")]
+    problems = triton.check_config(model.config, OrtModel.load(onnx_files[-1]))
+    if problems:
+        rows += [failed(CHECK, f"{model.name} offline", "config vs model.onnx", p) for p in problems]
+    else:
+        rows.append(CheckResult(check=CHECK, signature=f"{model.name} offline", tensor="config vs model.onnx",
+                                passed=True, message="states, dims and data types agree (ONNX Runtime)"))
+    return rows
+
+
+def _load_failures(server) -> dict[str, str]:
+    """`{model: reason}` for models the server did not load (from its index, and its log for poll failures)."""
+    reasons = {m["name"]: m.get("reason", "") for m in server.models() if m.get("state") != "READY"}
+    for line in server.log_path.read_text(errors="replace").splitlines():
+        match = _POLL_FAILED.search(line)
+        if match and match.group(1) in reasons and not reasons[match.group(1)]:
+            reasons[match.group(1)] = match.group(2)
+    return {name: reason or "not loaded (no reason given; see the server log)" for name, reason in reasons.items()}
+
+
+def check_repository(repo: Path, *, export: Path | None = None, tolerance: Tolerance | None = None,
+                     server=None, names: tuple[str, ...] = ()) -> TritonCheckReport:
+    """Starts the real `tritonserver` on `repo` (unless `server`, a started `TritonServer`, is given),
+    checks every model, and stops the server.
+
+    Args:
+        repo: a Triton model repository written by `seqexport convert --to triton`.
+        export: the export the goldens come from (default: found from the repository, see `find_export`).
+        tolerance: default: the export's own.
+        server: a running `triton_server.TritonServer` on `repo` (left running).
+        names: check these models only (default: every model of the repository).
+
+    Raises:
+        BadInput: not a repository, no export found, or the server is not installed.
+    """
+    from exporter.compare import failed
+    from exporter.convert.triton_server import ServerFailed, TritonServer, find_server
+
+    started = time.monotonic()
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise BadInput(f"{str(repo)!r} is not a folder (a Triton model repository).")
+    if export is not None:
+        find_export(repo, export)  # a wrong --export is a usage error, before any server starts
+    files = find_server()
+    models = _models(repo)
+    if names:
+        unknown = sorted(set(names) - {m.name for m in models})
+        if unknown:
+            raise BadInput(f"{str(repo)!r} has no model {', '.join(unknown)}; it has {', '.join(m.name for m in models)}.")
+        models = [m for m in models if m.name in names]
+    rows: list[CheckResult] = [failed(CHECK, f"{m.name} config", "config.pbtxt", m.error) for m in models if m.error]
+    notes = []
+    own = server is None
+    server = server or TritonServer(repo, files=files)
+    try:
+        if own:
+            try:
+                server.start()
+            except ServerFailed as exc:
+                rows.append(failed(CHECK, "server", "start", str(exc)))
+                return _report(repo, files, rows, notes, None, started, models)
+        failures = _load_failures(server)
+        for model in models:
+            if model.config is None:
+                continue
+            if model.backend == "python":
+                if model.name in failures:
+                    rows.append(failed(CHECK, f"{model.name} server", "load", failures[model.name]))
+                    continue
+                rows.append(CheckResult(check=CHECK, signature=f"{model.name} server", tensor="load", passed=True,
+                                        message=f"loaded by tritonserver (nvidia-pytriton {files.version})"))
+                rows.extend(_python_rows(server, model, export, tolerance))
+            elif model.backend == "onnxruntime":
+                rows.extend(_onnxruntime_rows(model, failures.get(model.name, "")))
+                notes.append(
+                    f"{model.name}: onnxruntime backend. The real server here checked config.pbtxt as far as "
+                    "Triton's core goes (parsing, names, max_batch_size, sequence-batching controls); the state "
+                    "entries (dims, data types, zero initial state) were checked offline against model.onnx, and "
+                    "only the official Triton container (it has the ONNX Runtime backend) runs the model with "
+                    "implicit state. `--backend python` gives a repository this server runs end to end.")
+            else:
+                rows.append(failed(CHECK, f"{model.name} server", "backend",
+                                   f"backend {model.backend!r} is not one seqexport writes (python, onnxruntime)"))
+        return _report(repo, files, rows, notes, server.start_seconds, started, models)
+    finally:
+        if own:
+            server.close()
+
+
+def _report(repo, files, rows, notes, start_seconds, started, models) -> TritonCheckReport:
+    return TritonCheckReport(repo=str(repo), server_version=files.version, checks=tuple(rows), notes=tuple(notes),
+                             start_seconds=start_seconds, seconds=time.monotonic() - started,
+                             models={m.name: m.backend for m in models})

@@ -1,0 +1,171 @@
+"""Triton Python-backend model of a seqexport step model; copied into a repository as `model.py`.
+
+Triton's Python backend has no implicit state (only its ONNX Runtime, TensorRT and
+PyTorch backends do), so this model keeps each sequence's state itself, keyed by
+the sequence's correlation id, while Triton's sequence batcher routes the requests
+and fills the four control inputs (`config.pbtxt`, `sequence_batching`):
+
+- `START` (1 on a sequence's first request): the state is created, zeros, replacing
+  any state left under that id;
+- `END` (1 on its last request): the state is dropped after that request;
+- `READY` (0 on the padding requests the `direct` strategy may add): nothing runs,
+  no state changes;
+- `CORRID` (uint64): the correlation id, the key of the state.
+
+A sequence idle for longer than `idle_seconds` (the config's
+`max_sequence_idle_microseconds`, after which Triton frees its slot too) has its
+state dropped, and at most `max_sequences` states are kept: past that the least
+recently used one is dropped (logged). A request of a sequence whose state was
+dropped, or that never started, gets an error naming the id, never a result
+computed from another state.
+
+A request holds one chunk of one sequence: `inputs [1, T, F]`; the response holds
+`outputs [1, T, O]` and every state after the chunk (`[1, *state shape]`). Each
+step runs the exported step model (ONNX, weights frozen) in ONNX Runtime.
+
+Only numpy, onnxruntime and Triton's `triton_python_backend_utils` are imported:
+the file runs inside Triton's Python stub, not in seqexport.
+
+Tensors cross into and out of Triton through DLPack, never `as_numpy()` /
+`pb_utils.Tensor(name, array)`: a stub built with an older pybind11 reads numpy 2's
+dtype descriptors at numpy 1's offsets (the `nvidia-pytriton` 0.7.0 stub returns
+`[1, 1]` for an input `[1, 2]`, and zero-byte outputs).
+"""
+
+import ctypes
+import json
+import os
+import threading
+import time
+from collections import OrderedDict
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+PARAMETER = "seqexport"  # the config parameter holding this model's settings (JSON)
+
+
+# The stub takes ownership of a DLPack capsule (it calls the tensor's deleter when done) but
+# renames it "used_dlpack", not the standard "used_dltensor": numpy's capsule destructor then
+# prints an error for every output. The capsule handed over has no destructor.
+_set_destructor = ctypes.pythonapi.PyCapsule_SetDestructor
+_set_destructor.argtypes = [ctypes.py_object, ctypes.c_void_p]
+_set_destructor.restype = ctypes.c_int
+
+
+def _to_triton(name, array):
+    capsule = np.ascontiguousarray(array).__dlpack__()
+    _set_destructor(capsule, None)
+    return pb_utils.Tensor.from_dlpack(name, capsule)
+
+
+def _from_triton(request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else np.from_dlpack(tensor)
+
+
+class SequenceError(Exception):
+    """A request that names no live sequence."""
+
+
+class TritonPythonModel:
+    """One step model, one state per live sequence."""
+
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        spec = json.loads(config["parameters"][PARAMETER]["string_value"])
+        folder = os.path.join(args["model_repository"], args["model_version"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(spec.get("threads", 1))
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(os.path.join(folder, spec["step_model"]), options,
+                                            providers=["CPUExecutionProvider"])
+        self.input = spec["input"]  # the ONNX step model's per-step input
+        self.output = spec["output"]
+        self.output_dtype = np.dtype(spec["output_dtype"])
+        self.output_shape = tuple(spec["output_shape"])
+        self.states = [(s["name"], tuple(s["shape"]), np.dtype(s["dtype"])) for s in spec["states"]]
+        self.extra = {}
+        names = {i.name for i in self.session.get_inputs()}
+        if spec.get("correlation_id_input") in names:  # an unused CORRID input of the step model
+            self.extra[spec["correlation_id_input"]] = np.zeros((1, 1), np.uint64)
+        self.fetch = [self.output] + [name + spec["state_output_suffix"] for name, _, _ in self.states]
+        self.idle_seconds = float(spec["idle_seconds"])
+        self.max_sequences = int(spec["max_sequences"])
+        self.controls = spec["controls"]  # {"start": name, "end": ..., "ready": ..., "corrid": ...}
+        self.live = OrderedDict()  # correlation id -> (states, last request time), oldest first
+        self.lock = threading.Lock()
+        self.logger = pb_utils.Logger
+
+    def _flag(self, request, key):
+        value = _from_triton(request, self.controls[key])
+        return None if value is None else int(value.reshape(-1)[0])
+
+    def _correlation_id(self, request):
+        value = _from_triton(request, self.controls["corrid"])
+        return request.correlation_id() if value is None else int(value.reshape(-1)[0])
+
+    def _sweep(self, now):
+        for key in [k for k, (_, seen) in self.live.items() if now - seen > self.idle_seconds]:
+            del self.live[key]
+            self.logger.log_info(f"seqexport: dropped the state of sequence {key} after "
+                                 f"{self.idle_seconds:g} s idle")
+
+    def _states_for(self, key, start, now):
+        if start:
+            self.live.pop(key, None)
+            while len(self.live) >= self.max_sequences:
+                dropped, _ = self.live.popitem(last=False)
+                self.logger.log_warn(f"seqexport: dropped the state of sequence {dropped}: "
+                                     f"more than {self.max_sequences} live sequences")
+            return {name: np.zeros((1, *shape), dtype) for name, shape, dtype in self.states}
+        if key not in self.live:
+            raise SequenceError(f"sequence {key} has no state: its first request had no START flag, or its state was "
+                           f"dropped (idle for over {self.idle_seconds:g} s, or more than {self.max_sequences} "
+                           "live sequences); start it again with sequence_start")
+        return self.live[key][0]
+
+    def _run(self, chunk, states):
+        ys = []
+        for t in range(chunk.shape[1]):
+            y, *new = self.session.run(self.fetch, {self.input: chunk[:, t], **states, **self.extra})
+            ys.append(y)
+            states = {name: value for (name, _, _), value in zip(self.states, new)}
+        outputs = np.stack(ys, axis=1) if ys else np.zeros((1, 0, *self.output_shape), self.output_dtype)
+        return outputs, states
+
+    def _response(self, outputs, states):
+        tensors = [_to_triton("outputs", outputs)]
+        tensors += [_to_triton(name, states[name]) for name, _, _ in self.states]
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+
+    def execute(self, requests):
+        responses = []
+        with self.lock:
+            now = time.monotonic()
+            self._sweep(now)
+            for request in requests:
+                try:
+                    if self._flag(request, "ready") == 0:  # a padding slot of the direct strategy
+                        zeros = {name: np.zeros((1, *shape), dtype) for name, shape, dtype in self.states}
+                        empty = np.zeros((1, 0, *self.output_shape), self.output_dtype)
+                        responses.append(self._response(empty, zeros))
+                        continue
+                    key = self._correlation_id(request)
+                    states = self._states_for(key, self._flag(request, "start") == 1, now)
+                    chunk = np.array(_from_triton(request, "inputs"))  # a copy: the request's memory is Triton's
+                    outputs, states = self._run(chunk, states)
+                    if self._flag(request, "end") == 1:
+                        self.live.pop(key, None)
+                    else:
+                        self.live[key] = (states, now)
+                        self.live.move_to_end(key)
+                    responses.append(self._response(outputs, states))
+                except Exception as exc:  # noqa: BLE001  the client gets the reason, the server keeps serving
+                    responses.append(pb_utils.InferenceResponse(
+                        output_tensors=[], error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}")))
+        return responses
+
+    def finalize(self):
+        self.live.clear()
