@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from exporter.errors import UnsupportedModel
 from exporter.fused import fused_lstm, is_fusable_lstm
+from exporter.recurrence import hoisted_cell, is_hoistable_gru, is_hoistable_simple_rnn
 from exporter.specs import StateSpec
 from exporter.step_model import StepModel
 
@@ -108,7 +109,16 @@ def _rnn_stage(index: int, layer: keras.layers.RNN, masked: bool) -> _Stage:
         return output, new
 
     return _Stage(layer.name, states, call, ends_sequence=not layer.return_sequences,
-                  sequence_call=fused_lstm(cell) if is_fusable_lstm(cell) else None)
+                  sequence_call=_sequence_call(cell))
+
+
+def _sequence_call(cell) -> Callable | None:
+    """The cell over a whole sequence in one kernel (LSTM) or one hoisted loop (GRU, SimpleRNN)."""
+    if is_fusable_lstm(cell):
+        return fused_lstm(cell)
+    if is_hoistable_gru(cell) or is_hoistable_simple_rnn(cell):
+        return hoisted_cell(cell)
+    return None
 
 
 def _per_step_stage(index: int, layer) -> _Stage:
