@@ -536,7 +536,8 @@ def markdown(results: dict) -> str:
     lines += ["", f"Models: {'; '.join(f'{k} = {v}' for k, v in MODELS.items())}, each + Dense({HEAD}), "
               f"{FEATURES} features.",
               f"Floor: FLOPs per step (3x for a gradient) / the GEMM rate of a 2048-square float32 matmul, "
-              f"{', '.join(f'{g:.1f}' for g in machine['gemm_gflops'])} GFLOP/s in this run (median used).",
+              f"{', '.join(f'{g:.1f}' for g in machine['gemm_gflops'])} GFLOP/s in this run, before the first "
+              f"model and after each (a row uses the median of those timed before it).",
               f"numpy_step_loop: one BLAS thread, kernel {kernels or 'unknown'}; "
               f"unset for it: {', '.join(machine['blas_hints_unset_for_numpy']) or 'none was set'}."]
     for section in SECTIONS:
