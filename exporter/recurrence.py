@@ -25,7 +25,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-UNROLL = 8  # steps per loop iteration (measured in scripts/bench.py: 4, 8, 16 within noise, 1 slower)
+# Steps per loop iteration. GRU(128), B=32, T=128, interleaved on a loaded 2-core machine:
+# forward 187 / 121 / 138 / 109 µs/step and gradient 497 / 326 / 375 / 405 for 1 / 4 / 8 / 16.
+UNROLL = 8
 
 
 def is_hoistable_simple_rnn(cell) -> bool:
