@@ -11,7 +11,13 @@ Why `BlockLSTM` and not `BlockLSTMV2`: on CPU, V2's forward uses Keras's gate or
 (i, f, c, o) but its registered gradient calls `BlockLSTMGrad`, which assumes
 (i, c, f, o): its gradients are wrong (input gradients off by 2.8 on a 128-unit LSTM;
 tests/exporter/test_fused.py keeps that finding honest). V1 with the gates reordered
-and `forget_bias=0` matches the Keras cell, gradients included.
+and `forget_bias=0` matches the Keras cell.
+
+Its gradient is not `BlockLSTMGrad` (one op that does every step's weight products one
+small product at a time: slower than Keras's own loop at B=1): a `tf.custom_gradient`
+reads the gates `BlockLSTM` already returns, runs one backward loop of `dh @ U^T` and a
+few element-wise ops per step (exporter/recurrence.py's unrolled `scan`), and computes
+the weight gradients as one matrix product each after that loop.
 """
 
 from __future__ import annotations
@@ -40,54 +46,86 @@ def _icfo(tensor):
     return tf.concat([i, c, f, o], axis=-1)
 
 
+def lstm_sequence(x_tm, h0, c0, kernel, recurrent, bias):
+    """Keras's LSTM over `x_tm [T, B, F]` in one `BlockLSTM` op, gradient by hand.
+
+    Weights in Keras's layout and gate order (i, f, c, o). Returns (h_seq [T, B, U], h_T, c_T).
+    """
+    import tensorflow as tf
+
+    from exporter.recurrence import _dense, _matmul_seq, _outer, _previous, scan
+
+    units = int(recurrent.shape[0])
+
+    @tf.custom_gradient
+    def run(x_tm, h0, c0, kernel, recurrent, bias):
+        no_peephole = tf.zeros([units], x_tm.dtype)
+        gates = tf.raw_ops.BlockLSTM(
+            seq_len_max=tf.cast(tf.shape(x_tm)[0], tf.int64), x=x_tm, cs_prev=c0, h_prev=h0,
+            w=_icfo(tf.concat([kernel, recurrent], axis=0)), wci=no_peephole, wcf=no_peephole, wco=no_peephole,
+            b=_icfo(bias), forget_bias=0.0, cell_clip=-1.0, use_peephole=False,
+        )
+        # The last step, or the given state when T = 0 (an empty chunk leaves a stream where it was).
+        h_last = tf.concat([h0[None], gates.h[-1:]], axis=0)[-1]
+        c_last = tf.concat([c0[None], gates.cs[-1:]], axis=0)[-1]
+
+        def grad(d_hs, d_h_last, d_c_last):
+            d_hs, d_h_last, d_c_last = _dense(d_hs, gates.h), _dense(d_h_last, h_last), _dense(d_c_last, c_last)
+            i, f, o, g, tanh_c = gates.i, gates.f, gates.o, gates.ci, gates.co
+            c_previous = _previous(c0, gates.cs)
+            d_c_from_h = o * (1.0 - tf.square(tanh_c))  # dc_t / dh_t
+            # d(pre-activations, Keras order i, f, c, o) / (dc, dc, dc, dh) per step.
+            coefficients = tf.concat([g * i * (1.0 - i), c_previous * f * (1.0 - f), i * (1.0 - tf.square(g)),
+                                      tanh_c * o * (1.0 - o)], axis=-1)
+            u_t = tf.transpose(recurrent)
+
+            def backward(inputs, state):
+                upstream, d_c_from_h_t, coefficients_t, f_t = inputs
+                d_h = upstream + state[0]
+                d_c = state[1] + d_h * d_c_from_h_t
+                d_pre = tf.concat([d_c, d_c, d_c, d_h], axis=-1) * coefficients_t
+                return (d_h, d_c), (d_pre @ u_t, d_c * f_t)
+
+            (d_h, d_c), (d_h0, d_c0) = scan(backward, (d_hs, d_c_from_h, coefficients, f), (d_h_last, d_c_last),
+                                            (units, units), reverse=True)
+            d_pre = tf.concat([d_c, d_c, d_c, d_h], axis=-1) * coefficients
+            return (_matmul_seq(d_pre, kernel, transpose_b=True), d_h0, d_c0, _outer(x_tm, d_pre),
+                    _outer(_previous(h0, gates.h), d_pre), tf.reduce_sum(d_pre, axis=[0, 1]))
+
+        return (gates.h, h_last, c_last), grad
+
+    return run(x_tm, h0, c0, kernel, recurrent, bias)
+
+
 def fused_lstm(cell) -> Callable:
     """`(x [B, T, F], (h, c)) -> (h_seq [B, T, U], (h_T, c_T))` for a Keras LSTM cell, in BlockLSTM ops."""
     import tensorflow as tf
 
     units = int(cell.units)
 
-    def block(time_major, h0, c0, weights, bias):
-        no_peephole = tf.zeros([units], time_major.dtype)
-        return tf.raw_ops.BlockLSTM(
-            seq_len_max=tf.cast(tf.shape(time_major)[0], tf.int64), x=time_major, cs_prev=c0, h_prev=h0,
-            w=weights, wci=no_peephole, wcf=no_peephole, wco=no_peephole, b=bias,
-            forget_bias=0.0, cell_clip=-1.0, use_peephole=False,
-        )
-
-    def run(time_major, h0, c0, weights, bias):
-        """(h_seq [T, B, U], h_T, c_T) for T > 0 and B > 0 rows."""
-        result = block(time_major, h0, c0, weights, bias)
-        last = tf.shape(time_major)[0] - 1  # gathered: no static check in the branch not taken
-        return result.h, tf.gather(result.h, last), tf.gather(result.cs, last)
-
     def call(inputs, states):
         h0, c0 = states
         inputs = tf.cast(inputs, h0.dtype)  # as Keras casts a float64 input into a float32 cell
-        weights = _icfo(tf.concat([cell.kernel.value, cell.recurrent_kernel.value], axis=0))
-        bias = _icfo(cell.bias.value) if cell.use_bias else tf.zeros([4 * units], inputs.dtype)
+        kernel = tf.convert_to_tensor(cell.kernel.value)
+        recurrent = tf.convert_to_tensor(cell.recurrent_kernel.value)
+        bias = tf.convert_to_tensor(cell.bias.value) if cell.use_bias else tf.zeros([4 * units], inputs.dtype)
+
+        def run(time_major, h0, c0):
+            return lstm_sequence(time_major, h0, c0, kernel, recurrent, bias)
+
         time_major = tf.transpose(inputs, [1, 0, 2])
-        steps, batch = tf.shape(time_major)[0], tf.shape(time_major)[1]
+        batch = tf.shape(time_major)[1]
 
-        def halves():
-            # Rows are independent: the two halves of the batch run as two ops, which TF's executor
-            # runs at once (the kernel alone kept one of two cores busy: 1.6-1.75x faster at B=32).
-            sizes = tf.stack([batch // 2, batch - batch // 2])
-            parts = [tf.split(t, sizes, axis=a, num=2) for t, a in ((time_major, 1), (h0, 0), (c0, 0))]
-            runs = [run(x, h, c, weights, bias) for x, h, c in zip(*parts)]
-            return tuple(tf.concat(list(outputs), axis=a) for outputs, a in zip(zip(*runs), (1, 0, 0)))
-
-        def whole():
-            return run(time_major, h0, c0, weights, bias)
-
-        def nothing():
-            # Never run the kernel on an empty sequence or batch: BlockLSTMGrad then returns
-            # uninitialised weight gradients (seen as 22.4 instead of 0). T = 0 returns the
-            # state it was given, so an empty chunk leaves a stream where it was.
-            return tf.zeros([steps, batch, units], inputs.dtype), tf.identity(h0), tf.identity(c0)
-
-        h_seq, h_last, c_last = tf.cond(
-            steps * batch == 0, nothing, lambda: tf.cond(batch >= 2, halves, whole)
-        )
+        # Rows are independent: the two halves of the batch run as two ops, which TF's executor
+        # runs at once (the kernel alone kept one of two cores busy: 1.6-1.75x faster at B=32).
+        # Always two, one of them empty at B <= 1: no tf.cond, whose gradient fails around a
+        # custom gradient when taken through a function call (cond_v2's _resolve_grad_inputs).
+        # BlockLSTMGrad, which returned uninitialised weight gradients on an empty batch or
+        # sequence (22.4 instead of 0), is not used.
+        sizes = tf.stack([batch // 2, batch - batch // 2])
+        parts = [tf.split(t, sizes, axis=a, num=2) for t, a in ((time_major, 1), (h0, 0), (c0, 0))]
+        runs = [run(x, h, c) for x, h, c in zip(*parts)]
+        h_seq, h_last, c_last = (tf.concat(list(outputs), axis=a) for outputs, a in zip(zip(*runs), (1, 0, 0)))
         return tf.transpose(h_seq, [1, 0, 2]), (h_last, c_last)
 
     return call

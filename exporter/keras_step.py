@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from exporter.errors import SeqExportError, UnsupportedModel
 from exporter.fused import fused_lstm, is_fusable_lstm
+from exporter.recurrence import hoisted_cell, is_hoistable_gru, is_hoistable_simple_rnn
 from exporter.specs import StateSpec
 from exporter.step_model import StepModel
 from exporter.time_probe import why_not_per_step
@@ -125,9 +126,17 @@ def _rnn_stage(index: int, layer: keras.layers.RNN, masked: bool, emit: int = 0)
             new = tuple(tf.where(keep, n, p) for n, p in zip(new, prev))
         return (output if emit == 0 else new[emit - 1]), new
 
-    fusable = emit == 0 and is_fusable_lstm(cell)
     return _Stage(layer.name, states, call, ends_sequence=emit > 0 or not layer.return_sequences,
-                  sequence_call=fused_lstm(cell) if fusable else None)
+                  sequence_call=_sequence_call(cell) if emit == 0 else None)
+
+
+def _sequence_call(cell) -> Callable | None:
+    """The cell over a whole sequence in one kernel (LSTM) or one hoisted loop (GRU, SimpleRNN)."""
+    if is_fusable_lstm(cell):
+        return fused_lstm(cell)
+    if is_hoistable_gru(cell) or is_hoistable_simple_rnn(cell):
+        return hoisted_cell(cell)
+    return None
 
 
 def _causal_conv_stage(index: int, layer) -> _Stage:

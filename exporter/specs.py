@@ -236,7 +236,8 @@ class ExportOptions:
         unsafe: Keras safe mode was turned off to load the model.
         jit: compile the forward signatures (`serving_default`, `stream`, `step`) with XLA.
         fused: run `serving_default` and `stream` in whole-sequence kernels where the model
-            has them (LSTM stacks: TF's `BlockLSTM`; not with `jit`, not for masked models);
+            has them (LSTM: TF's `BlockLSTM`; GRU, SimpleRNN: one loop with the input
+            product hoisted; not with `jit`, not for masked models);
             the while_loop stays beside them as `<name>_unfused` signatures.
         targets: runtimes to convert to before publishing (`tflite`, `onnx`, `triton-python`); results go
             to `assets.extra/seqexport/runtimes/<target>/`.

@@ -44,8 +44,8 @@ class StepModel:
             output of shape `core_output_shape` (dtype `core_output_dtype`, default
             `output_dtype`) and `head` turns it into `output_shape`.
         fused_unroll: optional `(inputs [B, T, ...], states) -> (core outputs [B, T, ...],
-            new_states)`: the same maths as the unroll in whole-sequence kernels (an LSTM
-            as TF's `BlockLSTM`), used by `serving_default` and `stream` unless `--jit` or
+            new_states)`: the same maths as the unroll in whole-sequence runs (an LSTM
+            as TF's `BlockLSTM`, a GRU or SimpleRNN as one loop with its input product hoisted), used by `serving_default` and `stream` unless `--jit` or
             `--no-fused`; never for masked models. Its outputs are `bind_step`'s (before
             `head`). The while_loop stays as the `<name>_unfused` twins.
         last_step_only: `serving_default` returns only the last step's output.

@@ -3,9 +3,10 @@
 The sequence signatures unroll the step in ONE `tf.while_loop` over `TensorArray`s
 with `element_shape` set, the state threaded as loop variables with fixed shapes:
 TF then keeps every step's activations for the backward pass, so gradients flow
-through time and across chained `stream` calls. A model with a `fused_unroll` (an LSTM
-stack) runs `serving_default` and `stream` in whole-sequence kernels instead, and keeps
-the while_loop beside them as `<name>_unfused` signatures (exporter/fused.py says why).
+through time and across chained `stream` calls. A model with a `fused_unroll` (a stack of LSTM, GRU
+or SimpleRNN layers) runs `serving_default` and `stream` in whole-sequence runs instead,
+and keeps the while_loop beside them as `<name>_unfused` signatures (exporter/fused.py
+and exporter/recurrence.py say why).
 """
 
 from __future__ import annotations

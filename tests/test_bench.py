@@ -16,7 +16,7 @@ import pytest
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 ROW_FIELDS = {"model", "batch", "steps", "kind", "variant", "us_per_step", "throughput_steps_per_s",
-              "ratio_vs_keras", "matches_keras", "excess_over_tolerance"}
+              "ratio_vs_keras", "floor_us_per_step", "ratio_vs_floor", "matches_keras", "excess_over_tolerance"}
 
 
 def test_quick_bench(tmp_path):
@@ -28,12 +28,18 @@ def test_quick_bench(tmp_path):
     assert (tmp_path / "bench.md").read_text().startswith("| model |")
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
     rows = results["timings"]
-    assert {r["variant"] for r in rows} >= {"keras", "exported", "exported_xla", "tf_step_loop", "numpy_floor",
-                                            "litert_step_loop", "ort_step_loop", "keras_grad", "exported_grad"}
+    assert {r["variant"] for r in rows} >= {"keras", "exported", "exported_stream", "exported_xla", "tf_step_loop",
+                                            "numpy_step_loop", "litert_step_loop", "ort_step_loop", "keras_grad",
+                                            "exported_grad"}
+    assert {r["model"] for r in rows} == {"lstm", "gru", "srnn"}
     for row in rows:
         assert ROW_FIELDS <= set(row), row
-        if row["variant"] != "numpy_floor":
-            assert row["matches_keras"], row
+        assert row["matches_keras"], row  # the numpy step loop computes the model too
+        assert row["floor_us_per_step"] > 0 and row["ratio_vs_floor"] > 0, row
+    # The numpy loop's child says which BLAS it ran, with one thread.
+    blas = results["machine"]["numpy_blas"]
+    assert blas and all(b["num_threads"] == 1 for b in blas), blas
+    assert all(g > 0 for g in results["machine"]["gemm_gflops"])
     assert results["memory"] and all("peak_mb_over_baseline" in m for m in results["memory"])
 
     # The export-cost section: both tools timed, seqexport's phases and checks, the verifier's memory.

@@ -1,0 +1,322 @@
+"""Whole-sequence runs of SimpleRNN and GRU cells, with a gradient written by hand.
+
+Why: in a `tf.while_loop` every op of every step pays TF's graph executor, and at
+the sizes people stream (B <= 32, a few hundred units) that overhead is most of the
+time. So, per layer:
+
+- the input projection `x @ W + b` of the whole chunk is ONE matrix product before
+  the loop; the loop keeps only `h @ U` and the gates' element-wise maths;
+- the loop runs `UNROLL` steps per iteration (the loop's own bookkeeping, a few ops
+  per loop variable per iteration, is paid once per block), and a second loop runs
+  the `T mod UNROLL` steps left;
+- the gradient (`tf.custom_gradient`) recomputes the gates of every step at once
+  from the saved outputs (one matrix product), runs one backward loop whose steps
+  are a matrix product and a few element-wise ops, and computes the weight gradients
+  as one matrix product each after that loop.
+
+Used for `serving_default` and `stream` like the fused LSTM (exporter/fused.py):
+`step` keeps the Keras cell and the while_loop stays as the `_unfused` twins, which
+second derivatives go through (the hand-written gradient is not differentiated).
+The maths is the Keras cell's (`keras.layers.SimpleRNNCell`, `GRUCell` with either
+`reset_after`), reordered: e.g. `z * h + (1 - z) * n` is computed as `n + z * (h - n)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+# Steps per loop iteration. GRU(128), B=32, T=128, interleaved on a loaded 2-core machine:
+# forward 187 / 121 / 138 / 109 µs/step and gradient 497 / 326 / 375 / 405 for 1 / 4 / 8 / 16.
+UNROLL = 8
+
+
+def is_hoistable_simple_rnn(cell) -> bool:
+    """A Keras `SimpleRNNCell` with tanh in float32."""
+    import keras
+
+    return (type(cell) is keras.layers.SimpleRNNCell and cell.activation is keras.activations.tanh
+            and _float32(cell))
+
+
+def is_hoistable_gru(cell) -> bool:
+    """A Keras `GRUCell` (either `reset_after`) with tanh/sigmoid in float32."""
+    import keras
+
+    return (type(cell) is keras.layers.GRUCell and cell.activation is keras.activations.tanh
+            and cell.recurrent_activation is keras.activations.sigmoid and _float32(cell))
+
+
+def _float32(cell) -> bool:
+    return cell.compute_dtype == "float32" and cell.variable_dtype == "float32"
+
+
+def _stack(ta, width: int, batch, steps_per_element: int):
+    """A TensorArray of `[steps_per_element, B, width]` (or `[B, width]`) elements as `[n, B, width]`.
+
+    Stacked with the element shape known at run time: stacking an empty list (T = 0)
+    fails on a partly unknown one.
+    """
+    import tensorflow as tf
+
+    shape = [batch, width] if steps_per_element == 1 else [steps_per_element, batch, width]
+    if tf.executing_eagerly():
+        stacked = ta.stack() if ta.size() > 0 else tf.zeros([0, *shape], ta.dtype)
+    else:
+        stacked = tf.raw_ops.TensorListStack(input_handle=ta.flow, element_shape=tf.stack(shape),
+                                             element_dtype=ta.dtype, num_elements=-1)
+    return tf.reshape(stacked, tf.stack([tf.shape(stacked)[0] * steps_per_element, batch, width]))
+
+
+def _loop(step: Callable, sequences: tuple, carry: tuple, widths: tuple, unroll: int):
+    """`(outputs_t, carry) = step(inputs_t, carry)` over time-major `sequences` ([n * unroll, B, w] each),
+    `unroll` steps per iteration. Returns (outputs, each [n * unroll, B, w], final carry)."""
+    import tensorflow as tf
+
+    dtype = sequences[0].dtype
+    batch = tf.shape(sequences[0])[1]
+    blocks = tf.shape(sequences[0])[0] // unroll
+    element = lambda w: tf.TensorShape([None, w] if unroll == 1 else [unroll, None, w])  # noqa: E731
+    inputs = []
+    for seq in sequences:
+        width = int(seq.shape[-1])
+        if unroll > 1:
+            seq = tf.reshape(seq, tf.stack([blocks, unroll, batch, width]))
+        inputs.append(tf.TensorArray(dtype, size=blocks, element_shape=element(width)).unstack(seq))
+    outputs = [tf.TensorArray(dtype, size=blocks, element_shape=element(w)) for w in widths]
+    carry_shapes = [c.shape for c in carry]
+
+    def body(n, *loop_vars):
+        tas, state = loop_vars[: len(widths)], tuple(loop_vars[len(widths):])
+        reads = [ta.read(n) for ta in inputs]
+        if unroll > 1:
+            reads = [tf.unstack(r, num=unroll) for r in reads]
+        per_step = []
+        for j in range(unroll):
+            y, state = step(tuple(r[j] if unroll > 1 else r for r in reads), state)
+            per_step.append(y)
+        for tensor, shape in zip(state, carry_shapes):
+            tensor.set_shape(shape)
+        written = [ta.write(n, tf.stack([y[k] for y in per_step]) if unroll > 1 else per_step[0][k])
+                   for k, ta in enumerate(tas)]
+        return (n + 1, *written, *state)
+
+    _, *result = tf.while_loop(lambda n, *_: n < blocks, body, (tf.constant(0), *outputs, *carry))
+    tas, final = result[: len(widths)], tuple(result[len(widths):])
+    return [_stack(ta, w, batch, unroll) for ta, w in zip(tas, widths)], final
+
+
+def scan(step: Callable, sequences: tuple, carry: tuple, widths: tuple, *, reverse: bool = False,
+         unroll: int = UNROLL):
+    """`(outputs_t, carry) = step(inputs_t, carry)` over time-major `sequences` ([T, B, w] each).
+
+    Args:
+        step: `(tuple of [B, w] inputs, carry) -> (tuple of [B, w] outputs, carry)`.
+        sequences: the inputs, time-major.
+        carry: the initial carry, a tuple of `[B, w]` tensors.
+        widths: the last dimension of each output.
+        reverse: run from the last step to the first (outputs still in time order).
+        unroll: steps per loop iteration.
+
+    Returns:
+        (outputs, a list of `[T, B, w]`, the final carry).
+    """
+    import tensorflow as tf
+
+    if reverse:
+        sequences = tuple(tf.reverse(s, [0]) for s in sequences)
+    steps = tf.shape(sequences[0])[0]
+    main = steps // unroll * unroll
+    head, carry = _loop(step, tuple(s[:main] for s in sequences), carry, widths, unroll)
+    tail, carry = _loop(step, tuple(s[main:] for s in sequences), carry, widths, 1)
+    outputs = [tf.concat([a, b], axis=0) for a, b in zip(head, tail)]
+    if reverse:
+        outputs = [tf.reverse(o, [0]) for o in outputs]
+    return outputs, carry
+
+
+def _matmul_seq(seq, matrix, transpose_b: bool = False):
+    """`[T, B, k] @ [k, m]` (or `[m, k]` transposed) as one matrix product: `[T, B, m]`."""
+    import tensorflow as tf
+
+    flat = tf.reshape(seq, [-1, int(seq.shape[-1])])
+    product = tf.matmul(flat, matrix, transpose_b=transpose_b)
+    return tf.reshape(product, tf.concat([tf.shape(seq)[:2], tf.shape(product)[1:]], axis=0))
+
+
+def _outer(a, b):
+    """`sum_t a_t^T @ b_t` of two `[T, B, *]` sequences: one matrix product."""
+    import tensorflow as tf
+
+    return tf.matmul(tf.reshape(a, [-1, int(a.shape[-1])]), tf.reshape(b, [-1, int(b.shape[-1])]),
+                     transpose_a=True)
+
+
+def _previous(h0, hs):
+    """`h_{t-1}` for every step: `[h0, h_0, ..., h_{T-2}]`."""
+    import tensorflow as tf
+
+    return tf.concat([h0[None], hs], axis=0)[: tf.shape(hs)[0]]
+
+
+def _dense(upstream, like):
+    import tensorflow as tf
+
+    return tf.zeros_like(like) if upstream is None else tf.convert_to_tensor(upstream)
+
+
+def simple_rnn_sequence(x_tm, h0, kernel, recurrent, bias):
+    """`h_t = tanh(x_t @ W + b + h_{t-1} @ U)` over `x_tm [T, B, F]`; returns (hs [T, B, U], h_T)."""
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def run(x_tm, h0, kernel, recurrent, bias):
+        def forward(inputs, state):
+            h = tf.tanh(inputs[0] + state[0] @ recurrent)
+            return (h,), (h,)
+
+        (hs,), (last,) = scan(forward, (_matmul_seq(x_tm, kernel) + bias,), (h0,), (int(recurrent.shape[0]),))
+
+        def grad(d_hs, d_last):
+            d_hs, d_last = _dense(d_hs, hs), _dense(d_last, last)
+            slope = 1.0 - tf.square(hs)
+
+            def backward(inputs, state):
+                upstream, slope_t = inputs
+                d_pre = (upstream + state[0]) * slope_t
+                return (d_pre,), (d_pre @ tf.transpose(recurrent),)
+
+            (d_pre,), (d_h0,) = scan(backward, (d_hs, slope), (d_last,), (int(recurrent.shape[0]),),
+                                     reverse=True)
+            return (_matmul_seq(d_pre, kernel, transpose_b=True), d_h0, _outer(x_tm, d_pre),
+                    _outer(_previous(h0, hs), d_pre), tf.reduce_sum(d_pre, axis=[0, 1]))
+
+        return (hs, last), grad
+
+    return run(x_tm, h0, kernel, recurrent, bias)
+
+
+def gru_sequence(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
+    """Keras's GRU over `x_tm [T, B, F]`; returns (hs [T, B, U], h_T).
+
+    `bias`: `[2, 3U]` (input and recurrent biases) when `reset_after`, else `[3U]`;
+    gate blocks in Keras's order (z, r, h).
+    """
+    import tensorflow as tf
+
+    units = int(recurrent.shape[0])
+    sigmoid_slope = lambda s: s * (1.0 - s)  # noqa: E731
+
+    def projections(x_tm, kernel, bias):
+        """(x_zr [T, B, 2U] with every bias of z and r, x_n [T, B, U] with the input bias of n)."""
+        if reset_after:
+            folded = bias[0] + tf.concat([bias[1][: 2 * units], tf.zeros([units], bias.dtype)], axis=0)
+        else:
+            folded = bias
+        projected = _matmul_seq(x_tm, kernel) + folded
+        return projected[..., : 2 * units], projected[..., 2 * units:]
+
+    @tf.custom_gradient
+    def run(x_tm, h0, kernel, recurrent, bias):
+        x_zr, x_n = projections(x_tm, kernel, bias)
+        u_zr, u_n = recurrent[:, : 2 * units], recurrent[:, 2 * units:]
+        b_rn = bias[1][2 * units:] if reset_after else None
+
+        def forward(inputs, state):
+            x_zr_t, x_n_t = inputs
+            h = state[0]
+            if reset_after:
+                h_zr, h_n = tf.split(h @ recurrent, [2 * units, units], axis=-1)
+                z, r = tf.split(tf.sigmoid(x_zr_t + h_zr), 2, axis=-1)
+                n = tf.tanh(x_n_t + r * (h_n + b_rn))
+            else:
+                z, r = tf.split(tf.sigmoid(x_zr_t + h @ u_zr), 2, axis=-1)
+                n = tf.tanh(x_n_t + (r * h) @ u_n)
+            h = n + z * (h - n)
+            return (h,), (h,)
+
+        (hs,), (last,) = scan(forward, (x_zr, x_n), (h0,), (units,))
+
+        def grad(d_hs, d_last):
+            d_hs, d_last = _dense(d_hs, hs), _dense(d_last, last)
+            previous = _previous(h0, hs)
+            # Every step's gates at once, from the outputs: one matrix product per recurrent block.
+            if reset_after:
+                h_zr, h_n = tf.split(_matmul_seq(previous, recurrent), [2 * units, units], axis=-1)
+                h_n = h_n + b_rn
+                z, r = tf.split(tf.sigmoid(x_zr + h_zr), 2, axis=-1)
+                n = tf.tanh(x_n + r * h_n)
+            else:
+                z, r = tf.split(tf.sigmoid(x_zr + _matmul_seq(previous, u_zr)), 2, axis=-1)
+                reset_previous = r * previous
+                n = tf.tanh(x_n + _matmul_seq(reset_previous, u_n))
+            d_n_pre = (1.0 - z) * (1.0 - tf.square(n))  # d(pre-activation of n) / dh
+            d_z_pre = (previous - n) * sigmoid_slope(z)  # d(pre-activation of z) / dh
+            if reset_after:
+                d_r_pre = d_n_pre * h_n * sigmoid_slope(r)
+                # d(h @ U) / dh per step, for the three gate blocks.
+                coefficients = tf.concat([d_z_pre, d_r_pre, d_n_pre * r], axis=-1)
+                u_t = tf.transpose(recurrent)
+
+                def backward(inputs, state):
+                    upstream, z_t, coefficients_t = inputs
+                    d_h = upstream + state[0]
+                    d_recurrent = tf.concat([d_h, d_h, d_h], axis=-1) * coefficients_t
+                    return (d_h,), (d_h * z_t + d_recurrent @ u_t,)
+
+                (d_h,), (d_h0,) = scan(backward, (d_hs, z, coefficients), (d_last,), (units,), reverse=True)
+                d_z, d_r, d_n = d_h * d_z_pre, d_h * d_r_pre, d_h * d_n_pre
+                d_projected = tf.concat([d_z, d_r, d_n], axis=-1)
+                d_inner = tf.concat([d_z, d_r, d_n * r], axis=-1)
+                d_recurrent_kernel = _outer(previous, d_inner)
+                d_bias = tf.stack([tf.reduce_sum(d_projected, axis=[0, 1]), tf.reduce_sum(d_inner, axis=[0, 1])])
+            else:
+                d_r_scale = previous * sigmoid_slope(r)  # d(pre-activation of r) / d(r * h)
+                u_n_t, u_zr_t = tf.transpose(u_n), tf.transpose(u_zr)
+
+                def backward(inputs, state):
+                    upstream, z_t, r_t, d_n_t, d_z_t, d_r_t = inputs
+                    d_h = upstream + state[0]
+                    d_reset = (d_h * d_n_t) @ u_n_t  # d(r * h_{t-1})
+                    d_zr = tf.concat([d_h * d_z_t, d_reset * d_r_t], axis=-1)
+                    return (d_h, d_reset), (d_h * z_t + d_reset * r_t + d_zr @ u_zr_t,)
+
+                (d_h, d_reset), (d_h0,) = scan(backward, (d_hs, z, r, d_n_pre, d_z_pre, d_r_scale), (d_last,),
+                                               (units, units), reverse=True)
+                d_z, d_r, d_n = d_h * d_z_pre, d_reset * d_r_scale, d_h * d_n_pre
+                d_projected = tf.concat([d_z, d_r, d_n], axis=-1)
+                d_recurrent_kernel = tf.concat(
+                    [_outer(previous, tf.concat([d_z, d_r], axis=-1)), _outer(reset_previous, d_n)], axis=-1)
+                d_bias = tf.reduce_sum(d_projected, axis=[0, 1])
+            return (_matmul_seq(d_projected, kernel, transpose_b=True), d_h0, _outer(x_tm, d_projected),
+                    d_recurrent_kernel, d_bias)
+
+        return (hs, last), grad
+
+    return run(x_tm, h0, kernel, recurrent, bias)
+
+
+def hoisted_cell(cell) -> Callable:
+    """`(x [B, T, F], (h,)) -> (h_seq [B, T, U], (h_T,))` for a Keras SimpleRNN or GRU cell."""
+    import tensorflow as tf
+
+    is_gru = is_hoistable_gru(cell)
+    units = int(cell.units)
+
+    def call(inputs, states):
+        (h0,) = states
+        inputs = tf.cast(inputs, h0.dtype)  # as Keras casts a float64 input into a float32 cell
+        kernel = tf.convert_to_tensor(cell.kernel.value)
+        recurrent = tf.convert_to_tensor(cell.recurrent_kernel.value)
+        if cell.use_bias:
+            bias = tf.convert_to_tensor(cell.bias.value)
+        else:
+            shape = [2, 3 * units] if is_gru and cell.reset_after else [3 * units if is_gru else units]
+            bias = tf.zeros(shape, inputs.dtype)
+        x_tm = tf.transpose(inputs, [1, 0, 2])
+        if is_gru:
+            hs, last = gru_sequence(x_tm, h0, kernel, recurrent, bias, reset_after=bool(cell.reset_after))
+        else:
+            hs, last = simple_rnn_sequence(x_tm, h0, kernel, recurrent, bias)
+        return tf.transpose(hs, [1, 0, 2]), (last,)
+
+    return call

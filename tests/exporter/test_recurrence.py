@@ -1,0 +1,95 @@
+"""SimpleRNN and GRU layers as one hoisted loop each: the Keras layer's numbers, gradients by hand."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from exporter.keras_step import step_model_from_keras
+from exporter.recurrence import hoisted_cell, is_hoistable_gru, is_hoistable_simple_rnn
+from exporter.trace import trace
+
+UNITS, FEATURES = 6, 5
+OUT_TOL, GRAD_TOL = 1e-5, 1e-4  # float32, as the verify defaults (absolute)
+LAYERS = {
+    "simple_rnn": lambda **kw: keras.layers.SimpleRNN(UNITS, **kw),
+    "gru_reset_after": lambda **kw: keras.layers.GRU(UNITS, reset_after=True, **kw),
+    "gru_reset_before": lambda **kw: keras.layers.GRU(UNITS, reset_after=False, **kw),
+}
+
+
+def _layer(kind: str, use_bias: bool):
+    keras.utils.set_random_seed(3)
+    layer = LAYERS[kind](return_sequences=True, return_state=True, use_bias=use_bias,
+                         **({"bias_initializer": "random_normal"} if use_bias else {}))
+    layer.build((None, None, FEATURES))
+    return layer
+
+
+def _loss_and_grads(call, layer, x, h0, weights):
+    with tf.GradientTape() as tape:
+        tape.watch([x, h0])
+        sequence, last = call(x, h0)
+        loss = tf.reduce_sum(sequence * weights[0]) + tf.reduce_sum(last * weights[1])
+    return [sequence, last], tape.gradient(loss, [x, h0, *layer.trainable_variables])
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_hoisted_loop_matches_keras_layer_outputs_states_and_gradients(kind, use_bias):
+    """T=19 runs two unrolled blocks and three single steps; T=1 only the single-step loop;
+    T=0 returns the state it was given and B=0 empty outputs, with zero weight gradients."""
+    layer = _layer(kind, use_bias)
+    hoisted = hoisted_cell(layer.cell)
+    rng = np.random.default_rng(0)
+
+    @tf.function
+    def ours(x, h0, weights):
+        return _loss_and_grads(lambda x, h0: (lambda s, st: (s, st[0]))(*hoisted(x, (h0,))), layer, x, h0, weights)
+
+    @tf.function
+    def keras_layer(x, h0, weights):
+        return _loss_and_grads(lambda x, h0: layer(x, initial_state=[h0]), layer, x, h0, weights)
+
+    for batch, steps in ((3, 19), (1, 1), (3, 0), (0, 5)):
+        x = tf.constant(rng.normal(size=(batch, steps, FEATURES)).astype(np.float32))
+        h0 = tf.constant(rng.normal(size=(batch, UNITS)).astype(np.float32))
+        weights = [tf.constant(rng.normal(size=s).astype(np.float32)) for s in ((batch, steps, UNITS), (batch, UNITS))]
+        got, got_grads = ours(x, h0, weights)
+        if steps == 0:  # Keras cannot run an empty sequence: the state comes back, nothing depends on the weights
+            np.testing.assert_array_equal(got[1], h0)
+            np.testing.assert_array_equal(got_grads[1], weights[1])
+            assert all(float(tf.reduce_max(tf.abs(g))) == 0.0 for g in got_grads[2:])
+            continue
+        want, want_grads = keras_layer(x, h0, weights)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, atol=OUT_TOL, rtol=0)
+        for g, w in zip(got_grads, want_grads):
+            np.testing.assert_allclose(g, w, atol=GRAD_TOL, rtol=0)
+
+
+def test_only_tanh_sigmoid_float32_cells_are_hoisted():
+    assert is_hoistable_simple_rnn(keras.layers.SimpleRNNCell(3))
+    assert is_hoistable_gru(keras.layers.GRUCell(3)) and is_hoistable_gru(keras.layers.GRUCell(3, reset_after=False))
+    assert not is_hoistable_simple_rnn(keras.layers.SimpleRNNCell(3, activation="relu"))
+    assert not is_hoistable_gru(keras.layers.GRUCell(3, recurrent_activation="hard_sigmoid"))
+    assert not is_hoistable_gru(keras.layers.LSTMCell(3))
+    assert not is_hoistable_gru(keras.layers.GRUCell(3, dtype="float64"))
+
+
+def test_gru_and_simple_rnn_stacks_keep_while_loop_twins_and_lose_per_step_input_products():
+    """The input product of every layer leaves the loop: one MatMul per layer inside it."""
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((None, FEATURES)), keras.layers.GRU(4, return_sequences=True),
+                              keras.layers.SimpleRNN(3, return_sequences=True), keras.layers.Dense(2)])
+    traced = trace(step_model_from_keras(model))
+    for name in ("serving_default", "stream"):
+        assert f"{name}_unfused" in traced.functions
+        assert traced.higher_order_function(name) is traced.functions[f"{name}_unfused"]
+    graph = traced.functions["serving_default"].graph.as_graph_def()
+    bodies = [f for f in graph.library.function if "body" in f.signature.name]
+    matmuls = [sum(n.op in ("MatMul", "BatchMatMulV2") for n in f.node_def) for f in bodies]
+    # Two layers, each an unrolled loop (8 steps) and a single-step loop: h @ U once per step.
+    assert sorted(matmuls) == [1, 1, 8, 8], matmuls
