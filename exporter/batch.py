@@ -51,6 +51,11 @@ class BatchBlocks:
     forward_passes: int = 0
 
     @property
+    def how(self) -> str:
+        """Short: "exact Jacobian", or "3 random projections" (one backward pass each)."""
+        return self.method.replace("random projections", f"{self.backward_passes} random projections")
+
+    @property
     def independent(self) -> bool:
         return self.offdiag_max <= BATCH_INDEPENDENCE_RTOL * max(self.diag_max, 1e-30)
 
@@ -61,11 +66,11 @@ class BatchBlocks:
             else f"rows MIX (worst: {self.worst}): server-side batching refused"
         )
         return CheckResult(
-            check="batch independence", signature=signature, tensor="d out[b]/d in[b'], b != b'",
+            check="batch independence", signature=signature, tensor="d out[b]/d in[b'≠b]",
             passed=True, max_abs=self.offdiag_max,
             max_rel=self.offdiag_max / self.diag_max if self.diag_max else 0.0,
             atol=0.0, rtol=BATCH_INDEPENDENCE_RTOL,
-            message=f"{verdict} ({self.method}, {self.backward_passes} backward passes)",
+            message=f"{verdict} ({self.how})",
         )
 
 

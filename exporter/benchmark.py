@@ -16,8 +16,8 @@ Two floors for every row:
   a current numpy; the child reports which kernel it runs. The child times itself,
   and its calls take their turn in the interleaved order like any variant.
 
-More sections (say, what an export costs) join through `SECTIONS`: each runs after
-the timings and adds its own key to the JSON and its own part to bench.md.
+The export-cost section (exporter/export_cost.py) runs after the timings, or alone,
+under its own JSON key and bench.md part.
 """
 
 from __future__ import annotations
@@ -374,22 +374,8 @@ def _max_error(got, want) -> float:
     return float(np.max(excess))
 
 
-@dataclasses.dataclass(frozen=True)
-class Section:
-    """A part of the benchmark after the timings: `run(config, workdir, progress) -> JSON-ready data`
-    stored under `key`, and `markdown(data) -> str` appended to bench.md under `title`."""
-
-    key: str
-    title: str
-    run: Callable[[BenchConfig, Path, Callable[[str], None]], object]
-    markdown: Callable[[object], str]
-
-
-SECTIONS: list[Section] = []  # modules add theirs on import (`SECTIONS.append(...)`)
-
-
 def run(config: BenchConfig, workdir: Path, progress: Callable[[str], None] = lambda _: None) -> dict:
-    """Runs every timing of `config`, then every section of `SECTIONS`; returns the JSON-ready results."""
+    """Runs every timing of `config`; returns the JSON-ready results."""
     rows = []
     memory = []
     progress("timing a large float32 matmul (the GEMM rate of the floor)")
@@ -428,9 +414,6 @@ def run(config: BenchConfig, workdir: Path, progress: Callable[[str], None] = la
                "machine": {"gemm_gflops": [r / 1e9 for r in rates], "numpy_blas": blas,
                            "blas_hints_unset_for_numpy": [k for k in _BLAS_HINTS if k in os.environ]},
                "versions": _versions()}
-    for section in SECTIONS:
-        progress(section.title)
-        results[section.key] = section.run(config, workdir, progress)
     return results
 
 
@@ -540,9 +523,6 @@ def markdown(results: dict) -> str:
               f"model and after each (a row uses the median of those timed before it).",
               f"numpy_step_loop: one BLAS thread, kernel {kernels or 'unknown'}; "
               f"unset for it: {', '.join(machine['blas_hints_unset_for_numpy']) or 'none was set'}."]
-    for section in SECTIONS:
-        if section.key in results:
-            lines += ["", f"## {section.title}", "", section.markdown(results[section.key]).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

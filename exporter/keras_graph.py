@@ -145,7 +145,7 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
     Raises:
         UnsupportedModel: naming the node that cannot run step by step.
     """
-    from exporter.keras_step import _binder, _has_mask_source, _stateful_batch
+    from exporter.keras_step import _binder, _has_mask_source, _stateful_batch, keras_reference, probe_step
 
     layers = [l for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
     if _has_mask_source(layers)[0]:
@@ -187,17 +187,8 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
 
     input_shape = tuple(x_tensor.shape[2:])
     input_dtype = tf.as_dtype(x_tensor.dtype).name
-    try:
-        y, _ = step(tf.zeros((1, *input_shape), input_dtype), tuple(tf.zeros((1, *s.shape), s.dtype) for s in states))
-    except Exception as exc:  # noqa: BLE001
-        raise UnsupportedModel(f"Model {model.name!r}: its rebuilt step failed on a probe step "
-                               f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}).") from None
-
-    def reference(inputs, lengths=None):
-        for layer in layers:
-            if isinstance(layer, keras.layers.RNN) and layer.stateful:
-                layer.reset_states()
-        return model(inputs, training=False)
+    y, _ = probe_step(model, step, tf.zeros((1, *input_shape), input_dtype),
+                      tuple(tf.zeros((1, *s.shape), s.dtype) for s in states))
 
     return StepModel(
         step_fn=step,
@@ -211,7 +202,7 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
         trainable_variables=tuple(v.value for v in model.trainable_variables),
         trainable_names=tuple(v.path for v in model.trainable_variables),
         last_step_only=kinds[output_id] == LAST_STEP,
-        reference_fn=reference,
+        reference_fn=keras_reference(model, layers),
         reference_batch=_stateful_batch(layers),
         input_vocab=next((l.input_dim for l in layers if isinstance(l, keras.layers.Embedding)), None),
         description=description or f"Keras model {model.name!r}",

@@ -18,7 +18,7 @@ from exporter.fused import fused_lstm, is_fusable_lstm
 from exporter.recurrence import hoisted_cell, is_hoistable_gru, is_hoistable_simple_rnn
 from exporter.specs import StateSpec
 from exporter.step_model import StepModel
-from exporter.time_probe import why_not_per_step
+from exporter.time_probe import whole_call_traces, why_not_per_step
 
 _STATE_NAMES = {"LSTMCell": ("h", "c"), "GRUCell": ("h",), "SimpleRNNCell": ("h",)}
 _BUILTIN_CELLS = tuple(_STATE_NAMES)
@@ -194,8 +194,8 @@ def _per_step_stage(index: int, layer, *, after_sequence: bool = False) -> _Stag
     if isinstance(layer, keras.layers.TimeDistributed):
         # Per step by construction: Keras folds time into the batch for the wrapped layer.
         inner = layer.layer
-        return _Stage(layer.name, (), lambda x, s, m: (inner(x, training=False), ()), sequence_call=whole,
-                      rank_agnostic=isinstance(inner, _PER_STEP))
+        return _Stage(layer.name, (), lambda x, s, m: (inner(x, training=False), ()),
+                      sequence_call=_time_folded(inner), rank_agnostic=isinstance(inner, _PER_STEP))
     if isinstance(layer, keras.layers.Masking):
         def mask_values(x, s, mask):
             if mask is None:
@@ -224,7 +224,25 @@ def _per_step_stage(index: int, layer, *, after_sequence: bool = False) -> _Stag
         if not type(layer).__module__.startswith("keras."):
             why += " (a custom layer that is per-step after all can declare `seqexport_per_step = True`)"
         raise _fail(index, layer, why)
-    return _Stage(layer.name, (), _one_step(layer), sequence_call=whole)
+    traces = whole_call_traces(layer, shape[2:], tf.as_dtype(layer.input.dtype).name, steps=shape[1])
+    return _Stage(layer.name, (), _one_step(layer), sequence_call=whole if traces else _time_folded(layer, steps=1))
+
+
+def _time_folded(layer, *, steps: int | None = None) -> Callable:
+    """`layer` over `[B, T, ...]` with time folded into the batch: `[B*T, ...]` (or `[B*T, 1, ...]`
+    for a layer that needs a time axis, `steps=1`), as `TimeDistributed` means it, for any T."""
+
+    def call(x, s):
+        shape = tf.shape(x)
+        folded = tf.reshape(x, tf.concat([[shape[0] * shape[1]], [1] if steps else [], shape[2:]], 0))
+        y = layer(folded, training=False)
+        if steps:
+            y = y[:, 0]
+        out = tf.reshape(y, tf.concat([shape[:2], tf.shape(y)[1:]], 0))
+        out.set_shape([None, None, *y.shape[1:]])
+        return out, ()
+
+    return call
 
 
 def _batch_norm_inference(layer, x):
@@ -396,6 +414,28 @@ def _key(name: str, fallback: str) -> str:
     return cleaned if cleaned[:1].isalpha() else fallback
 
 
+def probe_step(model: keras.Model, step: Callable, x, states):
+    """`step(x, states)` on one probe step; a failure is the model's, named, without a traceback."""
+    try:
+        return step(x, states)
+    except Exception as exc:  # noqa: BLE001
+        raise UnsupportedModel(
+            f"Model {model.name!r}: its rebuilt step failed on a probe step ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}). {_FIX}") from None
+
+
+def keras_reference(model: keras.Model, layers) -> Callable:
+    """The ground truth: the Keras model's own call on the whole sequence (stateful layers reset)."""
+
+    def reference(inputs, lengths=None):
+        for layer in layers:
+            if isinstance(layer, keras.layers.RNN) and layer.stateful:
+                layer.reset_states()
+        return model(inputs, training=False)
+
+    return reference
+
+
 def _stage(index: int, layer, emit: int, masked: bool, ended_by: list) -> _Stage:
     """`ended_by`: the RNN that returned its last step only, then the layers after it."""
     if emit and not isinstance(layer, keras.layers.RNN):
@@ -503,19 +543,9 @@ def step_model_from_keras(model: keras.Model, description: str = "") -> StepMode
     input_dtype = tf.as_dtype(input_spec.dtype).name
     probe = tf.zeros((1, *input_shape), dtype=input_dtype)
     zero_states = tuple(tf.zeros((1, *s.shape), dtype=s.dtype) for s in states)
-    try:
-        y, _ = step(probe, zero_states)
-        core_y, _ = core_step(probe, zero_states)
-    except Exception as exc:  # noqa: BLE001
-        raise UnsupportedModel(
-            f"Model {model.name!r}: its rebuilt step failed on a probe step ({type(exc).__name__}: "
-            f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}). {_FIX}") from None
-
-    def reference(inputs, lengths=None):
-        for layer in layers:
-            if isinstance(layer, keras.layers.RNN) and layer.stateful:
-                layer.reset_states()
-        return model(inputs, training=False)
+    y, _ = probe_step(model, step, probe, zero_states)
+    core_y, _ = probe_step(model, core_step, probe, zero_states)
+    reference = keras_reference(model, layers)
 
     variables = tuple(v.value for v in model.variables)
     trainable = tuple(v.value for v in model.trainable_variables)

@@ -105,6 +105,14 @@ def _shows_message(check: CheckResult) -> bool:
                                     or check.check == "batch independence")
 
 
+
+def _fold_gradient_checks(checks: list[str], every_gradient: set[str]) -> list[str]:
+    """`gradients, source gradients, chunked gradients` -> `every gradient check`, when the group holds them all."""
+    grads = [c for c in checks if c in every_gradient]
+    if len(grads) < 2 or set(grads) != every_gradient:
+        return checks
+    return ["every gradient check", *(c for c in checks if c not in every_gradient)]
+
 class ChecksView:
     """The verification (or parity, or readiness) table of `CheckResult` rows.
 
@@ -174,7 +182,8 @@ class ChecksView:
         if len(by_value) == 1 and "-" not in tolerances.values():
             return [Text(f"tolerance (abs/rel) of every row: {next(iter(by_value))}")]
         # abs/rel, as --atol/--rtol; "tolerance:" alone keeps the demo's footer to two lines at 80.
-        return [Text("tolerance: " + "; ".join(f"{', '.join(checks)} {value}"
+        every_gradient = {c for c in tolerances if c.endswith("gradients")}
+        return [Text("tolerance: " + "; ".join(f"{', '.join(_fold_gradient_checks(checks, every_gradient))} {value}"
                                                         for value, checks in by_value.items()))]
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:

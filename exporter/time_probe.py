@@ -118,3 +118,21 @@ def why_not_per_step(layer, feature_shape: tuple, dtype: str, *, steps: int | No
         return (f"run on one step alone it gives other numbers than on the whole sequence "
                 f"(max relative difference {worst:.2e} > {tolerance:g})")
     return None
+
+
+def whole_call_traces(layer, feature_shape: tuple, dtype: str, *, steps: int | None = None,
+                      vocab: int | None = None) -> bool:
+    """Whether `layer` on a whole sequence gives the same numbers traced with an unknown time length
+    (as the exported signatures trace it) as on a fixed one: some Keras layers read a static
+    time length at trace time (`TimeDistributed` returned half the steps)."""
+    import tensorflow as tf
+
+    steps = steps or PROBE_STEPS
+    x = _probe_input(feature_shape, dtype, steps, vocab)
+    try:
+        eager = _numpy(layer(x, training=False))
+        spec = tf.TensorSpec([None, None, *feature_shape], tf.as_dtype(dtype))
+        traced = _numpy(tf.function(lambda v: layer(v, training=False), input_signature=[spec])(tf.constant(x)))
+    except Exception:  # noqa: BLE001  then the whole-sequence call is not used
+        return False
+    return traced.shape == eager.shape and np.allclose(traced, eager, rtol=1e-5, atol=1e-6, equal_nan=True)

@@ -26,6 +26,7 @@ Bounded: a fixed request count and `time_limit_s`; loopback only.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import http.client
 import json
@@ -425,17 +426,26 @@ def run_stress(base: Path, name: str, config: StressConfig = StressConfig(),
     Raises:
         BadInput: `base/name` has no published version.
     """
+    with served_copy(base, name) as scratch_base:
+        return _run(scratch_base, name, config, progress)
+
+
+@contextlib.contextmanager
+def served_copy(base: Path, name: str):
+    """A scratch base holding a copy of the newest version of `base/name` as version 1.
+
+    Raises:
+        BadInput: `base/name` has no published version.
+    """
     from exporter.errors import BadInput
     from serving.model_registry import version_folders
 
     folders = version_folders(Path(base) / name)
     if not folders:
         raise BadInput(f"{str(Path(base) / name)!r} has no version folder to serve (BASE/NAME/<number>/saved_model.pb).")
-    source = folders[max(folders)]
     with tempfile.TemporaryDirectory(prefix="seqexport-stress-") as scratch:
-        scratch_base = Path(scratch)
-        shutil.copytree(source, scratch_base / name / "1")
-        return _run(scratch_base, name, config, progress)
+        shutil.copytree(folders[max(folders)], Path(scratch) / name / "1")
+        yield Path(scratch)
 
 
 def _run(base: Path, name: str, config: StressConfig, progress) -> StressReport:

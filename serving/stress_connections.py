@@ -24,8 +24,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import http.client
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -202,15 +200,10 @@ def run_connections(base: Path, name: str, config: ConnectionsConfig = Connectio
     Raises:
         BadInput: `base/name` has no published version.
     """
-    from exporter.errors import BadInput
-    from serving.model_registry import version_folders
+    from serving.stress import served_copy
 
-    folders = version_folders(Path(base) / name)
-    if not folders:
-        raise BadInput(f"{str(Path(base) / name)!r} has no version folder to serve (BASE/NAME/<number>/saved_model.pb).")
-    with tempfile.TemporaryDirectory(prefix="seqexport-stress-") as scratch:
-        shutil.copytree(folders[max(folders)], Path(scratch) / name / "1")
-        return _run(Path(scratch), name, config, progress)
+    with served_copy(base, name) as scratch_base:
+        return _run(scratch_base, name, config, progress)
 
 
 def _run(base: Path, name: str, config: ConnectionsConfig, progress) -> ConnectionsReport:

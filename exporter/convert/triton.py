@@ -133,6 +133,18 @@ class TritonOptions:
             )
 
 
+def _sequence_batching(config, options):
+    """The config's `sequence_batching`: idle timeout and scheduling strategy from `options`."""
+    batching = config.sequence_batching
+    batching.max_sequence_idle_microseconds = options.max_sequence_idle_microseconds
+    if options.strategy is Strategy.DIRECT:
+        batching.direct.max_queue_delay_microseconds = options.max_queue_delay_microseconds
+    else:
+        batching.oldest.max_candidate_sequences = max(1, options.max_batch_size)
+        batching.oldest.max_queue_delay_microseconds = options.max_queue_delay_microseconds
+    return batching
+
+
 def data_type(dtype) -> str:
     """Triton's `DataType` name of a numpy dtype."""
     try:
@@ -183,13 +195,7 @@ def model_config(name: str, model, options: TritonOptions = TritonOptions()):
     for key in ("y",):
         info = model.outputs[key]
         config.output.append(pb.ModelOutput(name=key, data_type=data_type(info.dtype), dims=_dims(info.shape, batched)))
-    batching = config.sequence_batching
-    batching.max_sequence_idle_microseconds = options.max_sequence_idle_microseconds
-    if options.strategy is Strategy.DIRECT:
-        batching.direct.max_queue_delay_microseconds = options.max_queue_delay_microseconds
-    else:
-        batching.oldest.max_candidate_sequences = max(1, options.max_batch_size)
-        batching.oldest.max_queue_delay_microseconds = options.max_queue_delay_microseconds
+    batching = _sequence_batching(config, options)
     if options.correlation_id:
         from serving.runtimes import CORRELATION_ID
 
@@ -342,13 +348,7 @@ def python_model_config(name: str, model, options: TritonOptions = TritonOptions
         info = model.inputs[state]
         config.output.append(pb.ModelOutput(name=state, data_type=data_type(info.dtype),
                                             dims=_dims((one, *info.shape[1:]), batched)))
-    batching = config.sequence_batching
-    batching.max_sequence_idle_microseconds = options.max_sequence_idle_microseconds
-    if options.strategy is Strategy.DIRECT:
-        batching.direct.max_queue_delay_microseconds = options.max_queue_delay_microseconds
-    else:
-        batching.oldest.max_candidate_sequences = max(1, options.max_batch_size)
-        batching.oldest.max_queue_delay_microseconds = options.max_queue_delay_microseconds
+    batching = _sequence_batching(config, options)
     for input_name, kind in ((START, control.CONTROL_SEQUENCE_START), (END, control.CONTROL_SEQUENCE_END),
                              (READY, control.CONTROL_SEQUENCE_READY)):
         batching.control_input.add(name=input_name).control.add(kind=kind, int32_false_true=[0, 1])

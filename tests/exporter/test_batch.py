@@ -32,6 +32,7 @@ def test_large_outputs_take_one_backward_pass_per_row():
     assert blocks.method == "random projections"
     assert blocks.backward_passes == BATCH
     assert blocks.independent and blocks.offdiag_max == 0.0 and blocks.diag_max > 0.0
+    assert blocks.to_check("serving_default").message.endswith("(3 random projections)")
 
 
 def test_small_outputs_take_the_exact_jacobian():
