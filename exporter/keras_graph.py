@@ -56,7 +56,7 @@ def _renamed(states: tuple[StateSpec, ...], layer, node_index: int) -> tuple[Sta
 
 
 def _node(index: int, node, kinds: dict[int, str]) -> _GraphNode:
-    from exporter.keras_step import _causal_conv_stage, _per_step_stage, _rnn_stage
+    from exporter.keras_step import _per_step_stage, _rnn_stage
 
     layer = node.operation
     inputs = tuple(id(t) for t in node.arguments.keras_tensors)
@@ -87,10 +87,7 @@ def _node(index: int, node, kinds: dict[int, str]) -> _GraphNode:
             if why is not None:
                 raise _error(index, layer, why)
         return _GraphNode(layer, inputs, outputs, (in_kind,), (), _op_call(node, per_step=in_kind == PER_STEP))
-    if isinstance(layer, keras.layers.Conv1D) and layer.padding == "causal" and in_kind == PER_STEP:
-        stage = _causal_conv_stage(index, layer)
-    else:
-        stage = _per_step_stage(index, layer, after_sequence=in_kind == LAST_STEP)
+    stage = _per_step_stage(index, layer, after_sequence=in_kind == LAST_STEP)  # causal convs included
 
     def call(values, states, mask, stage=stage):
         output, new = stage.call(values[0], states, mask)

@@ -22,7 +22,7 @@ import exporter
 from exporter.errors import VerificationIncomplete
 from exporter.specs import CheckResult, CheckRows
 
-# Generous: a 3.2 M-parameter LSTM stack verifies in well under a minute on 2 cores.
+# Generous: a 12.7 M-parameter LSTM stack verified in under a minute on 2 shared cores.
 DEFAULT_TIMEOUT_S = 3600.0
 
 
@@ -144,8 +144,8 @@ def verify_many_in_fresh_process(
                 proc.wait()
                 raise VerificationIncomplete(
                     f"Verification of {where} ran past its limit of {timeout_s:.0f} s during the check "
-                    f"{reader.current!r} ({reader.done} of {reader.total or '?'} checks done) and was stopped; "
-                    "nothing was published. Give it more time with --verify-timeout SECONDS."
+                    f"{reader.current!r} ({reader.done} of {reader.total or '?'} checks done) and was stopped "
+                    "(an export under verification is not published). Give it more time with --verify-timeout SECONDS."
                 ) from None
             finally:
                 reader.join(timeout=5)
@@ -154,7 +154,7 @@ def verify_many_in_fresh_process(
         if returncode != 0 or not out.is_file():
             raise VerificationIncomplete(
                 f"The verification process for {where} crashed (exit {returncode}) during the check "
-                f"{reader.current!r}; nothing was published:\n{tail}"
+                f"{reader.current!r} (an export under verification is not published):\n{tail}"
             )
         results = json.loads(out.read_text())
     seconds = (time.monotonic() - started) / len(dirs)
