@@ -105,7 +105,6 @@ def fused_lstm(cell) -> Callable:
 
     def call(inputs, states):
         h0, c0 = states
-        inputs = tf.cast(inputs, h0.dtype)  # as Keras casts a float64 input into a float32 cell
         kernel = tf.convert_to_tensor(cell.kernel.value)
         recurrent = tf.convert_to_tensor(cell.recurrent_kernel.value)
         bias = tf.convert_to_tensor(cell.bias.value) if cell.use_bias else tf.zeros([4 * units], inputs.dtype)

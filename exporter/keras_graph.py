@@ -23,10 +23,9 @@ import tensorflow as tf
 from exporter.errors import SeqExportError, UnsupportedModel
 from exporter.specs import StateSpec
 from exporter.step_model import StepModel
+from exporter.time_probe import PROBE_STEPS, one_step_mismatch
 
 PER_STEP, LAST_STEP = "per step", "last step"
-
-PROBE_STEPS = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,19 +120,19 @@ def _why_not_per_step_node(node) -> str | None:
         return "its inputs' feature shapes are not static, so it cannot be probed"
     whole_in = {id(t): (rng.integers(1, 10, size=(2, PROBE_STEPS, *t.shape[2:])) if "int" in str(t.dtype)
                         else rng.normal(size=(2, PROBE_STEPS, *t.shape[2:]))).astype(str(t.dtype)) for t in tensors}
+    keys = list(whole_in)
+
+    def call(inputs):
+        args, kwargs = node.arguments.fill_in({k: tf.constant(v) for k, v in zip(keys, inputs)})
+        return np.asarray(node.operation(*args, **kwargs))
+
     try:
-        args, kwargs = node.arguments.fill_in({k: tf.constant(v) for k, v in whole_in.items()})
-        whole = np.asarray(node.operation(*args, **kwargs))
+        whole = call([whole_in[k] for k in keys])
     except Exception as exc:  # noqa: BLE001
         return f"it fails on {PROBE_STEPS}-step probe sequences ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
     if whole.ndim < 2 or whole.shape[:2] != (2, PROBE_STEPS):
         return f"it does not keep the time axis (probes of [2, {PROBE_STEPS}, ...] came out {list(whole.shape)})"
-    for t in range(PROBE_STEPS):
-        args, kwargs = node.arguments.fill_in({k: tf.constant(v[:, t : t + 1]) for k, v in whole_in.items()})
-        alone = np.asarray(node.operation(*args, **kwargs))
-        if alone.shape != whole[:, t : t + 1].shape or not np.allclose(alone, whole[:, t : t + 1], rtol=1e-5, atol=1e-6):
-            return f"run on step {t} alone it gives other numbers than on the whole sequence (it mixes time steps)"
-    return None
+    return one_step_mismatch(call, [whole_in[k] for k in keys], whole)
 
 
 def graph_step_model(model: keras.Model, description: str) -> StepModel:

@@ -131,12 +131,18 @@ def _rnn_stage(index: int, layer: keras.layers.RNN, masked: bool, emit: int = 0)
 
 
 def _sequence_call(cell) -> Callable | None:
-    """The cell over a whole sequence in one kernel (LSTM) or one hoisted loop (GRU, SimpleRNN)."""
+    """The cell over a whole sequence in one kernel (LSTM) or one hoisted loop (GRU, SimpleRNN).
+
+    These bypass the cell's `__call__`, so the input is cast here as Keras casts it there
+    (a float64 input into a float32 cell).
+    """
     if is_fusable_lstm(cell):
-        return fused_lstm(cell)
-    if is_hoistable_gru(cell) or is_hoistable_simple_rnn(cell):
-        return hoisted_cell(cell)
-    return None
+        kernel = fused_lstm(cell)
+    elif is_hoistable_gru(cell) or is_hoistable_simple_rnn(cell):
+        kernel = hoisted_cell(cell)
+    else:
+        return None
+    return lambda x, states: kernel(tf.cast(x, cell.compute_dtype), states)
 
 
 def _causal_conv_stage(index: int, layer) -> _Stage:

@@ -304,7 +304,6 @@ def hoisted_cell(cell) -> Callable:
 
     def call(inputs, states):
         (h0,) = states
-        inputs = tf.cast(inputs, h0.dtype)  # as Keras casts a float64 input into a float32 cell
         kernel = tf.convert_to_tensor(cell.kernel.value)
         recurrent = tf.convert_to_tensor(cell.recurrent_kernel.value)
         if cell.use_bias:

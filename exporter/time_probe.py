@@ -99,19 +99,25 @@ def why_not_per_step(layer, feature_shape: tuple, dtype: str, *, steps: int | No
         offsets = set()
     if offsets:
         return f"out[t] depends on {', '.join(_offset(d) for d in sorted(offsets))}"
+    return one_step_mismatch(lambda inputs: call(inputs[0]), [x], whole)
+
+
+def one_step_mismatch(call, inputs: list[np.ndarray], whole: np.ndarray) -> str | None:
+    """None when `call` on each step alone (`[B, 1, ...]` slices of every input) gives `whole[:, t]`;
+    else why not. `call` takes the list of inputs; `whole` is its output on the whole sequences."""
     worst = 0.0
-    for t in range(steps):
+    for t in range(whole.shape[1]):
+        want = whole[:, t : t + 1]
         try:
-            alone = _numpy(call(x[:, t : t + 1]))
+            alone = _numpy(call([x[:, t : t + 1] for x in inputs]))
         except Exception as exc:  # noqa: BLE001
             return f"it fails on a 1-step sequence ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-        if alone.shape != whole[:, t : t + 1].shape:
-            return f"on a 1-step sequence it gives shape {list(alone.shape)}, not {list(whole[:, t : t + 1].shape)}"
+        if alone.shape != want.shape:
+            return f"on a 1-step sequence it gives shape {list(alone.shape)}, not {list(want.shape)}"
         if np.issubdtype(whole.dtype, np.number):
-            diff = np.abs(alone.astype(np.float64) - whole[:, t : t + 1].astype(np.float64))
-            scale = 1.0 + np.abs(whole[:, t : t + 1].astype(np.float64))
-            worst = max(worst, float(np.max(diff / scale, initial=0.0)))
-        elif not np.array_equal(alone, whole[:, t : t + 1]):
+            diff = np.abs(alone.astype(np.float64) - want.astype(np.float64))
+            worst = max(worst, float(np.max(diff / (1.0 + np.abs(want.astype(np.float64))), initial=0.0)))
+        elif not np.array_equal(alone, want):
             worst = np.inf
     tolerance = 1e-2 if whole.dtype in (np.float16,) or "bfloat16" in str(whole.dtype) else 1e-5
     if worst > tolerance:

@@ -31,9 +31,8 @@ def stress(
 ) -> None:
     """Stream many sessions with 10% bad requests through `seqexport serve`; exit 1 if a property fails."""
     import dataclasses
-    import tempfile
 
-    from exporter.cli import _user_errors, stderr, stdout
+    from exporter.cli import _user_errors, stdout
     from exporter.errors import EXIT_CHECK_FAILED
     from serving.stress import StressConfig, run_stress
 
@@ -45,12 +44,7 @@ def stress(
         changes = {k: v for k, v in {"sessions": sessions, "chunks": chunks, "min_requests": min_requests}.items()
                    if v is not None}
         config = dataclasses.replace(config, seed=seed, **changes)
-        with tempfile.TemporaryDirectory(prefix="seqexport-stress-demo-") as scratch, \
-                stderr.status("stress", spinner="dots") as status:
-            progress = lambda text: status.update(f"[bold]{text}[/] ...")  # noqa: E731
-            if base is None:
-                base, name = _demo_base(Path(scratch), progress)
-            report = run_stress(base, name, config, progress=progress)
+        report = _on_base(base, name, lambda b, n, progress: run_stress(b, n, config, progress=progress))
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -123,21 +117,15 @@ def _render(report) -> list:
 
 def _connections_mode(base, name, connections, requests, chunks, seed, as_json) -> None:
     import dataclasses
-    import tempfile
 
-    from exporter.cli import _user_errors, stderr, stdout
+    from exporter.cli import _user_errors, stdout
     from exporter.errors import EXIT_CHECK_FAILED
     from serving.stress_connections import ConnectionsConfig, run_connections
 
     with _user_errors(as_json):
         changes = {k: v for k, v in {"requests": requests, "chunks": chunks}.items() if v is not None}
         config = dataclasses.replace(ConnectionsConfig(connections=connections, seed=seed), **changes)
-        with tempfile.TemporaryDirectory(prefix="seqexport-stress-demo-") as scratch, \
-                stderr.status("stress", spinner="dots") as status:
-            progress = lambda text: status.update(f"[bold]{text}[/] ...")  # noqa: E731
-            if base is None:
-                base, name = _demo_base(Path(scratch), progress)
-            report = run_connections(base, name, config, progress=progress)
+        report = _on_base(base, name, lambda b, n, progress: run_connections(b, n, config, progress=progress))
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -167,6 +155,20 @@ def _render_connections(report):
                      f"MB, after {rss.get('baseline_at')} requests {rss.get('baseline')} MB, end {rss.get('end')} MB "
                      f"({growth}); checks: " + ", ".join(f"{k}: {v}" for k, v in report.checks().items()))
     return table
+
+
+def _on_base(base, name: str, run):
+    """`run(base, name, progress)` under a spinner; on a freshly trained demo export when no BASE is given."""
+    import tempfile
+
+    from exporter.cli import stderr
+
+    with tempfile.TemporaryDirectory(prefix="seqexport-stress-demo-") as scratch, \
+            stderr.status("stress", spinner="dots") as status:
+        progress = lambda text: status.update(f"[bold]{text}[/] ...")  # noqa: E731
+        if base is None:
+            base, name = _demo_base(Path(scratch), progress)
+        return run(base, name, progress)
 
 
 def _demo_base(folder: Path, progress) -> tuple[Path, str]:
