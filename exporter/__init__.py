@@ -1,6 +1,6 @@
 """seqexport: export stateful sequence models as verified, explicit-state SavedModels.
 
-Public names only; TensorFlow is imported lazily by the functions that need it.
+Public names only; nothing imported here loads TensorFlow (`export()` does, when called).
 
 Example (the end of a training script):
     >>> import exporter
@@ -8,15 +8,14 @@ Example (the end of a training script):
     >>> result.path, result.report.passed  # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
+from pathlib import Path
 
-from exporter.errors import BadInput, SeqExportError, UnsupportedModel, VerificationIncomplete, VerifyFailed
-from exporter.specs import CheckResult, ExportOptions, Manifest, StateSpec, Tolerance
+from exporter.artifact.errors import BadInput, SeqExportError, UnsupportedModel, VerificationIncomplete, VerifyFailed
+from exporter.artifact.paths import SAVED_MODEL_FILE
+from exporter.artifact.specs import CheckResult, ExportOptions, Manifest, StateSpec, Tolerance
+from exporter.artifact.version import VERSION as __version__
 from exporter.step_model import StepModel
-
-# Imported before `verify()` below is defined: a later first import of the submodule would
-# otherwise rebind the package attribute `exporter.verify` from the function to the module.
-from exporter import verify as _verify_module  # noqa: E402  (TF-free)
+from exporter.verification.run import DEFAULT_TIMEOUT_S, verify_in_fresh_process
 
 
 def export(model, *, name: str, base, version: int | None = None, overwrite: bool = False,
@@ -27,22 +26,18 @@ def export(model, *, name: str, base, version: int | None = None, overwrite: boo
     every check passed. Returns the `ExportResult`; raises what the CLI turns into exit codes
     (`VerifyFailed` and `VerificationIncomplete`: 1, `BadInput`/`UnsupportedModel`: 2).
     """
-    from pathlib import Path
-
-    from exporter import pipeline
+    from exporter import pipeline  # the whole build: Keras, TensorFlow, the verifier's driver
 
     return pipeline.export(model, name=name, base=Path(base), version=version, overwrite=overwrite,
                            options=options or ExportOptions(),
-                           verify_timeout_s=verify_timeout_s or _verify_module.DEFAULT_TIMEOUT_S)
+                           verify_timeout_s=verify_timeout_s or DEFAULT_TIMEOUT_S)
 
 
 def verify(path, *, timeout_s: float | None = None):
     """Re-runs every check on an export folder in a fresh process; returns its `VerifyReport`."""
-    from pathlib import Path
-
-    if not (Path(path) / "saved_model.pb").is_file():
-        raise BadInput(f"{str(path)!r} is not a SavedModel directory (no saved_model.pb in it).")
-    return _verify_module.verify_in_fresh_process(Path(path), timeout_s=timeout_s or _verify_module.DEFAULT_TIMEOUT_S)
+    if not (Path(path) / SAVED_MODEL_FILE).is_file():
+        raise BadInput(f"{str(path)!r} is not a SavedModel directory (no {SAVED_MODEL_FILE} in it).")
+    return verify_in_fresh_process(Path(path), timeout_s=timeout_s or DEFAULT_TIMEOUT_S)
 
 
 __all__ = [

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from exporter.recurrence import _dense, _matmul_seq, _outer, _previous, scan
+
 
 def is_fusable_lstm(cell) -> bool:
     """A Keras `LSTMCell` whose maths is `BlockLSTM`'s: tanh/sigmoid, float32."""
@@ -52,8 +54,6 @@ def lstm_sequence(x_tm, h0, c0, kernel, recurrent, bias):
     Weights in Keras's layout and gate order (i, f, c, o). Returns (h_seq [T, B, U], h_T, c_T).
     """
     import tensorflow as tf
-
-    from exporter.recurrence import _dense, _matmul_seq, _outer, _previous, scan
 
     units = int(recurrent.shape[0])
 

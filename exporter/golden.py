@@ -10,13 +10,11 @@ Keys: `<sig>/in/<key>`, `<sig>/out/<key>`, `<sig>/w/<key>` (loss weights),
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import tensorflow as tf
 
+from exporter.artifact.specs import ExportOptions, SignatureName
 from exporter.gradients import hessian_vector_product, is_float, outputs_and_gradients
-from exporter.specs import ExportOptions, SignatureName
 from exporter.step_model import StepModel
 from exporter.trace import TracedExport
 
@@ -146,30 +144,4 @@ def _reference(model: StepModel, feed: dict, rng) -> dict[str, np.ndarray]:
     golden = {"reference/out/outputs": outputs["outputs"], "reference/w/outputs": weights["outputs"]}
     golden.update({f"reference/grad/{k}": v for k, v in input_grads.items()})
     golden.update({f"reference/grad_var/{i}": v for i, v in enumerate(var_grads)})
-    return golden
-
-
-# npz has no bfloat16: such arrays are stored as float32 (exact) and their keys listed here.
-_BFLOAT16_KEYS = "__bfloat16_keys__"
-
-
-def save(golden: dict[str, np.ndarray], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bfloat16 = sorted(k for k, v in golden.items() if np.asarray(v).dtype.name == "bfloat16")
-    arrays = {k: (np.asarray(v, np.float32) if k in bfloat16 else v) for k, v in golden.items()}
-    if bfloat16:
-        arrays[_BFLOAT16_KEYS] = np.array(bfloat16)
-    with open(path, "wb") as handle:
-        np.savez(handle, **arrays)
-
-
-def load(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        golden = {k: data[k] for k in data.files}
-    bfloat16 = golden.pop(_BFLOAT16_KEYS, np.array([], str))
-    if bfloat16.size:
-        import ml_dtypes  # TensorFlow's own dependency
-
-        for key in bfloat16.tolist():
-            golden[key] = golden[key].astype(ml_dtypes.bfloat16)
     return golden

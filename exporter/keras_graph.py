@@ -18,10 +18,21 @@ import dataclasses
 from collections.abc import Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from exporter.errors import SeqExportError, UnsupportedModel
-from exporter.specs import StateSpec
+from exporter.artifact.errors import SeqExportError, UnsupportedModel
+from exporter.artifact.specs import StateSpec
+from exporter.keras_step import (
+    _binder,
+    _fail,
+    _has_mask_source,
+    _per_step_stage,
+    _rnn_stage,
+    _stateful_batch,
+    keras_reference,
+    probe_step,
+)
 from exporter.step_model import StepModel
 from exporter.time_probe import PROBE_STEPS, one_step_mismatch
 
@@ -41,8 +52,6 @@ class _GraphNode:
 
 
 def _error(index: int, layer, why: str) -> UnsupportedModel:
-    from exporter.keras_step import _fail
-
     return _fail(index, layer, why)
 
 
@@ -55,8 +64,6 @@ def _renamed(states: tuple[StateSpec, ...], layer, node_index: int) -> tuple[Sta
 
 
 def _node(index: int, node, kinds: dict[int, str]) -> _GraphNode:
-    from exporter.keras_step import _per_step_stage, _rnn_stage
-
     layer = node.operation
     inputs = tuple(id(t) for t in node.arguments.keras_tensors)
     outputs = tuple(id(t) for t in node.outputs)
@@ -112,8 +119,6 @@ def _op_call(node, *, per_step: bool) -> Callable:
 def _why_not_per_step_node(node) -> str | None:
     """The probe for a node of several inputs (or a Keras op): on random sequences, its output keeps
     the time axis and each step run alone gives the whole-sequence numbers."""
-    import numpy as np
-
     rng = np.random.default_rng(5)
     tensors = node.arguments.keras_tensors
     if any(d is None for t in tensors for d in t.shape[2:]):
@@ -141,8 +146,6 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
     Raises:
         UnsupportedModel: naming the node that cannot run step by step.
     """
-    from exporter.keras_step import _binder, _has_mask_source, _stateful_batch, keras_reference, probe_step
-
     layers = [l for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
     if _has_mask_source(layers)[0]:
         raise UnsupportedModel(

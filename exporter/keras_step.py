@@ -12,11 +12,12 @@ from collections.abc import Callable
 
 import keras
 import tensorflow as tf
+from keras.src.models.functional import Functional
 
-from exporter.errors import SeqExportError, UnsupportedModel
+from exporter.artifact.errors import SeqExportError, UnsupportedModel
+from exporter.artifact.specs import StateSpec
 from exporter.fused import fused_lstm, is_fusable_lstm
 from exporter.recurrence import hoisted_cell, is_hoistable_gru, is_hoistable_simple_rnn
-from exporter.specs import StateSpec
 from exporter.step_model import StepModel
 from exporter.time_probe import whole_call_traces, why_not_per_step
 
@@ -278,7 +279,7 @@ def _run_stages(stages, x, prev_states, mask, *, whole_sequence: bool = False):
     return x, tuple(new_states)
 
 
-class _NotAChain(UnsupportedModel):
+class NotAChain(UnsupportedModel):
     """A functional model with branches, merges or shared layers: exporter/keras_graph.py takes it."""
 
 
@@ -304,7 +305,7 @@ def _sequence_layers(model: keras.Model) -> list[tuple[object, int]]:
             parents = [p.operation for n in nodes for p in n.parent_nodes]
             parents = [p for p in parents if not isinstance(p, keras.layers.InputLayer)]
             if len(nodes) != 1 or parents != ([previous] if previous is not None else []):
-                raise _NotAChain(
+                raise NotAChain(
                     f"Layer {index} {layer.name!r} ({type(layer).__name__}) is not fed by the layer "
                     "before it alone: seqexport exports a chain of layers (Sequential, or a "
                     "functional model without branches or shared layers; branches and merges are "
@@ -318,7 +319,7 @@ def _sequence_layers(model: keras.Model) -> list[tuple[object, int]]:
             chain[-1] = (previous, _output_index(model.outputs[0]))
     flat = []
     for layer, emit in chain:
-        if isinstance(layer, keras.Model) and not _is_step_model(layer):
+        if isinstance(layer, keras.Model) and not is_step_model(layer):
             flat.extend(_sequence_layers(layer))  # a nested encoder: its own chain, inline
         else:
             flat.append((layer, emit))
@@ -363,7 +364,7 @@ def _binder(model: keras.Model, masked_step: Callable) -> Callable:
     return bind_step
 
 
-def _is_step_model(model: keras.Model) -> bool:
+def is_step_model(model: keras.Model) -> bool:
     """A functional step model: inputs [x_t, *states], outputs [y_t, *new_states] (the seed's case 3)."""
     if len(model.inputs) < 2 or len(model.inputs) != len(model.outputs):
         return False
@@ -372,7 +373,7 @@ def _is_step_model(model: keras.Model) -> bool:
     return shapes_in == shapes_out and all(len(t.shape) == 2 for t in model.inputs)
 
 
-def _from_step_model(model: keras.Model, description: str) -> StepModel:
+def from_step_model(model: keras.Model, description: str) -> StepModel:
     states = tuple(
         StateSpec(name=_key(t.name, f"state{i}"), layer=model.name, index=i, shape=tuple(int(d) for d in t.shape[1:]),
                   dtype=tf.as_dtype(t.dtype).name)
@@ -456,10 +457,8 @@ def _stage(index: int, layer, emit: int, masked: bool, ended_by: list) -> _Stage
     return _per_step_stage(index, layer, after_sequence=bool(ended_by))
 
 
-def _check_graph_model(model: keras.Model) -> None:
+def check_graph_model(model: keras.Model) -> None:
     """A subclassed model's `call` is Python code: there are no layers to take apart."""
-    from keras.src.models.functional import Functional  # no public name for "a functional model"
-
     if isinstance(model, (keras.Sequential, Functional)):
         return
     raise UnsupportedModel(
@@ -469,25 +468,17 @@ def _check_graph_model(model: keras.Model) -> None:
     )
 
 
-def step_model_from_keras(model: keras.Model, description: str = "") -> StepModel:
-    """Builds the step model of a Keras model made of RNN and per-step layers.
+def chain_step_model(model: keras.Model, description: str = "") -> StepModel:
+    """Builds the step model of a Keras model that is a chain of RNN and per-step layers.
 
-    Also takes a functional step model `Model([x_t, *states], [y_t, *new_states])`.
+    `exporter.keras_model.step_model_from_keras` is the entry point: it sends a step model,
+    and a graph that is not a chain (`NotAChain`), elsewhere.
 
     Raises:
+        NotAChain: the model has branches, merges or shared layers.
         UnsupportedModel: naming the first layer that cannot run step by step.
     """
-    if not isinstance(model, keras.Model):
-        raise UnsupportedModel(f"Expected a Keras model, got {type(model).__name__}.")
-    _check_graph_model(model)
-    if _is_step_model(model):
-        return _from_step_model(model, description)
-    try:
-        chain = _sequence_layers(model)
-    except _NotAChain:
-        from exporter.keras_graph import graph_step_model
-
-        return graph_step_model(model, description)
+    chain = _sequence_layers(model)
     layers = [layer for layer, _ in chain]
     masked, pad_value = _has_mask_source(layers)
     stages: list[_Stage] = []

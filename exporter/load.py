@@ -14,8 +14,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-from exporter.errors import BadInput, SeqExportError, UnsupportedModel
-from exporter.specs import SourceKind
+from exporter.artifact.errors import BadInput, SeqExportError, UnsupportedModel
+from exporter.artifact.specs import SourceKind
 from exporter.step_model import StepModel
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -75,7 +75,7 @@ def load_step_model(model_ref, *, unsafe: bool = False) -> tuple[StepModel, Sour
         if not isinstance(model_ref, keras.Model):
             raise BadInput(f"Expected a keras.Model, an exporter.StepModel or a model reference string; "
                            f"got {type(model_ref).__name__}.")
-        from exporter.keras_step import step_model_from_keras
+        from exporter.keras_model import step_model_from_keras
 
         return step_model_from_keras(model_ref, description=f"in-memory Keras model {model_ref.name!r}"), \
             SourceKind.IN_MEMORY
@@ -129,7 +129,7 @@ def _from_keras_file(path: Path, *, unsafe: bool) -> StepModel:
                 "module), or write a step-model factory."
             )
         raise BadInput(f"Could not load Keras model {str(path)!r}: {message}. {hint}") from None
-    from exporter.keras_step import step_model_from_keras
+    from exporter.keras_model import step_model_from_keras
 
     return step_model_from_keras(model, description=f"Keras file {path.name}")
 
@@ -156,7 +156,7 @@ def _from_factory(ref: str) -> StepModel:
     import keras
 
     if isinstance(result, keras.Model):
-        from exporter.keras_step import step_model_from_keras
+        from exporter.keras_model import step_model_from_keras
 
         return step_model_from_keras(result, description=f"factory {ref}")
     raise UnsupportedModel(

@@ -10,10 +10,24 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import keras
+import numpy
+import tensorflow as tf
 
-from exporter.errors import BadInput, VerifyFailed
-from exporter.specs import MANIFEST_FORMAT_VERSION, ExportOptions, Manifest
-from exporter.verify import DEFAULT_TIMEOUT_S, VerifyReport
+from exporter.artifact import golden_io
+from exporter.artifact.errors import BadInput, VerifyFailed
+from exporter.artifact.manifest import write_manifest
+from exporter.artifact.paths import golden_path
+from exporter.artifact.specs import MANIFEST_FORMAT_VERSION, ExportOptions, Manifest, VerifyReport
+from exporter.artifact.version import VERSION
+from exporter.convert.targets import check_dependencies, convert_in_export
+from exporter.golden import capture
+from exporter.load import load_step_model, source_info
+from exporter.publish import staged_version
+from exporter.save import save_saved_model
+from exporter.trace import trace, will_fuse
+from exporter.verification.run import DEFAULT_TIMEOUT_S, verify_in_fresh_process
+from exporter.warmup import write_warmup
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -56,14 +70,8 @@ class ExportResult:
 
 
 def _tool_versions() -> dict[str, str]:
-    import keras
-    import numpy
-    import tensorflow as tf
-
-    import exporter
-
     return {
-        "seqexport": exporter.__version__,
+        "seqexport": VERSION,
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "numpy": numpy.__version__,
@@ -89,11 +97,6 @@ def write_export(
 
     `custom_gradients=False` builds the broken export a test needs; never in production.
     """
-    from exporter import golden as golden_io
-    from exporter.paths import golden_path
-    from exporter.save import save_saved_model, write_manifest
-    from exporter.trace import trace, will_fuse
-
     options = options.resolved(
         dtype=step_model.compute_dtype,
         float_inputs=step_model.differentiable_inputs,
@@ -104,7 +107,7 @@ def write_export(
     traced = trace(step_model, with_input_gradients=options.with_input_gradients, jit=options.jit,
                    fused=options.fused)
     progress("golden")
-    golden = golden_io.capture(step_model, traced, options)
+    golden = capture(step_model, traced, options)
     progress("save")
     save_saved_model(traced, export_dir, custom_gradients=custom_gradients)
     golden_io.save(golden, golden_path(export_dir))
@@ -121,8 +124,6 @@ def write_export(
         versions=_tool_versions(),
     )
     write_manifest(manifest, export_dir)
-    from serving.warmup import write_warmup
-
     write_warmup(export_dir, manifest, golden)  # part of the version: it must exist before publish
     return manifest
 
@@ -162,26 +163,7 @@ def export(
         VerifyFailed: exit 1; nothing is published, the report says which check failed.
         VerificationIncomplete: exit 1; the verifier ran past `verify_timeout_s` or crashed.
     """
-    from exporter.publish import (
-        check_exchange_supported,
-        check_name,
-        clean_stale_staging,
-        ensure_model_dir,
-        new_staging,
-        publish,
-        refuse_link,
-        release_model_dir,
-        version_taken,
-    )
-
-    check_name(name)
-    if version is not None and version < 1:
-        raise BadInput(f"--version must be a positive integer. Got: {version}")
-    if overwrite and version is None:
-        raise BadInput("--overwrite replaces the version given with --version; give one.")
     if options.targets:
-        from exporter.convert.targets import check_dependencies
-
         check_dependencies(options.targets)
     timings: dict[str, float] = {}
 
@@ -190,33 +172,18 @@ def export(
         timings[label] = time.monotonic()  # start time; turned into durations below
 
     base = Path(base)
-    directory = base / name
     phase("load")
-    # Before anything slow: leftovers of dead exports go first, and a version that
-    # exists is refused now rather than after the whole export.
-    refuse_link(directory)
-    cleaned = tuple(clean_stale_staging(directory, on_remove=lambda item: notice(str(item)))) \
-        if directory.is_dir() else ()
-    if version is not None and not overwrite and (directory / str(version)).exists():
-        raise version_taken(directory, version)
-    step_model, kind = _load(model_ref, options)
-    from exporter.load import source_info
-    from exporter.save import write_manifest
-    from exporter.verify import verify_in_fresh_process
-
-    created = not directory.exists()
-    directory = ensure_model_dir(base, name)
-    staging = None
-    try:
-        staging = new_staging(directory)
-        if overwrite:
-            check_exchange_supported(staging)
-        with _disk_errors(staging.path, base):
+    # A bad name or version, a link, a version taken and leftovers of dead exports are
+    # dealt with before anything slow; the block publishes only if it ends without raising.
+    with staged_version(base, name, version=version, overwrite=overwrite,
+                        on_remove=lambda item: notice(str(item))) as staged:
+        step_model, kind = _load(model_ref, options)
+        with _disk_errors(staged.path, base):
             source = source_info(model_ref, kind) | {"description": step_model.description}
-            manifest = write_export(step_model, staging.path, name=name, source=source, options=options,
+            manifest = write_export(step_model, staged.path, name=name, source=source, options=options,
                                     progress=phase)
         phase("verify")
-        report = verify_in_fresh_process(staging.path, timeout_s=verify_timeout_s,
+        report = verify_in_fresh_process(staged.path, timeout_s=verify_timeout_s,
                                          progress=lambda check: progress(f"verify: {check}"))
         manifest = dataclasses.replace(
             manifest,
@@ -226,41 +193,30 @@ def export(
             verify_timings=report.timings,
             verify_peak_rss_mb=report.peak_rss_mb,
         )
-        with _disk_errors(staging.path, base):
-            write_manifest(manifest, staging.path)
+        with _disk_errors(staged.path, base):
+            write_manifest(manifest, staged.path)
         if not report.passed:
             raise VerifyFailed(f"Verification failed, nothing was published: {report.summary()}", report)
         conversions = ()
         if options.targets:
-            # Runtime conversions (issue 6): into the staging folder, before publishing.
-            from exporter.convert.targets import convert_in_export
-
+            # Runtime conversions: into the staging folder, before publishing.
             phase("convert")
-            conversions = convert_in_export(staging.path, options.targets)
+            conversions = convert_in_export(staged.path, options.targets)
             runtime_checks = tuple(c for r in conversions for c in r.checks)
             manifest = dataclasses.replace(manifest, checks=report.checks + runtime_checks)
-            with _disk_errors(staging.path, base):
-                write_manifest(manifest, staging.path)
+            with _disk_errors(staged.path, base):
+                write_manifest(manifest, staged.path)
         phase("publish")
-        with _disk_errors(staging.path, base):
-            version, path, replaced = publish(staging, directory, version, overwrite=overwrite)
-        phase("done")
-    finally:
-        if staging is not None:
-            staging.release()
-        if created:
-            release_model_dir(directory)
+    phase("done")
     starts = list(timings.items())
     durations = {label: starts[i + 1][1] - start for i, (label, start) in enumerate(starts[:-1])}
     durations["total"] = starts[-1][1] - starts[0][1]
-    return ExportResult(name=name, version=version, path=path, manifest=manifest, report=report, timings=durations,
-                        conversions=conversions, cleaned=tuple(str(item.path) for item in cleaned),
-                        replaced=replaced)
+    return ExportResult(name=name, version=staged.version, path=staged.published, manifest=manifest, report=report,
+                        timings=durations, conversions=conversions,
+                        cleaned=tuple(str(item.path) for item in staged.cleaned), replaced=staged.replaced)
 
 
 def _load(model_ref, options: ExportOptions):
-    from exporter.load import load_step_model
-
     step_model, kind = load_step_model(model_ref, unsafe=options.unsafe)
     if options.with_input_gradients and not step_model.differentiable_inputs:
         raise BadInput(

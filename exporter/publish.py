@@ -23,60 +23,30 @@ file systems that cannot do that refuse `--overwrite` before anything is written
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import dataclasses
 import errno
 import fcntl
 import os
-import platform
-import re
 import secrets
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from exporter.errors import BadInput
+from exporter import fs
+from exporter.artifact.errors import BadInput
+from exporter.artifact.names import check_name
+from exporter.artifact.paths import version_folders
 
 STAGING_PREFIX = ".staging-"
 OWNER_SUFFIX = ".owner"
 LOCK_NAME = ".seqexport.lock"
-# TF Serving model names end up in URLs (/v1/models/NAME, where '/' and ':' end the
-# name), in its config files and in file names; this keeps to what all of them accept.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-
-_AT_FDCWD = -100
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
-# renameat2 syscall numbers, for a C library without the wrapper (glibc < 2.28).
-_SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276, "ppc64le": 357, "s390x": 347}
-# errno values meaning "this file system or kernel cannot do that rename".
-_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 
-def check_name(name: str) -> str:
-    """Returns `name` if TF Serving and every file system can use it as a model name.
-
-    Raises:
-        BadInput: it has `/`, `..`, `:`, spaces, other characters, or is too long.
-    """
-    if not _NAME.match(name) or ".." in name:
-        raise BadInput(
-            f"Model name {name!r} is not allowed: use letters, digits, '_', '-' and '.', starting "
-            "with a letter or digit, no '..', at most 128 characters (TF Serving puts it in URLs and paths)."
-        )
-    return name
+# Errors of a full, read-only or forbidden disk: publishing turns them into exit 2 naming the folder.
+_DISK_FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 def model_dir(base: Path, name: str) -> Path:
     return Path(base) / check_name(name)
-
-
-def versions(directory: Path) -> list[int]:
-    """The published versions: sub-folders whose name is a number, as TF Serving sees them."""
-    if not directory.is_dir():
-        return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 def ensure_model_dir(base: Path, name: str) -> Path:
@@ -120,11 +90,6 @@ def _cannot_write(path: Path, exc: OSError) -> str:
 # ----------------------------------------------------------------------------- locks
 
 
-def _open_nofollow(path: Path, *, create: bool) -> int:
-    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
-    return os.open(path, flags, 0o644)
-
-
 @contextlib.contextmanager
 def model_lock(directory: Path) -> Iterator[None]:
     """Holds the model folder's lock (blocking until it is free).
@@ -136,12 +101,12 @@ def model_lock(directory: Path) -> Iterator[None]:
     path = directory / LOCK_NAME
     while True:
         try:
-            fd = _open_nofollow(path, create=True)
+            fd = fs.open_nofollow(path, create=True)
         except OSError as exc:
             raise BadInput(_cannot_write(directory, exc)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            if _same_file(fd, path):
+            if fs.same_file(fd, path):
                 break
         except BaseException:
             os.close(fd)
@@ -151,31 +116,6 @@ def model_lock(directory: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing drops the flock
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        linked = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (held.st_dev, held.st_ino) == (linked.st_dev, linked.st_ino)
-
-
-def _try_lock(path: Path) -> int | None:
-    """An fd holding `path`'s flock, or None when another process holds it (or it is gone)."""
-    try:
-        fd = _open_nofollow(path, create=False)
-    except FileNotFoundError:
-        return None
-    except OSError:  # a link planted under an owner's name, or unreadable: leave it alone
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
 
 
 # ----------------------------------------------------------------------------- staging
@@ -227,7 +167,7 @@ class Staging:
         """Removes the folder (whatever it holds: a failed export, or the version a swap replaced)."""
         if self._fd < 0:
             return
-        _remove(self.path)
+        fs.remove(self.path)
         self._drop_owner()
 
     def __enter__(self) -> "Staging":
@@ -240,14 +180,6 @@ class Staging:
 def new_staging(directory: Path) -> Staging:
     """A fresh staging folder in `directory`, owned (locked) by this process until released."""
     return Staging(directory)
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or (os.path.lexists(path) and not path.is_dir()):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-    else:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -279,7 +211,7 @@ def clean_stale_staging(directory: Path, on_remove: Callable[[Cleaned], None] = 
             if name.endswith(OWNER_SUFFIX):
                 folder = entry.with_name(name[: -len(OWNER_SUFFIX)])
                 if not os.path.lexists(folder):  # an owner file whose folder is gone
-                    fd = _try_lock(entry)
+                    fd = fs.try_lock(entry)
                     if fd is not None:
                         with contextlib.suppress(FileNotFoundError):
                             entry.unlink()
@@ -287,12 +219,12 @@ def clean_stale_staging(directory: Path, on_remove: Callable[[Cleaned], None] = 
                 continue
             owner = entry.with_name(name + OWNER_SUFFIX)
             if os.path.lexists(owner):
-                fd = _try_lock(owner)
+                fd = fs.try_lock(owner)
                 if fd is None:
                     continue  # its export is alive
                 item = Cleaned(path=entry, reason="its export died: the owner lock was free")
                 on_remove(item)
-                _remove(entry)
+                fs.remove(entry)
                 with contextlib.suppress(FileNotFoundError):
                     owner.unlink()
                 os.close(fd)
@@ -302,7 +234,7 @@ def clean_stale_staging(directory: Path, on_remove: Callable[[Cleaned], None] = 
             if pid.isdigit() and not _pid_alive(int(pid)):
                 item = Cleaned(path=entry, reason=f"no owner file, and process {pid} is gone")
                 on_remove(item)
-                _remove(entry)
+                fs.remove(entry)
                 removed.append(item)
     return removed
 
@@ -317,37 +249,6 @@ def release_model_dir(directory: Path) -> None:
         directory.rmdir()
 
 
-# ----------------------------------------------------------------------------- rename
-
-
-def _libc():
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-def renameat2(src: Path, dst: Path, flags: int) -> None:
-    """Linux `renameat2(2)`.
-
-    Raises:
-        OSError: as the call fails; errno EINVAL/ENOSYS/EOPNOTSUPP when the file
-            system or kernel does not support `flags`.
-    """
-    if platform.system() != "Linux":
-        raise OSError(errno.ENOSYS, "renameat2 is Linux only")
-    libc = _libc()
-    args = (ctypes.c_int(_AT_FDCWD), os.fsencode(src), ctypes.c_int(_AT_FDCWD), os.fsencode(dst),
-            ctypes.c_uint(flags))
-    function = getattr(libc, "renameat2", None)
-    if function is not None:
-        result = function(*args)
-    elif platform.machine() in _SYS_RENAMEAT2:
-        result = libc.syscall(ctypes.c_long(_SYS_RENAMEAT2[platform.machine()]), *args)
-    else:
-        raise OSError(errno.ENOSYS, "renameat2 is not available")
-    if result != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), str(src), None, str(dst))
-
-
 def check_exchange_supported(staging: Staging) -> None:
     """Swaps two empty folders inside `staging`; refuses `--overwrite` where that is impossible.
 
@@ -358,9 +259,9 @@ def check_exchange_supported(staging: Staging) -> None:
     a.mkdir()
     b.mkdir()
     try:
-        renameat2(a, b, RENAME_EXCHANGE)
+        fs.renameat2(a, b, fs.RENAME_EXCHANGE)
     except OSError as exc:
-        if exc.errno in _UNSUPPORTED:
+        if exc.errno in fs.UNSUPPORTED:
             raise BadInput(_no_exchange(staging.path.parent, exc)) from None
         raise
     finally:
@@ -375,28 +276,6 @@ def _no_exchange(directory: Path, exc: OSError) -> str:
         "leave TF Serving a moment without it, so nothing was changed. Publish a new version instead "
         "(leave out --version), or remove the old version folder yourself first."
     )
-
-
-def _fsync_tree(root: Path) -> None:
-    for folder, _, files in os.walk(root):
-        for file in files:
-            path = os.path.join(folder, file)
-            if os.path.islink(path):
-                continue
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(folder))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def version_taken(directory: Path, version: int) -> BadInput:
@@ -422,9 +301,9 @@ def publish(
         BadInput: `version` already exists (without `overwrite`), is not a plain
             folder, or the file system cannot swap it atomically.
     """
-    _fsync_tree(staging.path)
+    fs.fsync_tree(staging.path)
     with model_lock(directory):
-        existing = versions(directory)
+        existing = sorted(version_folders(directory))
         if version is None:
             version = (existing[-1] + 1) if existing else 1
         target = directory / str(version)
@@ -438,17 +317,82 @@ def publish(
                     "version folders seqexport could have written. Remove it yourself first."
                 )
             try:
-                renameat2(staging.path, target, RENAME_EXCHANGE)
+                fs.renameat2(staging.path, target, fs.RENAME_EXCHANGE)
             except OSError as exc:
-                if exc.errno in _UNSUPPORTED:
+                if exc.errno in fs.UNSUPPORTED:
                     raise BadInput(_no_exchange(directory, exc)) from None
                 raise
         else:
             try:
-                renameat2(staging.path, target, RENAME_NOREPLACE)
+                fs.renameat2(staging.path, target, fs.RENAME_NOREPLACE)
             except OSError as exc:
-                if exc.errno not in _UNSUPPORTED:
+                if exc.errno not in fs.UNSUPPORTED:
                     raise
                 os.rename(staging.path, target)  # no NOREPLACE here; the lock and the check above stand in
-        _fsync_dir(directory)
+        fs.fsync_dir(directory)
     return version, target, replaced
+
+
+@dataclasses.dataclass
+class StagedVersion:
+    """What `staged_version` yields: write the version into `path`; the rest is set once it is published.
+
+    Attributes:
+        path: the staging folder (not a number, so TF Serving never loads it).
+        cleaned: staging folders of dead exports removed before this one began.
+        version: the published version number (None until published).
+        published: the published folder `<base>/<name>/<version>/`.
+        replaced: whether an existing version was swapped out (`overwrite`).
+    """
+
+    path: Path
+    cleaned: tuple[Cleaned, ...]
+    version: int | None = None
+    published: Path | None = None
+    replaced: bool = False
+
+
+@contextlib.contextmanager
+def staged_version(base: Path, name: str, *, version: int | None = None, overwrite: bool = False,
+                   on_remove: Callable[[Cleaned], None] = lambda _: None) -> Iterator[StagedVersion]:
+    """Stages a version of `<base>/<name>/`; publishes it when the block ends, removes it if the block raises.
+
+    Before anything slow: the model folder must not be a link, leftovers of dead exports go,
+    a `version` that exists is refused (unless `overwrite`) and so is an `overwrite` the file
+    system cannot swap atomically. A model folder this call created is removed again when
+    nothing was published.
+
+    Raises:
+        BadInput: a bad name or version, a link, a folder that cannot be written, or a
+            version taken; see `publish` for what publishing itself refuses.
+    """
+    check_name(name)
+    if version is not None and version < 1:
+        raise BadInput(f"--version must be a positive integer. Got: {version}")
+    if overwrite and version is None:
+        raise BadInput("--overwrite replaces the version given with --version; give one.")
+    directory = refuse_link(Path(base) / name)
+    cleaned = tuple(clean_stale_staging(directory, on_remove=on_remove)) if directory.is_dir() else ()
+    if version is not None and not overwrite and (directory / str(version)).exists():
+        raise version_taken(directory, version)
+    created = not directory.exists()
+    directory = ensure_model_dir(base, name)
+    staging = None
+    try:
+        staging = new_staging(directory)
+        if overwrite:
+            check_exchange_supported(staging)
+        staged = StagedVersion(path=staging.path, cleaned=cleaned)
+        yield staged
+        try:
+            staged.version, staged.published, staged.replaced = publish(staging, directory, version,
+                                                                        overwrite=overwrite)
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL_OR_READ_ONLY:
+                raise
+            raise BadInput(_cannot_write(directory, exc)) from None
+    finally:
+        if staging is not None:
+            staging.release()
+        if created:
+            release_model_dir(directory)

@@ -7,21 +7,19 @@ re-exported under another name or with other options).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import tensorflow as tf
 
-from exporter.errors import BadInput
-from exporter.specs import StateSpec
+from exporter.artifact.errors import BadInput
+from exporter.artifact.paths import SAVED_MODEL_FILE, is_saved_model_dir, manifest_path
+from exporter.artifact.specs import StateSpec
 from exporter.step_model import StepModel
 
 
 def _manifest(path: Path) -> dict:
     """The seqexport manifest of the SavedModel, or {} when it has none."""
-    import json
-
-    from exporter.paths import manifest_path
-
     try:
         return json.loads(manifest_path(path).read_text())
     except (OSError, ValueError):
@@ -35,9 +33,9 @@ def _state_order(path: Path, names: set[str]) -> list[str]:
 
 
 def step_model_from_saved_model(path: Path) -> StepModel:
-    if not (path / "saved_model.pb").is_file():
+    if not is_saved_model_dir(path):
         raise BadInput(
-            f"{str(path)!r} is a directory without saved_model.pb, so it is not a SavedModel."
+            f"{str(path)!r} is a directory without {SAVED_MODEL_FILE}, so it is not a SavedModel."
         )
     try:
         loaded = tf.saved_model.load(str(path))

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from exporter.specs import StateSpec
+from exporter.artifact.specs import StateSpec
 
 StepFn = Callable[[Any, tuple], tuple[Any, tuple]]
 MaskedStepFn = Callable[[Any, tuple, Any], tuple[Any, tuple]]

@@ -4,7 +4,7 @@ A layer may run inside the step function when, on a probe sequence `x [2, T, ...
 1. its output keeps the time axis: `out [2, T, ...]`;
 2. its time Jacobian is block-diagonal: `d out[:, t] / d in[:, t'] = 0` for `t != t'`,
    checked with one vector-Jacobian product per output step under Gaussian weights
-   (a nonzero block is missed with probability zero, as in exporter/batch.py); for
+   (a nonzero block is missed with probability zero, as in exporter/verification/batch.py); for
    integer inputs (no derivative), changing step t' must leave every other step's
    output alone;
 3. run on each step alone (a 1-step sequence), it gives the whole-sequence numbers:

@@ -17,9 +17,9 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from exporter.specs import SignatureName, SignatureSpec, TensorDesc
+from exporter.artifact.names import no_xla_name, unfused_name
+from exporter.artifact.specs import SignatureName, SignatureSpec, TensorDesc
 from exporter.step_model import StepModel
-from exporter.trace_names import no_xla_name, unfused_name
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 import sys
 
-from exporter.cli import app
+from exporter.cli.app import app
 
 if __name__ == "__main__":
     app(["bench", *sys.argv[1:]])

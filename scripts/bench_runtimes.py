@@ -1,7 +1,7 @@
 """Runtime figures for the demo model: conversion cost, per-step latency vs TF, sequence scaling.
 
 Trains the demo model for a few seconds, exports it into a temporary folder, then
-prints the three tables of `exporter.convert.bench`. Run: `.venv/bin/python scripts/bench_runtimes.py`.
+prints the three tables of `exporter.tools.runtime_bench`. Run: `.venv/bin/python scripts/bench_runtimes.py`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ def _table(title: str, rows: list[dict], columns: list[str]) -> Table:
 
 
 def main() -> None:
-    from exporter.convert import bench
-    from exporter.demo import train_demo_model
     from exporter.pipeline import export
+    from exporter.tools import runtime_bench as bench
+    from exporter.tools.demo import train_demo_model
 
     console = Console()
     with tempfile.TemporaryDirectory(prefix="seqexport-bench-") as tmp:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exporter.cli import app  # noqa: E402
+from exporter.cli.app import app  # noqa: E402
 
 if __name__ == "__main__":
     app(["stress", *sys.argv[1:]])

@@ -30,9 +30,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from google.protobuf import json_format
 
-from exporter.specs import SignatureName
-from serving.model_registry import State, VersionStatus
+from exporter.artifact.specs import SignatureName
+from serving.server import predict
+from serving.server.registry import State, VersionStatus, load_version
 from serving.signatures import SequenceKeys, SignatureView, views_from_signature_defs
 from serving.status import Code, ServingError
 
@@ -317,7 +319,6 @@ class RestClient:
     def metadata(self, model: str, *, version: int | None = None, label: str | None = None,
                  timeout: float | None = None) -> tuple[int, dict[str, SignatureView]]:
         """(version served, its signatures) from `GET .../metadata`."""
-        from google.protobuf import json_format
         from tensorflow_serving.apis import get_model_metadata_pb2
 
         body = self.request("GET", self._model_path(model, version, label) + "/metadata", timeout=timeout)
@@ -387,6 +388,7 @@ class RestClient:
         served, views = self.metadata(model, version=version, label=label, timeout=timeout)
         if pin:
             version, label = served, None
+
         def call(signature, inputs):
             # `initial_state` takes a scalar, which has no row format.
             scalar_input = signature == SignatureName.INITIAL_STATE.value
@@ -467,7 +469,7 @@ def _stream(call, keys: SequenceKeys, dtypes: Mapping[str, np.dtype], inputs, st
 class SavedModelBackend:
     """`Backend` over a version folder loaded in this process (no server).
 
-    Runs the same request checks as `seqexport serve` (`serving.predict`), so
+    Runs the same request checks as `seqexport serve` (`serving.server.predict`), so
     in-process, gRPC and REST differ only by transport.
 
     Args:
@@ -475,7 +477,6 @@ class SavedModelBackend:
     """
 
     def __init__(self, export_dir: Path):
-        from serving.model_registry import load_version
 
         export_dir = Path(export_dir)
         version = int(export_dir.name) if export_dir.name.isdigit() else 0
@@ -486,8 +487,6 @@ class SavedModelBackend:
 
     def predict(self, inputs: Mapping[str, np.ndarray], *, signature: str = SignatureName.PREDICT.value
                 ) -> dict[str, np.ndarray]:
-        from serving import predict
-
         _, outputs = predict.run(self.served, signature, {k: np.asarray(v) for k, v in inputs.items()})
         return outputs
 

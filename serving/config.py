@@ -15,9 +15,14 @@ import dataclasses
 import enum
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
-from exporter.errors import BadInput, SeqExportError
+from google.protobuf import text_format
+
+from exporter.artifact.errors import BadInput, SeqExportError
+from exporter.artifact.names import check_name
+from serving.protos import monitoring_config_pb2, session_bundle_config_pb2
 
 MODELS_CONFIG = "models.config"
 BATCHING_CONFIG = "batching.config"
@@ -121,18 +126,60 @@ class VersionPolicy:
         return "all"
 
 
-def parse_labels(items: list[str]) -> dict[str, int]:
-    """`stable=1` items into {label: version}."""
-    labels: dict[str, int] = {}
-    for item in items:
-        label, sep, version = item.partition("=")
-        if not sep or not _LABEL.match(label) or not version.isdigit() or int(version) < 1:
-            raise BadInput(f"--label {item!r}: use NAME=VERSION, e.g. stable=1 (NAME: a letter, then letters, "
-                           "digits, '_' or '-').")
-        if label in labels:
-            raise BadInput(f"--label {label!r} is given twice.")
-        labels[label] = int(version)
-    return labels
+LABEL_SYNTAX = "MODEL:LABEL=VERSION"
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionLabels:
+    """`--label` values of `serve` and `serving-config`, one syntax for both: `MODEL:LABEL=VERSION`.
+
+    Attributes:
+        by_model: `{model: {label: version}}`.
+        deprecated: the items written in the old `LABEL=VERSION` form of `serving-config`
+            (still read, for every model named), for a deprecation note.
+    """
+
+    by_model: dict[str, dict[str, int]]
+    deprecated: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, items: list[str], *, every_model: Sequence[str] = ()) -> "VersionLabels":
+        """Reads `MODEL:LABEL=VERSION` items; an item without `MODEL:` applies to each of `every_model`.
+
+        Raises:
+            BadInput: a malformed item, an invalid model name or label, a label given twice
+                for one model, or a `LABEL=VERSION` item where no model list applies.
+        """
+        by_model: dict[str, dict[str, int]] = {}
+        deprecated = []
+        for item in items:
+            model, colon, rest = item.rpartition(":")
+            label, sep, version = rest.partition("=")
+            if not sep or not _LABEL.match(label) or not version.isdigit() or int(version) < 1 or (colon and not model):
+                raise BadInput(f"--label {item!r}: use {LABEL_SYNTAX}, e.g. demo:stable=2 (LABEL: a letter, then "
+                               "letters, digits, '_' or '-'; VERSION: a number from 1).")
+            if colon:
+                try:
+                    models = [check_name(model)]
+                except BadInput as exc:
+                    raise BadInput(f"--label {item!r}: {exc}") from None
+            elif every_model:
+                models = list(every_model)
+                deprecated.append(item)
+            else:
+                raise BadInput(f"--label {item!r} names no model: use {LABEL_SYNTAX}, e.g. demo:{item}.")
+            for name in models:
+                labels = by_model.setdefault(name, {})
+                if label in labels:
+                    raise BadInput(f"--label {label!r} is given twice for model {name!r}.")
+                labels[label] = int(version)
+        return cls(by_model=by_model, deprecated=tuple(deprecated))
+
+    def deprecation_note(self) -> str | None:
+        if not self.deprecated:
+            return None
+        return (f"--label {', '.join(self.deprecated)}: the LABEL=VERSION form is deprecated and applies to every "
+                f"--name; write {LABEL_SYNTAX} (as `seqexport serve` does).")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -249,8 +296,6 @@ class BatchingChoice:
         )
 
     def to_proto(self):
-        from serving.protos import session_bundle_config_pb2
-
         params = session_bundle_config_pb2.BatchingParameters()
         params.max_batch_size.value = self.max_batch_size
         params.batch_timeout_micros.value = self.batch_timeout_micros
@@ -266,8 +311,6 @@ class BatchingChoice:
 
 def monitoring_config(path: str = DEFAULT_PROMETHEUS_PATH):
     """`MonitoringConfig` with Prometheus metrics at `path` (on the REST port)."""
-    from serving.protos import monitoring_config_pb2
-
     if not path.startswith("/"):
         raise BadInput(f"--prometheus-path {path!r} must start with '/'.")
     config = monitoring_config_pb2.MonitoringConfig()
@@ -278,8 +321,6 @@ def monitoring_config(path: str = DEFAULT_PROMETHEUS_PATH):
 
 def to_text(message, *, header: str = "") -> str:
     """`text_format` of `message`, after `header` turned into `#` comment lines."""
-    from google.protobuf import text_format
-
     comments = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines())
     return comments + text_format.MessageToString(message)
 
@@ -299,8 +340,6 @@ def parse_text(path: Path, message_class):
     Raises:
         ConfigError: names the file, line, column and field that is wrong.
     """
-    from google.protobuf import text_format
-
     path = Path(path)
     try:
         text = path.read_text()

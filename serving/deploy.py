@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path, PurePosixPath
+
+import yaml
 
 CONTAINER_BASE = "/models"
 GRPC_PORT = 8500
@@ -39,8 +42,6 @@ class ServerFiles:
 
 def default_image() -> str:
     """`tensorflow/serving:<version of the installed tensorflow-serving-api>` (released together)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return f"{IMAGE_REPOSITORY}:{version('tensorflow-serving-api')}"
     except PackageNotFoundError:
@@ -173,8 +174,6 @@ def write_document(data: dict, path: Path) -> Path:
 
 def yaml_header(flags: list[str], *, tool: str = "seqexport serving-config") -> str:
     """The comment at the top of a deploy file: what wrote it, from what, and how to redo it."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         made_by = f"seqexport {version('seqexport')}"
     except PackageNotFoundError:
@@ -189,8 +188,6 @@ def yaml_header(flags: list[str], *, tool: str = "seqexport serving-config") -> 
 
 def write_yaml(data: dict, path: Path, *, header: str) -> Path:
     """Writes `data` as block-style YAML (PyYAML `safe_dump`, key order kept) below `# header` lines, atomically."""
-    import yaml
-
     class _Dumper(yaml.SafeDumper):
         def ignore_aliases(self, data) -> bool:  # a dict used twice is written twice, not as &id001/*id001
             return True

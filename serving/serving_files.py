@@ -16,15 +16,16 @@ the override is recorded in a comment atop `batching.config` and in the JSON.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
-
-from exporter.errors import BadInput
-from exporter.paths import WARMUP_FILE
+from exporter.artifact import golden_io
+from exporter.artifact.errors import BadInput
+from exporter.artifact.manifest import read_manifest
+from exporter.artifact.names import check_name
+from exporter.artifact.paths import WARMUP_FILE, golden_path, is_saved_model_dir, version_folders
 from serving import config as cfg
 from serving import deploy
 
@@ -81,27 +82,11 @@ class ServingConfigResult:
         }
 
 
-def _manifest(version_dir: Path):
-    """The manifest, read without TensorFlow (`exporter.save` imports it): this command stays fast."""
-    from exporter.paths import manifest_path
-    from exporter.specs import Manifest
-
-    try:
-        return Manifest.from_json(json.loads(manifest_path(version_dir).read_text()))
-    except FileNotFoundError:
-        raise BadInput(f"{manifest_path(version_dir)} is missing: {version_dir} was not made by seqexport.") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BadInput(f"{manifest_path(version_dir)} is unreadable: {exc}") from None
-
-
 def parameter_count(version_dir: Path) -> int:
     """Trainable parameters of an export, counted from the `var/<i>` arrays of its goldens."""
-    from exporter.paths import golden_path
-
     path = golden_path(version_dir)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return int(sum(data[k].size for k in data.files if k.startswith("var/")))
+        return int(sum(array.size for key, array in golden_io.load(path).items() if key.startswith("var/")))
     except (OSError, ValueError) as exc:
         raise BadInput(f"{path} is unreadable ({exc}); cannot size the batches.") from None
 
@@ -114,10 +99,8 @@ def _app_name(names: list[str]) -> str:
 
 def _served_model(base: Path, name: str, policy: cfg.VersionPolicy, labels: dict[str, int],
                   container_base: str) -> ServedModel:
-    from exporter.publish import check_name, versions
-
     check_name(name)
-    available = versions(base / name)
+    available = sorted(version_folders(base / name))
     if not available:
         raise BadInput(f"{base / name} has no published version (a numbered folder); export {name!r} first.")
     if policy.kind is cfg.PolicyKind.SPECIFIC:
@@ -137,7 +120,7 @@ def _served_model(base: Path, name: str, policy: cfg.VersionPolicy, labels: dict
         policy=policy.describe(),
         versions=tuple(served),
         labels=dict(labels),
-        batch_independent={v: _manifest(base / name / str(v)).batch_independent for v in served},
+        batch_independent={v: read_manifest(base / name / str(v)).batch_independent for v in served},
     )
 
 
@@ -151,7 +134,7 @@ def _batching_problems(models: list[ServedModel], base: Path) -> list[str]:
                 problems.append(f"{model.name} version {version}: batch independence was never checked "
                                 "(manifest batch_independent is null)")
             else:
-                offdiag = _manifest(base / model.name / str(version)).batch_offdiag_max
+                offdiag = read_manifest(base / model.name / str(version)).batch_offdiag_max
                 problems.append(f"{model.name} version {version}: NOT batch independent (largest off-diagonal "
                                 f"Jacobian entry {offdiag}); batching would mix rows of different requests")
     return problems
@@ -160,7 +143,7 @@ def _batching_problems(models: list[ServedModel], base: Path) -> list[str]:
 def _scalar_input_signatures(models: list[ServedModel], base: Path) -> list[str]:
     found = []
     for model in models:
-        manifest = _manifest(base / model.name / str(model.versions[-1]))
+        manifest = read_manifest(base / model.name / str(model.versions[-1]))
         for sig in manifest.signatures:
             scalars = [t.name for t in sig.inputs if len(t.shape) == 0]
             if scalars:
@@ -173,7 +156,7 @@ def write_serving_config(
     names: list[str],
     *,
     policy: cfg.VersionPolicy = cfg.VersionPolicy(),
-    labels: dict[str, int] | None = None,
+    labels: Mapping[str, Mapping[str, int]] | None = None,
     batching: bool = True,
     force_batching: bool = False,
     cpus: int = DEFAULT_CPUS,
@@ -187,7 +170,7 @@ def write_serving_config(
         base: TF Serving's base path (holds NAME/VERSION folders).
         names: models to serve (folders under `base`).
         policy: version policy, the same for every model.
-        labels: version labels (e.g. stable/canary), the same for every model.
+        labels: version labels per model, e.g. `{"demo": {"stable": 1}}` (`cfg.VersionLabels.by_model`).
         batching: write `batching.config` and turn batching on (needs proof, see module doc).
         force_batching: turn it on without proof; recorded.
         cpus: cores of the server: `num_batch_threads`.
@@ -203,7 +186,7 @@ def write_serving_config(
     base = Path(base)
     if not base.is_dir():
         raise BadInput(f"{str(base)!r} is not a folder: give TF Serving's base path (it holds NAME/VERSION).")
-    if any((p / "saved_model.pb").is_file() for p in (base.resolve(), *base.resolve().parents)):
+    if any(is_saved_model_dir(p) for p in (base.resolve(), *base.resolve().parents)):
         raise BadInput(f"{base} is inside a version folder; give the base path (two levels up), the config "
                        "files never go into a version.")
     if not names:
@@ -213,7 +196,10 @@ def write_serving_config(
     if cpus < 1:
         raise BadInput(f"--cpus must be positive. Got: {cpus}")
     labels = labels or {}
-    models = [_served_model(base, name, policy, labels, container_base) for name in names]
+    unknown = sorted(set(labels) - set(names))
+    if unknown:
+        raise BadInput(f"--label names model(s) {unknown} that are not served (--name {', '.join(names)}).")
+    models = [_served_model(base, name, policy, labels.get(name, {}), container_base) for name in names]
 
     notes: list[str] = []
     choice, unproven = None, []
@@ -242,7 +228,7 @@ def write_serving_config(
                 notes.append(f"{model.name} version {version} has no {WARMUP_FILE} (exported before warmup "
                              "records existed): it starts cold.")
 
-    xla = any(_manifest(base / m.name / str(v)).options.jit for m in models for v in m.versions)
+    xla = any(read_manifest(base / m.name / str(v)).options.jit for m in models for v in m.versions)
     files = deploy.ServerFiles(
         models=cfg.MODELS_CONFIG,
         monitoring=cfg.MONITORING_CONFIG,
@@ -252,7 +238,7 @@ def write_serving_config(
     flags = deploy.server_flags(files, container_base=container_base)
     image = image or deploy.default_image()
     written: dict[str, Path] = {}
-    entries = [cfg.ModelEntry(name=m.name, base_path=m.base_path, policy=policy, labels=labels) for m in models]
+    entries = [cfg.ModelEntry(name=m.name, base_path=m.base_path, policy=policy, labels=m.labels) for m in models]
     written["models"] = cfg.write_text(
         cfg.model_server_config(entries), base / cfg.MODELS_CONFIG,
         header="Written by `seqexport serving-config`; read by tensorflow_model_server --model_config_file.\n"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from exporter.specs import SignatureName, SignatureSpec
+from exporter.artifact.specs import SignatureName, SignatureSpec
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -8,10 +8,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest
 
+# Fixtures used by tests in several folders (a module's tests live where the module does).
+pytest_plugins = ["tests.fixtures.serving", "tests.fixtures.runtimes"]
+
 
 @pytest.fixture(scope="session")
 def demo_keras_file(tmp_path_factory):
-    from exporter.demo import train_demo_model
+    from exporter.tools.demo import train_demo_model
 
     return train_demo_model(tmp_path_factory.mktemp("demo") / "demo.keras", seconds=1.0)
 

@@ -18,8 +18,12 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from exporter.errors import BadInput
-from exporter.specs import Manifest
+from exporter.artifact.errors import BadInput
+from exporter.artifact.golden_io import load as load_golden
+from exporter.artifact.manifest import read_manifest
+from exporter.artifact.names import unfused_name
+from exporter.artifact.paths import SAVED_MODEL_FILE, golden_path, is_saved_model_dir, manifest_path
+from exporter.artifact.specs import Manifest
 
 # Which input of each TensorList op is its element shape (tensorflow/core/ops/list_ops.cc).
 _ELEMENT_SHAPE_INPUT = {
@@ -54,8 +58,6 @@ class LoadedExport:
     def convertible_signature(self, name: str):
         """What a converter reads for signature `name`: its while_loop twin when it is fused
         (neither LiteRT nor tf2onnx knows TF's `BlockLSTM`), else the signature itself."""
-        from exporter.trace_names import unfused_name
-
         twin = unfused_name(name)
         if self.manifest.options.fused and twin in self.module.signatures:
             return self.module.signatures[twin]
@@ -70,26 +72,18 @@ def load_export(export_dir: Path) -> LoadedExport:
     """
     import tensorflow as tf
 
-    from exporter.golden import load as load_golden
-    from exporter.paths import golden_path, manifest_path
-    from exporter.save import read_manifest
-
     export_dir = Path(export_dir)
-    if not (export_dir / "saved_model.pb").is_file():
-        raise BadInput(f"{str(export_dir)!r} is not a SavedModel directory (no saved_model.pb in it).")
+    if not is_saved_model_dir(export_dir):
+        raise BadInput(f"{str(export_dir)!r} is not a SavedModel directory (no {SAVED_MODEL_FILE} in it).")
     for path in (manifest_path(export_dir), golden_path(export_dir)):
         if not path.is_file():
             raise BadInput(
                 f"{str(export_dir)!r} has no {path.relative_to(export_dir)}: it was not made by seqexport, "
                 "so there is nothing to check a conversion against. Export it with `seqexport export`."
             )
-    try:
-        manifest = read_manifest(export_dir)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BadInput(f"Manifest of {str(export_dir)!r} is unreadable: {exc}") from None
     return LoadedExport(
         path=export_dir,
-        manifest=manifest,
+        manifest=read_manifest(export_dir),
         golden=load_golden(golden_path(export_dir)),
         module=tf.saved_model.load(str(export_dir)),
     )

@@ -2,7 +2,7 @@
 
 The function is frozen first (`graph.frozen_function`), like for LiteRT. Both the
 step and the whole-sequence `stream` (a `Loop`) convert with dynamic batch and
-time. New states are named `<state>_next` (`serving.runtimes.state_output_name`):
+time. New states are named `<state>_next` (`exporter.convert.runtimes.state_output_name`):
 an ONNX graph cannot give an input and an output the same name.
 
 tf2onnx keeps going when it meets an op it cannot map and leaves the TF op in the
@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from exporter.errors import ConversionFailed
+from exporter.artifact.errors import ConversionFailed
+from exporter.convert.graph import frozen_function
+from exporter.convert.runtimes import NON_STATE_KEYS, state_output_name
 
 OPSET = 17
 
@@ -54,8 +56,6 @@ def unsupported_ops(model) -> list[str]:
 
 
 def output_name(key: str) -> str:
-    from serving.runtimes import NON_STATE_KEYS, state_output_name
-
     return key if key in NON_STATE_KEYS else state_output_name(key)
 
 
@@ -88,8 +88,6 @@ def convert_function(function, *, what: str, doc: str = "") -> bytes:
 
 def convert_signature(loaded, signature: str) -> bytes:
     """Converts `signature` of a `graph.LoadedExport` (dynamic batch and time)."""
-    from exporter.convert.graph import frozen_function
-
     what = f"signature {signature!r} of {loaded.manifest.name!r}"
     function = frozen_function(loaded.convertible_signature(signature), output_name=output_name)
     doc = f"seqexport: signature {signature!r} of {loaded.manifest.name!r}"

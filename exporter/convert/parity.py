@@ -1,13 +1,13 @@
 """Check a converted model against the export's `golden.npz`: one `CheckResult` per tensor.
 
-Two kinds of rows, both in the `verify` table format (`exporter.report.checks_table`):
+Two kinds of rows, both in the `verify` table format (`exporter.cli.report.checks_table`):
 - the model alone, on the golden inputs of the signature it was converted from
   (`step` or `stream`), against that signature's golden outputs;
 - a `Backend` driver over the golden `serving_default` inputs in 1, 2 and T chunks,
   state threaded between chunks, against the golden predict outputs and final states.
 
 A step driver cannot reproduce the outputs of padded steps (see
-`serving.runtimes.StepLoopBackend`); for masked exports its rows compare the
+`exporter.convert.runtimes.StepLoopBackend`); for masked exports its rows compare the
 valid steps only (`outputs[t<lengths]`), while its final states compare whole.
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from exporter.compare import compare, failed
-from exporter.specs import CheckResult, Manifest, Tolerance
+from exporter.artifact.compare import compare, failed
+from exporter.artifact.specs import CheckResult, Manifest, Tolerance
 
 
 def _section(golden: dict, prefix: str) -> dict[str, np.ndarray]:
@@ -51,7 +51,7 @@ def model_checks(
     return rows
 
 
-def _last_valid(outputs: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+def last_valid(outputs: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
     if lengths is None:
         return outputs[:, -1]
     index = np.clip(lengths - 1, 0, outputs.shape[1] - 1)
@@ -101,7 +101,7 @@ def driver_checks(
         outputs = np.concatenate(pieces, axis=1)
         padded = lengths is not None and not exact_padding
         if manifest.last_step_only:
-            got = _last_valid(outputs, lengths if padded else None)
+            got = last_valid(outputs, lengths if padded else None)
             rows.append(compare(check, signature, "outputs", got, want["outputs"], tolerance))
         elif padded:
             valid = np.arange(steps)[None, :] < lengths[:, None]

@@ -18,12 +18,20 @@ so `export --targets` can still publish the (valid) TF export.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import time
 from pathlib import Path
 
-from exporter.errors import BadInput, ConversionFailed
-from exporter.specs import CheckResult, CheckRows, RuntimeTarget, Tolerance
+from exporter.artifact.compare import failed
+from exporter.artifact.errors import BadInput, ConversionFailed
+from exporter.artifact.names import check_name
+from exporter.artifact.paths import SEQEXPORT_DIR
+from exporter.artifact.specs import CheckResult, CheckRows, RuntimeTarget, Tolerance
+from exporter.convert import onnx, tflite, triton
+from exporter.convert.graph import custom_gradient_ops, load_export
+from exporter.convert.parity import driver_checks, model_checks
+from exporter.convert.runtimes import LiteRTModel, OrtModel, SequenceBackend, StepLoopBackend
 
 # The optional packages each target imports: (module, pip package).
 REQUIREMENTS = {
@@ -129,8 +137,6 @@ def _target(target: str | RuntimeTarget) -> RuntimeTarget:
 
 def check_dependencies(targets) -> None:
     """Raises BadInput naming the missing package when a target's optional dependency is absent."""
-    import importlib.util
-
     for target in map(_target, targets):
         missing = []
         for module, package in REQUIREMENTS[target]:
@@ -169,8 +175,6 @@ class _Run:
 
     def convert(self, signature: str, relative: str, make, *, batch: int | None = None) -> bytes | None:
         """Runs the converter `make()`; writes the file; a ConversionFailed becomes a failed row."""
-        from exporter.compare import failed
-
         started = time.monotonic()
         try:
             content = make()
@@ -188,10 +192,6 @@ class _Run:
 
     def check(self, signature: str, load, *, batch: int | None = None) -> None:
         """Parity of the model `load()` returns, on its own golden signature and as a chunked driver."""
-        from exporter.compare import failed
-        from exporter.convert.parity import driver_checks, model_checks
-        from serving.runtimes import SequenceBackend, StepLoopBackend
-
         name = self.target.value
         try:
             model = load()
@@ -221,8 +221,6 @@ class _Run:
 
 
 def _common_notes(loaded) -> list[str]:
-    from exporter.convert.graph import custom_gradient_ops
-
     notes = [GRADIENTS_NOTE]
     custom = custom_gradient_ops(loaded.signature("step"))
     if custom:
@@ -239,9 +237,6 @@ def _common_notes(loaded) -> list[str]:
 
 
 def _tflite(run: _Run, stream_batch: int | None) -> None:
-    from exporter.convert import tflite
-    from serving.runtimes import LiteRTModel
-
     loaded = run.loaded
     content = run.convert("step", "step.tflite", lambda: tflite.convert_signature(loaded, "step"))
     if content is not None:
@@ -261,9 +256,6 @@ def _tflite(run: _Run, stream_batch: int | None) -> None:
 
 
 def _onnx(run: _Run) -> None:
-    from exporter.convert import onnx
-    from serving.runtimes import OrtModel
-
     for signature in ("step", "stream"):
         content = run.convert(signature, f"{signature}.onnx", lambda s=signature: onnx.convert_signature(run.loaded, s))
         if content is not None:
@@ -271,9 +263,6 @@ def _onnx(run: _Run) -> None:
 
 
 def _triton(run: _Run, name: str, version: int, options) -> None:
-    from exporter.convert import onnx, triton
-    from serving.runtimes import OrtModel
-
     def make() -> bytes:
         content = onnx.convert_signature(run.loaded, "step")
         model_path, _ = triton.write_repository(run.out_dir, name=name, version=version, onnx_model=content,
@@ -291,9 +280,6 @@ def _triton(run: _Run, name: str, version: int, options) -> None:
 
 
 def _triton_python(run: _Run, name: str, version: int, options) -> None:
-    from exporter.convert import onnx, triton
-    from serving.runtimes import OrtModel
-
     def make() -> bytes:
         content = onnx.convert_signature(run.loaded, "step")
         step_path, code_path, config_path = triton.write_python_repository(
@@ -355,8 +341,6 @@ def convert_export(
         >>> report.passed, [f.path for f in report.files]
         (True, ['step.onnx', 'stream.onnx'])
     """
-    from exporter.convert.graph import load_export
-
     started = time.monotonic()
     target = _target(target)
     check_dependencies([target])
@@ -372,9 +356,6 @@ def convert_export(
     elif target is RuntimeTarget.ONNX:
         _onnx(run)
     else:
-        from exporter.convert import triton
-        from exporter.publish import check_name
-
         name = check_name(triton_name or loaded.manifest.name)
         version = triton_version or triton.version_of(loaded.path)
         write = _triton if target is RuntimeTarget.TRITON else _triton_python
@@ -391,10 +372,6 @@ def convert_in_export(export_dir: Path, targets: tuple[str, ...]) -> tuple[Conve
     Never raises for a failed conversion (the TF export stays valid): a crash of a
     converter becomes a failed row of that target's report.
     """
-    from exporter.compare import failed
-    from exporter.convert.graph import load_export
-    from exporter.paths import SEQEXPORT_DIR
-
     export_dir = Path(export_dir)
     loaded = load_export(export_dir)
     reports = []

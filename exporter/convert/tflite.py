@@ -6,7 +6,7 @@ initializer, which return garbage. `assert_frozen` refuses such a model.
 
 Whole-sequence models need a static batch (LiteRT lowers the unroll's TensorLists
 only with a static element shape) and LiteRT's `WHILE` was measured O(T^2) over a
-sequence, so the step model with a Python loop (`serving.runtimes.StepLoopBackend`)
+sequence, so the step model with a Python loop (`exporter.convert.runtimes.StepLoopBackend`)
 is the default; `stream` is converted only when a batch size is given.
 """
 
@@ -17,7 +17,8 @@ import os
 import re
 import tempfile
 
-from exporter.errors import ConversionFailed
+from exporter.artifact.errors import ConversionFailed
+from exporter.convert.graph import frozen_function
 
 VARIABLE_OPS = ("VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE")
 
@@ -106,8 +107,6 @@ def convert_function(function, *, signature: str, what: str) -> bytes:
 
 def convert_signature(loaded, signature: str, *, batch: int | None = None) -> bytes:
     """Converts `signature` of a `graph.LoadedExport`; `batch` fixes its batch size."""
-    from exporter.convert.graph import frozen_function
-
     what = f"signature {signature!r} of {loaded.manifest.name!r}"
     function = frozen_function(loaded.convertible_signature(signature), batch=batch)
     return convert_function(function, signature=signature, what=what)

@@ -50,11 +50,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 from pathlib import Path
 
 import numpy as np
+from google.protobuf import text_format
 
-from exporter.errors import ConversionFailed
+from exporter.artifact.errors import ConversionFailed
+from exporter.convert.runtimes import CORRELATION_ID, STATE_OUTPUT_SUFFIX, OrtModel, state_output_name
 
 CONFIG_FILE = "config.pbtxt"
 MODEL_FILE = "model.onnx"
@@ -163,8 +166,6 @@ def add_correlation_id_input(onnx_model: bytes, *, batched: bool) -> bytes:
     no node reads: Triton feeds the sequence's correlation id there."""
     import onnx
 
-    from serving.runtimes import CORRELATION_ID
-
     model = onnx.load_from_string(onnx_model)
     if any(i.name == CORRELATION_ID for i in model.graph.input):
         return onnx_model
@@ -179,11 +180,10 @@ def model_config(name: str, model, options: TritonOptions = TritonOptions()):
 
     Args:
         name: the model's name in the repository.
-        model: a `serving.runtimes.OrtModel` of the step model: names, dtypes and
+        model: a `exporter.convert.runtimes.OrtModel` of the step model: names, dtypes and
             shapes are taken from what ONNX Runtime reports for it.
         options: see `TritonOptions`.
     """
-    from serving.runtimes import state_output_name
     from tritonclient.grpc import model_config_pb2 as pb  # optional dependency
 
     batched = options.max_batch_size > 0
@@ -197,8 +197,6 @@ def model_config(name: str, model, options: TritonOptions = TritonOptions()):
         config.output.append(pb.ModelOutput(name=key, data_type=data_type(info.dtype), dims=_dims(info.shape, batched)))
     batching = _sequence_batching(config, options)
     if options.correlation_id:
-        from serving.runtimes import CORRELATION_ID
-
         control = batching.control_input.add(name=CORRELATION_ID)
         control.control.add(kind=pb.ModelSequenceBatching.Control.CONTROL_SEQUENCE_CORRID, data_type="TYPE_UINT64")
     for state in states:
@@ -213,14 +211,11 @@ def model_config(name: str, model, options: TritonOptions = TritonOptions()):
 
 
 def write_config(config, path: Path) -> None:
-    from google.protobuf import text_format
-
     path.write_text(text_format.MessageToString(config))
 
 
 def read_config(path: Path):
     """Parses a `config.pbtxt` back into a `ModelConfig` (raises on any unknown field)."""
-    from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as pb
 
     return text_format.Parse(Path(path).read_text(), pb.ModelConfig())
@@ -239,8 +234,6 @@ def write_repository(
 
     `onnx_model` is the converted step model (`onnx.convert_signature(..., "step")`).
     """
-    from serving.runtimes import OrtModel
-
     if options.correlation_id:
         onnx_model = add_correlation_id_input(onnx_model, batched=options.max_batch_size > 0)
     model_dir = Path(repo) / name
@@ -279,8 +272,6 @@ def check_config(config, model) -> list[str]:
             problems.append(f"{kind} {name!r}: data_type {pb.DataType.Name(dtype_value)}, model has {want_type}")
         if list(dims) != want_dims:
             problems.append(f"{kind} {name!r}: dims {list(dims)}, model has {want_dims}")
-
-    from serving.runtimes import STATE_OUTPUT_SUFFIX
 
     raw_inputs = dict(model.inputs)
     raw_outputs = {(k if k == "y" else k + STATE_OUTPUT_SUFFIX): v for k, v in model.outputs.items()}
@@ -326,12 +317,9 @@ def python_model_config(name: str, model, options: TritonOptions = TritonOptions
 
     Args:
         name: the model's name in the repository.
-        model: a `serving.runtimes.OrtModel` of the step model (as written, `CORRID` input or not).
+        model: a `exporter.convert.runtimes.OrtModel` of the step model (as written, `CORRID` input or not).
         options: see `TritonOptions`; `correlation_id` is ignored (always declared).
     """
-    import json
-
-    from serving.runtimes import CORRELATION_ID, STATE_OUTPUT_SUFFIX
     from tritonclient.grpc import model_config_pb2 as pb  # optional dependency
 
     batched = options.max_batch_size > 0
@@ -375,8 +363,6 @@ def python_model_config(name: str, model, options: TritonOptions = TritonOptions
 
 def python_spec(config) -> dict:
     """The `model.py` settings a Python-backend config carries (its `seqexport` parameter)."""
-    import json
-
     return json.loads(config.parameters[PYTHON_PARAMETER].string_value)
 
 
@@ -387,8 +373,6 @@ def write_python_repository(
 
     `onnx_model` is the converted step model (`onnx.convert_signature(..., "step")`).
     """
-    from serving.runtimes import OrtModel
-
     model_dir = Path(repo) / name
     (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
     step_path = model_dir / str(version) / PYTHON_STEP_FILE

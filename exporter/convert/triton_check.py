@@ -30,8 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.errors import BadInput
-from exporter.specs import CheckResult, CheckRows, Manifest, Tolerance
+from exporter.artifact import golden_io
+from exporter.artifact.compare import compare, failed
+from exporter.artifact.errors import BadInput
+from exporter.artifact.manifest import read_manifest
+from exporter.artifact.paths import golden_path
+from exporter.artifact.specs import CheckResult, CheckRows, Manifest, SignatureName, Tolerance
+from exporter.convert import triton
+from exporter.convert.parity import last_valid
+from exporter.convert.runtimes import OrtModel
+from exporter.convert.triton_server import SequenceClient, ServerFailed, TritonServer, find_server
 
 CHECK = "triton"
 PROTOCOLS = ("grpc", "http")
@@ -95,8 +103,6 @@ class _Model:
 
 
 def _models(repo: Path) -> list[_Model]:
-    from exporter.convert import triton
-
     models = []
     for config_path in sorted(repo.glob(f"*/{triton.CONFIG_FILE}")):
         try:
@@ -119,8 +125,6 @@ def find_export(model_folder: Path, export: Path | None = None) -> Path:
     `convert`); else the nearest folder above it that is an export (`export --targets`
     writes the repository inside the version folder).
     """
-    from exporter.paths import golden_path
-
     if export is not None:
         if not golden_path(export).is_file():
             raise BadInput(f"--export {str(export)!r} is not a seqexport export (no {golden_path(export)}).")
@@ -141,12 +145,8 @@ def find_export(model_folder: Path, export: Path | None = None) -> Path:
 
 
 def _load_export(folder: Path) -> tuple[Manifest, dict]:
-    from exporter.paths import golden_path, manifest_path
-
-    manifest = Manifest.from_json(json.loads(manifest_path(folder).read_text()))
-    with np.load(golden_path(folder)) as data:
-        golden = {k: data[k] for k in data.files if k.startswith("serving_default/")}
-    return manifest, golden
+    golden = golden_io.load(golden_path(folder))
+    return read_manifest(folder), {k: v for k, v in golden.items() if k.startswith(f"{SignatureName.PREDICT.value}/")}
 
 
 def _chunks(length: int, count: int) -> list[tuple[int, int]]:
@@ -204,14 +204,11 @@ def stream_sequences(client, model: str, inputs: np.ndarray, lengths, *, chunks:
 def golden_rows(label: str, outputs: np.ndarray, states: dict, manifest: Manifest, golden: dict,
                 tolerance: Tolerance) -> list[CheckResult]:
     """Streamed outputs and final states vs the golden `serving_default` ones (`parity.driver_checks` rules)."""
-    from exporter.compare import compare, failed
-    from exporter.convert.parity import _last_valid
-
     want_outputs = golden["serving_default/out/outputs"]
     lengths = golden.get("serving_default/in/lengths")
     rows = []
     if manifest.last_step_only:
-        rows.append(compare(CHECK, label, "outputs", _last_valid(outputs, lengths), want_outputs, tolerance))
+        rows.append(compare(CHECK, label, "outputs", last_valid(outputs, lengths), want_outputs, tolerance))
     elif lengths is not None:
         valid = np.arange(outputs.shape[1])[None, :] < lengths[:, None]
         rows.append(compare(CHECK, label, "outputs[t<lengths]", outputs[valid], want_outputs[valid], tolerance))
@@ -227,9 +224,6 @@ def golden_rows(label: str, outputs: np.ndarray, states: dict, manifest: Manifes
 
 
 def _python_rows(server, model: _Model, export: Path | None, tolerance: Tolerance | None) -> list[CheckResult]:
-    from exporter.compare import failed
-    from exporter.convert.triton_server import SequenceClient
-
     try:
         manifest, golden = _load_export(find_export(model.folder, export))
     except BadInput as exc:
@@ -256,10 +250,6 @@ def _python_rows(server, model: _Model, export: Path | None, tolerance: Toleranc
 
 
 def _onnxruntime_rows(model: _Model, reason: str) -> list[CheckResult]:
-    from exporter.compare import failed
-    from exporter.convert import triton
-    from serving.runtimes import OrtModel
-
     rows = []
     if _NO_BACKEND in reason:
         rows.append(CheckResult(check=CHECK, signature=f"{model.name} server", tensor="config.pbtxt", passed=True,
@@ -304,9 +294,6 @@ def check_repository(repo: Path, *, export: Path | None = None, tolerance: Toler
     Raises:
         BadInput: not a repository, no export found, or the server is not installed.
     """
-    from exporter.compare import failed
-    from exporter.convert.triton_server import ServerFailed, TritonServer, find_server
-
     started = time.monotonic()
     repo = Path(repo)
     if not repo.is_dir():

@@ -16,9 +16,12 @@ whose starting process dies (even by SIGKILL) is killed by the kernel.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import importlib.util
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,11 +30,13 @@ import sysconfig
 import tempfile
 import time
 import urllib.request
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
-from exporter.errors import BadInput, SeqExportError
+from exporter.artifact.errors import BadInput, SeqExportError
+from exporter.convert import triton
 
 INSTALL_HINT = "pip install 'seqexport[triton]' (the nvidia-pytriton wheel bundles tritonserver)"
 READY_TIMEOUT_S = 120.0
@@ -74,8 +79,6 @@ def find_server() -> ServerFiles:
     Raises:
         BadInput: the wheel (or a file of it) is missing.
     """
-    from importlib import metadata
-
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
         raise BadInput(f"`seqexport check triton` needs the real tritonserver, which is not installed: {INSTALL_HINT}.")
@@ -99,8 +102,6 @@ def _die_with_parent() -> None:
     """In the child before exec: SIGKILL when the process that started it dies (Linux
     `PR_SET_PDEATHSIG`), so a killed seqexport never leaves a server behind. The signal follows
     the starting *thread*: start servers from a thread that outlives them."""
-    import ctypes
-
     PR_SET_PDEATHSIG = 1
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -262,8 +263,6 @@ class TritonServer:
 
     def models(self) -> list[dict]:
         """Triton's repository index: `{name, version, state, reason}` per model."""
-        import json
-
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         request = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST")
         with opener.open(request, timeout=5) as response:
@@ -298,8 +297,6 @@ class TritonServer:
     def close(self) -> None:
         self.stop()
         if self._own_dir:
-            import shutil
-
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def __enter__(self) -> "TritonServer":
@@ -340,8 +337,6 @@ class SequenceClient:
         Raises:
             tritonclient.utils.InferenceServerException: the server refused it or could not be reached.
         """
-        from exporter.convert import triton
-
         from tritonclient.utils import np_to_triton_dtype
 
         chunk = np.ascontiguousarray(chunk)

@@ -7,6 +7,7 @@ folder and fails when the committed modules differ.
 
 from __future__ import annotations
 
+import importlib.resources
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +27,6 @@ def generate(out_dir: Path) -> list[Path]:
     Raises:
         RuntimeError: protoc reported an error (its message is included).
     """
-    import importlib.resources
-
     well_known = importlib.resources.files("grpc_tools") / "_proto"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

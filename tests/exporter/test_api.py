@@ -6,7 +6,7 @@ import keras
 import pytest
 
 import exporter
-from exporter.save import read_manifest
+from exporter.artifact.manifest import read_manifest
 
 pytestmark = pytest.mark.slow
 

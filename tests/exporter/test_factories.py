@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from exporter import golden as golden_io
+from exporter.artifact import golden_io
+from exporter.artifact.manifest import read_manifest
+from exporter.artifact.paths import golden_path
 from exporter.load import load_step_model
-from exporter.paths import golden_path
 from exporter.pipeline import write_export
-from exporter.save import read_manifest
-from exporter.verify import verify_many_in_fresh_process
+from exporter.verification.run import verify_many_in_fresh_process
 from tests.exporter import factories
 
 pytestmark = pytest.mark.slow
@@ -127,7 +127,7 @@ def test_batch_independence_is_computed(exported, name):
 
 
 def test_higher_order_check_fails_on_a_wrong_hessian_vector_product(tmp_path):
-    from exporter.verify import verify_in_fresh_process
+    from exporter.verification.run import verify_in_fresh_process
 
     step_model, _ = load_step_model("tests.exporter.factories:clip_cell")
     write_export(step_model, tmp_path / "hvp", name="clip", source={"kind": "factory"})

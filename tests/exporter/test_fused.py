@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from exporter.fused import fused_lstm, is_fusable_lstm
-from exporter.keras_step import step_model_from_keras
+from exporter.keras_model import step_model_from_keras
 from exporter.trace import trace
 from tests.exporter import models
 

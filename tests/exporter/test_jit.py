@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from tensorflow.core.protobuf import saved_model_pb2
 
+from exporter.artifact.specs import ExportOptions
 from exporter.pipeline import export
-from exporter.specs import ExportOptions
 from tests.exporter import models
 
 pytestmark = pytest.mark.slow

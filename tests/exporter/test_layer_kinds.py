@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.keras_step import step_model_from_keras
+from exporter.artifact.specs import ExportOptions
+from exporter.keras_model import step_model_from_keras
 from exporter.pipeline import write_export
-from exporter.specs import ExportOptions
-from exporter.verify import verify_many_in_fresh_process
+from exporter.verification.run import verify_many_in_fresh_process
 from tests.exporter import models
 
 pytestmark = pytest.mark.slow

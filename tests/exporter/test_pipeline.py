@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from exporter.cli import app
+from exporter.cli.app import app
 from exporter.publish import LOCK_NAME, STAGING_PREFIX
 from tests.exporter import models
 
@@ -36,11 +36,11 @@ def model_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def export_bytes(model_file, tmp_path_factory):
     """Pages one unverified export of `model_file` takes (tmpfs counts whole pages)."""
-    from exporter.keras_step import step_model_from_keras
-    from exporter.pipeline import write_export
-    from exporter.specs import ExportOptions
-
     import keras
+
+    from exporter.artifact.specs import ExportOptions
+    from exporter.keras_model import step_model_from_keras
+    from exporter.pipeline import write_export
 
     folder = tmp_path_factory.mktemp("size") / "x"
     step_model = step_model_from_keras(keras.saving.load_model(model_file))
@@ -159,7 +159,7 @@ def test_overwrite_needs_a_version(model_file, tmp_path):
 
 def test_overwrite_replaces_the_version_atomically_and_records_unsafe(model_file, tmp_path):
     """`--version 1 --overwrite` swaps a verified export in; `--unsafe` is recorded in its manifest."""
-    from exporter.save import read_manifest
+    from exporter.artifact.manifest import read_manifest
 
     base = tmp_path / "base"
     old = base / "m" / "1"

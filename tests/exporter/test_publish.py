@@ -1,7 +1,7 @@
 """Atomic publish: never a partial or unverified version folder, whatever kills the export.
 
 Fast tests drive `exporter.publish` directly on real folders; the slow one runs
-`python -m exporter.cli export` and SIGKILLs it at random moments.
+`python -m exporter.cli.app export` and SIGKILLs it at random moments.
 """
 
 from __future__ import annotations
@@ -23,17 +23,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter.errors import BadInput
+from exporter import fs
+from exporter.artifact.errors import BadInput
+from exporter.artifact.names import check_name
 from exporter.publish import (
     LOCK_NAME,
     OWNER_SUFFIX,
     STAGING_PREFIX,
-    check_name,
+    check_exchange_supported,
     clean_stale_staging,
     model_lock,
     new_staging,
     publish,
 )
+from tests import REPO_ROOT
 
 DEADLINE_S = 300
 POLL_S = 0.005
@@ -145,24 +148,22 @@ def test_overwrite_where_the_file_system_cannot_swap_is_refused(tmp_path, monkey
     No local file system here refuses RENAME_EXCHANGE (NFS and some FUSE ones do),
     so the kernel's answer, EINVAL, is simulated at the one ctypes call.
     """
-    import exporter.publish as publish_module
-
     directory = tmp_path / "m"
     directory.mkdir()
     old = _fake_version(directory, "old")
     publish(old, directory, version=1)
     old.release()
-    real = publish_module.renameat2
+    real = fs.renameat2
 
     def refuse_exchange(src, dst, flags):
-        if flags == publish_module.RENAME_EXCHANGE:
+        if flags == fs.RENAME_EXCHANGE:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
         return real(src, dst, flags)
 
-    monkeypatch.setattr(publish_module, "renameat2", refuse_exchange)
+    monkeypatch.setattr(fs, "renameat2", refuse_exchange)
     staging = _fake_version(directory, "new")
     with pytest.raises(BadInput, match="refuses it .*Invalid argument.*nothing was changed"):
-        publish_module.check_exchange_supported(staging)
+        check_exchange_supported(staging)
     with pytest.raises(BadInput, match="RENAME_EXCHANGE"):
         publish(staging, directory, version=1, overwrite=True)
     staging.release()
@@ -262,7 +263,7 @@ def test_only_staging_of_dead_exports_is_cleaned(tmp_path):
     code = ("import sys; from pathlib import Path; from exporter.publish import new_staging; "
             "s = new_staging(Path(sys.argv[1])); print(s.path); import os; os._exit(0)")
     dead = Path(subprocess.run([sys.executable, "-c", code, str(directory)], capture_output=True, text=True,
-                               check=True, cwd=Path(__file__).resolve().parents[2]).stdout.strip())
+                               check=True, cwd=REPO_ROOT).stdout.strip())
     assert dead.is_dir() and (dead.parent / (dead.name + OWNER_SUFFIX)).exists()
 
     legacy = directory / f"{STAGING_PREFIX}{_dead_pid()}-abcd"  # an older seqexport: no owner file
@@ -311,13 +312,13 @@ def model_file(tmp_path_factory):
 
 
 class _Run:
-    """`python -m exporter.cli export ... --json` with its stderr lines timestamped as they come."""
+    """`python -m exporter.cli.app export ... --json` with its stderr lines timestamped as they come."""
 
     def __init__(self, model_file: Path, base: Path, *extra: str):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter.cli", "export", str(model_file), "--name", "m", "--base", str(base),
+            [sys.executable, "-m", "exporter.cli.app", "export", str(model_file), "--name", "m", "--base", str(base),
              "--json", "--skip", "hvp", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
@@ -359,7 +360,7 @@ class _Run:
 
 def _assert_only_verified_versions(model_dir: Path) -> list[int]:
     """Every numbered folder is a complete export whose manifest says every check passed."""
-    from exporter.save import read_manifest
+    from exporter.artifact.manifest import read_manifest
 
     found = []
     for entry in model_dir.iterdir():
@@ -494,8 +495,8 @@ def test_sigkill_at_random_moments_then_four_exports_at_once(model_file, tmp_pat
     assert set(dead_staging) <= set(reported), "each removal must be reported"
     assert set(reported) <= set(dead_staging), "only staging folders of killed exports may be removed"
     for number in (r["version"] for r in results):  # none corrupts another: each holds its own export
-        from exporter.golden import load
-        from exporter.save import read_manifest
+        from exporter.artifact.golden_io import load
+        from exporter.artifact.manifest import read_manifest
 
         folder = model_dir / str(number)
         seed_ = read_manifest(folder).options.seed
@@ -506,6 +507,6 @@ def test_sigkill_at_random_moments_then_four_exports_at_once(model_file, tmp_pat
 
 
 def read_seed(folder: Path) -> int:
-    from exporter.save import read_manifest
+    from exporter.artifact.manifest import read_manifest
 
     return read_manifest(folder).options.seed

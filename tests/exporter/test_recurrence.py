@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from exporter.keras_step import step_model_from_keras
+from exporter.keras_model import step_model_from_keras
 from exporter.recurrence import hoisted_cell, is_hoistable_gru, is_hoistable_simple_rnn
 from exporter.trace import trace
 

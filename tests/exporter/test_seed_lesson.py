@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from exporter.keras_model import step_model_from_keras
 from exporter.pipeline import write_export
-from exporter.keras_step import step_model_from_keras
 
 GRAD_ATOL = 1e-5
 T, B, F = 6, 2, 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from exporter.cli import app
+from exporter.cli.app import app
 from exporter.pipeline import export
 
 pytestmark = pytest.mark.slow

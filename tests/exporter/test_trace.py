@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from exporter.keras_step import step_model_from_keras
+from exporter.keras_model import step_model_from_keras
 from exporter.pipeline import write_export
 from tests.exporter import models
 

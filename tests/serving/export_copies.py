@@ -7,8 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
-from exporter.paths import manifest_path
-from exporter.specs import Manifest
+from exporter.artifact.paths import manifest_path
+from exporter.artifact.specs import Manifest
 
 
 def set_batch_independent(version_dir: Path, value: bool | None, offdiag: float | None = None) -> None:

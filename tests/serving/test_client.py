@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from exporter.compare import compare
+from exporter.artifact.compare import compare
 from serving.session import StreamingSession
 
 CHUNKS = (1, 5, 7, 11)  # uneven on purpose; 24 steps in all
@@ -80,8 +80,8 @@ def test_a_stream_that_drops_its_state_fails_the_check(server, offline, grpc_cli
 
 def test_stream_matches_the_source_keras_model(server, offline, grpc_client):
     """Against the golden reference the exporter took from the Keras model itself, not the SavedModel."""
-    from exporter import golden
-    from exporter.paths import golden_path
+    from exporter.artifact import golden_io as golden
+    from exporter.artifact.paths import golden_path
 
     data = golden.load(golden_path(offline.served.path))
     x, want = data["serving_default/in/inputs"], data["reference/out/outputs"]
@@ -143,7 +143,7 @@ def test_masked_stream_with_lengths_equals_predict(server, serving_base):
 def test_cli_server_restart_mid_stream_loses_nothing(serving_base, offline):
     """Stream half through one `seqexport serve` process, kill it, resume the saved session on a new one."""
     from serving.client import GrpcClient, RestClient
-    from serving.server import server_process
+    from serving.server.server import server_process
 
     x = _sequence(2, seed=4)
     want = offline.predict({offline.keys.sequence: x})
@@ -175,7 +175,7 @@ def test_cli_server_restart_mid_stream_loses_nothing(serving_base, offline):
 def test_cli_refuses_bad_bases_and_busy_ports(serving_base, server):
     from typer.testing import CliRunner
 
-    from exporter.cli import app
+    from exporter.cli.app import app
 
     runner = CliRunner()
 

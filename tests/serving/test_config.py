@@ -6,7 +6,7 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from exporter.errors import BadInput
+from exporter.artifact.errors import BadInput
 from serving import config as cfg
 from serving.protos import monitoring_config_pb2, session_bundle_config_pb2
 
@@ -35,11 +35,20 @@ def test_version_policy_rejects(text):
         cfg.VersionPolicy.parse(text)
 
 
-def test_labels():
-    assert cfg.parse_labels(["stable=1", "canary=2"]) == {"stable": 1, "canary": 2}
-    for bad in (["stable"], ["stable=x"], ["1x=2"], ["stable=0"], ["a=1", "a=2"]):
+def test_labels_one_syntax_model_label_version():
+    labels = cfg.VersionLabels.parse(["demo:stable=1", "demo:canary=2", "other:stable=3"])
+    assert labels.by_model == {"demo": {"stable": 1, "canary": 2}, "other": {"stable": 3}}
+    assert labels.deprecation_note() is None
+    for bad in (["demo:stable"], ["demo:stable=x"], ["demo:1x=2"], ["demo:stable=0"], ["demo:a=1", "demo:a=2"],
+                [":stable=1"], ["../x:stable=1"], ["stable=1"]):
         with pytest.raises(BadInput, match="--label"):
-            cfg.parse_labels(bad)
+            cfg.VersionLabels.parse(bad)
+
+
+def test_labels_old_form_applies_to_every_model_with_a_note():
+    labels = cfg.VersionLabels.parse(["stable=1", "b:canary=2"], every_model=["a", "b"])
+    assert labels.by_model == {"a": {"stable": 1}, "b": {"stable": 1, "canary": 2}}
+    assert labels.deprecated == ("stable=1",) and "deprecated" in labels.deprecation_note()
 
 
 def test_models_config_round_trip(tmp_path):

@@ -11,11 +11,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from exporter.cli import app
+from exporter.cli.app import app
 from serving import config as cfg
 from serving import deploy
 from serving.protos import monitoring_config_pb2, session_bundle_config_pb2
 from serving.serving_files import RECORD_FILE
+from tests import REPO_ROOT
 from tests.serving.export_copies import make_base, set_batch_independent
 
 runner = CliRunner()
@@ -48,8 +49,8 @@ def base(tmp_path, demo_export):
 def test_writes_every_file_and_they_parse(base):
     from tensorflow_serving.config import model_server_config_pb2
 
-    result = _run(base, "--name", "demo", "--versions", "latest:2", "--label", "stable=1", "--label", "canary=2",
-                  "--cpus", "2")
+    result = _run(base, "--name", "demo", "--versions", "latest:2", "--label", "demo:stable=1", "--label",
+                  "demo:canary=2", "--cpus", "2")
     assert result.exit_code == 0, result.output
     assert _top_level_files(base) == {cfg.MODELS_CONFIG, cfg.BATCHING_CONFIG, cfg.MONITORING_CONFIG,
                                       deploy.COMPOSE_FILE, deploy.KUBERNETES_FILE, RECORD_FILE}
@@ -171,12 +172,23 @@ def test_forced_batching_is_recorded(base):
     assert json.loads(result.stdout)["batching_forced"] is True
 
 
+def test_the_old_label_form_still_works_with_a_deprecation_note(base):
+    from tensorflow_serving.config import model_server_config_pb2
+
+    result = _run(base, "--name", "demo", "--versions", "latest:2", "--label", "stable=1", "--label", "demo:canary=2")
+    assert result.exit_code == 0, result.output
+    assert "deprecated" in _text(result) and "MODEL:LABEL=VERSION" in _text(result)
+    (entry,) = cfg.parse_text(base / cfg.MODELS_CONFIG, model_server_config_pb2.ModelServerConfig).model_config_list.config
+    assert dict(entry.version_labels) == {"stable": 1, "canary": 2}
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--name", "nope"], "has no published version"),
         (["--name", "demo", "--versions", "specific:3"], "has no version [3]"),
-        (["--name", "demo", "--label", "stable=1"], "not served"),
+        (["--name", "demo", "--label", "demo:stable=1"], "not served"),
+        (["--name", "demo", "--versions", "latest:2", "--label", "other:stable=1"], "not served"),
         (["--name", "demo", "--versions", "nonsense"], "--versions"),
         (["--name", "demo", "--name", "demo"], "repeats"),
         (["--name", "../x"], "not allowed"),
@@ -197,12 +209,12 @@ def test_never_writes_into_a_version_folder(base):
 
 def test_serving_config_does_not_import_tensorflow(base):
     code = (
-        "import sys\nfrom typer.testing import CliRunner\nfrom exporter.cli import app\n"
+        "import sys\nfrom typer.testing import CliRunner\nfrom exporter.cli.app import app\n"
         f"r = CliRunner().invoke(app, ['serving-config', {str(base)!r}, '--name', 'demo'])\n"
         "assert r.exit_code == 0, r.output\nprint('tensorflow' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).resolve().parents[2])
+                         cwd=REPO_ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
 
@@ -210,8 +222,8 @@ def test_serving_config_does_not_import_tensorflow(base):
 def test_jit_export_turns_on_tf_servings_xla_flag(base):
     import dataclasses
 
-    from exporter.paths import manifest_path
-    from exporter.specs import Manifest
+    from exporter.artifact.paths import manifest_path
+    from exporter.artifact.specs import Manifest
 
     assert _run(base, "--name", "demo").exit_code == 0
     compose = _load_yaml(base / deploy.COMPOSE_FILE)

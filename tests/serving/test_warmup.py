@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from exporter import golden as golden_io
-from exporter.paths import WARMUP_FILE, golden_path
+from exporter import warmup as exporter_warmup
+from exporter.artifact import golden_io
+from exporter.artifact.paths import WARMUP_FILE, golden_path
 from serving import warmup
 
 
@@ -30,7 +31,7 @@ def test_published_version_has_one_record_per_batchable_signature(demo_export):
 def test_scalar_input_signatures_get_no_record(demo_export):
     golden = golden_io.load(golden_path(demo_export.path))
     assert np.ndim(golden["initial_state/in/batch_size"]) == 0
-    assert "initial_state" not in warmup.warmup_signatures(demo_export.manifest, golden)
+    assert "initial_state" not in exporter_warmup.warmup_signatures(demo_export.manifest, golden)
 
 
 def test_truncated_file_is_a_clear_error(tmp_path, demo_export):
@@ -51,11 +52,10 @@ def test_record_that_is_not_a_prediction_log(tmp_path):
         warmup.read_warmup(path)
 
 
-def test_too_many_records(tmp_path, monkeypatch):
+def test_too_many_records(tmp_path):
     path = tmp_path / "tf_serving_warmup_requests"
     with tf.io.TFRecordWriter(str(path)) as writer:
         for _ in range(4):
             writer.write(b"")
-    monkeypatch.setattr(warmup, "MAX_RECORDS", 3)
     with pytest.raises(warmup.WarmupError, match="more than 3 records"):
-        warmup.read_warmup(path)
+        warmup.read_warmup(path, max_records=3)

@@ -7,7 +7,7 @@ def digamma_cell():
     """A one-state cell that uses `tf.math.digamma`: TF has it (and its gradient), LiteRT and ONNX do not."""
     import tensorflow as tf
 
-    from exporter.specs import StateSpec
+    from exporter.artifact.specs import StateSpec
     from exporter.step_model import StepModel
 
     w = tf.Variable(0.5 * tf.random.stateless_normal([3, 4], seed=[1, 2]), name="w")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from exporter.convert import onnx as onnx_convert
+from exporter.convert.runtimes import OrtModel, StepLoopBackend, state_output_name
 from exporter.convert.targets import convert_export
-from serving.runtimes import OrtModel, StepLoopBackend, state_output_name
 from tests.exporter.convert.common import KINDS, describe
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from exporter.convert.parity import driver_checks, model_checks
-from serving.runtimes import LiteRTModel, StepLoopBackend
+from exporter.convert.runtimes import LiteRTModel, StepLoopBackend
 
 
 @pytest.fixture(scope="module")

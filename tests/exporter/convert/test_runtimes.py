@@ -1,4 +1,4 @@
-"""serving.runtimes: LiteRT and ONNX Runtime drivers behind the `Backend` protocol of `StreamingSession`.
+"""exporter.convert.runtimes: LiteRT and ONNX Runtime drivers behind the `Backend` protocol of `StreamingSession`.
 
 Tolerance of every comparison: the export's own (atol 1e-5, rtol 1e-4).
 """
@@ -8,9 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exporter.compare import compare
-from serving.runtimes import LiteRTModel, OrtModel, SequenceBackend, StepLoopBackend, load_model
+from exporter.artifact.compare import compare
+from exporter.convert.runtimes import LiteRTModel, OrtModel, SequenceBackend, StepLoopBackend, load_model
 from serving.session import Backend, StreamingSession
+from tests import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,6 @@ def test_drivers_run_without_tensorflow(kind_exports, tmp_path):
     """A phone or a C++-free service has LiteRT/ORT but no TF: the drivers must not import it."""
     import subprocess
     import sys
-    from pathlib import Path
 
     from exporter.convert.targets import convert_export
 
@@ -109,7 +109,7 @@ def test_drivers_run_without_tensorflow(kind_exports, tmp_path):
         assert convert_export(kind_exports["gru_reset_before"], target, tmp_path / target).passed
     script = (
         "import sys, numpy as np\n"
-        "from serving.runtimes import StepLoopBackend, load_model\n"
+        "from exporter.convert.runtimes import StepLoopBackend, load_model\n"
         "from serving.session import StreamingSession\n"
         f"for path in ({str(tmp_path / 'tflite' / 'step.tflite')!r}, {str(tmp_path / 'onnx' / 'step.onnx')!r}):\n"
         "    session = StreamingSession(StepLoopBackend(load_model(path)), batch_size=2)\n"
@@ -118,7 +118,7 @@ def test_drivers_run_without_tensorflow(kind_exports, tmp_path):
         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
         "print('ok')\n"
     )
-    root = Path(__file__).resolve().parents[3]
+    root = REPO_ROOT
     proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120,
                           env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -7,9 +7,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from exporter.cli import app
+from exporter.artifact.paths import SEQEXPORT_DIR, manifest_path
+from exporter.cli.app import app
 from exporter.convert.targets import ConversionReport, convert_export
-from exporter.paths import SEQEXPORT_DIR, manifest_path
 from tests.render import assert_fits, assert_whole
 
 DIGAMMA = "tests.exporter.convert.factories:digamma_cell"
@@ -130,9 +130,9 @@ def test_export_publishes_and_exits_1_when_a_target_fails(tmp_path):
 
 
 def test_a_missing_optional_package_is_named(monkeypatch, demo_export, tmp_path):
+    from exporter.artifact.errors import BadInput
+    from exporter.artifact.specs import RuntimeTarget
     from exporter.convert import targets
-    from exporter.errors import BadInput
-    from exporter.specs import RuntimeTarget
 
     monkeypatch.setitem(targets.REQUIREMENTS, RuntimeTarget.ONNX, (("no_such_runtime_pkg", "no-such-runtime"),))
     with pytest.raises(BadInput, match=r"'onnx' needs no-such-runtime.*seqexport\[runtimes\]"):

@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from exporter.artifact.errors import ConversionFailed
 from exporter.convert import tflite
 from exporter.convert.parity import driver_checks, model_checks
+from exporter.convert.runtimes import LiteRTModel, SequenceBackend
 from exporter.convert.targets import convert_export
-from exporter.errors import ConversionFailed
-from serving.runtimes import LiteRTModel, SequenceBackend
 from tests.exporter.convert.common import KINDS, describe
 
 
@@ -58,7 +58,7 @@ def test_naive_keras_conversion_returns_garbage_that_parity_catches(tmp_path):
     import tensorflow as tf
 
     from exporter.convert.graph import load_export
-    from exporter.keras_step import step_model_from_keras
+    from exporter.keras_model import step_model_from_keras
     from exporter.pipeline import write_export
     from exporter.trace import trace
     from tests.exporter import models

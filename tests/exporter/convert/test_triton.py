@@ -22,11 +22,12 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as pb
 from typer.testing import CliRunner
 
-from exporter.cli import app
-from exporter.compare import compare
+from exporter.artifact.compare import compare
+from exporter.cli.app import app
 from exporter.convert import triton
+from exporter.convert.runtimes import OrtModel
 from exporter.convert.targets import convert_export
-from serving.runtimes import OrtModel
+from tests import REPO_ROOT
 from tests.exporter.convert.common import describe
 
 
@@ -341,7 +342,7 @@ def _own_client_stream(client_class, shared, protocol, inputs, row, sequence_id)
 
 
 def _stream_swapping_ids(client, inputs, first_id):
-    steps, half = inputs.shape[1], inputs.shape[1] // 2
+    half = inputs.shape[1] // 2
     pieces = {0: [], 1: []}
     for row in (0, 1):
         pieces[row].append(client.infer("stacked_functional", inputs[row:row + 1, :half], sequence_id=first_id + row,
@@ -529,7 +530,7 @@ def test_a_killed_starter_takes_its_server_with_it(python_repo, tmp_path):
     script = ("import sys, time; from pathlib import Path; from exporter.convert.triton_server import TritonServer; "
               "s = TritonServer(Path(sys.argv[1])).start(); print(s.pid, flush=True); time.sleep(600)")
     child = subprocess.Popen([sys.executable, "-c", script, str(python_repo[0])], stdout=subprocess.PIPE, text=True,
-                             cwd=Path(__file__).resolve().parents[3])
+                             cwd=REPO_ROOT)
     try:
         pid = int(child.stdout.readline())
         os.kill(pid, 0)  # the server runs

@@ -1,0 +1,62 @@
+"""The exceptions seqexport raises, and the exit code each maps to.
+
+The CLI catches `SeqExportError` in one place and turns it into a message and an
+exit code; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # specs imports nothing from here, but keep the run-time import graph a tree
+    from exporter.artifact.specs import VerifyReport
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+class SeqExportError(Exception):
+    """Base of every error a user can cause or fix."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class BadInput(SeqExportError):
+    """The model, path or option given cannot be used (exit 2)."""
+
+
+class UnsupportedModel(BadInput):
+    """The model has a layer that cannot run one step at a time (exit 2)."""
+
+
+class VerifyFailed(SeqExportError):
+    """A check ran and the numbers did not match (exit 1).
+
+    Attributes:
+        report: the `VerifyReport` that failed (every row, for the table).
+    """
+
+    exit_code = EXIT_CHECK_FAILED
+
+    def __init__(self, message: str, report: VerifyReport | None = None):
+        super().__init__(message)
+        self.report = report
+
+
+class VerificationIncomplete(SeqExportError):
+    """A check could not complete: the verifier ran past its limit or crashed (exit 1).
+
+    Not bad input: the export may be fine, but it was not proven so, and nothing is published.
+    """
+
+    exit_code = EXIT_CHECK_FAILED
+
+
+class ConversionFailed(SeqExportError):
+    """A runtime (LiteRT, ONNX Runtime) could not take a converted export (exit 1).
+
+    The TF export stays valid; the message names the signature and the op.
+    """
+
+    exit_code = EXIT_CHECK_FAILED

@@ -1,0 +1,419 @@
+"""Typed descriptions of what seqexport builds: states, signatures, checks, the manifest.
+
+Pure data: nothing here imports TensorFlow, so the CLI can read a manifest fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+
+# Manifest format history (bump on any change a reader must know about):
+#   Version 1, 2026-11-23: first format: signatures, states, source, checks.
+#   Version 2, 2026-12-01: adds verify_timings (seconds per check) and verify_peak_rss_mb.
+MANIFEST_FORMAT_VERSION = 2
+MIN_SUPPORTED_MANIFEST_VERSION = 1
+
+# TF Serving, gRPC and REST all accept these in tensor and signature keys.
+_KEY_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
+
+
+class SignatureName(str, enum.Enum):
+    """The signatures every export carries (design.md, "Signatures")."""
+
+    PREDICT = "serving_default"
+    STREAM = "stream"
+    STEP = "step"
+    INITIAL_STATE = "initial_state"
+    INPUT_GRADIENTS = "input_gradients"
+
+
+class RuntimeTarget(str, enum.Enum):
+    """Runtimes an export converts to (`exporter.convert`); `export --targets` takes `EXPORT_TARGETS`.
+
+    `triton` is a repository for Triton's ONNX Runtime backend (implicit state),
+    `triton-python` one for its Python backend (`convert --to triton --backend python`).
+    """
+
+    TFLITE = "tflite"
+    ONNX = "onnx"
+    TRITON = "triton"
+    TRITON_PYTHON = "triton-python"
+
+
+# The ONNX Runtime-backend Triton repository is for the official container only, so it is
+# written by `convert`; the Python-backend one can be checked on a real server here.
+EXPORT_TARGETS = (RuntimeTarget.TFLITE.value, RuntimeTarget.ONNX.value, RuntimeTarget.TRITON_PYTHON.value)
+
+
+class SourceKind(str, enum.Enum):
+    KERAS_FILE = "keras_file"
+    SAVED_MODEL = "saved_model"
+    FACTORY = "factory"
+    IN_MEMORY = "in_memory"  # a keras.Model or StepModel handed to the Python API
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TensorDesc:
+    """Shape (None = dynamic) and dtype name of one tensor, batch dimension included."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    def __post_init__(self):
+        if not _KEY_PATTERN.match(self.name):
+            raise ValueError(
+                f"`name` must match {_KEY_PATTERN.pattern} to be a serving key. Got: {self.name!r}"
+            )
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TensorDesc":
+        return cls(name=data["name"], shape=tuple(data["shape"]), dtype=data["dtype"])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StateSpec:
+    """One state tensor of the step model, `[batch, *shape]`.
+
+    Attributes:
+        name: stable serving key, e.g. `lstm_1_h`; also the output key of the new state.
+        layer: the layer (or factory cell) that owns it.
+        index: its position in that layer's state list (Keras order: LSTM is [h, c]).
+        shape: per-example shape, without the batch dimension.
+        dtype: dtype name, e.g. `float32`.
+    """
+
+    name: str
+    layer: str
+    index: int
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if not _KEY_PATTERN.match(self.name):
+            raise ValueError(
+                f"`name` must match {_KEY_PATTERN.pattern} to be a serving key. Got: {self.name!r}"
+            )
+        if self.index < 0:
+            raise ValueError(f"`index` must be >= 0. Got: {self.index}")
+        if any(d is None or d <= 0 for d in self.shape):
+            raise ValueError(f"`shape` of state {self.name!r} must be static and positive. Got: {self.shape}")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self) | {"shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "StateSpec":
+        return cls(**(data | {"shape": tuple(data["shape"])}))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SignatureSpec:
+    """Inputs and outputs of one exported signature, by serving key."""
+
+    name: str
+    inputs: tuple[TensorDesc, ...]
+    outputs: tuple[TensorDesc, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SignatureSpec":
+        return cls(
+            name=data["name"],
+            inputs=tuple(TensorDesc.from_json(t) for t in data["inputs"]),
+            outputs=tuple(TensorDesc.from_json(t) for t in data["outputs"]),
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Tolerance:
+    """Elementwise |got - want| <= atol + rtol * |want| (numpy.allclose's rule)."""
+
+    atol: float
+    rtol: float
+
+    def __post_init__(self):
+        if not (self.atol >= 0 and self.rtol >= 0):
+            raise ValueError(f"`atol` and `rtol` must be >= 0. Got: atol={self.atol}, rtol={self.rtol}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CheckResult:
+    """One comparison of one tensor: the row a user reads in the verify table.
+
+    `max_abs`/`max_rel` are None when the check could not compute numbers (then
+    `message` says why); `worst_index` is the element with the largest excess
+    over the tolerance.
+    """
+
+    check: str
+    signature: str
+    tensor: str
+    passed: bool
+    max_abs: float | None = None
+    max_rel: float | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    worst_index: tuple[int, ...] | None = None
+    message: str = ""
+
+    def to_json(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["worst_index"] = list(self.worst_index) if self.worst_index is not None else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "CheckResult":
+        index = data.get("worst_index")
+        return cls(**(data | {"worst_index": tuple(index) if index is not None else None}))
+
+
+# Default tolerances by the dtype the model computes in: (outputs, gradients).
+DEFAULT_TOLERANCES = {
+    "float16": (Tolerance(atol=1e-2, rtol=1e-2), Tolerance(atol=5e-2, rtol=5e-2)),
+    "bfloat16": (Tolerance(atol=2e-2, rtol=2e-2), Tolerance(atol=1e-1, rtol=1e-1)),
+    "float32": (Tolerance(atol=1e-5, rtol=1e-4), Tolerance(atol=1e-4, rtol=1e-3)),
+    "float64": (Tolerance(atol=1e-10, rtol=1e-8), Tolerance(atol=1e-9, rtol=1e-7)),
+}
+# Rows count as independent when every off-diagonal (batch, batch) Jacobian entry is at most
+# this fraction of the largest diagonal one (exact zeros are expected; this absorbs nothing else).
+BATCH_INDEPENDENCE_RTOL = 1e-6
+
+
+class Check(str, enum.Enum):
+    """Optional checks a user can force on (`--check`) or off (`--skip`)."""
+
+    HVP = "hvp"
+
+
+class CheckRows:
+    """What every report holding `checks: tuple[CheckResult, ...]` says about them."""
+
+    checks: tuple[CheckResult, ...]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> tuple[CheckResult, ...]:
+        return tuple(c for c in self.checks if not c.passed)
+
+    def failure_summary(self, what: str = "checks") -> str:
+        """`N of M <what> failed; first: <check> <signature> <tensor>: <why>`."""
+        first = self.failures[0]
+        detail = first.message or f"max abs {first.max_abs:.3g}"
+        return (
+            f"{len(self.failures)} of {len(self.checks)} {what} failed; first: {first.check} "
+            f"{first.signature} {first.tensor}: {detail}"
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExportOptions:
+    """What the user asked for; recorded in the manifest (resolved: no None left).
+
+    Attributes:
+        with_input_gradients: also export the `input_gradients` signature.
+        tolerance: tolerance of every output check; None: by dtype (`DEFAULT_TOLERANCES`).
+        grad_tolerance: tolerance of the gradient checks; None: by dtype.
+        check_hvp: verify a Hessian-vector product w.r.t. the inputs; None: on for every
+            model with float inputs (it costs about two backward passes, whatever the size).
+        probe_batch: batch size of the golden probe inputs.
+        probe_steps: sequence length of the golden probe inputs.
+        seed: seed of the probe inputs and the loss weights.
+        unsafe: Keras safe mode was turned off to load the model.
+        jit: compile the forward signatures (`serving_default`, `stream`, `step`) with XLA.
+        fused: run `serving_default` and `stream` in whole-sequence kernels where the model
+            has them (LSTM: TF's `BlockLSTM`; GRU, SimpleRNN: one loop with the input
+            product hoisted; not with `jit`, not for masked models);
+            the while_loop stays beside them as `<name>_unfused` signatures.
+        targets: runtimes to convert to before publishing (`tflite`, `onnx`, `triton-python`); results go
+            to `assets.extra/seqexport/runtimes/<target>/`.
+        hvp_auto: `check_hvp` was chosen by default, not asked for: a model whose ops have no
+            second derivative in TF then gets a "not supported" row instead of a failure.
+    """
+
+    with_input_gradients: bool = False
+    tolerance: Tolerance | None = None
+    grad_tolerance: Tolerance | None = None
+    check_hvp: bool | None = None
+    probe_batch: int = 3
+    probe_steps: int = 6
+    seed: int = 0
+    unsafe: bool = False
+    jit: bool = False
+    fused: bool = True
+    targets: tuple[str, ...] = ()
+    hvp_auto: bool = False
+
+    def __post_init__(self):
+        unknown = [t for t in self.targets if t not in EXPORT_TARGETS]
+        if unknown or len(set(self.targets)) != len(self.targets):
+            raise ValueError(
+                f"`targets` must be distinct names from {list(EXPORT_TARGETS)} (a Triton repository for the "
+                f"ONNX Runtime backend is written by `seqexport convert --to triton`). Got: {list(self.targets)}"
+            )
+        if self.probe_batch < 2:
+            raise ValueError(f"`probe_batch` must be at least 2 (batch independence needs 2 rows). Got: {self.probe_batch}")
+        if self.probe_steps < 2:
+            raise ValueError(f"`probe_steps` must be at least 2 (chunking needs 2 chunks). Got: {self.probe_steps}")
+
+    def resolved(self, *, dtype: str, float_inputs: bool) -> "ExportOptions":
+        """These options with every None replaced by the default for this model."""
+        if dtype not in DEFAULT_TOLERANCES:
+            raise ValueError(f"no default tolerance for dtype {dtype!r}; give --atol/--rtol and --grad-atol/--grad-rtol")
+        outputs, gradients = DEFAULT_TOLERANCES[dtype]
+        check_hvp = self.check_hvp
+        if check_hvp is None:
+            check_hvp = float_inputs
+        return dataclasses.replace(
+            self,
+            tolerance=self.tolerance or outputs,
+            grad_tolerance=self.grad_tolerance or gradients,
+            check_hvp=check_hvp and float_inputs,
+            hvp_auto=self.check_hvp is None,
+        )
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ExportOptions":
+        tolerance = lambda t: Tolerance(**t) if t else None  # noqa: E731
+        return cls(
+            **(
+                data
+                | {
+                    "tolerance": tolerance(data["tolerance"]),
+                    "grad_tolerance": tolerance(data["grad_tolerance"]),
+                    "targets": tuple(data.get("targets", ())),
+                }
+            )
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """`assets.extra/seqexport/manifest.json`: the contract of one export.
+
+    Clients may rely on: signature names, the input/output keys of each signature,
+    the order and names of `states` (each is both an input and an output key of
+    `stream` and `step`), and dtypes. `masked` says `serving_default` and `stream`
+    take `lengths [B]`. `last_step_only` says `serving_default` returns the last
+    step's output `[B, O]` instead of `[B, T, O]`. DO NOT RELY on `checks` beyond
+    reading them: rows may be added. `batch_independent` is None until that check
+    ran; only `True` allows server-side batching (`batch_offdiag_max` is the largest
+    off-diagonal `(batch, batch)` Jacobian block magnitude found). `verify_timings`
+    (seconds per check, in run order) and `verify_peak_rss_mb` describe the last
+    fresh-process verification.
+    """
+
+    format_version: int
+    name: str
+    source: dict
+    signatures: tuple[SignatureSpec, ...]
+    states: tuple[StateSpec, ...]
+    masked: bool
+    last_step_only: bool
+    trainable_variables: tuple[str, ...]
+    options: ExportOptions
+    versions: dict
+    checks: tuple[CheckResult, ...] = ()
+    batch_independent: bool | None = None
+    batch_offdiag_max: float | None = None
+    verify_timings: dict = dataclasses.field(default_factory=dict)
+    verify_peak_rss_mb: float | None = None
+
+    def signature(self, name: str) -> SignatureSpec:
+        for sig in self.signatures:
+            if sig.name == name:
+                return sig
+        raise KeyError(
+            f"No signature {name!r}. Available: {[s.name for s in self.signatures]}"
+        )
+
+    def to_json(self) -> dict:
+        return {
+            "format_version": self.format_version,
+            "name": self.name,
+            "source": self.source,
+            "signatures": [s.to_json() for s in self.signatures],
+            "states": [s.to_json() for s in self.states],
+            "masked": self.masked,
+            "last_step_only": self.last_step_only,
+            "trainable_variables": list(self.trainable_variables),
+            "options": self.options.to_json(),
+            "versions": self.versions,
+            "checks": [c.to_json() for c in self.checks],
+            "batch_independent": self.batch_independent,
+            "batch_offdiag_max": self.batch_offdiag_max,
+            "verify_timings": {k: round(v, 3) for k, v in self.verify_timings.items()},
+            "verify_peak_rss_mb": self.verify_peak_rss_mb,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Manifest":
+        version = data.get("format_version")
+        if not isinstance(version, int) or not (
+            MIN_SUPPORTED_MANIFEST_VERSION <= version <= MANIFEST_FORMAT_VERSION
+        ):
+            raise ValueError(
+                f"manifest format_version {version!r} is not supported by this seqexport "
+                f"(reads {MIN_SUPPORTED_MANIFEST_VERSION}..{MANIFEST_FORMAT_VERSION}); "
+                "re-export the model with this version of seqexport."
+            )
+        return cls(
+            format_version=version,
+            name=data["name"],
+            source=data["source"],
+            signatures=tuple(SignatureSpec.from_json(s) for s in data["signatures"]),
+            states=tuple(StateSpec.from_json(s) for s in data["states"]),
+            masked=data["masked"],
+            last_step_only=data["last_step_only"],
+            trainable_variables=tuple(data["trainable_variables"]),
+            options=ExportOptions.from_json(data["options"]),
+            versions=data["versions"],
+            checks=tuple(CheckResult.from_json(c) for c in data.get("checks", [])),
+            batch_independent=data.get("batch_independent"),
+            batch_offdiag_max=data.get("batch_offdiag_max"),
+            verify_timings=dict(data.get("verify_timings", {})),
+            verify_peak_rss_mb=data.get("verify_peak_rss_mb"),
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VerifyReport(CheckRows):
+    """All rows of one verification; `passed` only when every row passed."""
+
+    export_dir: str
+    checks: tuple[CheckResult, ...]
+    seconds: float = 0.0
+    timings: dict = dataclasses.field(default_factory=dict)
+    properties: dict = dataclasses.field(default_factory=dict)
+    peak_rss_mb: float | None = None
+
+    def summary(self) -> str:
+        return f"all {len(self.checks)} checks passed" if self.passed else self.failure_summary()
+
+    def to_json(self) -> dict:
+        return {
+            "export_dir": self.export_dir,
+            "passed": self.passed,
+            "seconds": round(self.seconds, 3),
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "properties": self.properties,
+            "peak_rss_mb": None if self.peak_rss_mb is None else round(self.peak_rss_mb, 1),
+            "checks": [c.to_json() for c in self.checks],
+        }

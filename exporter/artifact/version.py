@@ -1,0 +1,3 @@
+"""The version of seqexport, recorded in every manifest."""
+
+VERSION = "0.1.0"

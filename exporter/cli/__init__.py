@@ -1,0 +1,1 @@
+"""The `seqexport` command line: `app` registers one module per command group; `render` is what they share."""

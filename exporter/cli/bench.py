@@ -1,0 +1,74 @@
+"""`seqexport bench`: the exported graph against its Keras source, side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from exporter.cli.render import stderr, stdout
+from exporter.cli.report import add_columns, table
+from exporter.tools.benchmark import BenchConfig, run_and_write
+from exporter.tools.export_cost import ExportCostConfig, growth
+
+
+def bench(
+    out: Annotated[Path, typer.Option("--out", help="Folder for bench.json, bench.md and bench.png.")] = Path("bench-out"),
+    quick: Annotated[bool, typer.Option("--quick", help="A CI-sized run: B in {1, 4}, T=16, 3 repeats, memory of the LSTM only.")] = False,
+    timings: Annotated[bool, typer.Option("--timings/--no-timings", help="Time the signatures against Keras.")] = True,
+    export_cost: Annotated[bool, typer.Option("--export-cost/--no-export-cost", help="Time `seqexport export` against "
+                                              "Keras's model.export() for LSTM/GRU/SimpleRNN stacks of 64..1024 units "
+                                              "(long: about an hour on 2 cores; --quick: one tiny model).")] = True,
+) -> None:
+    """Time Keras vs the exported signatures (plain and XLA), gradients, peak memory and export cost."""
+    config = (BenchConfig.quick() if quick else BenchConfig()) if timings else None
+    cost_config = (ExportCostConfig.quick() if quick else ExportCostConfig()) if export_cost else None
+    with stderr.status("benchmark", spinner="dots") as status:
+        paths = run_and_write(config, out, progress=lambda p: status.update(f"[bold]{p}[/] ..."),
+                              export_cost_config=cost_config)
+
+    for section in bench_tables(json.loads(paths["json"].read_text())):
+        stdout.print(section)
+    stdout.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)
+
+
+def bench_tables(results: dict) -> list:
+    """`bench.json` as tables (times per variant and config; peak memory; export cost), readable at 80 columns."""
+    tables = []
+    if results.get("export_cost"):
+        cost = table(title="export cost: seqexport export (verification included) vs Keras model.export()")
+        numbers = ("params", "keras s", "seqexport s", "ratio", "growth", "peak MB")
+        add_columns(cost, ("model", *numbers), right=numbers, no_wrap=numbers)
+        rows = results["export_cost"]
+        for row in rows:
+            g = growth(row, rows)
+            cost.add_row(escape(f"{row['kind']}({row['units']}) x {row['layers']}"), f"{row['params']:,}",
+                         f"{row['keras_export_s']:.1f}", f"{row['seqexport_s']:.1f}", f"{row['ratio_vs_keras']:.1f}",
+                         "-" if g is None else f"{g:.2f}", f"{row['verify_peak_rss_mb']:.0f}")
+        tables.append(cost)
+    if not results.get("timings"):
+        return tables
+
+    numbers = ("B", "T", "µs/step", "steps/s", "vs keras")
+    times = table(title="time per step (medians; ratio vs the Keras call)")
+    add_columns(times, ("model", "kind", "B", "T", "variant", "µs/step", "steps/s", "vs keras", "matches"),
+                right=numbers, no_wrap=numbers)
+    for row in results["timings"]:
+        match = "-" if row["matches_keras"] is None else ("yes" if row["matches_keras"] else "[bold red]NO[/]")
+        times.add_row(escape(row["model"]), escape(row["kind"]), str(row["batch"]), str(row["steps"]),
+                      escape(row["variant"]), f"{row['us_per_step']:.1f}", f"{row['throughput_steps_per_s']:.0f}",
+                      f"{row['ratio_vs_keras']:.2f}", match)
+    memory = table(title="peak memory of the first call, fresh process")
+    add_columns(memory, ("model", "variant", "B", "T", "MB over baseline"), right=("B", "T", "MB over baseline"),
+                no_wrap=("B", "T", "MB over baseline"))
+    for row in results["memory"]:
+        memory.add_row(escape(row["model"]), escape(row["variant"]), str(row["batch"]), str(row["steps"]),
+                       f"{row['peak_mb_over_baseline']:.0f}")
+    return [times, memory, *tables] if results["memory"] else [times, *tables]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)

@@ -1,0 +1,305 @@
+"""Run a converted export in LiteRT or ONNX Runtime behind the `Backend` protocol.
+
+`exporter.convert` turns an export's `step` signature (and, where the runtime
+handles it well, the whole-sequence `stream`) into a `.tflite` or `.onnx` file.
+This module loads such a file WITHOUT TensorFlow and offers:
+
+- `LiteRTModel` / `OrtModel`: one model, called with a dict of arrays keyed like
+  the export's signature (`x`, every state) and answering with the signature's
+  output keys (`y`, every new state under the state's own name);
+- `StepLoopBackend`: a `Backend` that runs a step model over a chunk in a Python
+  loop, the state threaded through, so
+  `StreamingSession(StepLoopBackend(LiteRTModel.load(path)), batch_size)` works
+  exactly like a session on a TF Serving client;
+- `SequenceBackend`: a `Backend` over a converted whole-sequence `stream` model.
+
+ONNX graphs cannot give an input and an output the same name, so a converted ONNX
+model names each new state `<state>_next` (`state_output_name`); `OrtModel` maps
+it back. Triton's implicit-state config relies on the same names.
+
+Example:
+    >>> from exporter.convert.runtimes import LiteRTModel, StepLoopBackend
+    >>> from serving.session import StreamingSession
+    >>> backend = StepLoopBackend(LiteRTModel.load("runtimes/tflite/step.tflite"))
+    >>> session = StreamingSession(backend, batch_size=1)
+    >>> outputs = session.feed(chunk)          # chunk [1, T, F]
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+STATE_OUTPUT_SUFFIX = "_next"
+# Keys of the export's signatures that are not states (exporter.trace).
+NON_STATE_KEYS = frozenset({"x", "y", "inputs", "outputs", "lengths", "batch_size"})
+# Triton's correlation-id control input (`exporter.convert.triton`): the model takes it and
+# ignores it; a driver feeds zeros.
+CORRELATION_ID = "CORRID"
+
+
+def state_output_name(state: str) -> str:
+    """Name of the output that carries `state`'s new value in a converted ONNX model."""
+    return state + STATE_OUTPUT_SUFFIX
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TensorInfo:
+    """Name, per-call shape (None = dynamic, batch first) and numpy dtype of one model tensor."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: np.dtype
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": str(np.dtype(self.dtype))}
+
+
+class _Model(abc.ABC):
+    """What `LiteRTModel` and `OrtModel` share: named inputs/outputs and state bookkeeping."""
+
+    runtime = ""
+    inputs: dict[str, TensorInfo]
+    outputs: dict[str, TensorInfo]
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """The states this model takes and returns, in the model's input order."""
+        return tuple(n for n in self.inputs if n not in NON_STATE_KEYS and n != CORRELATION_ID)
+
+    @property
+    def static_batch(self) -> int | None:
+        """The batch size the model was converted for, or None when any batch works."""
+        first = next(iter(self.inputs.values()))
+        return first.shape[0] if first.shape else None
+
+    def zero_states(self, batch_size: int) -> dict[str, np.ndarray]:
+        return {
+            n: np.zeros((batch_size, *self.inputs[n].shape[1:]), dtype=self.inputs[n].dtype)
+            for n in self.state_names
+        }
+
+    def check_feed(self, feed: Mapping[str, np.ndarray]) -> None:
+        missing = [n for n in self.inputs if n not in feed]
+        if missing:
+            raise ValueError(
+                f"{self.runtime} model is missing input(s) {missing}. It takes {list(self.inputs)}; "
+                "states are keyed by the export's state names (see the manifest)."
+            )
+        batch = self.static_batch
+        if batch is not None:
+            for name in self.inputs:
+                got = np.shape(feed[name])[0] if np.ndim(feed[name]) else None
+                if got != batch:
+                    raise ValueError(
+                        f"{self.runtime} model was converted for batch size {batch} (a static batch); "
+                        f"input {name!r} has batch size {got}. Convert again with that batch size, "
+                        "or use the step model, which takes any batch."
+                    )
+
+    @abc.abstractmethod
+    def __call__(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs the model on `feed` (by input name); returns its outputs by name."""
+
+
+class LiteRTModel(_Model):
+    """A `.tflite` file from `exporter.convert`, run by the LiteRT interpreter.
+
+    Uses the model's single SignatureDef for names, and the interpreter's tensors
+    directly (`set_tensor`/`invoke`/`get_tensor`): it re-allocates only when the
+    batch size changes, which keeps a per-step call in the microseconds.
+    """
+
+    runtime = "LiteRT"
+
+    def __init__(self, model_content: bytes, *, num_threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter  # optional dependency
+
+        self._interpreter = Interpreter(model_content=model_content, num_threads=num_threads)
+        signatures = self._interpreter.get_signature_list()
+        if len(signatures) != 1:
+            raise ValueError(
+                f"expected a .tflite model with one signature (as exporter.convert writes); "
+                f"this one has {sorted(signatures)}"
+            )
+        runner = self._interpreter.get_signature_runner(next(iter(signatures)))
+        self._input_index = {n: d["index"] for n, d in runner.get_input_details().items()}
+        self._output_index = {n: d["index"] for n, d in runner.get_output_details().items()}
+        details = {d["index"]: d for d in self._interpreter.get_tensor_details()}
+        self.inputs = {n: self._info(n, details[i]) for n, i in sorted(self._input_index.items())}
+        self.outputs = {n: self._info(n, details[i]) for n, i in sorted(self._output_index.items())}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+
+    @classmethod
+    def load(cls, path: Path | str, *, num_threads: int | None = None) -> "LiteRTModel":
+        return cls(Path(path).read_bytes(), num_threads=num_threads)
+
+    @staticmethod
+    def _info(name: str, detail: dict) -> TensorInfo:
+        shape = tuple(None if int(d) < 0 else int(d) for d in detail["shape_signature"])
+        return TensorInfo(name=name, shape=shape, dtype=np.dtype(detail["dtype"]))
+
+    def __call__(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        interpreter = self._interpreter
+        arrays = {n: np.ascontiguousarray(feed[n], dtype=info.dtype) for n, info in self.inputs.items()}
+        shapes = {n: a.shape for n, a in arrays.items()}
+        if shapes != self._shapes:
+            for name, shape in shapes.items():
+                interpreter.resize_tensor_input(self._input_index[name], list(shape), strict=True)
+            interpreter.allocate_tensors()
+            self._shapes = shapes
+        for name, array in arrays.items():
+            interpreter.set_tensor(self._input_index[name], array)
+        interpreter.invoke()
+        return {n: interpreter.get_tensor(i) for n, i in self._output_index.items()}
+
+
+class OrtModel(_Model):
+    """A `.onnx` file from `exporter.convert`, run by ONNX Runtime on the CPU.
+
+    Calls `InferenceSession.run` with numpy arrays: `run_with_ort_values` was 2-4x
+    slower at batch 1 on this stack (see `exporter.tools.runtime_bench`).
+    """
+
+    runtime = "ONNX Runtime"
+    _DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int32)": np.int32,
+               "tensor(int64)": np.int64, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_, "tensor(float16)": np.float16}
+
+    def __init__(self, model_content: bytes, *, intra_op_threads: int = 0):
+        import onnxruntime as ort  # optional dependency
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        self.session = ort.InferenceSession(model_content, options, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name: self._info(i.name, i) for i in self.session.get_inputs()}
+        self._output_names = [o.name for o in self.session.get_outputs()]
+        self.outputs = {
+            self._signature_key(o.name): self._info(self._signature_key(o.name), o)
+            for o in self.session.get_outputs()
+        }
+        self._keys = [self._signature_key(n) for n in self._output_names]
+
+    @classmethod
+    def load(cls, path: Path | str, *, intra_op_threads: int = 0) -> "OrtModel":
+        return cls(Path(path).read_bytes(), intra_op_threads=intra_op_threads)
+
+    @staticmethod
+    def _signature_key(name: str) -> str:
+        return name[: -len(STATE_OUTPUT_SUFFIX)] if name.endswith(STATE_OUTPUT_SUFFIX) else name
+
+    @classmethod
+    def _info(cls, name: str, arg) -> TensorInfo:
+        if arg.type not in cls._DTYPES:
+            raise ValueError(f"ONNX tensor {arg.name!r} has type {arg.type}, which this driver does not feed")
+        shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in arg.shape)
+        return TensorInfo(name=name, shape=shape, dtype=np.dtype(cls._DTYPES[arg.type]))
+
+    def __call__(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays = {n: np.asarray(feed[n], dtype=info.dtype) for n, info in self.inputs.items() if n in feed}
+        control = self.inputs.get(CORRELATION_ID)
+        if control is not None and CORRELATION_ID not in arrays:
+            batch = len(next(iter(arrays.values())))
+            shape = [batch if d is None else d for d in control.shape]
+            arrays[CORRELATION_ID] = np.zeros(shape, dtype=control.dtype)
+        return dict(zip(self._keys, self.session.run(self._output_names, arrays)))
+
+
+def load_model(path: Path | str) -> _Model:
+    """`LiteRTModel` for a `.tflite` file, `OrtModel` for a `.onnx` file."""
+    path = Path(path)
+    if path.suffix == ".tflite":
+        return LiteRTModel.load(path)
+    if path.suffix == ".onnx":
+        return OrtModel.load(path)
+    raise ValueError(f"{str(path)!r}: expected a .tflite or .onnx file written by `seqexport convert`")
+
+
+def _check_states(model: _Model, states: Mapping[str, np.ndarray]) -> None:
+    missing = [n for n in model.state_names if n not in states]
+    if missing:
+        raise ValueError(f"states {missing} are missing; this model carries {list(model.state_names)}")
+
+
+class StepLoopBackend:
+    """A `Backend` over a converted step model: one call per time step, state threaded in Python.
+
+    `lengths` (masked exports) hold each sequence's state once `t >= lengths[b]`,
+    as the export's `stream` does. Outputs at those padded steps are zeros: Keras
+    repeats the last valid output there, which a step model cannot know across
+    chunk boundaries; mask them out (the parity checks compare valid steps only).
+    """
+
+    def __init__(self, model: _Model):
+        if "x" not in model.inputs or "y" not in model.outputs:
+            raise ValueError(
+                f"{model.runtime} model takes {list(model.inputs)} and returns {list(model.outputs)}; "
+                "a step model takes `x` and returns `y` (convert the export's `step` signature)."
+            )
+        self.model = model
+        self._y = model.outputs["y"]
+
+    def initial_state(self, batch_size: int) -> dict[str, np.ndarray]:
+        return self.model.zero_states(batch_size)
+
+    def stream(
+        self, inputs: np.ndarray, states: Mapping[str, np.ndarray], lengths: np.ndarray | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        model = self.model
+        _check_states(model, states)
+        inputs = np.asarray(inputs)
+        batch, steps = inputs.shape[:2]
+        carried = {n: np.asarray(states[n]) for n in model.state_names}
+        outputs = np.zeros((batch, steps, *self._y.shape[1:]), dtype=self._y.dtype)
+        lengths = None if lengths is None else np.asarray(lengths).reshape(batch)
+        for t in range(steps):
+            result = model({"x": inputs[:, t], **carried})
+            if lengths is None or bool(np.all(lengths > t)):
+                outputs[:, t] = result["y"]
+                carried = {n: result[n] for n in model.state_names}
+                continue
+            live = lengths > t
+            outputs[live, t] = result["y"][live]
+            carried = {
+                n: np.where(live.reshape(-1, *([1] * (carried[n].ndim - 1))), result[n], carried[n])
+                for n in model.state_names
+            }
+        return outputs, carried
+
+
+class SequenceBackend:
+    """A `Backend` over a converted whole-sequence `stream` model: one call per chunk."""
+
+    def __init__(self, model: _Model):
+        if "inputs" not in model.inputs or "outputs" not in model.outputs:
+            raise ValueError(
+                f"{model.runtime} model takes {list(model.inputs)}; a sequence model takes `inputs` "
+                "(convert the export's `stream` signature)."
+            )
+        self.model = model
+
+    @property
+    def masked(self) -> bool:
+        return "lengths" in self.model.inputs
+
+    def initial_state(self, batch_size: int) -> dict[str, np.ndarray]:
+        return self.model.zero_states(batch_size)
+
+    def stream(
+        self, inputs: np.ndarray, states: Mapping[str, np.ndarray], lengths: np.ndarray | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        _check_states(self.model, states)
+        inputs = np.asarray(inputs)
+        feed = {"inputs": inputs, **{n: states[n] for n in self.model.state_names}}
+        if self.masked:
+            feed["lengths"] = (
+                np.full(inputs.shape[0], inputs.shape[1], np.int32) if lengths is None else lengths
+            )
+        elif lengths is not None:
+            raise ValueError("this model does not mask (its export takes no `lengths`)")
+        self.model.check_feed(feed)
+        result = self.model(feed)
+        return result["outputs"], {n: result[n] for n in self.model.state_names}

@@ -1,0 +1,368 @@
+"""The checks of design.md, run in a FRESH process: `python -m exporter.verification.worker DIR... --out F`.
+
+Fresh because a `tf.custom_gradient` registered by the exporting process would
+mask a SavedModel that lost its custom gradients; only a new process sees what
+TF Serving will see. Writes `{dir: {checks, timings, properties, peak_rss_mb}}` as
+JSON to `--out`, and one JSON progress line per check started on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from exporter.artifact.compare import compare, failed
+from exporter.artifact.golden_io import load as load_golden
+from exporter.artifact.manifest import read_manifest
+from exporter.artifact.names import no_xla_name, unfused_name
+from exporter.artifact.paths import golden_path, manifest_path
+from exporter.artifact.specs import CheckResult, Manifest, SignatureName
+from exporter.verification.batch import offdiagonal_blocks
+from exporter.verification.explain import explain
+from exporter.verification.foreign import generic_checks
+
+
+def _section(golden: dict, prefix: str) -> dict:
+    return {k[len(prefix) :]: v for k, v in golden.items() if k.startswith(prefix) and "/" not in k[len(prefix) :]}
+
+
+class _Checker:
+    def __init__(self, export_dir: Path, manifest: Manifest, golden: dict):
+        import tensorflow as tf
+
+        self.tf = tf
+        self.manifest = manifest
+        self.golden = golden
+        self.tol = manifest.options.tolerance
+        self.grad_tol = manifest.options.grad_tolerance
+        self.results: list[CheckResult] = []
+        self.loaded = tf.saved_model.load(str(export_dir))
+        self.variables = list(getattr(self.loaded, "trainable_variables", []))
+        self.properties_rows = []
+
+    def signature(self, name: str):
+        return self.loaded.signatures[name]
+
+    def add(self, result: CheckResult):
+        self.results.append(result)
+
+    def compare_many(self, check, signature, got: dict, want: dict, tolerance, prefix=""):
+        for key in sorted(want):
+            if key not in got:
+                self.add(failed(check, signature, prefix + key, "missing from the reloaded outputs"))
+                continue
+            self.add(compare(check, signature, prefix + key, got[key], want[key], tolerance))
+
+    def compare_gradients(self, check, signature, input_grads, var_grads, prefix):
+        want = _section(self.golden, f"{prefix}/grad/")
+        self.compare_many(check, signature, input_grads, want, self.grad_tol, prefix="d/")
+        for i, grad in enumerate(var_grads):
+            key = f"{prefix}/grad_var/{i}"
+            if key in self.golden:
+                name = self.manifest.trainable_variables[i]
+                self.add(compare(check, signature, f"d/{name}", grad, self.golden[key], self.grad_tol))
+
+    def gradient_caller(self, name: str):
+        """The function gradients go through: the signature, or for a `--jit` export its twin
+        without XLA (XLA cannot hand a TensorList to TF's backward pass)."""
+        if not self.manifest.options.jit or not hasattr(self.loaded, no_xla_name(name)):
+            signature = self.signature(name)
+            return lambda f: signature(**f)
+        function = getattr(self.loaded, no_xla_name(name))
+        names = [t.name for t in self.manifest.signature(name).inputs]
+        return lambda f: function(*[f[n] for n in names])
+
+    def higher_order_caller(self, name: str):
+        """The function second derivatives go through: a fused signature's while_loop twin
+        (TF defines no gradient of `BlockLSTMGrad`), else `gradient_caller`."""
+        twin = unfused_name(name)
+        if self.manifest.options.fused and twin in self.loaded.signatures:
+            signature = self.signature(twin)
+            return lambda f: signature(**f)
+        return self.gradient_caller(name)
+
+    def run_with_gradients(self, check_prefix, signature, call, feed, weights, golden_prefix, grad_call=None):
+        """Forward (`call`) + gradients (`grad_call`, default `call`); a gradient failure (e.g. a
+        lost custom gradient) is a failed row, and the forward outputs are still returned."""
+        from exporter.gradients import outputs_and_gradients
+
+        tensors = {k: self.tf.constant(v) for k, v in feed.items()}
+        outputs = None
+        try:
+            outputs, input_grads, var_grads = outputs_and_gradients(grad_call or call, feed, weights, self.variables)
+        except Exception as exc:  # noqa: BLE001  any error here is the finding we report
+            self.add(failed("gradients", signature, "*", explain(exc)))
+        else:
+            self.compare_gradients(f"{check_prefix}gradients", signature, input_grads, var_grads, golden_prefix)
+        if outputs is None or grad_call is not None:
+            outputs = {k: v.numpy() for k, v in call(tensors).items()}
+        return outputs
+
+    # --- the checks -------------------------------------------------------------
+
+    def weights(self):
+        if len(self.variables) != len(self.manifest.trainable_variables):
+            self.add(failed("weights", "-", "*", f"{len(self.variables)} trainable variables after reload, "
+                            f"manifest lists {len(self.manifest.trainable_variables)}"))
+            return
+        exact = type(self.tol)(atol=0.0, rtol=0.0)
+        for i, variable in enumerate(self.variables):
+            self.add(compare("weights", "-", self.manifest.trainable_variables[i], variable.numpy(),
+                             self.golden[f"var/{i}"], exact))
+
+    def reload_and_gradients(self):
+        for spec in self.manifest.signatures:
+            name = spec.name
+            if name not in self.loaded.signatures:
+                self.add(failed("reload", name, "*", f"signature missing after reload; "
+                                f"available: {sorted(self.loaded.signatures)}"))
+                continue
+            function = self.signature(name)
+            call = lambda f, fn=function: fn(**f)  # noqa: E731
+            feed = _section(self.golden, f"{name}/in/")
+            weights = _section(self.golden, f"{name}/w/")
+            try:
+                if weights:
+                    outputs = self.run_with_gradients("", name, call, feed, weights, name,
+                                                      grad_call=self.gradient_caller(name))
+                    if self.manifest.options.jit:
+                        plain = self.gradient_caller(name)({k: self.tf.constant(v) for k, v in feed.items()})
+                        self.compare_many("xla", name, outputs, {k: v.numpy() for k, v in plain.items()}, self.tol)
+                else:
+                    outputs = {k: v.numpy() for k, v in call({k: self.tf.constant(v) for k, v in feed.items()}).items()}
+            except Exception as exc:  # noqa: BLE001
+                self.add(failed("reload", name, "*", explain(exc)))
+                continue
+            self.compare_many("reload", name, outputs, _section(self.golden, f"{name}/out/"), self.tol)
+
+    def ground_truth(self):
+        if "reference/out/outputs" not in self.golden:
+            return
+        predict = self.signature(SignatureName.PREDICT.value)
+        feed = _section(self.golden, f"{SignatureName.PREDICT.value}/in/")
+        weights = {"outputs": self.golden["reference/w/outputs"]}
+        call = lambda f: {"outputs": predict(**f)["outputs"]}  # noqa: E731
+        plain = self.gradient_caller(SignatureName.PREDICT.value)
+        grad_call = lambda f: {"outputs": plain(f)["outputs"]}  # noqa: E731
+        outputs = self.run_with_gradients("source ", "serving_default", call, feed, weights, "reference",
+                                          grad_call=grad_call)
+        self.add(compare("source", "serving_default", "outputs", outputs["outputs"],
+                         self.golden["reference/out/outputs"], self.tol))
+
+    def chunking(self):
+        tf = self.tf
+        predict_name = SignatureName.PREDICT.value
+        feed = _section(self.golden, f"{predict_name}/in/")
+        inputs = feed["inputs"]
+        batch, steps = inputs.shape[:2]
+        state_names = [s.name for s in self.manifest.states]
+        signature = self.signature(SignatureName.STREAM.value)
+        forward = lambda f: signature(**f)  # noqa: E731
+        backward = self.gradient_caller(SignatureName.STREAM.value)
+        initial = {k: v for k, v in self.signature(SignatureName.INITIAL_STATE.value)(
+            batch_size=tf.constant(batch, tf.int32)).items()}
+        weights = _section(self.golden, f"{predict_name}/w/")
+        want = _section(self.golden, f"{predict_name}/out/")
+        for chunks in sorted({1, 2, steps}):
+            bounds = np.linspace(0, steps, chunks + 1).astype(int)
+
+            def chained(tensors, bounds=bounds, stream=forward):
+                states = dict(initial)
+                pieces = []
+                for start, stop in zip(bounds[:-1], bounds[1:]):
+                    chunk = {"inputs": tensors["inputs"][:, start:stop], **states}
+                    if "lengths" in tensors:
+                        chunk["lengths"] = tf.clip_by_value(tensors["lengths"] - start, 0, stop - start)
+                    result = stream(chunk)
+                    pieces.append(result["outputs"])
+                    states = {n: result[n] for n in state_names}
+                outputs = tf.concat(pieces, axis=1)
+                if self.manifest.last_step_only:
+                    outputs = outputs[:, -1]
+                return {"outputs": outputs, **states}
+
+            label = f"stream x{chunks}"
+            outputs = self.run_with_gradients(
+                "chunked ", label, chained, feed, weights, predict_name,
+                grad_call=lambda f, chained=chained: chained(f, stream=backward),
+            )
+            self.compare_many("chunked", label, outputs, want, self.tol)
+        self._step_loop(inputs, initial, state_names)
+
+    def _step_loop(self, inputs, initial, state_names):
+        tf = self.tf
+        step = self.signature(SignatureName.STEP.value)
+        predict = self.signature(SignatureName.PREDICT.value)
+        feed = {"inputs": tf.constant(inputs)}
+        if self.manifest.masked:
+            feed["lengths"] = tf.fill([inputs.shape[0]], inputs.shape[1])
+        want = {k: v.numpy() for k, v in predict(**feed).items()}
+        states, ys = dict(initial), []
+        for t in range(inputs.shape[1]):
+            result = step(x=tf.constant(inputs[:, t]), **states)
+            ys.append(result["y"])
+            states = {n: result[n] for n in state_names}
+        outputs = ys[-1] if self.manifest.last_step_only else tf.stack(ys, axis=1)
+        got = {"outputs": outputs.numpy(), **{k: v.numpy() for k, v in states.items()}}
+        self.compare_many("chunked", f"step x{inputs.shape[1]}", got, want, self.tol)
+
+    def higher_order(self):
+        from exporter.gradients import hessian_vector_product
+
+        if "hvp/v" not in self.golden:
+            return
+        name = SignatureName.PREDICT.value
+        auto = self.manifest.options.hvp_auto
+        if "hvp/error" in self.golden:
+            reason = str(self.golden["hvp/error"])
+            self.add(CheckResult(check="higher order", signature=name, tensor="Hv/inputs", passed=auto,
+                                 message=f"not supported by TF for this model ({reason})"))
+            return
+        feed = _section(self.golden, f"{name}/in/")
+        weights = _section(self.golden, f"{name}/w/")
+        try:
+            hvp = hessian_vector_product(self.higher_order_caller(name), feed, weights, self.golden["hvp/v"])
+        except Exception as exc:  # noqa: BLE001
+            self.add(CheckResult(
+                check="higher order", signature=name, tensor="Hv/inputs", passed=auto,
+                message=f"not supported by TF after reload ({explain(exc)}); a StepModel that reads its "
+                "variables in `bind_step` avoids this"))
+            return
+        self.add(compare("higher order", name, "Hv/inputs", hvp, self.golden["hvp/out"], self.grad_tol))
+
+    def fused(self):
+        """Each fused signature against its while_loop twin: outputs and first derivatives."""
+        from exporter.gradients import outputs_and_gradients
+
+        if not self.manifest.options.fused:
+            return
+        for name in (SignatureName.PREDICT.value, SignatureName.STREAM.value):
+            twin = unfused_name(name)
+            if twin not in self.loaded.signatures:
+                self.add(failed("fused", name, "*", f"its while_loop twin {twin!r} is missing from the SavedModel"))
+                continue
+            feed = _section(self.golden, f"{name}/in/")
+            weights = _section(self.golden, f"{name}/w/")
+            fused, loop = self.signature(name), self.signature(twin)
+            got = outputs_and_gradients(lambda f: fused(**f), feed, weights, self.variables)
+            want = outputs_and_gradients(lambda f: loop(**f), feed, weights, self.variables)
+            self.compare_many("fused", name, got[0], want[0], self.tol)
+            self.compare_many("fused gradients", name, got[1], want[1], self.grad_tol, prefix="d/")
+            for label, grad, expected in zip(self.manifest.trainable_variables, got[2], want[2]):
+                self.add(compare("fused gradients", name, f"d/{label}", grad, expected, self.grad_tol))
+
+    def batch_independence(self):
+        """Off-diagonal (batch, batch) blocks of the input Jacobian of `serving_default` and `step`."""
+        predict_name, step_name = SignatureName.PREDICT.value, SignatureName.STEP.value
+        predict_in = _section(self.golden, f"{predict_name}/in/")
+        step_in = _section(self.golden, f"{step_name}/in/")
+        rng = np.random.default_rng(1234)
+        probes = {
+            predict_name: _probe_batch(predict_in, rng, batch=3, steps=4),
+            step_name: _probe_batch(step_in, rng, batch=3),
+        }
+        for name, feed in probes.items():
+            blocks = offdiagonal_blocks(self.gradient_caller(name), feed)
+            self.properties_rows.append(blocks)
+            self.add(blocks.to_check(name))
+
+    def properties(self) -> dict:
+        if not self.properties_rows:
+            return {}
+        return {
+            "batch_independent": all(b.independent for b in self.properties_rows),
+            "batch_offdiag_max": max(b.offdiag_max for b in self.properties_rows),
+        }
+
+
+def _probe_batch(feed: dict, rng, *, batch: int, steps: int | None = None) -> dict:
+    """Fresh probe rows shaped like `feed` (B rows; T steps for sequences); ints stay in range."""
+    probe = {}
+    for key, value in feed.items():
+        shape = (batch, *value.shape[1:])
+        if key == "lengths":
+            probe[key] = np.array([steps, max(1, steps - 1), steps][:batch], dtype=value.dtype)
+            continue
+        if steps is not None and value.ndim >= 2:
+            shape = (batch, steps, *value.shape[2:])
+        if np.issubdtype(value.dtype, np.integer):
+            probe[key] = rng.integers(1, max(2, int(value.max()) + 1), size=shape).astype(value.dtype)
+        else:
+            probe[key] = rng.normal(size=shape).astype(value.dtype)
+    return probe
+
+
+# The checks in the order they run, by the name the progress display and the timings use.
+CHECK_ORDER = ("weights", "reload and gradients", "source", "chunked", "fused", "higher order",
+               "batch independence")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _report_progress(export_dir: Path, check: str, done: int) -> None:
+    """One JSON line on stdout per check started: the exporting process shows it as it happens."""
+    event = {"event": "check", "export_dir": str(export_dir), "check": check, "done": done,
+             "total": len(CHECK_ORDER)}
+    print(json.dumps(event), flush=True)
+
+
+def run_checks(export_dir: Path, on_check=_report_progress) -> dict:
+    """Every check this export's manifest and golden allow, or the generic ones without them.
+
+    Returns:
+        `{"checks": [CheckResult...], "timings": {check: seconds}, "properties": {...},
+        "peak_rss_mb": float}`; `timings` starts with "load" (TensorFlow's import and the
+        SavedModel's load), then one entry per check of `CHECK_ORDER`.
+    """
+    started = time.monotonic()
+    if not manifest_path(export_dir).is_file() or not golden_path(export_dir).is_file():
+        on_check(export_dir, "generic checks", 0)
+        checks = generic_checks(export_dir)
+        return {"checks": checks, "timings": {"generic checks": time.monotonic() - started}, "properties": {},
+                "peak_rss_mb": _peak_rss_mb()}
+    manifest = read_manifest(export_dir)
+    golden = load_golden(golden_path(export_dir))
+    on_check(export_dir, "load", 0)
+    try:
+        checker = _Checker(export_dir, manifest, golden)
+    except Exception as exc:  # noqa: BLE001
+        return {"checks": [failed("reload", "-", "*", f"tf.saved_model.load failed: {explain(exc)}")],
+                "timings": {"load": time.monotonic() - started}, "properties": {}, "peak_rss_mb": _peak_rss_mb()}
+    timings = {"load": time.monotonic() - started}
+    checks = (checker.weights, checker.reload_and_gradients, checker.ground_truth, checker.chunking,
+              checker.fused, checker.higher_order, checker.batch_independence)
+    for done, (label, check) in enumerate(zip(CHECK_ORDER, checks)):
+        on_check(export_dir, label, done)
+        started = time.monotonic()
+        try:
+            check()
+        except Exception as exc:  # noqa: BLE001  a check that crashes is a failed check
+            checker.add(failed(label, "-", "*", explain(exc)))
+        timings[label] = time.monotonic() - started
+    return {"checks": checker.results, "timings": timings, "properties": checker.properties(),
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("export_dirs", type=Path, nargs="+")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    results = {}
+    for export_dir in args.export_dirs:
+        result = run_checks(export_dir)
+        results[str(export_dir)] = result | {"checks": [r.to_json() for r in result["checks"]]}
+    args.out.write_text(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""User mistakes: exit 2, a one-paragraph message naming the culprit, nothing under --base."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import pytest
+from typer.testing import CliRunner
+
+from exporter.cli.app import app
+from tests.exporter import models, real_models
+
+runner = CliRunner()
+
+
+def _export(*args):
+    return runner.invoke(app, ["export", *map(str, args)])
+
+
+def _assert_bad_input(result, *fragments, base=None):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in result.output, result.output
+    if base is not None:
+        assert not base.exists() or not any(base.iterdir()), list(base.rglob("*"))
+
+
+@pytest.mark.parametrize("name", sorted(models.UNSUPPORTED))
+def test_unsupported_layer_exit_2_names_it(tmp_path, name):
+    path = tmp_path / f"{name}.keras"
+    models.build(name, models.UNSUPPORTED).save(path)
+    base = tmp_path / "base"
+    result = _export(path, "--name", "m", "--base", base)
+    _assert_bad_input(result, models.UNSUPPORTED[name][1], "Layer ", "cannot run step by step", base=base)
+
+
+def test_missing_file(tmp_path):
+    _assert_bad_input(_export(tmp_path / "nope.keras", "--name", "m", "--base", tmp_path / "b"),
+                      "not found", base=tmp_path / "b")
+
+
+def test_corrupt_keras_file(tmp_path):
+    path = tmp_path / "bad.keras"
+    path.write_bytes(b"this is not a zip archive")
+    _assert_bad_input(_export(path, "--name", "m", "--base", tmp_path / "b"), "not a valid .keras file",
+                      base=tmp_path / "b")
+
+
+def test_truncated_keras_file(tmp_path):
+    path = tmp_path / "cut.keras"
+    models.build("lstm").save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] + data[-200:])  # still ends like a zip, body broken
+    result = _export(path, "--name", "m", "--base", tmp_path / "b")
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def factory_module(tmp_path, monkeypatch):
+    (tmp_path / "user_factories.py").write_text(textwrap.dedent("""
+        def not_a_model():
+            return {"step": 1}
+
+        def raises():
+            raise RuntimeError("no weights here")
+
+        def dense_only():
+            import keras
+            return keras.Sequential([keras.Input((None, 3)), keras.layers.Dense(2)])
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "user_factories"
+    sys.modules.pop("user_factories", None)
+
+
+def test_factory_returning_non_model(tmp_path, factory_module):
+    _assert_bad_input(_export(f"{factory_module}:not_a_model", "--name", "m", "--base", tmp_path / "b"),
+                      "returned dict", "StepModel", base=tmp_path / "b")
+
+
+def test_factory_that_raises(tmp_path, factory_module):
+    _assert_bad_input(_export(f"{factory_module}:raises", "--name", "m", "--base", tmp_path / "b"),
+                      "RuntimeError", "no weights here", base=tmp_path / "b")
+
+
+def test_factory_module_missing(tmp_path):
+    _assert_bad_input(_export("no_such_module_xyz:make", "--name", "m", "--base", tmp_path / "b"),
+                      "no_such_module_xyz")
+
+
+def test_non_rnn_model(tmp_path, factory_module):
+    _assert_bad_input(_export(f"{factory_module}:dense_only", "--name", "m", "--base", tmp_path / "b"),
+                      "has no recurrent layer", base=tmp_path / "b")
+
+
+def test_base_that_cannot_be_written(tmp_path):
+    path = tmp_path / "m.keras"
+    models.build("simple_rnn").save(path)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the base directory should be")
+    _assert_bad_input(_export(path, "--name", "m", "--base", blocker / "base"), "Cannot write to", str(blocker))
+    assert blocker.read_text().startswith("a file")
+
+
+@pytest.mark.parametrize("name", ["../up", "a/b", "", "-x", "sp ace"])
+def test_bad_model_name(tmp_path, name):
+    path = tmp_path / "m.keras"
+    models.build("simple_rnn").save(path)
+    _assert_bad_input(_export(path, "--name", name, "--base", tmp_path / "b"), "not allowed",
+                      base=tmp_path / "b")
+
+
+def test_lambda_layer_refused_in_safe_mode(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((None, 3)), keras.layers.LSTM(2, return_sequences=True),
+                              keras.layers.Lambda(lambda x: x * 2.0)])
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    _assert_bad_input(_export(path, "--name", "m", "--base", tmp_path / "b"), "--unsafe",
+                      base=tmp_path / "b")
+
+
+def test_usage_error_is_exit_2():
+    result = runner.invoke(app, ["export"])
+    assert result.exit_code == 2
+
+
+def test_version_must_be_positive(tmp_path):
+    result = _export("x.keras", "--name", "m", "--base", tmp_path, "--version", "0")
+    assert result.exit_code == 2
+
+
+def test_json_error_shape(tmp_path):
+    import json
+
+    result = runner.invoke(app, ["export", str(tmp_path / "nope.keras"), "--name", "m", "--base",
+                                 str(tmp_path / "b"), "--json"])
+    assert result.exit_code == 2
+    payload = json.loads(result.stdout)
+    assert payload["ok"] is False and payload["exit_code"] == 2 and "not found" in payload["error"]
+
+
+def test_check_and_skip_the_same_check(tmp_path):
+    path = tmp_path / "m.keras"
+    models.build("simple_rnn").save(path)
+    _assert_bad_input(_export(path, "--name", "m", "--base", tmp_path / "b", "--check", "hvp", "--skip", "hvp"),
+                      "both in --check and --skip", base=tmp_path / "b")
+
+
+def test_half_a_tolerance_is_refused(tmp_path):
+    path = tmp_path / "m.keras"
+    models.build("simple_rnn").save(path)
+    _assert_bad_input(_export(path, "--name", "m", "--base", tmp_path / "b", "--atol", "1e-3"),
+                      "--atol/--rtol", base=tmp_path / "b")
+
+
+def test_unknown_check_name_is_usage_error(tmp_path):
+    assert _export("m.keras", "--name", "m", "--base", tmp_path, "--check", "nope").exit_code == 2
+
+
+CUSTOM_LAYER = textwrap.dedent("""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="mine")
+    class Twice(keras.layers.Layer):
+        def call(self, x):
+            return x * 2.0
+""")
+
+
+def test_unknown_custom_object_is_refused_with_how_to_opt_in(tmp_path, monkeypatch):
+    """An unregistered class in a .keras file is not loaded; --import MODULE registers it (user code, on purpose)."""
+    import keras
+
+    (tmp_path / "mine_layers.py").write_text(CUSTOM_LAYER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import mine_layers
+
+    model = keras.Sequential([keras.Input((None, 3)), keras.layers.LSTM(2, return_sequences=True),
+                              mine_layers.Twice()])
+    path = tmp_path / "custom.keras"
+    model.save(path)
+    keras.saving.get_custom_objects().pop("mine>Twice")  # as in a fresh process that never imported it
+    sys.modules.pop("mine_layers")
+    base = tmp_path / "b"
+    _assert_bad_input(_export(path, "--name", "m", "--base", base), "custom class 'Twice'", "--import mine_layers", base=base)
+
+    result = _export(path, "--name", "m", "--base", base, "--import", "mine_layers")
+    # Loaded now, and Twice needs no opt-in: the probe finds it acts on each step alone.
+    assert result.exit_code == 0, result.output
+    assert (base / "m" / "1" / "saved_model.pb").is_file()
+    keras.saving.get_custom_objects().pop("mine>Twice", None)
+    sys.modules.pop("mine_layers", None)
+
+
+def test_help_says_which_inputs_run_code():
+    import re
+
+    result = runner.invoke(app, ["export", "--help"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0
+    text = re.sub(r"[\s\u2500-\u257f]+", " ", result.output)  # rich's boxes and line breaks
+    assert "RUNS that code" in text  # MODEL as package.module:function
+    assert "runs code in the file" in text  # --unsafe
+    assert "runs its code" in text  # --import
+
+
+@pytest.mark.parametrize("construct", sorted(real_models.REFUSED_CONSTRUCTS))
+def test_every_refused_construct_is_exit_2_with_a_json_error_and_no_traceback(tmp_path, construct):
+    """Models seqexport cannot take yet: a message naming what and why, pointing to the factory route."""
+    base = tmp_path / "b"
+    result = runner.invoke(app, ["export", f"tests.exporter.real_models:{construct}", "--name", "m",
+                                 "--base", str(base), "--json"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    payload = json.loads(result.stdout)
+    assert payload["ok"] is False and payload["exit_code"] == 2
+    print(construct, "->", payload["error"])
+    assert real_models.REFUSED_CONSTRUCTS[construct] in payload["error"]
+    assert "factory" in payload["error"]
+    assert not base.exists() or not any(base.iterdir())
