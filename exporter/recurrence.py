@@ -29,6 +29,12 @@ from collections.abc import Callable
 # forward 187 / 121 / 138 / 109 µs/step and gradient 497 / 326 / 375 / 405 for 1 / 4 / 8 / 16.
 UNROLL = 8
 
+# A layer runs as two batch halves at once (`in_halves`) when its step's recurrent product is
+# at least this wide (gates x units). B=32, T=128/1024, on 2 cores, ratio to Keras: GRU(128)
+# (384 columns) 0.72/0.64 in one loop, 0.53/0.47 in halves; 2 x SimpleRNN(64) (64 columns)
+# 0.60/0.51 in one loop, 0.81/0.60 in halves (its steps are too small to share).
+SPLIT_MIN_COLUMNS = 256
+
 
 def is_hoistable_simple_rnn(cell) -> bool:
     """A Keras `SimpleRNNCell` with tanh in float32."""
@@ -54,59 +60,64 @@ def _stack(ta, width: int, batch, steps_per_element: int):
     """A TensorArray of `[steps_per_element, B, width]` (or `[B, width]`) elements as `[n, B, width]`.
 
     Stacked with the element shape known at run time: stacking an empty list (T = 0)
-    fails on a partly unknown one.
+    fails on a partly unknown one, and so does one never written (B = 0: its elements
+    are empty, and stack as such).
     """
     import tensorflow as tf
 
     shape = [batch, width] if steps_per_element == 1 else [steps_per_element, batch, width]
     if tf.executing_eagerly():
-        stacked = ta.stack() if ta.size() > 0 else tf.zeros([0, *shape], ta.dtype)
+        stacked = ta.stack() if ta.size() > 0 and batch > 0 else tf.zeros([ta.size(), *shape], ta.dtype)
     else:
         stacked = tf.raw_ops.TensorListStack(input_handle=ta.flow, element_shape=tf.stack(shape),
                                              element_dtype=ta.dtype, num_elements=-1)
     return tf.reshape(stacked, tf.stack([tf.shape(stacked)[0] * steps_per_element, batch, width]))
 
 
-def _loop(step: Callable, sequences: tuple, carry: tuple, widths: tuple, unroll: int):
+def _loop(step: Callable, sequences: tuple, carry: tuple, widths: tuple, unroll: int, reverse: bool,
+          project: Callable | None):
     """`(outputs_t, carry) = step(inputs_t, carry)` over time-major `sequences` ([n * unroll, B, w] each),
-    `unroll` steps per iteration. Returns (outputs, each [n * unroll, B, w], final carry)."""
+    `unroll` steps per iteration, from the last step to the first if `reverse`.
+    Returns (outputs, each [n * unroll, B, w] in time order, final carry).
+
+    Each iteration slices its block out of the sequences (a slice along time is a view,
+    not a copy: no TensorArray of the inputs, which would copy them all first), and a
+    reverse loop walks the blocks backwards (no reversed copies of inputs and outputs).
+    """
     import tensorflow as tf
 
     dtype = sequences[0].dtype
     batch = tf.shape(sequences[0])[1]
     blocks = tf.shape(sequences[0])[0] // unroll
+    # An empty batch (the empty half of a split batch at B = 1) runs no iteration at all.
+    iterations = tf.where(batch > 0, blocks, 0)
     element = lambda w: tf.TensorShape([None, w] if unroll == 1 else [unroll, None, w])  # noqa: E731
-    inputs = []
-    for seq in sequences:
-        width = int(seq.shape[-1])
-        if unroll > 1:
-            seq = tf.reshape(seq, tf.stack([blocks, unroll, batch, width]))
-        inputs.append(tf.TensorArray(dtype, size=blocks, element_shape=element(width)).unstack(seq))
     outputs = [tf.TensorArray(dtype, size=blocks, element_shape=element(w)) for w in widths]
     carry_shapes = [c.shape for c in carry]
 
     def body(n, *loop_vars):
         tas, state = loop_vars[: len(widths)], tuple(loop_vars[len(widths):])
-        reads = [ta.read(n) for ta in inputs]
-        if unroll > 1:
-            reads = [tf.unstack(r, num=unroll) for r in reads]
-        per_step = []
-        for j in range(unroll):
-            y, state = step(tuple(r[j] if unroll > 1 else r for r in reads), state)
-            per_step.append(y)
+        block = blocks - 1 - n if reverse else n
+        reads = tuple(seq[block * unroll:(block + 1) * unroll] for seq in sequences)
+        if project is not None:
+            reads = project(reads)
+        reads = [(r[0],) if unroll == 1 else tf.unstack(r, num=unroll) for r in reads]
+        per_step = [None] * unroll
+        for j in reversed(range(unroll)) if reverse else range(unroll):
+            per_step[j], state = step(tuple(r[j] for r in reads), state)
         for tensor, shape in zip(state, carry_shapes):
             tensor.set_shape(shape)
-        written = [ta.write(n, tf.stack([y[k] for y in per_step]) if unroll > 1 else per_step[0][k])
+        written = [ta.write(block, tf.stack([y[k] for y in per_step]) if unroll > 1 else per_step[0][k])
                    for k, ta in enumerate(tas)]
         return (n + 1, *written, *state)
 
-    _, *result = tf.while_loop(lambda n, *_: n < blocks, body, (tf.constant(0), *outputs, *carry))
+    _, *result = tf.while_loop(lambda n, *_: n < iterations, body, (tf.constant(0), *outputs, *carry))
     tas, final = result[: len(widths)], tuple(result[len(widths):])
     return [_stack(ta, w, batch, unroll) for ta, w in zip(tas, widths)], final
 
 
 def scan(step: Callable, sequences: tuple, carry: tuple, widths: tuple, *, reverse: bool = False,
-         unroll: int = UNROLL):
+         unroll: int = UNROLL, project: Callable | None = None):
     """`(outputs_t, carry) = step(inputs_t, carry)` over time-major `sequences` ([T, B, w] each).
 
     Args:
@@ -116,22 +127,27 @@ def scan(step: Callable, sequences: tuple, carry: tuple, widths: tuple, *, rever
         widths: the last dimension of each output.
         reverse: run from the last step to the first (outputs still in time order).
         unroll: steps per loop iteration.
+        project: `(tuple of [k, B, w] blocks of sequences) -> tuple of [k, B, w'] step inputs`, run
+            once per iteration (k = unroll or 1): e.g. the input product of a block, which then
+            comes from cache instead of a whole-sequence `[T, B, w']` tensor in memory.
 
     Returns:
         (outputs, a list of `[T, B, w]`, the final carry).
     """
     import tensorflow as tf
 
-    if reverse:
-        sequences = tuple(tf.reverse(s, [0]) for s in sequences)
     steps = tf.shape(sequences[0])[0]
-    main = steps // unroll * unroll
-    head, carry = _loop(step, tuple(s[:main] for s in sequences), carry, widths, unroll)
-    tail, carry = _loop(step, tuple(s[main:] for s in sequences), carry, widths, 1)
-    outputs = [tf.concat([a, b], axis=0) for a, b in zip(head, tail)]
+    # The `T mod unroll` steps left over run one step per iteration, last (at the end of
+    # time forwards, at its start backwards).
+    split = steps - steps % unroll if not reverse else steps % unroll
+    early, late = tuple(s[:split] for s in sequences), tuple(s[split:] for s in sequences)
     if reverse:
-        outputs = [tf.reverse(o, [0]) for o in outputs]
-    return outputs, carry
+        late_out, carry = _loop(step, late, carry, widths, unroll, True, project)
+        early_out, carry = _loop(step, early, carry, widths, 1, True, project)
+    else:
+        early_out, carry = _loop(step, early, carry, widths, unroll, False, project)
+        late_out, carry = _loop(step, late, carry, widths, 1, False, project)
+    return [tf.concat([a, b], axis=0) for a, b in zip(early_out, late_out)], carry
 
 
 def _matmul_seq(seq, matrix, transpose_b: bool = False):
@@ -174,7 +190,8 @@ def simple_rnn_sequence(x_tm, h0, kernel, recurrent, bias):
             h = tf.tanh(inputs[0] + state[0] @ recurrent)
             return (h,), (h,)
 
-        (hs,), (last,) = scan(forward, (_matmul_seq(x_tm, kernel) + bias,), (h0,), (int(recurrent.shape[0]),))
+        (hs,), (last,) = scan(forward, (x_tm,), (h0,), (int(recurrent.shape[0]),),
+                              project=lambda x: (_matmul_seq(x[0], kernel) + bias,))
 
         def grad(d_hs, d_last):
             d_hs, d_last = _dense(d_hs, hs), _dense(d_last, last)
@@ -212,12 +229,10 @@ def gru_sequence(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
             folded = bias[0] + tf.concat([bias[1][: 2 * units], tf.zeros([units], bias.dtype)], axis=0)
         else:
             folded = bias
-        projected = _matmul_seq(x_tm, kernel) + folded
-        return projected[..., : 2 * units], projected[..., 2 * units:]
+        return tuple(tf.split(_matmul_seq(x_tm, kernel) + folded, [2 * units, units], axis=-1))
 
     @tf.custom_gradient
     def run(x_tm, h0, kernel, recurrent, bias):
-        x_zr, x_n = projections(x_tm, kernel, bias)
         u_zr, u_n = recurrent[:, : 2 * units], recurrent[:, 2 * units:]
         b_rn = bias[1][2 * units:] if reset_after else None
 
@@ -234,10 +249,11 @@ def gru_sequence(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
             h = n + z * (h - n)
             return (h,), (h,)
 
-        (hs,), (last,) = scan(forward, (x_zr, x_n), (h0,), (units,))
+        (hs,), (last,) = scan(forward, (x_tm,), (h0,), (units,), project=lambda x: projections(x[0], kernel, bias))
 
         def grad(d_hs, d_last):
             d_hs, d_last = _dense(d_hs, hs), _dense(d_last, last)
+            x_zr, x_n = projections(x_tm, kernel, bias)
             previous = _previous(h0, hs)
             # Every step's gates at once, from the outputs: one matrix product per recurrent block.
             if reset_after:
@@ -295,6 +311,24 @@ def gru_sequence(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
     return run(x_tm, h0, kernel, recurrent, bias)
 
 
+def in_halves(run: Callable, x_tm, states: tuple):
+    """`run(x_tm, *states) -> (seq [T, B, U], *final states)` on the two halves of the batch, joined.
+
+    Rows are independent, so the halves run as two ops (or loops) at once: TF's executor
+    runs independent ops in parallel, where one sequence of small steps keeps one of two
+    cores busy. Always two, one of them empty at B <= 1: no tf.cond, whose gradient fails
+    around a custom gradient when taken through a function call (cond_v2's
+    _resolve_grad_inputs); an empty half's loops run no iteration.
+    """
+    import tensorflow as tf
+
+    batch = tf.shape(x_tm)[1]
+    sizes = tf.stack([batch // 2, batch - batch // 2])
+    parts = [tf.split(x_tm, sizes, axis=1, num=2), *(tf.split(s, sizes, axis=0, num=2) for s in states)]
+    runs = [run(*args) for args in zip(*parts)]
+    return tuple(tf.concat(list(outputs), axis=1 if k == 0 else 0) for k, outputs in enumerate(zip(*runs)))
+
+
 def hoisted_cell(cell) -> Callable:
     """`(x [B, T, F], (h,)) -> (h_seq [B, T, U], (h_T,))` for a Keras SimpleRNN or GRU cell."""
     import tensorflow as tf
@@ -303,7 +337,6 @@ def hoisted_cell(cell) -> Callable:
     units = int(cell.units)
 
     def call(inputs, states):
-        (h0,) = states
         kernel = tf.convert_to_tensor(cell.kernel.value)
         recurrent = tf.convert_to_tensor(cell.recurrent_kernel.value)
         if cell.use_bias:
@@ -311,11 +344,15 @@ def hoisted_cell(cell) -> Callable:
         else:
             shape = [2, 3 * units] if is_gru and cell.reset_after else [3 * units if is_gru else units]
             bias = tf.zeros(shape, inputs.dtype)
+
+        def run(x_tm, h0):
+            if is_gru:
+                return gru_sequence(x_tm, h0, kernel, recurrent, bias, reset_after=bool(cell.reset_after))
+            return simple_rnn_sequence(x_tm, h0, kernel, recurrent, bias)
+
         x_tm = tf.transpose(inputs, [1, 0, 2])
-        if is_gru:
-            hs, last = gru_sequence(x_tm, h0, kernel, recurrent, bias, reset_after=bool(cell.reset_after))
-        else:
-            hs, last = simple_rnn_sequence(x_tm, h0, kernel, recurrent, bias)
+        split = int(recurrent.shape[1]) >= SPLIT_MIN_COLUMNS
+        hs, last = in_halves(run, x_tm, states) if split else run(x_tm, *states)
         return tf.transpose(hs, [1, 0, 2]), (last,)
 
     return call
