@@ -4,11 +4,16 @@ Why: in a `tf.while_loop` every op of every step pays TF's graph executor, and a
 the sizes people stream (B <= 32, a few hundred units) that overhead is most of the
 time. So, per layer:
 
-- the input projection `x @ W + b` of the whole chunk is ONE matrix product before
-  the loop; the loop keeps only `h @ U` and the gates' element-wise maths;
+- the input projection `x @ W + b` leaves the step: for a SimpleRNN ONE matrix
+  product of the whole chunk before the loop, for a GRU one per block of `UNROLL`
+  steps inside the loop (its `[T, B, 3U]` result would otherwise be written to memory
+  and read back, and held: most of the forward's peak memory); each step keeps only
+  `h @ U` and the gates' element-wise maths;
 - the loop runs `UNROLL` steps per iteration (the loop's own bookkeeping, a few ops
   per loop variable per iteration, is paid once per block), and a second loop runs
-  the `T mod UNROLL` steps left;
+  the `T mod UNROLL` steps left; an iteration slices its block of the inputs (a view);
+- a layer whose step product is wide (`SPLIT_MIN_COLUMNS`) runs as two batch halves
+  at once (`in_halves`), one per core;
 - the gradient (`tf.custom_gradient`) recomputes the gates of every step at once
   from the saved outputs (one matrix product), runs one backward loop whose steps
   are a matrix product and a few element-wise ops, and computes the weight gradients
@@ -190,20 +195,22 @@ def simple_rnn_sequence(x_tm, h0, kernel, recurrent, bias):
             h = tf.tanh(inputs[0] + state[0] @ recurrent)
             return (h,), (h,)
 
-        (hs,), (last,) = scan(forward, (x_tm,), (h0,), (int(recurrent.shape[0]),),
-                              project=lambda x: (_matmul_seq(x[0], kernel) + bias,))
+        # The input product as one whole-sequence product here: `[T, B, U]` is small next to a GRU's
+        # `[T, B, 3U]`, and per block (as the GRU has it) it was slower at B=1 (0.20 -> 0.23 of Keras
+        # at T=1024, no faster at B=32).
+        (hs,), (last,) = scan(forward, (_matmul_seq(x_tm, kernel) + bias,), (h0,), (int(recurrent.shape[0]),))
 
         def grad(d_hs, d_last):
             d_hs, d_last = _dense(d_hs, hs), _dense(d_last, last)
-            slope = 1.0 - tf.square(hs)
+            u_t = tf.transpose(recurrent)
 
             def backward(inputs, state):
-                upstream, slope_t = inputs
-                d_pre = (upstream + state[0]) * slope_t
-                return (d_pre,), (d_pre @ tf.transpose(recurrent),)
+                upstream, h_t = inputs
+                # TanhGrad(y, dy) = dy * (1 - y^2): one op, and no slope sequence in memory.
+                d_pre = tf.raw_ops.TanhGrad(y=h_t, dy=upstream + state[0])
+                return (d_pre,), (d_pre @ u_t,)
 
-            (d_pre,), (d_h0,) = scan(backward, (d_hs, slope), (d_last,), (int(recurrent.shape[0]),),
-                                     reverse=True)
+            (d_pre,), (d_h0,) = scan(backward, (d_hs, hs), (d_last,), (int(recurrent.shape[0]),), reverse=True)
             return (_matmul_seq(d_pre, kernel, transpose_b=True), d_h0, _outer(x_tm, d_pre),
                     _outer(_previous(h0, hs), d_pre), tf.reduce_sum(d_pre, axis=[0, 1]))
 
@@ -221,7 +228,9 @@ def gru_sequence(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
     import tensorflow as tf
 
     units = int(recurrent.shape[0])
-    sigmoid_slope = lambda s: s * (1.0 - s)  # noqa: E731
+    # SigmoidGrad(y, dy) = dy * y * (1 - y), TanhGrad(y, dy) = dy * (1 - y^2): one pass over the
+    # sequence each instead of three or four.
+    sigmoid_grad, tanh_grad = tf.raw_ops.SigmoidGrad, tf.raw_ops.TanhGrad
 
     def projections(x_tm, kernel, bias):
         """(x_zr [T, B, 2U] with every bias of z and r, x_n [T, B, U] with the input bias of n)."""
@@ -265,10 +274,10 @@ def gru_sequence(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
                 z, r = tf.split(tf.sigmoid(x_zr + _matmul_seq(previous, u_zr)), 2, axis=-1)
                 reset_previous = r * previous
                 n = tf.tanh(x_n + _matmul_seq(reset_previous, u_n))
-            d_n_pre = (1.0 - z) * (1.0 - tf.square(n))  # d(pre-activation of n) / dh
-            d_z_pre = (previous - n) * sigmoid_slope(z)  # d(pre-activation of z) / dh
+            d_n_pre = tanh_grad(y=n, dy=1.0 - z)  # d(pre-activation of n) / dh
+            d_z_pre = sigmoid_grad(y=z, dy=previous - n)  # d(pre-activation of z) / dh
             if reset_after:
-                d_r_pre = d_n_pre * h_n * sigmoid_slope(r)
+                d_r_pre = sigmoid_grad(y=r, dy=d_n_pre * h_n)
                 # d(h @ U) / dh per step, for the three gate blocks.
                 coefficients = tf.concat([d_z_pre, d_r_pre, d_n_pre * r], axis=-1)
                 u_t = tf.transpose(recurrent)
@@ -286,7 +295,7 @@ def gru_sequence(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
                 d_recurrent_kernel = _outer(previous, d_inner)
                 d_bias = tf.stack([tf.reduce_sum(d_projected, axis=[0, 1]), tf.reduce_sum(d_inner, axis=[0, 1])])
             else:
-                d_r_scale = previous * sigmoid_slope(r)  # d(pre-activation of r) / d(r * h)
+                d_r_scale = sigmoid_grad(y=r, dy=previous)  # d(pre-activation of r) / d(r * h)
                 u_n_t, u_zr_t = tf.transpose(u_n), tf.transpose(u_zr)
 
                 def backward(inputs, state):
