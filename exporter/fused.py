@@ -118,7 +118,7 @@ def fused_lstm(cell) -> Callable:
         # In two batch halves (recurrence.in_halves): the kernel alone kept one of two cores busy,
         # 1.6-1.75x slower at B=32. BlockLSTMGrad, which returned uninitialised weight gradients
         # on an empty batch or sequence (22.4 instead of 0), is not used.
-        h_seq, h_last, c_last = in_halves(run, tf.transpose(inputs, [1, 0, 2]), (h0, c0))
-        return tf.transpose(h_seq, [1, 0, 2]), (h_last, c_last)
+        h_seq, h_last, c_last = in_halves(run, inputs, (h0, c0))
+        return h_seq, (h_last, c_last)
 
     return call

@@ -320,22 +320,27 @@ def gru_sequence(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
     return run(x_tm, h0, kernel, recurrent, bias)
 
 
-def in_halves(run: Callable, x_tm, states: tuple):
-    """`run(x_tm, *states) -> (seq [T, B, U], *final states)` on the two halves of the batch, joined.
+def in_halves(run: Callable, inputs, states: tuple):
+    """`run(x_tm [T, b, F], *states) -> (seq [T, b, U], *final states)` on the two halves of the
+    batch-major `inputs [B, T, F]`, joined: returns (seq [B, T, U], *final states).
 
     Rows are independent, so the halves run as two ops (or loops) at once: TF's executor
     runs independent ops in parallel, where one sequence of small steps keeps one of two
     cores busy. Always two, one of them empty at B <= 1: no tf.cond, whose gradient fails
     around a custom gradient when taken through a function call (cond_v2's
-    _resolve_grad_inputs); an empty half's loops run no iteration.
+    _resolve_grad_inputs); an empty half's loops run no iteration. Split and joined along
+    the batch axis (contiguous), each half transposed to time-major and back on its own.
     """
     import tensorflow as tf
 
-    batch = tf.shape(x_tm)[1]
+    batch = tf.shape(inputs)[0]
     sizes = tf.stack([batch // 2, batch - batch // 2])
-    parts = [tf.split(x_tm, sizes, axis=1, num=2), *(tf.split(s, sizes, axis=0, num=2) for s in states)]
-    runs = [run(*args) for args in zip(*parts)]
-    return tuple(tf.concat(list(outputs), axis=1 if k == 0 else 0) for k, outputs in enumerate(zip(*runs)))
+    parts = [tf.split(t, sizes, axis=0, num=2) for t in (inputs, *states)]
+    runs = []
+    for x, *half_states in zip(*parts):
+        seq, *final = run(tf.transpose(x, [1, 0, 2]), *half_states)
+        runs.append((tf.transpose(seq, [1, 0, 2]), *final))
+    return tuple(tf.concat(list(outputs), axis=0) for outputs in zip(*runs))
 
 
 def hoisted_cell(cell) -> Callable:
@@ -359,9 +364,10 @@ def hoisted_cell(cell) -> Callable:
                 return gru_sequence(x_tm, h0, kernel, recurrent, bias, reset_after=bool(cell.reset_after))
             return simple_rnn_sequence(x_tm, h0, kernel, recurrent, bias)
 
-        x_tm = tf.transpose(inputs, [1, 0, 2])
-        split = int(recurrent.shape[1]) >= SPLIT_MIN_COLUMNS
-        hs, last = in_halves(run, x_tm, states) if split else run(x_tm, *states)
+        if int(recurrent.shape[1]) >= SPLIT_MIN_COLUMNS:
+            hs, last = in_halves(run, inputs, states)
+            return hs, (last,)
+        hs, last = run(tf.transpose(inputs, [1, 0, 2]), *states)
         return tf.transpose(hs, [1, 0, 2]), (last,)
 
     return call
