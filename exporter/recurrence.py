@@ -35,9 +35,10 @@ from collections.abc import Callable
 UNROLL = 8
 
 # A layer runs as two batch halves at once (`in_halves`) when its step's recurrent product is
-# at least this wide (gates x units). B=32, T=128/1024, on 2 cores, ratio to Keras: GRU(128)
-# (384 columns) 0.72/0.64 in one loop, 0.53/0.47 in halves; 2 x SimpleRNN(64) (64 columns)
-# 0.60/0.51 in one loop, 0.81/0.60 in halves (its steps are too small to share).
+# at least this wide (gates x units). B=32, T=128/1024, interleaved on a quiet 2-core machine,
+# ratio to Keras: GRU(128) (384 columns) 0.72/0.64 in one loop, 0.53/0.47 in halves;
+# 2 x SimpleRNN(64) (64 columns) 0.58/0.58 in one loop, 0.74/0.55 in halves (its steps are too
+# small to share). The halves need the second core free: on a loaded machine they gain little.
 SPLIT_MIN_COLUMNS = 256
 
 
