@@ -72,11 +72,13 @@ def lstm_sequence(x_tm, h0, c0, kernel, recurrent, bias):
         def grad(d_hs, d_h_last, d_c_last):
             d_hs, d_h_last, d_c_last = _dense(d_hs, gates.h), _dense(d_h_last, h_last), _dense(d_c_last, c_last)
             i, f, o, g, tanh_c = gates.i, gates.f, gates.o, gates.ci, gates.co
-            c_previous = _previous(c0, gates.cs)
-            d_c_from_h = o * (1.0 - tf.square(tanh_c))  # dc_t / dh_t
+            # SigmoidGrad(y, dy) = dy * y * (1 - y) and TanhGrad(y, dy) = dy * (1 - y^2): one op
+            # over the sequence each, where the three ops each would be three passes over memory.
+            d_c_from_h = tf.raw_ops.TanhGrad(y=tanh_c, dy=o)  # dc_t / dh_t
             # d(pre-activations, Keras order i, f, c, o) / (dc, dc, dc, dh) per step.
-            coefficients = tf.concat([g * i * (1.0 - i), c_previous * f * (1.0 - f), i * (1.0 - tf.square(g)),
-                                      tanh_c * o * (1.0 - o)], axis=-1)
+            coefficients = tf.concat([tf.raw_ops.SigmoidGrad(y=i, dy=g),
+                                      tf.raw_ops.SigmoidGrad(y=f, dy=_previous(c0, gates.cs)),
+                                      tf.raw_ops.TanhGrad(y=g, dy=i), tf.raw_ops.SigmoidGrad(y=o, dy=tanh_c)], axis=-1)
             u_t = tf.transpose(recurrent)
 
             def backward(inputs, state):
@@ -84,11 +86,10 @@ def lstm_sequence(x_tm, h0, c0, kernel, recurrent, bias):
                 d_h = upstream + state[0]
                 d_c = state[1] + d_h * d_c_from_h_t
                 d_pre = tf.concat([d_c, d_c, d_c, d_h], axis=-1) * coefficients_t
-                return (d_h, d_c), (d_pre @ u_t, d_c * f_t)
+                return (d_pre,), (d_pre @ u_t, d_c * f_t)
 
-            (d_h, d_c), (d_h0, d_c0) = scan(backward, (d_hs, d_c_from_h, coefficients, f), (d_h_last, d_c_last),
-                                            (units, units), reverse=True)
-            d_pre = tf.concat([d_c, d_c, d_c, d_h], axis=-1) * coefficients
+            (d_pre,), (d_h0, d_c0) = scan(backward, (d_hs, d_c_from_h, coefficients, f), (d_h_last, d_c_last),
+                                          (4 * units,), reverse=True)
             return (_matmul_seq(d_pre, kernel, transpose_b=True), d_h0, d_c0, _outer(x_tm, d_pre),
                     _outer(_previous(h0, gates.h), d_pre), tf.reduce_sum(d_pre, axis=[0, 1]))
 
@@ -101,6 +102,8 @@ def fused_lstm(cell) -> Callable:
     """`(x [B, T, F], (h, c)) -> (h_seq [B, T, U], (h_T, c_T))` for a Keras LSTM cell, in BlockLSTM ops."""
     import tensorflow as tf
 
+    from exporter.recurrence import in_halves
+
     units = int(cell.units)
 
     def call(inputs, states):
@@ -112,19 +115,10 @@ def fused_lstm(cell) -> Callable:
         def run(time_major, h0, c0):
             return lstm_sequence(time_major, h0, c0, kernel, recurrent, bias)
 
-        time_major = tf.transpose(inputs, [1, 0, 2])
-        batch = tf.shape(time_major)[1]
-
-        # Rows are independent: the two halves of the batch run as two ops, which TF's executor
-        # runs at once (the kernel alone kept one of two cores busy: 1.6-1.75x faster at B=32).
-        # Always two, one of them empty at B <= 1: no tf.cond, whose gradient fails around a
-        # custom gradient when taken through a function call (cond_v2's _resolve_grad_inputs).
-        # BlockLSTMGrad, which returned uninitialised weight gradients on an empty batch or
-        # sequence (22.4 instead of 0), is not used.
-        sizes = tf.stack([batch // 2, batch - batch // 2])
-        parts = [tf.split(t, sizes, axis=a, num=2) for t, a in ((time_major, 1), (h0, 0), (c0, 0))]
-        runs = [run(x, h, c) for x, h, c in zip(*parts)]
-        h_seq, h_last, c_last = (tf.concat(list(outputs), axis=a) for outputs, a in zip(zip(*runs), (1, 0, 0)))
-        return tf.transpose(h_seq, [1, 0, 2]), (h_last, c_last)
+        # In two batch halves (recurrence.in_halves): the kernel alone kept one of two cores busy,
+        # 1.6-1.75x slower at B=32. BlockLSTMGrad, which returned uninitialised weight gradients
+        # on an empty batch or sequence (22.4 instead of 0), is not used.
+        h_seq, h_last, c_last = in_halves(run, inputs, (h0, c0))
+        return h_seq, (h_last, c_last)
 
     return call

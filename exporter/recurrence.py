@@ -4,11 +4,16 @@ Why: in a `tf.while_loop` every op of every step pays TF's graph executor, and a
 the sizes people stream (B <= 32, a few hundred units) that overhead is most of the
 time. So, per layer:
 
-- the input projection `x @ W + b` of the whole chunk is ONE matrix product before
-  the loop; the loop keeps only `h @ U` and the gates' element-wise maths;
+- the input projection `x @ W + b` leaves the step: for a SimpleRNN ONE matrix
+  product of the whole chunk before the loop, for a GRU one per block of `UNROLL`
+  steps inside the loop (its `[T, B, 3U]` result would otherwise be written to memory
+  and read back, and held: most of the forward's peak memory); each step keeps only
+  `h @ U` and the gates' element-wise maths;
 - the loop runs `UNROLL` steps per iteration (the loop's own bookkeeping, a few ops
   per loop variable per iteration, is paid once per block), and a second loop runs
-  the `T mod UNROLL` steps left;
+  the `T mod UNROLL` steps left; an iteration slices its block of the inputs (a view);
+- a layer whose step product is wide (`SPLIT_MIN_COLUMNS`) runs as two batch halves
+  at once (`in_halves`), one per core;
 - the gradient (`tf.custom_gradient`) recomputes the gates of every step at once
   from the saved outputs (one matrix product), runs one backward loop whose steps
   are a matrix product and a few element-wise ops, and computes the weight gradients
@@ -28,6 +33,13 @@ from collections.abc import Callable
 # Steps per loop iteration. GRU(128), B=32, T=128, interleaved on a loaded 2-core machine:
 # forward 187 / 121 / 138 / 109 µs/step and gradient 497 / 326 / 375 / 405 for 1 / 4 / 8 / 16.
 UNROLL = 8
+
+# A layer runs as two batch halves at once (`in_halves`) when its step's recurrent product is
+# at least this wide (gates x units). B=32, T=128/1024, interleaved on a quiet 2-core machine,
+# ratio to Keras: GRU(128) (384 columns) 0.72/0.64 in one loop, 0.53/0.47 in halves;
+# 2 x SimpleRNN(64) (64 columns) 0.58/0.58 in one loop, 0.74/0.55 in halves (its steps are too
+# small to share). The halves need the second core free: on a loaded machine they gain little.
+SPLIT_MIN_COLUMNS = 256
 
 
 def is_hoistable_simple_rnn(cell) -> bool:
@@ -54,59 +66,64 @@ def _stack(ta, width: int, batch, steps_per_element: int):
     """A TensorArray of `[steps_per_element, B, width]` (or `[B, width]`) elements as `[n, B, width]`.
 
     Stacked with the element shape known at run time: stacking an empty list (T = 0)
-    fails on a partly unknown one.
+    fails on a partly unknown one, and so does one never written (B = 0: its elements
+    are empty, and stack as such).
     """
     import tensorflow as tf
 
     shape = [batch, width] if steps_per_element == 1 else [steps_per_element, batch, width]
     if tf.executing_eagerly():
-        stacked = ta.stack() if ta.size() > 0 else tf.zeros([0, *shape], ta.dtype)
+        stacked = ta.stack() if ta.size() > 0 and batch > 0 else tf.zeros([ta.size(), *shape], ta.dtype)
     else:
         stacked = tf.raw_ops.TensorListStack(input_handle=ta.flow, element_shape=tf.stack(shape),
                                              element_dtype=ta.dtype, num_elements=-1)
     return tf.reshape(stacked, tf.stack([tf.shape(stacked)[0] * steps_per_element, batch, width]))
 
 
-def _loop(step: Callable, sequences: tuple, carry: tuple, widths: tuple, unroll: int):
+def _loop(step: Callable, sequences: tuple, carry: tuple, widths: tuple, unroll: int, reverse: bool,
+          project: Callable | None):
     """`(outputs_t, carry) = step(inputs_t, carry)` over time-major `sequences` ([n * unroll, B, w] each),
-    `unroll` steps per iteration. Returns (outputs, each [n * unroll, B, w], final carry)."""
+    `unroll` steps per iteration, from the last step to the first if `reverse`.
+    Returns (outputs, each [n * unroll, B, w] in time order, final carry).
+
+    Each iteration slices its block out of the sequences (a slice along time is a view,
+    not a copy: no TensorArray of the inputs, which would copy them all first), and a
+    reverse loop walks the blocks backwards (no reversed copies of inputs and outputs).
+    """
     import tensorflow as tf
 
     dtype = sequences[0].dtype
     batch = tf.shape(sequences[0])[1]
     blocks = tf.shape(sequences[0])[0] // unroll
+    # An empty batch (the empty half of a split batch at B = 1) runs no iteration at all.
+    iterations = tf.where(batch > 0, blocks, 0)
     element = lambda w: tf.TensorShape([None, w] if unroll == 1 else [unroll, None, w])  # noqa: E731
-    inputs = []
-    for seq in sequences:
-        width = int(seq.shape[-1])
-        if unroll > 1:
-            seq = tf.reshape(seq, tf.stack([blocks, unroll, batch, width]))
-        inputs.append(tf.TensorArray(dtype, size=blocks, element_shape=element(width)).unstack(seq))
     outputs = [tf.TensorArray(dtype, size=blocks, element_shape=element(w)) for w in widths]
     carry_shapes = [c.shape for c in carry]
 
     def body(n, *loop_vars):
         tas, state = loop_vars[: len(widths)], tuple(loop_vars[len(widths):])
-        reads = [ta.read(n) for ta in inputs]
-        if unroll > 1:
-            reads = [tf.unstack(r, num=unroll) for r in reads]
-        per_step = []
-        for j in range(unroll):
-            y, state = step(tuple(r[j] if unroll > 1 else r for r in reads), state)
-            per_step.append(y)
+        block = blocks - 1 - n if reverse else n
+        reads = tuple(seq[block * unroll:(block + 1) * unroll] for seq in sequences)
+        if project is not None:
+            reads = project(reads)
+        reads = [(r[0],) if unroll == 1 else tf.unstack(r, num=unroll) for r in reads]
+        per_step = [None] * unroll
+        for j in reversed(range(unroll)) if reverse else range(unroll):
+            per_step[j], state = step(tuple(r[j] for r in reads), state)
         for tensor, shape in zip(state, carry_shapes):
             tensor.set_shape(shape)
-        written = [ta.write(n, tf.stack([y[k] for y in per_step]) if unroll > 1 else per_step[0][k])
+        written = [ta.write(block, tf.stack([y[k] for y in per_step]) if unroll > 1 else per_step[0][k])
                    for k, ta in enumerate(tas)]
         return (n + 1, *written, *state)
 
-    _, *result = tf.while_loop(lambda n, *_: n < blocks, body, (tf.constant(0), *outputs, *carry))
+    _, *result = tf.while_loop(lambda n, *_: n < iterations, body, (tf.constant(0), *outputs, *carry))
     tas, final = result[: len(widths)], tuple(result[len(widths):])
     return [_stack(ta, w, batch, unroll) for ta, w in zip(tas, widths)], final
 
 
 def scan(step: Callable, sequences: tuple, carry: tuple, widths: tuple, *, reverse: bool = False,
-         unroll: int = UNROLL):
+         unroll: int = UNROLL, project: Callable | None = None):
     """`(outputs_t, carry) = step(inputs_t, carry)` over time-major `sequences` ([T, B, w] each).
 
     Args:
@@ -116,22 +133,27 @@ def scan(step: Callable, sequences: tuple, carry: tuple, widths: tuple, *, rever
         widths: the last dimension of each output.
         reverse: run from the last step to the first (outputs still in time order).
         unroll: steps per loop iteration.
+        project: `(tuple of [k, B, w] blocks of sequences) -> tuple of [k, B, w'] step inputs`, run
+            once per iteration (k = unroll or 1): e.g. the input product of a block, which then
+            comes from cache instead of a whole-sequence `[T, B, w']` tensor in memory.
 
     Returns:
         (outputs, a list of `[T, B, w]`, the final carry).
     """
     import tensorflow as tf
 
-    if reverse:
-        sequences = tuple(tf.reverse(s, [0]) for s in sequences)
     steps = tf.shape(sequences[0])[0]
-    main = steps // unroll * unroll
-    head, carry = _loop(step, tuple(s[:main] for s in sequences), carry, widths, unroll)
-    tail, carry = _loop(step, tuple(s[main:] for s in sequences), carry, widths, 1)
-    outputs = [tf.concat([a, b], axis=0) for a, b in zip(head, tail)]
+    # The `T mod unroll` steps left over run one step per iteration, last (at the end of
+    # time forwards, at its start backwards).
+    split = steps - steps % unroll if not reverse else steps % unroll
+    early, late = tuple(s[:split] for s in sequences), tuple(s[split:] for s in sequences)
     if reverse:
-        outputs = [tf.reverse(o, [0]) for o in outputs]
-    return outputs, carry
+        late_out, carry = _loop(step, late, carry, widths, unroll, True, project)
+        early_out, carry = _loop(step, early, carry, widths, 1, True, project)
+    else:
+        early_out, carry = _loop(step, early, carry, widths, unroll, False, project)
+        late_out, carry = _loop(step, late, carry, widths, 1, False, project)
+    return [tf.concat([a, b], axis=0) for a, b in zip(early_out, late_out)], carry
 
 
 def _matmul_seq(seq, matrix, transpose_b: bool = False):
@@ -174,19 +196,22 @@ def simple_rnn_sequence(x_tm, h0, kernel, recurrent, bias):
             h = tf.tanh(inputs[0] + state[0] @ recurrent)
             return (h,), (h,)
 
+        # The input product as one whole-sequence product here: `[T, B, U]` is small next to a GRU's
+        # `[T, B, 3U]`, and per block (as the GRU has it) it was slower at B=1 (0.20 -> 0.23 of Keras
+        # at T=1024, no faster at B=32).
         (hs,), (last,) = scan(forward, (_matmul_seq(x_tm, kernel) + bias,), (h0,), (int(recurrent.shape[0]),))
 
         def grad(d_hs, d_last):
             d_hs, d_last = _dense(d_hs, hs), _dense(d_last, last)
-            slope = 1.0 - tf.square(hs)
+            u_t = tf.transpose(recurrent)
 
             def backward(inputs, state):
-                upstream, slope_t = inputs
-                d_pre = (upstream + state[0]) * slope_t
-                return (d_pre,), (d_pre @ tf.transpose(recurrent),)
+                upstream, h_t = inputs
+                # TanhGrad(y, dy) = dy * (1 - y^2): one op, and no slope sequence in memory.
+                d_pre = tf.raw_ops.TanhGrad(y=h_t, dy=upstream + state[0])
+                return (d_pre,), (d_pre @ u_t,)
 
-            (d_pre,), (d_h0,) = scan(backward, (d_hs, slope), (d_last,), (int(recurrent.shape[0]),),
-                                     reverse=True)
+            (d_pre,), (d_h0,) = scan(backward, (d_hs, hs), (d_last,), (int(recurrent.shape[0]),), reverse=True)
             return (_matmul_seq(d_pre, kernel, transpose_b=True), d_h0, _outer(x_tm, d_pre),
                     _outer(_previous(h0, hs), d_pre), tf.reduce_sum(d_pre, axis=[0, 1]))
 
@@ -204,7 +229,9 @@ def gru_sequence(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
     import tensorflow as tf
 
     units = int(recurrent.shape[0])
-    sigmoid_slope = lambda s: s * (1.0 - s)  # noqa: E731
+    # SigmoidGrad(y, dy) = dy * y * (1 - y), TanhGrad(y, dy) = dy * (1 - y^2): one pass over the
+    # sequence each instead of three or four.
+    sigmoid_grad, tanh_grad = tf.raw_ops.SigmoidGrad, tf.raw_ops.TanhGrad
 
     def projections(x_tm, kernel, bias):
         """(x_zr [T, B, 2U] with every bias of z and r, x_n [T, B, U] with the input bias of n)."""
@@ -212,12 +239,10 @@ def gru_sequence(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
             folded = bias[0] + tf.concat([bias[1][: 2 * units], tf.zeros([units], bias.dtype)], axis=0)
         else:
             folded = bias
-        projected = _matmul_seq(x_tm, kernel) + folded
-        return projected[..., : 2 * units], projected[..., 2 * units:]
+        return tuple(tf.split(_matmul_seq(x_tm, kernel) + folded, [2 * units, units], axis=-1))
 
     @tf.custom_gradient
     def run(x_tm, h0, kernel, recurrent, bias):
-        x_zr, x_n = projections(x_tm, kernel, bias)
         u_zr, u_n = recurrent[:, : 2 * units], recurrent[:, 2 * units:]
         b_rn = bias[1][2 * units:] if reset_after else None
 
@@ -234,10 +259,11 @@ def gru_sequence(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
             h = n + z * (h - n)
             return (h,), (h,)
 
-        (hs,), (last,) = scan(forward, (x_zr, x_n), (h0,), (units,))
+        (hs,), (last,) = scan(forward, (x_tm,), (h0,), (units,), project=lambda x: projections(x[0], kernel, bias))
 
         def grad(d_hs, d_last):
             d_hs, d_last = _dense(d_hs, hs), _dense(d_last, last)
+            x_zr, x_n = projections(x_tm, kernel, bias)
             previous = _previous(h0, hs)
             # Every step's gates at once, from the outputs: one matrix product per recurrent block.
             if reset_after:
@@ -249,10 +275,10 @@ def gru_sequence(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
                 z, r = tf.split(tf.sigmoid(x_zr + _matmul_seq(previous, u_zr)), 2, axis=-1)
                 reset_previous = r * previous
                 n = tf.tanh(x_n + _matmul_seq(reset_previous, u_n))
-            d_n_pre = (1.0 - z) * (1.0 - tf.square(n))  # d(pre-activation of n) / dh
-            d_z_pre = (previous - n) * sigmoid_slope(z)  # d(pre-activation of z) / dh
+            d_n_pre = tanh_grad(y=n, dy=1.0 - z)  # d(pre-activation of n) / dh
+            d_z_pre = sigmoid_grad(y=z, dy=previous - n)  # d(pre-activation of z) / dh
             if reset_after:
-                d_r_pre = d_n_pre * h_n * sigmoid_slope(r)
+                d_r_pre = sigmoid_grad(y=r, dy=d_n_pre * h_n)
                 # d(h @ U) / dh per step, for the three gate blocks.
                 coefficients = tf.concat([d_z_pre, d_r_pre, d_n_pre * r], axis=-1)
                 u_t = tf.transpose(recurrent)
@@ -270,7 +296,7 @@ def gru_sequence(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
                 d_recurrent_kernel = _outer(previous, d_inner)
                 d_bias = tf.stack([tf.reduce_sum(d_projected, axis=[0, 1]), tf.reduce_sum(d_inner, axis=[0, 1])])
             else:
-                d_r_scale = previous * sigmoid_slope(r)  # d(pre-activation of r) / d(r * h)
+                d_r_scale = sigmoid_grad(y=r, dy=previous)  # d(pre-activation of r) / d(r * h)
                 u_n_t, u_zr_t = tf.transpose(u_n), tf.transpose(u_zr)
 
                 def backward(inputs, state):
@@ -295,6 +321,29 @@ def gru_sequence(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
     return run(x_tm, h0, kernel, recurrent, bias)
 
 
+def in_halves(run: Callable, inputs, states: tuple):
+    """`run(x_tm [T, b, F], *states) -> (seq [T, b, U], *final states)` on the two halves of the
+    batch-major `inputs [B, T, F]`, joined: returns (seq [B, T, U], *final states).
+
+    Rows are independent, so the halves run as two ops (or loops) at once: TF's executor
+    runs independent ops in parallel, where one sequence of small steps keeps one of two
+    cores busy. Always two, one of them empty at B <= 1: no tf.cond, whose gradient fails
+    around a custom gradient when taken through a function call (cond_v2's
+    _resolve_grad_inputs); an empty half's loops run no iteration. Split and joined along
+    the batch axis (contiguous), each half transposed to time-major and back on its own.
+    """
+    import tensorflow as tf
+
+    batch = tf.shape(inputs)[0]
+    sizes = tf.stack([batch // 2, batch - batch // 2])
+    parts = [tf.split(t, sizes, axis=0, num=2) for t in (inputs, *states)]
+    runs = []
+    for x, *half_states in zip(*parts):
+        seq, *final = run(tf.transpose(x, [1, 0, 2]), *half_states)
+        runs.append((tf.transpose(seq, [1, 0, 2]), *final))
+    return tuple(tf.concat(list(outputs), axis=0) for outputs in zip(*runs))
+
+
 def hoisted_cell(cell) -> Callable:
     """`(x [B, T, F], (h,)) -> (h_seq [B, T, U], (h_T,))` for a Keras SimpleRNN or GRU cell."""
     import tensorflow as tf
@@ -303,7 +352,6 @@ def hoisted_cell(cell) -> Callable:
     units = int(cell.units)
 
     def call(inputs, states):
-        (h0,) = states
         kernel = tf.convert_to_tensor(cell.kernel.value)
         recurrent = tf.convert_to_tensor(cell.recurrent_kernel.value)
         if cell.use_bias:
@@ -311,11 +359,16 @@ def hoisted_cell(cell) -> Callable:
         else:
             shape = [2, 3 * units] if is_gru and cell.reset_after else [3 * units if is_gru else units]
             bias = tf.zeros(shape, inputs.dtype)
-        x_tm = tf.transpose(inputs, [1, 0, 2])
-        if is_gru:
-            hs, last = gru_sequence(x_tm, h0, kernel, recurrent, bias, reset_after=bool(cell.reset_after))
-        else:
-            hs, last = simple_rnn_sequence(x_tm, h0, kernel, recurrent, bias)
+
+        def run(x_tm, h0):
+            if is_gru:
+                return gru_sequence(x_tm, h0, kernel, recurrent, bias, reset_after=bool(cell.reset_after))
+            return simple_rnn_sequence(x_tm, h0, kernel, recurrent, bias)
+
+        if int(recurrent.shape[1]) >= SPLIT_MIN_COLUMNS:
+            hs, last = in_halves(run, inputs, states)
+            return hs, (last,)
+        hs, last = run(tf.transpose(inputs, [1, 0, 2]), *states)
         return tf.transpose(hs, [1, 0, 2]), (last,)
 
     return call

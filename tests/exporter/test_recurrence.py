@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from exporter import recurrence
 from exporter.keras_model import step_model_from_keras
 from exporter.recurrence import hoisted_cell, is_hoistable_gru, is_hoistable_simple_rnn
 from exporter.trace import trace
@@ -37,10 +38,12 @@ def _loss_and_grads(call, layer, x, h0, weights):
 
 
 @pytest.mark.parametrize("kind", sorted(LAYERS))
-@pytest.mark.parametrize("use_bias", [True, False])
-def test_hoisted_loop_matches_keras_layer_outputs_states_and_gradients(kind, use_bias):
+@pytest.mark.parametrize("use_bias, split", [(True, False), (False, False), (True, True)])
+def test_hoisted_loop_matches_keras_layer_outputs_states_and_gradients(kind, use_bias, split, monkeypatch):
     """T=19 runs two unrolled blocks and three single steps; T=1 only the single-step loop;
-    T=0 returns the state it was given and B=0 empty outputs, with zero weight gradients."""
+    T=0 returns the state it was given and B=0 empty outputs, with zero weight gradients.
+    `split`: in two batch halves (B=3: 1 + 2 rows; B=1: an empty half), as wide layers run."""
+    monkeypatch.setattr(recurrence, "SPLIT_MIN_COLUMNS", 0 if split else 10**9)
     layer = _layer(kind, use_bias)
     hoisted = hoisted_cell(layer.cell)
     rng = np.random.default_rng(0)
@@ -80,7 +83,7 @@ def test_only_tanh_sigmoid_float32_cells_are_hoisted():
 
 
 def test_gru_and_simple_rnn_stacks_keep_while_loop_twins_and_lose_per_step_input_products():
-    """The input product of every layer leaves the loop: one MatMul per layer inside it."""
+    """The input product of every layer leaves the step: h @ U is the one MatMul per step."""
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input((None, FEATURES)), keras.layers.GRU(4, return_sequences=True),
                               keras.layers.SimpleRNN(3, return_sequences=True), keras.layers.Dense(2)])
@@ -91,5 +94,6 @@ def test_gru_and_simple_rnn_stacks_keep_while_loop_twins_and_lose_per_step_input
     graph = traced.functions["serving_default"].graph.as_graph_def()
     bodies = [f for f in graph.library.function if "body" in f.signature.name]
     matmuls = [sum(n.op in ("MatMul", "BatchMatMulV2") for n in f.node_def) for f in bodies]
-    # Two layers, each an unrolled loop (8 steps) and a single-step loop: h @ U once per step.
-    assert sorted(matmuls) == [1, 1, 8, 8], matmuls
+    # Two layers, each an unrolled loop (8 steps) and a single-step loop: h @ U once per step;
+    # the GRU's input product once per iteration's block, the SimpleRNN's before its loops.
+    assert sorted(matmuls) == [1, 2, 8, 9], matmuls
