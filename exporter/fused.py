@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from exporter.recurrence import _dense, _matmul_seq, _outer, _previous, scan
+from exporter.recurrence import _dense, _matmul_seq, _outer, _previous, in_halves, scan
 
 
 def is_fusable_lstm(cell) -> bool:
@@ -101,8 +101,6 @@ def lstm_sequence(x_tm, h0, c0, kernel, recurrent, bias):
 def fused_lstm(cell) -> Callable:
     """`(x [B, T, F], (h, c)) -> (h_seq [B, T, U], (h_T, c_T))` for a Keras LSTM cell, in BlockLSTM ops."""
     import tensorflow as tf
-
-    from exporter.recurrence import in_halves
 
     units = int(cell.units)
 
