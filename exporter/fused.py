@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from exporter.recurrence import _dense, _matmul_seq, _outer, _previous, in_halves, scan
+from exporter.recurrence import dense_upstream, in_halves, matmul_seq, outer_sum, previous_steps, scan
 
 
 def is_fusable_lstm(cell) -> bool:
@@ -70,14 +70,14 @@ def lstm_sequence(x_tm, h0, c0, kernel, recurrent, bias):
         c_last = tf.concat([c0[None], gates.cs[-1:]], axis=0)[-1]
 
         def grad(d_hs, d_h_last, d_c_last):
-            d_hs, d_h_last, d_c_last = _dense(d_hs, gates.h), _dense(d_h_last, h_last), _dense(d_c_last, c_last)
+            d_hs, d_h_last, d_c_last = dense_upstream(d_hs, gates.h), dense_upstream(d_h_last, h_last), dense_upstream(d_c_last, c_last)
             i, f, o, g, tanh_c = gates.i, gates.f, gates.o, gates.ci, gates.co
             # SigmoidGrad(y, dy) = dy * y * (1 - y) and TanhGrad(y, dy) = dy * (1 - y^2): one op
             # over the sequence each, where the three ops each would be three passes over memory.
             d_c_from_h = tf.raw_ops.TanhGrad(y=tanh_c, dy=o)  # dc_t / dh_t
             # d(pre-activations, Keras order i, f, c, o) / (dc, dc, dc, dh) per step.
             coefficients = tf.concat([tf.raw_ops.SigmoidGrad(y=i, dy=g),
-                                      tf.raw_ops.SigmoidGrad(y=f, dy=_previous(c0, gates.cs)),
+                                      tf.raw_ops.SigmoidGrad(y=f, dy=previous_steps(c0, gates.cs)),
                                       tf.raw_ops.TanhGrad(y=g, dy=i), tf.raw_ops.SigmoidGrad(y=o, dy=tanh_c)], axis=-1)
             u_t = tf.transpose(recurrent)
 
@@ -90,8 +90,8 @@ def lstm_sequence(x_tm, h0, c0, kernel, recurrent, bias):
 
             (d_pre,), (d_h0, d_c0) = scan(backward, (d_hs, d_c_from_h, coefficients, f), (d_h_last, d_c_last),
                                           (4 * units,), reverse=True)
-            return (_matmul_seq(d_pre, kernel, transpose_b=True), d_h0, d_c0, _outer(x_tm, d_pre),
-                    _outer(_previous(h0, gates.h), d_pre), tf.reduce_sum(d_pre, axis=[0, 1]))
+            return (matmul_seq(d_pre, kernel, transpose_b=True), d_h0, d_c0, outer_sum(x_tm, d_pre),
+                    outer_sum(previous_steps(h0, gates.h), d_pre), tf.reduce_sum(d_pre, axis=[0, 1]))
 
         return (gates.h, h_last, c_last), grad
 

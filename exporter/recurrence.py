@@ -156,7 +156,7 @@ def scan(step: Callable, sequences: tuple, carry: tuple, widths: tuple, *, rever
     return [tf.concat([a, b], axis=0) for a, b in zip(early_out, late_out)], carry
 
 
-def _matmul_seq(seq, matrix, transpose_b: bool = False):
+def matmul_seq(seq, matrix, transpose_b: bool = False):
     """`[T, B, k] @ [k, m]` (or `[m, k]` transposed) as one matrix product: `[T, B, m]`."""
     import tensorflow as tf
 
@@ -165,7 +165,7 @@ def _matmul_seq(seq, matrix, transpose_b: bool = False):
     return tf.reshape(product, tf.concat([tf.shape(seq)[:2], tf.shape(product)[1:]], axis=0))
 
 
-def _outer(a, b):
+def outer_sum(a, b):
     """`sum_t a_t^T @ b_t` of two `[T, B, *]` sequences: one matrix product."""
     import tensorflow as tf
 
@@ -173,14 +173,15 @@ def _outer(a, b):
                      transpose_a=True)
 
 
-def _previous(h0, hs):
+def previous_steps(h0, hs):
     """`h_{t-1}` for every step: `[h0, h_0, ..., h_{T-2}]`."""
     import tensorflow as tf
 
     return tf.concat([h0[None], hs], axis=0)[: tf.shape(hs)[0]]
 
 
-def _dense(upstream, like):
+def dense_upstream(upstream, like):
+    """The upstream gradient of an output nobody differentiated is None: zeros shaped like it."""
     import tensorflow as tf
 
     return tf.zeros_like(like) if upstream is None else tf.convert_to_tensor(upstream)
@@ -199,10 +200,10 @@ def simple_rnn_sequence(x_tm, h0, kernel, recurrent, bias):
         # The input product as one whole-sequence product here: `[T, B, U]` is small next to a GRU's
         # `[T, B, 3U]`, and per block (as the GRU has it) it was slower at B=1 (0.20 -> 0.23 of Keras
         # at T=1024, no faster at B=32).
-        (hs,), (last,) = scan(forward, (_matmul_seq(x_tm, kernel) + bias,), (h0,), (int(recurrent.shape[0]),))
+        (hs,), (last,) = scan(forward, (matmul_seq(x_tm, kernel) + bias,), (h0,), (int(recurrent.shape[0]),))
 
         def grad(d_hs, d_last):
-            d_hs, d_last = _dense(d_hs, hs), _dense(d_last, last)
+            d_hs, d_last = dense_upstream(d_hs, hs), dense_upstream(d_last, last)
             u_t = tf.transpose(recurrent)
 
             def backward(inputs, state):
@@ -212,8 +213,8 @@ def simple_rnn_sequence(x_tm, h0, kernel, recurrent, bias):
                 return (d_pre,), (d_pre @ u_t,)
 
             (d_pre,), (d_h0,) = scan(backward, (d_hs, hs), (d_last,), (int(recurrent.shape[0]),), reverse=True)
-            return (_matmul_seq(d_pre, kernel, transpose_b=True), d_h0, _outer(x_tm, d_pre),
-                    _outer(_previous(h0, hs), d_pre), tf.reduce_sum(d_pre, axis=[0, 1]))
+            return (matmul_seq(d_pre, kernel, transpose_b=True), d_h0, outer_sum(x_tm, d_pre),
+                    outer_sum(previous_steps(h0, hs), d_pre), tf.reduce_sum(d_pre, axis=[0, 1]))
 
         return (hs, last), grad
 
@@ -239,7 +240,7 @@ def gru_sequence(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
             folded = bias[0] + tf.concat([bias[1][: 2 * units], tf.zeros([units], bias.dtype)], axis=0)
         else:
             folded = bias
-        return tuple(tf.split(_matmul_seq(x_tm, kernel) + folded, [2 * units, units], axis=-1))
+        return tuple(tf.split(matmul_seq(x_tm, kernel) + folded, [2 * units, units], axis=-1))
 
     @tf.custom_gradient
     def run(x_tm, h0, kernel, recurrent, bias):
@@ -262,19 +263,19 @@ def gru_sequence(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
         (hs,), (last,) = scan(forward, (x_tm,), (h0,), (units,), project=lambda x: projections(x[0], kernel, bias))
 
         def grad(d_hs, d_last):
-            d_hs, d_last = _dense(d_hs, hs), _dense(d_last, last)
+            d_hs, d_last = dense_upstream(d_hs, hs), dense_upstream(d_last, last)
             x_zr, x_n = projections(x_tm, kernel, bias)
-            previous = _previous(h0, hs)
+            previous = previous_steps(h0, hs)
             # Every step's gates at once, from the outputs: one matrix product per recurrent block.
             if reset_after:
-                h_zr, h_n = tf.split(_matmul_seq(previous, recurrent), [2 * units, units], axis=-1)
+                h_zr, h_n = tf.split(matmul_seq(previous, recurrent), [2 * units, units], axis=-1)
                 h_n = h_n + b_rn
                 z, r = tf.split(tf.sigmoid(x_zr + h_zr), 2, axis=-1)
                 n = tf.tanh(x_n + r * h_n)
             else:
-                z, r = tf.split(tf.sigmoid(x_zr + _matmul_seq(previous, u_zr)), 2, axis=-1)
+                z, r = tf.split(tf.sigmoid(x_zr + matmul_seq(previous, u_zr)), 2, axis=-1)
                 reset_previous = r * previous
-                n = tf.tanh(x_n + _matmul_seq(reset_previous, u_n))
+                n = tf.tanh(x_n + matmul_seq(reset_previous, u_n))
             d_n_pre = tanh_grad(y=n, dy=1.0 - z)  # d(pre-activation of n) / dh
             d_z_pre = sigmoid_grad(y=z, dy=previous - n)  # d(pre-activation of z) / dh
             if reset_after:
@@ -293,7 +294,7 @@ def gru_sequence(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
                 d_z, d_r, d_n = d_h * d_z_pre, d_h * d_r_pre, d_h * d_n_pre
                 d_projected = tf.concat([d_z, d_r, d_n], axis=-1)
                 d_inner = tf.concat([d_z, d_r, d_n * r], axis=-1)
-                d_recurrent_kernel = _outer(previous, d_inner)
+                d_recurrent_kernel = outer_sum(previous, d_inner)
                 d_bias = tf.stack([tf.reduce_sum(d_projected, axis=[0, 1]), tf.reduce_sum(d_inner, axis=[0, 1])])
             else:
                 d_r_scale = sigmoid_grad(y=r, dy=previous)  # d(pre-activation of r) / d(r * h)
@@ -311,9 +312,9 @@ def gru_sequence(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
                 d_z, d_r, d_n = d_h * d_z_pre, d_reset * d_r_scale, d_h * d_n_pre
                 d_projected = tf.concat([d_z, d_r, d_n], axis=-1)
                 d_recurrent_kernel = tf.concat(
-                    [_outer(previous, tf.concat([d_z, d_r], axis=-1)), _outer(reset_previous, d_n)], axis=-1)
+                    [outer_sum(previous, tf.concat([d_z, d_r], axis=-1)), outer_sum(reset_previous, d_n)], axis=-1)
                 d_bias = tf.reduce_sum(d_projected, axis=[0, 1])
-            return (_matmul_seq(d_projected, kernel, transpose_b=True), d_h0, _outer(x_tm, d_projected),
+            return (matmul_seq(d_projected, kernel, transpose_b=True), d_h0, outer_sum(x_tm, d_projected),
                     d_recurrent_kernel, d_bias)
 
         return (hs, last), grad
