@@ -289,12 +289,14 @@ def _sequence_layers(model: keras.Model) -> list[tuple[object, int]]:
 
     Nested Sequential and functional chains are flattened into the chain.
     """
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
+    if len(model.inputs) != 1:
         raise UnsupportedModel(
-            f"Model {model.name!r} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
-            "seqexport exports a model with one sequence input and one output (several inputs, "
-            "outputs and branches are not supported yet; a step-model factory can express them)."
+            f"Model {model.name!r} has {len(model.inputs)} inputs; seqexport exports a model with one "
+            "sequence input (several sequence inputs and static inputs are not supported yet; a "
+            "step-model factory can express them, see the README)."
         )
+    if len(model.outputs) != 1:
+        raise NotAChain(f"Model {model.name!r} has {len(model.outputs)} outputs: a graph, not a chain.")
     layers = [l for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
     if isinstance(model, keras.Sequential):
         chain = [(layer, 0) for layer in layers]
