@@ -146,6 +146,9 @@ def _output_names(model: keras.Model) -> list[str]:
     a list, each output's layer name, and where several outputs come from one layer (an RNN's
     output and its returned states) `<layer>_final_<state>` or `<layer>_output<i>`."""
     if isinstance(model._outputs_struct, dict):
+        if len(model._outputs_struct) != len(model.outputs):
+            raise UnsupportedModel(f"Model {model.name!r} returns a nested structure of outputs; return a flat "
+                                   "list or dict of tensors.")
         return [str(k) for k in sorted(model._outputs_struct)]  # Keras flattens a dict by sorted key
     histories = [t._keras_history for t in model.outputs]
     layers = [h.operation.name for h in histories]
@@ -189,8 +192,9 @@ def _named_reference(reference: Callable, outputs: tuple[OutputSpec, ...]) -> Ca
 
     def call(inputs, lengths=None):
         result = reference(inputs, lengths)
-        values = [result[k] for k in sorted(result)] if isinstance(result, dict) else list(result)
-        return {o.name: value for o, value in zip(outputs, values)}
+        if isinstance(result, dict):
+            return {o.name: result[o.name] for o in outputs}
+        return {o.name: value for o, value in zip(outputs, result)}
 
     return call
 
