@@ -434,13 +434,20 @@ def probe_step(model: keras.Model, step: Callable, x, states):
 
 
 def keras_reference(model: keras.Model, layers) -> Callable:
-    """The ground truth: the Keras model's own call on the whole sequence (stateful layers reset)."""
+    """The ground truth: the Keras model's own call on the whole sequence (stateful layers reset).
+
+    One output comes back as a tensor even where the model wraps it in a dict or list of one.
+    """
+    single = len(model.outputs) == 1
 
     def reference(inputs, lengths=None):
         for layer in layers:
             if isinstance(layer, keras.layers.RNN) and layer.stateful:
                 layer.reset_states()
-        return model(inputs, training=False)
+        result = model(inputs, training=False)
+        if single and isinstance(result, (dict, list, tuple)):
+            (result,) = result.values() if isinstance(result, dict) else result
+        return result
 
     return reference
 
