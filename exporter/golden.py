@@ -2,7 +2,8 @@
 
 Two kinds of reference, both checked later in a fresh process:
 - `<signature>/...`: what the traced signatures computed before saving (reload check);
-- `reference/...`: what the SOURCE model's own full-sequence call computed (ground truth).
+- `reference/...`: what the SOURCE model's own full-sequence call computed (ground truth),
+  every output by its key (`outputs`, or each name of a model with several outputs).
 
 Keys: `<sig>/in/<key>`, `<sig>/out/<key>`, `<sig>/w/<key>` (loss weights),
 `<sig>/grad/<key>`, `<sig>/grad_var/<i>`, `var/<i>` (trained weights).
@@ -136,12 +137,16 @@ def _reference(model: StepModel, feed: dict, rng) -> dict[str, np.ndarray]:
     variables = list(model.reference_variables or model.trainable_variables)
 
     def call(tensors):
-        return {"outputs": model.reference_fn(tensors["inputs"], tensors.get("lengths"))}
+        outputs = model.reference_fn(tensors["inputs"], tensors.get("lengths"))
+        if not model.outputs:
+            return {"outputs": outputs}
+        return {o.name: outputs[o.name] for o in model.outputs}
 
     first = call({k: tf.constant(v) for k, v in feed.items()})
-    weights = _loss_weights(rng, {"outputs": first["outputs"].numpy()})
+    weights = _loss_weights(rng, {k: v.numpy() for k, v in first.items()})
     outputs, input_grads, var_grads = outputs_and_gradients(call, feed, weights, variables)
-    golden = {"reference/out/outputs": outputs["outputs"], "reference/w/outputs": weights["outputs"]}
+    golden = {f"reference/out/{k}": v for k, v in outputs.items()}
+    golden.update({f"reference/w/{k}": v for k, v in weights.items()})
     golden.update({f"reference/grad/{k}": v for k, v in input_grads.items()})
     golden.update({f"reference/grad_var/{i}": v for i, v in enumerate(var_grads)})
     return golden

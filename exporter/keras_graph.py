@@ -22,8 +22,9 @@ import numpy as np
 import tensorflow as tf
 
 from exporter.artifact.errors import SeqExportError, UnsupportedModel
-from exporter.artifact.specs import StateSpec
+from exporter.artifact.specs import OutputSpec, StateSpec
 from exporter.keras_step import (
+    _STATE_NAMES,
     _binder,
     _fail,
     _has_mask_source,
@@ -140,8 +141,67 @@ def _why_not_per_step_node(node) -> str | None:
     return one_step_mismatch(call, [whole_in[k] for k in keys], whole)
 
 
+def _output_names(model: keras.Model) -> list[str]:
+    """The serving key of each of several outputs, in `model.outputs` order: a dict's own keys; for
+    a list, each output's layer name, and where several outputs come from one layer (an RNN's
+    output and its returned states) `<layer>_final_<state>` or `<layer>_output<i>`."""
+    if isinstance(model._outputs_struct, dict):
+        if len(model._outputs_struct) != len(model.outputs):
+            raise UnsupportedModel(f"Model {model.name!r} returns a nested structure of outputs; return a flat "
+                                   "list or dict of tensors.")
+        return [str(k) for k in sorted(model._outputs_struct)]  # Keras flattens a dict by sorted key
+    histories = [t._keras_history for t in model.outputs]
+    layers = [h.operation.name for h in histories]
+    names = []
+    for history, layer in zip(histories, layers):
+        if layers.count(layer) == 1:
+            names.append(layer)
+            continue
+        operation, index = history.operation, int(history.tensor_index)
+        if isinstance(operation, keras.layers.RNN) and index >= 1:
+            labels = _STATE_NAMES.get(type(operation.cell).__name__)
+            names.append(f"{layer}_final_{labels[index - 1] if labels else f'state{index - 1}'}")
+        else:
+            names.append(f"{layer}_output{index}")
+    return names
+
+
+def _output_specs(model: keras.Model, outputs, kinds: dict, states) -> tuple[OutputSpec, ...]:
+    """One `OutputSpec` per model output (`outputs`: one probe step's values), named as Keras names them."""
+    names = _output_names(model)
+    taken = {"inputs", "lengths", "x", "batch_size"} | {s.name for s in states}
+    clashes = sorted({n for n in names if names.count(n) > 1 or n in taken})
+    if clashes:
+        raise UnsupportedModel(
+            f"Model {model.name!r} has several outputs and their names {clashes} are repeated or clash with a "
+            f"state or input key (states: {[s.name for s in states]}). Return a dict of outputs with other keys "
+            "(`keras.Model(x, {'name': tensor, ...})`), or rename those layers.")
+    specs = []
+    for name, tensor, value in zip(names, model.outputs, outputs):
+        try:
+            specs.append(OutputSpec(name=name, shape=tuple(int(d) for d in value.shape[1:]), dtype=value.dtype.name,
+                                    last_step=kinds[id(tensor)] == LAST_STEP))
+        except ValueError as exc:
+            raise UnsupportedModel(f"Model {model.name!r}: output {name!r} cannot be a serving key ({exc}). "
+                                   "Return a dict of outputs with other keys.") from None
+    return tuple(specs)
+
+
+def _named_reference(reference: Callable, outputs: tuple[OutputSpec, ...]) -> Callable:
+    """The Keras call's list or dict of outputs as a dict by output name (what goldens record)."""
+
+    def call(inputs, lengths=None):
+        result = reference(inputs, lengths)
+        if isinstance(result, dict):
+            return {o.name: result[o.name] for o in outputs}
+        return {o.name: value for o, value in zip(outputs, result)}
+
+    return call
+
+
 def graph_step_model(model: keras.Model, description: str) -> StepModel:
-    """The step model of a functional model with one sequence input and one output, any graph between.
+    """The step model of a functional model with one sequence input and one or several outputs
+    (a list or dict: its step then returns one per-step tensor each), any graph between.
 
     Raises:
         UnsupportedModel: naming the node that cannot run step by step.
@@ -165,7 +225,8 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
                          f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from None
         kinds.update(zip(graph_node.outputs, graph_node.kinds))
         nodes.append(graph_node)
-    output_id = id(model.outputs[0])
+    output_ids = [id(t) for t in model.outputs]
+    several = len(output_ids) > 1
     states = tuple(s for n in nodes for s in n.states)
     if not states:
         raise UnsupportedModel(f"Model {model.name!r} has no recurrent layer and no causal convolution; "
@@ -179,7 +240,9 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
             values.update(zip(node.outputs, outputs))
             new_states.extend(new)
             offset += count
-        return values[output_id], tuple(new_states)
+        if several:
+            return tuple(values[i] for i in output_ids), tuple(new_states)
+        return values[output_ids[0]], tuple(new_states)
 
     def step(x, prev_states):
         return masked_step(x, prev_states, None)
@@ -188,20 +251,24 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
     input_dtype = tf.as_dtype(x_tensor.dtype).name
     y, _ = probe_step(model, step, tf.zeros((1, *input_shape), input_dtype),
                       tuple(tf.zeros((1, *s.shape), s.dtype) for s in states))
+    outputs = _output_specs(model, y, kinds, states) if several else ()
+    first = y[0] if several else y
+    reference = keras_reference(model, layers)
 
     return StepModel(
         step_fn=step,
         bind_step=_binder(model, masked_step),
         input_shape=input_shape,
         input_dtype=input_dtype,
-        output_shape=tuple(int(d) for d in y.shape[1:]),
-        output_dtype=y.dtype.name,
+        output_shape=tuple(int(d) for d in first.shape[1:]),
+        output_dtype=first.dtype.name,
+        outputs=outputs,
         states=states,
         variables=tuple(v.value for v in model.variables),
         trainable_variables=tuple(v.value for v in model.trainable_variables),
         trainable_names=tuple(v.path for v in model.trainable_variables),
-        last_step_only=kinds[output_id] == LAST_STEP,
-        reference_fn=keras_reference(model, layers),
+        last_step_only=not several and kinds[output_ids[0]] == LAST_STEP,
+        reference_fn=_named_reference(reference, outputs) if several else reference,
         reference_batch=_stateful_batch(layers),
         input_vocab=next((l.input_dim for l in layers if isinstance(l, keras.layers.Embedding)), None),
         description=description or f"Keras model {model.name!r}",

@@ -289,12 +289,14 @@ def _sequence_layers(model: keras.Model) -> list[tuple[object, int]]:
 
     Nested Sequential and functional chains are flattened into the chain.
     """
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
+    if len(model.inputs) != 1:
         raise UnsupportedModel(
-            f"Model {model.name!r} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
-            "seqexport exports a model with one sequence input and one output (several inputs, "
-            "outputs and branches are not supported yet; a step-model factory can express them)."
+            f"Model {model.name!r} has {len(model.inputs)} inputs; seqexport exports a model with one "
+            "sequence input (several sequence inputs and static inputs are not supported yet; a "
+            "step-model factory can express them, see the README)."
         )
+    if len(model.outputs) != 1:
+        raise NotAChain(f"Model {model.name!r} has {len(model.outputs)} outputs: a graph, not a chain.")
     layers = [l for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
     if isinstance(model, keras.Sequential):
         chain = [(layer, 0) for layer in layers]
@@ -432,13 +434,20 @@ def probe_step(model: keras.Model, step: Callable, x, states):
 
 
 def keras_reference(model: keras.Model, layers) -> Callable:
-    """The ground truth: the Keras model's own call on the whole sequence (stateful layers reset)."""
+    """The ground truth: the Keras model's own call on the whole sequence (stateful layers reset).
+
+    One output comes back as a tensor even where the model wraps it in a dict or list of one.
+    """
+    single = len(model.outputs) == 1
 
     def reference(inputs, lengths=None):
         for layer in layers:
             if isinstance(layer, keras.layers.RNN) and layer.stateful:
                 layer.reset_states()
-        return model(inputs, training=False)
+        result = model(inputs, training=False)
+        if single and isinstance(result, (dict, list, tuple)):
+            (result,) = result.values() if isinstance(result, dict) else result
+        return result
 
     return reference
 

@@ -15,7 +15,7 @@ import numpy
 import tensorflow as tf
 
 from exporter.artifact import golden_io
-from exporter.artifact.errors import BadInput, VerifyFailed
+from exporter.artifact.errors import BadInput, VerifyFailed, several_outputs_unsupported
 from exporter.artifact.manifest import write_manifest
 from exporter.artifact.paths import golden_path
 from exporter.artifact.specs import MANIFEST_FORMAT_VERSION, ExportOptions, Manifest, VerifyReport
@@ -119,6 +119,7 @@ def write_export(
         states=step_model.states,
         masked=step_model.masked,
         last_step_only=step_model.last_step_only,
+        outputs=step_model.outputs,
         trainable_variables=step_model.variable_names(),
         options=options,
         versions=_tool_versions(),
@@ -223,6 +224,9 @@ def _load(model_ref, options: ExportOptions):
             f"--with-input-gradients needs float inputs; this model takes {step_model.input_dtype} "
             "(token ids have no gradient)."
         )
+    if options.targets and step_model.outputs:
+        raise BadInput(several_outputs_unsupported(
+            f"--targets {','.join(options.targets)}", [o.name for o in step_model.outputs]))
     return step_model, kind
 
 

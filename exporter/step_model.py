@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from exporter.artifact.specs import StateSpec
+from exporter.artifact.specs import OutputSpec, StateSpec
 
 StepFn = Callable[[Any, tuple], tuple[Any, tuple]]
 MaskedStepFn = Callable[[Any, tuple, Any], tuple[Any, tuple]]
@@ -60,6 +60,11 @@ class StepModel:
             (default: the variables' own names, numbered where they clash).
         input_vocab: for integer inputs (token ids), the number of ids; probes draw from it.
         description: one line naming the source, for reports.
+        outputs: for a model with several outputs, one `OutputSpec` each (at least two):
+            the step then returns a tuple of per-step outputs in this order, the signatures
+            key them by name, `reference_fn` returns them as a dict by name, and
+            `output_shape`/`output_dtype` describe the first. Empty: one output. Not with
+            `head`, `fused_unroll`, a mask or `last_step_only` (each output says its own).
 
     Example:
         >>> import tensorflow as tf
@@ -94,6 +99,7 @@ class StepModel:
     trainable_names: tuple[str, ...] | None = None
     input_vocab: int | None = None
     description: str = ""
+    outputs: tuple[OutputSpec, ...] = ()
 
     def __post_init__(self):
         if not callable(self.step_fn):
@@ -112,10 +118,24 @@ class StepModel:
             raise ValueError("`head` needs `bind_step` (whose step returns the core output) and `core_output_shape`.")
         if self.fused_unroll is not None and self.masked:
             raise ValueError("`fused_unroll` is for models without a mask; drop it or `masked_step_fn`.")
+        if self.outputs:
+            self._check_outputs(names)
         if self.reference_variables is not None and len(self.reference_variables) != len(
             self.trainable_variables
         ):
             raise ValueError("`reference_variables` must match `trainable_variables` one to one.")
+
+    def _check_outputs(self, state_names: list[str]) -> None:
+        if len(self.outputs) < 2 or not all(isinstance(o, OutputSpec) for o in self.outputs):
+            raise TypeError("`outputs` must be empty (one output) or two or more exporter.OutputSpec.")
+        names = [o.name for o in self.outputs]
+        clashes = sorted({n for n in names if names.count(n) > 1}
+                         | ({"inputs", "lengths", "x", "batch_size", *state_names} & set(names)))
+        if clashes:
+            raise ValueError(f"output names {clashes} are repeated or clash with input or state keys "
+                             f"(states: {state_names}); rename those outputs.")
+        if self.head is not None or self.fused_unroll is not None or self.masked or self.last_step_only:
+            raise ValueError("several `outputs` go without `head`, `fused_unroll`, a mask and `last_step_only`.")
 
     def variable_names(self) -> tuple[str, ...]:
         if self.trainable_names is not None:
@@ -151,7 +171,8 @@ class StepModel:
         """The least precise float dtype of the outputs and states: what the tolerances follow
         (a `mixed_float16` model computes in float16 even where its head returns float32)."""
         order = ("bfloat16", "float16", "float32", "float64")
-        floats = [d for d in (self.output_dtype, self.loop_output_dtype(), *(s.dtype for s in self.states))
+        floats = [d for d in (self.output_dtype, self.loop_output_dtype(), *(o.dtype for o in self.outputs),
+                              *(s.dtype for s in self.states))
                   if d in order]
         return min(floats, key=order.index) if floats else self.output_dtype
 

@@ -51,6 +51,7 @@ def unroll(model: StepModel, inputs, states: tuple, lengths=None, *, fused: bool
     """Runs the step over `inputs [B, T, ...]` from `states`; returns (outputs [B, T, ...], states).
 
     `fused`: run the model's `fused_unroll` (whole-sequence kernels) instead of the loop.
+    A model with several `outputs` returns a tuple of them, each `[B, T, ...]`.
     """
     if fused:
         outputs, final = model.fused_unroll(inputs, tuple(states))
@@ -61,30 +62,45 @@ def unroll(model: StepModel, inputs, states: tuple, lengths=None, *, fused: bool
     input_ta = tf.TensorArray(
         inputs.dtype, size=steps, element_shape=tf.TensorShape([None, *model.input_shape])
     ).unstack(time_major)
-    loop_shape = model.loop_output_shape()
-    output_ta = tf.TensorArray(
-        tf.as_dtype(model.loop_output_dtype()),
-        size=steps,
-        element_shape=tf.TensorShape([None, *loop_shape]),
+    several = bool(model.outputs)
+    if several:
+        written = [(tuple(o.shape), o.dtype) for o in model.outputs]
+    else:
+        written = [(model.loop_output_shape(), model.loop_output_dtype())]
+    output_tas = tuple(
+        tf.TensorArray(tf.as_dtype(dtype), size=steps, element_shape=tf.TensorShape([None, *shape]))
+        for shape, dtype in written
     )
     state_shapes = [tf.TensorShape([None, *s.shape]) for s in model.states]
     step = model.bound_step()  # outside the loop: variables are read here, once
+    count = len(output_tas)
 
-    def body(t, output_ta, *state):
+    def body(t, *carried):
+        output_tas, state = carried[:count], carried[count:]
         x_t = input_ta.read(t)
         mask = None if lengths is None else t < lengths
         y_t, new_state = step(x_t, tuple(state), mask)
         new_state = tuple(new_state)
         for tensor, shape in zip(new_state, state_shapes):
             tensor.set_shape(shape)
-        return (t + 1, output_ta.write(t, y_t), *new_state)
+        ys = tuple(y_t) if several else (y_t,)
+        return (t + 1, *(ta.write(t, y) for ta, y in zip(output_tas, ys)), *new_state)
 
-    _, output_ta, *final = tf.while_loop(
+    _, *carried = tf.while_loop(
         lambda t, *_: t < steps,
         body,
-        (tf.constant(0), output_ta, *states),
+        (tf.constant(0), *output_tas, *states),
         maximum_iterations=steps,
     )
+    output_tas, final = carried[:count], carried[count:]
+    stacked = tuple(_stacked(ta, inputs, shape, dtype) for ta, (shape, dtype) in zip(output_tas, written))
+    if several:
+        return stacked, tuple(final)
+    return model.apply_head(stacked[0]), tuple(final)
+
+
+def _stacked(output_ta, inputs, shape, dtype):
+    """`output_ta`'s steps as `[B, T, *shape]`."""
     # Stacked with the element shape known at run time (batch included): stacking an empty
     # list (T=0, which must return the state unchanged) fails on a partly unknown one.
     if tf.executing_eagerly():  # a reference run outside tf.function: a Python list underneath
@@ -92,13 +108,12 @@ def unroll(model: StepModel, inputs, states: tuple, lengths=None, *, fused: bool
     else:
         outputs = tf.raw_ops.TensorListStack(
             input_handle=output_ta.flow,
-            element_shape=tf.stack([tf.shape(inputs)[0], *loop_shape]),
-            element_dtype=tf.as_dtype(model.loop_output_dtype()),
+            element_shape=tf.stack([tf.shape(inputs)[0], *shape]),
+            element_dtype=tf.as_dtype(dtype),
             num_elements=-1,
         )
-        outputs.set_shape([None, None, *loop_shape])
-    outputs = tf.transpose(outputs, [1, 0, *range(2, len(loop_shape) + 2)])
-    return model.apply_head(outputs), tuple(final)
+        outputs.set_shape([None, None, *shape])
+    return tf.transpose(outputs, [1, 0, *range(2, len(shape) + 2)])
 
 
 def _zero_states(model: StepModel, batch) -> tuple:
@@ -152,26 +167,32 @@ def trace(
     def state_outputs(states) -> dict:
         return dict(zip(state_names, states))
 
+    def named(outputs, *, last: bool = False) -> dict:
+        """The output(s) by serving key; `last`: each last-step output at its last step."""
+        if not model.outputs:
+            return {"outputs": outputs[:, -1] if last and model.last_step_only else outputs}
+        return {o.name: (y[:, -1] if last and o.last_step else y) for o, y in zip(model.outputs, outputs)}
+
     def predict_outputs(feed, fused=False):
         inputs = feed["inputs"]
         outputs, final = unroll(
             model, inputs, _zero_states(model, tf.shape(inputs)[0]), feed.get("lengths"), fused=fused
         )
-        if model.last_step_only:
-            outputs = outputs[:, -1]
-        return outputs, final
+        return named(outputs, last=True), final
 
     def predict(feed, fused=False):
         outputs, final = predict_outputs(feed, fused)
-        return {"outputs": outputs, **state_outputs(final)}
+        return {**outputs, **state_outputs(final)}
 
     def stream(feed, fused=False):
         states = tuple(feed[n] for n in state_names)
         outputs, final = unroll(model, feed["inputs"], states, feed.get("lengths"), fused=fused)
-        return {"outputs": outputs, **state_outputs(final)}
+        return {**named(outputs), **state_outputs(final)}
 
     def step(feed):
         y, new = model.bound_step()(feed["x"], tuple(feed[n] for n in state_names))
+        if model.outputs:
+            return {**{o.name: value for o, value in zip(model.outputs, y)}, **state_outputs(new)}
         y = model.apply_head(y)
         return {"y": y, **state_outputs(new)}
 
@@ -183,15 +204,25 @@ def trace(
         with tf.GradientTape() as tape:
             tape.watch(inputs)
             outputs, _ = predict_outputs(feed)
-            total = tf.reduce_sum(outputs)
+            if model.outputs:
+                total = tf.add_n([tf.reduce_sum(y) for y in outputs.values()])
+            else:
+                total = tf.reduce_sum(outputs["outputs"])
         return {"input_gradients": tape.gradient(total, inputs)}
 
+    if model.outputs:
+        seq_outputs = [_desc(o.name, (None, None, *o.shape), o.dtype) for o in model.outputs]
+        predict_descs = [_desc(o.name, (None, *o.shape) if o.last_step else (None, None, *o.shape), o.dtype)
+                         for o in model.outputs]
+        step_outputs = [_desc(o.name, (None, *o.shape), o.dtype) for o in model.outputs]
+    else:
+        seq_outputs = [out_seq]
+        predict_descs = [out_last if model.last_step_only else out_seq]
+        step_outputs = [_desc("y", (None, *model.output_shape), model.output_dtype)]
     table = [
-        (SignatureName.PREDICT, [seq_desc, *lengths_desc], predict,
-         [out_last if model.last_step_only else out_seq, *state_descs]),
-        (SignatureName.STREAM, [seq_desc, *state_descs, *lengths_desc], stream, [out_seq, *state_descs]),
-        (SignatureName.STEP, [x_desc, *state_descs], step,
-         [_desc("y", (None, *model.output_shape), model.output_dtype), *state_descs]),
+        (SignatureName.PREDICT, [seq_desc, *lengths_desc], predict, [*predict_descs, *state_descs]),
+        (SignatureName.STREAM, [seq_desc, *state_descs, *lengths_desc], stream, [*seq_outputs, *state_descs]),
+        (SignatureName.STEP, [x_desc, *state_descs], step, [*step_outputs, *state_descs]),
         (SignatureName.INITIAL_STATE, [_desc("batch_size", (), "int32")], initial_state, state_descs),
     ]
     if with_input_gradients:

@@ -9,7 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import pytest
 
 # Fixtures used by tests in several folders (a module's tests live where the module does).
-pytest_plugins = ["tests.fixtures.serving", "tests.fixtures.runtimes"]
+pytest_plugins = ["tests.fixtures.serving", "tests.fixtures.runtimes", "tests.fixtures.several_outputs"]
 
 
 @pytest.fixture(scope="session")

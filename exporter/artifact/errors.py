@@ -60,3 +60,14 @@ class ConversionFailed(SeqExportError):
     """
 
     exit_code = EXIT_CHECK_FAILED
+
+
+def several_outputs_unsupported(what: str, names) -> str:
+    """The message of a `BadInput` where `what` cannot take an export with several outputs yet."""
+    names = list(names)
+    return (
+        f"{what} supports exports with one output; this one has {len(names)} ({', '.join(names)}). "
+        "Not supported yet for several outputs: the streaming session's state carry, the LiteRT, ONNX "
+        "and Triton conversions, and exporting again from the SavedModel. The TF export itself returns every output by name from `serving_default`, "
+        "`stream` and `step` (TF Serving, `seqexport serve`): call those signatures directly."
+    )

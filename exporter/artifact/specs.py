@@ -12,7 +12,9 @@ import re
 # Manifest format history (bump on any change a reader must know about):
 #   Version 1, 2026-11-23: first format: signatures, states, source, checks.
 #   Version 2, 2026-12-01: adds verify_timings (seconds per check) and verify_peak_rss_mb.
-MANIFEST_FORMAT_VERSION = 2
+#   Version 3, 2026-12-01: adds `outputs` (the output names of a model with several outputs;
+#       empty for one output, keyed `outputs`, `y` in `step`, as before).
+MANIFEST_FORMAT_VERSION = 3
 MIN_SUPPORTED_MANIFEST_VERSION = 1
 
 # TF Serving, gRPC and REST all accept these in tensor and signature keys.
@@ -109,6 +111,38 @@ class StateSpec:
 
     @classmethod
     def from_json(cls, data: dict) -> "StateSpec":
+        return cls(**(data | {"shape": tuple(data["shape"])}))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OutputSpec:
+    """One output of a model with several outputs (a list or dict of Keras outputs).
+
+    Attributes:
+        name: its serving key in `serving_default`, `stream` and `step` (the Keras output name).
+        shape: per-step shape, without batch and time.
+        dtype: dtype name.
+        last_step: `serving_default` returns its last step `[B, ...]` (an RNN without
+            `return_sequences`, or a returned state) instead of `[B, T, ...]`; `stream`
+            returns every step of it, `step` the one step.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    last_step: bool = False
+
+    def __post_init__(self):
+        if not _KEY_PATTERN.match(self.name):
+            raise ValueError(
+                f"`name` must match {_KEY_PATTERN.pattern} to be a serving key. Got: {self.name!r}"
+            )
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self) | {"shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "OutputSpec":
         return cls(**(data | {"shape": tuple(data["shape"])}))
 
 
@@ -312,7 +346,9 @@ class Manifest:
     the order and names of `states` (each is both an input and an output key of
     `stream` and `step`), and dtypes. `masked` says `serving_default` and `stream`
     take `lengths [B]`. `last_step_only` says `serving_default` returns the last
-    step's output `[B, O]` instead of `[B, T, O]`. DO NOT RELY on `checks` beyond
+    step's output `[B, O]` instead of `[B, T, O]`. `outputs` is empty for a model with
+    one output (keys `outputs`, and `y` in `step`); for several, it lists them in order:
+    each is an output key of `serving_default`, `stream` and `step`. DO NOT RELY on `checks` beyond
     reading them: rows may be added. `batch_independent` is None until that check
     ran; only `True` allows server-side batching (`batch_offdiag_max` is the largest
     off-diagonal `(batch, batch)` Jacobian block magnitude found). `verify_timings`
@@ -335,6 +371,13 @@ class Manifest:
     batch_offdiag_max: float | None = None
     verify_timings: dict = dataclasses.field(default_factory=dict)
     verify_peak_rss_mb: float | None = None
+    outputs: tuple[OutputSpec, ...] = ()
+
+    def output_keys(self) -> tuple[tuple[str, str, bool], ...]:
+        """(key in `serving_default`/`stream`, key in `step`, last step only) of each output."""
+        if not self.outputs:
+            return (("outputs", "y", self.last_step_only),)
+        return tuple((o.name, o.name, o.last_step) for o in self.outputs)
 
     def signature(self, name: str) -> SignatureSpec:
         for sig in self.signatures:
@@ -361,6 +404,7 @@ class Manifest:
             "batch_offdiag_max": self.batch_offdiag_max,
             "verify_timings": {k: round(v, 3) for k, v in self.verify_timings.items()},
             "verify_peak_rss_mb": self.verify_peak_rss_mb,
+            "outputs": [o.to_json() for o in self.outputs],
         }
 
     @classmethod
@@ -390,6 +434,7 @@ class Manifest:
             batch_offdiag_max=data.get("batch_offdiag_max"),
             verify_timings=dict(data.get("verify_timings", {})),
             verify_peak_rss_mb=data.get("verify_peak_rss_mb"),
+            outputs=tuple(OutputSpec.from_json(o) for o in data.get("outputs", [])),
         )
 
 

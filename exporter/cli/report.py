@@ -279,6 +279,9 @@ def manifest_tables(manifest: Manifest) -> list:
         ("masked (takes lengths)", str(manifest.masked)),
         ("last step only", str(manifest.last_step_only)),
     ]
+    if manifest.outputs:
+        facts.append(("outputs (by name)", ", ".join(
+            f"{o.name}{' (last step)' if o.last_step else ''}" for o in manifest.outputs)))
     if manifest.batch_independent is not None:
         facts.append(("batch independent", f"{manifest.batch_independent} (largest off-diagonal |J| "
                                            f"{compact(manifest.batch_offdiag_max)})"))

@@ -142,18 +142,19 @@ class _Checker:
             self.compare_many("reload", name, outputs, _section(self.golden, f"{name}/out/"), self.tol)
 
     def ground_truth(self):
-        if "reference/out/outputs" not in self.golden:
+        want = _section(self.golden, "reference/out/")
+        if not want:
             return
         predict = self.signature(SignatureName.PREDICT.value)
         feed = _section(self.golden, f"{SignatureName.PREDICT.value}/in/")
-        weights = {"outputs": self.golden["reference/w/outputs"]}
-        call = lambda f: {"outputs": predict(**f)["outputs"]}  # noqa: E731
+        weights = _section(self.golden, "reference/w/")
+        keys = sorted(want)
+        call = lambda f: {k: v for k, v in predict(**f).items() if k in keys}  # noqa: E731
         plain = self.gradient_caller(SignatureName.PREDICT.value)
-        grad_call = lambda f: {"outputs": plain(f)["outputs"]}  # noqa: E731
+        grad_call = lambda f: {k: v for k, v in plain(f).items() if k in keys}  # noqa: E731
         outputs = self.run_with_gradients("source ", "serving_default", call, feed, weights, "reference",
                                           grad_call=grad_call)
-        self.add(compare("source", "serving_default", "outputs", outputs["outputs"],
-                         self.golden["reference/out/outputs"], self.tol))
+        self.compare_many("source", "serving_default", outputs, want, self.tol)
 
     def chunking(self):
         tf = self.tf
@@ -162,6 +163,7 @@ class _Checker:
         inputs = feed["inputs"]
         batch, steps = inputs.shape[:2]
         state_names = [s.name for s in self.manifest.states]
+        output_keys = self.manifest.output_keys()
         signature = self.signature(SignatureName.STREAM.value)
         forward = lambda f: signature(**f)  # noqa: E731
         backward = self.gradient_caller(SignatureName.STREAM.value)
@@ -174,18 +176,21 @@ class _Checker:
 
             def chained(tensors, bounds=bounds, stream=forward):
                 states = dict(initial)
-                pieces = []
+                pieces = {key: [] for key, _, _ in output_keys}
                 for start, stop in zip(bounds[:-1], bounds[1:]):
                     chunk = {"inputs": tensors["inputs"][:, start:stop], **states}
                     if "lengths" in tensors:
                         chunk["lengths"] = tf.clip_by_value(tensors["lengths"] - start, 0, stop - start)
                     result = stream(chunk)
-                    pieces.append(result["outputs"])
+                    for key in pieces:
+                        pieces[key].append(result[key])
                     states = {n: result[n] for n in state_names}
-                outputs = tf.concat(pieces, axis=1)
-                if self.manifest.last_step_only:
-                    outputs = outputs[:, -1]
-                return {"outputs": outputs, **states}
+                outputs = {}
+                for key, _, last_step in output_keys:
+                    outputs[key] = tf.concat(pieces[key], axis=1)
+                    if last_step:
+                        outputs[key] = outputs[key][:, -1]
+                return {**outputs, **states}
 
             label = f"stream x{chunks}"
             outputs = self.run_with_gradients(
@@ -203,13 +208,16 @@ class _Checker:
         if self.manifest.masked:
             feed["lengths"] = tf.fill([inputs.shape[0]], inputs.shape[1])
         want = {k: v.numpy() for k, v in predict(**feed).items()}
-        states, ys = dict(initial), []
+        output_keys = self.manifest.output_keys()
+        states, ys = dict(initial), {key: [] for key, _, _ in output_keys}
         for t in range(inputs.shape[1]):
             result = step(x=tf.constant(inputs[:, t]), **states)
-            ys.append(result["y"])
+            for key, step_key, _ in output_keys:
+                ys[key].append(result[step_key])
             states = {n: result[n] for n in state_names}
-        outputs = ys[-1] if self.manifest.last_step_only else tf.stack(ys, axis=1)
-        got = {"outputs": outputs.numpy(), **{k: v.numpy() for k, v in states.items()}}
+        got = {key: (ys[key][-1] if last_step else tf.stack(ys[key], axis=1)).numpy()
+               for key, _, last_step in output_keys}
+        got.update({k: v.numpy() for k, v in states.items()})
         self.compare_many("chunked", f"step x{inputs.shape[1]}", got, want, self.tol)
 
     def higher_order(self):

@@ -153,9 +153,44 @@ NOT_STREAMABLE = {
 }
 
 
+# --- several outputs: a list or dict of Keras outputs, each returned by name -----------------------------
+
+def _two_heads_on_gru():
+    x = keras.Input((None, F))
+    h = L.GRU(4, return_sequences=True)(x)
+    return keras.Model(x, [L.Dense(2, name="left")(h), L.Dense(1, activation="sigmoid", name="right")(h)])
+
+
+def _head_and_lstm_states():
+    x = keras.Input((None, F))
+    sequence, h, c = L.LSTM(4, return_sequences=True, return_state=True, name="lstm")(x)
+    return keras.Model(x, [L.Dense(2, name="head")(sequence), h, c])
+
+
+def _dict_of_outputs():
+    x = keras.Input((None, F))
+    h = L.SimpleRNN(3, return_sequences=True)(L.Dense(4, activation="tanh")(x))
+    last = L.GRU(2, name="summary")(h)  # the last step only: `serving_default` returns [B, 2]
+    return keras.Model(x, {"scores": L.Dense(3, name="scores_head")(h), "summary": last})
+
+
+# name: (builder, the output keys of `serving_default`, `stream` and `step` in order, which are last-step)
+SEVERAL_OUTPUTS = {
+    "two_heads_on_gru": (_two_heads_on_gru, ("left", "right"), ()),
+    "head_and_lstm_states": (_head_and_lstm_states, ("head", "lstm_final_h", "lstm_final_c"),
+                             ("lstm_final_h", "lstm_final_c")),
+    "dict_of_outputs": (_dict_of_outputs, ("scores", "summary"), ("summary",)),
+}
+
+
+def two_outputs():
+    """A factory for `seqexport export tests.exporter.real_models:two_outputs`."""
+    return build("two_heads_on_gru")
+
+
 def build(name: str) -> keras.Model:
     keras.utils.set_random_seed(7)
-    entry = STREAMABLE.get(name) or NOT_STREAMABLE[name][0]
+    entry = STREAMABLE.get(name) or (SEVERAL_OUTPUTS[name][0] if name in SEVERAL_OUTPUTS else NOT_STREAMABLE[name][0])
     model = entry()
     for variable in model.trainable_variables:
         if "bias" in variable.path:
@@ -187,12 +222,6 @@ def two_inputs():
     x, static = keras.Input((None, F)), keras.Input((2,))
     h = L.LSTM(4, return_sequences=True)(x)
     return keras.Model([x, static], L.Dense(2)(h) + L.Dense(2)(static)[:, None])
-
-
-def two_outputs():
-    x = keras.Input((None, F))
-    h = L.LSTM(4, return_sequences=True)(x)
-    return keras.Model(x, [L.Dense(2)(h), L.Dense(1)(h)])
 
 
 def last_step_into_rnn():
@@ -234,8 +263,8 @@ def no_recurrence():
 # function name: what the message must name
 REFUSED_CONSTRUCTS = {
     "subclassed": "subclassed keras.Model",
-    "two_inputs": "2 inputs and 1 outputs",
-    "two_outputs": "1 inputs and 2 outputs",
+    "two_inputs": "has 2 inputs; seqexport exports a model with one sequence input (several sequence inputs and "
+                  "static inputs are not supported yet",
     "last_step_into_rnn": "merges a per-step tensor with a last-step one",
     "self_attention": "MultiHeadAttention",
     "bidirectional": "Bidirectional",

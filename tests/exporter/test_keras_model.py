@@ -100,3 +100,16 @@ def test_probe_refuses_layers_that_mix_time(name):
         step_model_from_keras(real_models.build(name))
     print(info.value)
     assert expected in str(info.value)
+
+
+@pytest.mark.parametrize("wrap", [lambda y: {"only": y}, lambda y: [y]])
+def test_one_output_in_a_dict_or_list_keeps_the_one_output_keys(tmp_path, wrap):
+    """A dict or list of one output is one output: keys `outputs` and `y`, the source check on it."""
+    x = keras.Input((None, 3))
+    model = keras.Model(x, wrap(keras.layers.Dense(2)(keras.layers.GRU(4, return_sequences=True, name="gru")(x))))
+    step_model = step_model_from_keras(model)
+    assert step_model.outputs == ()
+    manifest = write_export(step_model, tmp_path / "e", name="one", source={"kind": "test"}, options=NO_HVP)
+    assert {t.name for t in manifest.signature("step").outputs} == {"y", "gru_h"}
+    want = np.asarray(tf.nest.flatten(model(np.ones((1, 6, 3), "float32")))[0])
+    np.testing.assert_array_equal(np.asarray(step_model.reference_fn(tf.ones((1, 6, 3)))), want)

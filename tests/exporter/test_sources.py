@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -35,3 +37,12 @@ def test_saved_model_without_step_signature_is_refused(tmp_path):
     assert result.exit_code == 2
     assert "no 'step' signature" in " ".join(result.output.split())
     assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
+
+
+def test_reexport_of_several_outputs_is_refused_naming_them(several_output_exports, tmp_path):
+    path = several_output_exports["head_and_lstm_states"].path
+    result = CliRunner().invoke(app, ["export", str(path), "--name", "m", "--base", str(tmp_path / "b"), "--json"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert ("supports exports with one output; this one has 3 (head, lstm_final_h, lstm_final_c)"
+            in json.loads(result.stdout)["error"])

@@ -194,3 +194,50 @@ def test_cli_refuses_bad_bases_and_busy_ports(serving_base, server):
     for args in (("--name", "../demo"), ("--label", "../x:stable=1")):  # never a folder outside BASE
         code, output = run(str(serving_base), *args)
         assert code == 2 and "is not allowed" in output, output
+
+
+@pytest.fixture(scope="module")
+def several_outputs_server(several_output_exports):
+    """`seqexport serve` over the several-output exports (`NAME/1` each, warmup replayed on load)."""
+    from serving.server.server import ModelServer, ServerOptions
+
+    base = next(iter(several_output_exports.values())).path.parent.parent
+    with ModelServer(ServerOptions(base=base, poll_seconds=0.2)) as running:
+        for name in several_output_exports:
+            running.wait_until_available(name, timeout=60)
+        yield running
+
+
+@pytest.mark.parametrize("kind", ["grpc", "rest-columnar", "rest-row"])
+def test_every_output_is_served_by_name(several_outputs_server, several_output_exports, kind):
+    """The server answers each signature with every output the SavedModel returns, over the wire."""
+    import tensorflow as tf
+
+    from tests.exporter import real_models
+    from tests.exporter.models import F
+
+    name = "head_and_lstm_states"
+    _, keys, _ = real_models.SEVERAL_OUTPUTS[name]
+    loaded = tf.saved_model.load(str(several_output_exports[name].path))
+    x = np.random.default_rng(3).normal(size=(2, 5, F)).astype(np.float32)
+    states = {k: v.numpy() for k, v in loaded.signatures["initial_state"](batch_size=tf.constant(2)).items()}
+    feeds = {"serving_default": {"inputs": x}, "stream": {"inputs": x, **states}, "step": {"x": x[:, 0], **states}}
+    with _backend(kind, several_outputs_server) as client:
+        for signature, feed in feeds.items():
+            got = client.predict(name, feed, signature=signature)
+            want = {k: v.numpy() for k, v in loaded.signatures[signature](**feed).items()}
+            assert set(got) == set(want) and set(keys) <= set(got), (signature, sorted(got))
+            for key in want:
+                np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-6)
+
+
+def test_a_session_refuses_several_outputs_by_name(several_outputs_server, several_output_exports):
+    from exporter.artifact.errors import BadInput
+    from serving.client import GrpcClient, SavedModelBackend
+
+    message = r"streaming session \(client-side state carry\) supports exports with one output; this one has 2 " \
+              r"\(left, right\)\. Not supported yet for several outputs"
+    with pytest.raises(BadInput, match=message):
+        SavedModelBackend(several_output_exports["two_heads_on_gru"].path)
+    with GrpcClient(several_outputs_server.grpc_target) as client, pytest.raises(BadInput, match=message):
+        client.backend("two_heads_on_gru")

@@ -59,3 +59,16 @@ def test_too_many_records(tmp_path):
             writer.write(b"")
     with pytest.raises(warmup.WarmupError, match="more than 3 records"):
         warmup.read_warmup(path, max_records=3)
+
+
+def test_several_outputs_get_records_that_return_every_output(several_output_exports):
+    """Records come from the goldens per signature, so several outputs need nothing special."""
+    export_dir = several_output_exports["dict_of_outputs"].path
+    loaded = tf.saved_model.load(str(export_dir))
+    logs = warmup.read_warmup(export_dir / WARMUP_FILE)
+    assert [log.predict_log.request.model_spec.signature_name for log in logs] == ["serving_default", "stream", "step"]
+    for log in logs:
+        request = log.predict_log.request
+        feed = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
+        outputs = loaded.signatures[request.model_spec.signature_name](**feed)
+        assert {"scores", "summary"} <= set(outputs)

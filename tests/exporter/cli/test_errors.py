@@ -223,3 +223,29 @@ def test_every_refused_construct_is_exit_2_with_a_json_error_and_no_traceback(tm
     assert real_models.REFUSED_CONSTRUCTS[construct] in payload["error"]
     assert "factory" in payload["error"]
     assert not base.exists() or not any(base.iterdir())
+
+
+SEVERAL_OUTPUTS_REFUSED = "supports exports with one output; this one has 2 (left, right). Not supported yet for several outputs"
+
+
+@pytest.mark.parametrize("target", ["tflite", "onnx", "triton", "triton-python"])
+def test_converting_several_outputs_is_exit_2_naming_them(tmp_path, several_output_exports, target):
+    export_dir = several_output_exports["two_heads_on_gru"].path
+    result = runner.invoke(app, ["convert", str(export_dir), "--to", target, "--out", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    payload = json.loads(result.stdout)
+    print(target, "->", payload["error"])
+    assert payload["error"].startswith(f"Converting to {target} {SEVERAL_OUTPUTS_REFUSED}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_targets_refuse_several_outputs_before_any_work(tmp_path):
+    base = tmp_path / "b"
+    result = runner.invoke(app, ["export", "tests.exporter.real_models:two_outputs", "--name", "m", "--base", str(base),
+                                 "--targets", "onnx", "--json"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    payload = json.loads(result.stdout)
+    assert payload["error"].startswith(f"--targets onnx {SEVERAL_OUTPUTS_REFUSED}")
+    assert not base.exists() or not any(base.iterdir())

@@ -206,6 +206,13 @@ def test_inspect_shows_options_as_name_value_rows(demo_export):
         assert_whole(result.output, state.name, state.layer)
 
 
+def test_inspect_lists_several_outputs_by_name(several_output_exports):
+    result = CliRunner().invoke(app, ["inspect", str(several_output_exports["dict_of_outputs"].path)])
+    assert result.exit_code == 0, result.output
+    assert_fits(result.output, 80)
+    assert "scores, summary (last step)" in " ".join(result.output.split())
+
+
 def _piped(*args) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "FORCE_COLOR", "TERM")}
     seqexport = Path(sys.executable).with_name("seqexport")  # the installed command, its stdout a pipe

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -71,7 +72,7 @@ def test_a_verification_past_its_limit_is_a_failed_check_naming_the_option(demo_
 
 
 @pytest.fixture(scope="module")
-def broken_exports(demo_keras_file, tmp_path_factory):
+def broken_exports(demo_keras_file, several_output_exports, tmp_path_factory):
     """Exports that are wrong in one way each, verified together in one fresh process."""
     import exporter.layers  # noqa: F401  registers GradientClip for loading
 
@@ -104,6 +105,15 @@ def broken_exports(demo_keras_file, tmp_path_factory):
 
     dirs["xla_differs"] = base / "xla_differs"
     _export_with_xla_signatures_off(step_model_from_keras(model), dirs["xla_differs"])
+
+    # Several outputs: one output's golden altered, the others left as they are.
+    for name, model_name, key in [("tampered_lstm_c", "head_and_lstm_states", "reference/out/lstm_final_c"),
+                                  ("tampered_summary", "dict_of_outputs", "serving_default/out/summary")]:
+        dirs[name] = base / name
+        shutil.copytree(several_output_exports[model_name].path, dirs[name])
+        golden = golden_io.load(golden_path(dirs[name]))
+        golden[key] = golden[key] + np.float32(1e-2)
+        golden_io.save(golden, golden_path(dirs[name]))
     return dict(zip(dirs, verify_many_in_fresh_process(list(dirs.values()))))
 
 
@@ -176,6 +186,16 @@ def test_reload_check_fails_and_names_tensor(broken_exports):
     rows = _failing(broken_exports["tampered_step"], "reload")
     assert rows[0].signature == "step" and rows[0].tensor == "y"
     assert "worst element" in rows[0].message
+
+
+def test_several_outputs_fail_on_the_one_output_whose_golden_was_altered(broken_exports):
+    failing = {(c.check, c.signature, c.tensor) for c in broken_exports["tampered_lstm_c"].failures}
+    assert failing == {("source", "serving_default", "lstm_final_c")}
+    failing = {(c.check, c.signature, c.tensor) for c in broken_exports["tampered_summary"].failures}
+    # The reload of `serving_default`, and every chunking of `stream` checked against its golden
+    # (`step` T times is checked against the reloaded `serving_default`, so it still passes).
+    assert failing == {("reload", "serving_default", "summary"), ("chunked", "stream x1", "summary"),
+                       ("chunked", "stream x2", "summary"), ("chunked", "stream x6", "summary")}
 
 
 def test_source_check_fails_when_export_differs_from_model(broken_exports):
