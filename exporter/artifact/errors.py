@@ -68,6 +68,7 @@ def several_outputs_unsupported(what: str, names) -> str:
     return (
         f"{what} supports exports with one output; this one has {len(names)} ({', '.join(names)}). "
         "Not supported yet for several outputs: the streaming session's state carry, the LiteRT, ONNX "
-        "and Triton conversions, and exporting again from the SavedModel. The TF export itself returns every output by name from `serving_default`, "
-        "`stream` and `step` (TF Serving, `seqexport serve`): call those signatures directly."
+        "and Triton conversions, and exporting again from the SavedModel. The TF export itself returns "
+        "every output by name from `serving_default`, `stream` and `step` (TF Serving, `seqexport serve`): "
+        "call those signatures directly."
     )
