@@ -24,15 +24,15 @@ import tensorflow as tf
 from exporter.artifact.errors import SeqExportError, UnsupportedModel
 from exporter.artifact.specs import OutputSpec, StateSpec
 from exporter.keras_step import (
-    _STATE_NAMES,
-    _binder,
-    _fail,
-    _has_mask_source,
-    _per_step_stage,
-    _rnn_stage,
-    _stateful_batch,
+    STATE_NAMES,
     keras_reference,
+    layer_refusal,
+    mask_source,
+    per_step_stage,
     probe_step,
+    rnn_stage,
+    stateful_batch,
+    step_binder,
 )
 from exporter.step_model import StepModel
 from exporter.time_probe import PROBE_STEPS, one_step_mismatch
@@ -53,7 +53,7 @@ class _GraphNode:
 
 
 def _error(index: int, layer, why: str) -> UnsupportedModel:
-    return _fail(index, layer, why)
+    return layer_refusal(index, layer, why)
 
 
 def _renamed(states: tuple[StateSpec, ...], layer, node_index: int) -> tuple[StateSpec, ...]:
@@ -77,7 +77,7 @@ def _node(index: int, node, kinds: dict[int, str]) -> _GraphNode:
     if isinstance(layer, keras.layers.RNN):
         if in_kind == LAST_STEP:
             raise _error(index, layer, "it reads a last-step tensor, so there is no sequence left to step through")
-        stage = _rnn_stage(index, layer, masked=False)
+        stage = rnn_stage(index, layer, masked=False)
 
         def rnn_call(values, states, mask, stage=stage):
             output, new = stage.call(values[0], states, mask)
@@ -94,7 +94,7 @@ def _node(index: int, node, kinds: dict[int, str]) -> _GraphNode:
             if why is not None:
                 raise _error(index, layer, why)
         return _GraphNode(layer, inputs, outputs, (in_kind,), (), _op_call(node, per_step=in_kind == PER_STEP))
-    stage = _per_step_stage(index, layer, after_sequence=in_kind == LAST_STEP)  # causal convs included
+    stage = per_step_stage(index, layer, after_sequence=in_kind == LAST_STEP)  # causal convs included
 
     def call(values, states, mask, stage=stage):
         output, new = stage.call(values[0], states, mask)
@@ -159,7 +159,7 @@ def _output_names(model: keras.Model) -> list[str]:
             continue
         operation, index = history.operation, int(history.tensor_index)
         if isinstance(operation, keras.layers.RNN) and index >= 1:
-            labels = _STATE_NAMES.get(type(operation.cell).__name__)
+            labels = STATE_NAMES.get(type(operation.cell).__name__)
             names.append(f"{layer}_final_{labels[index - 1] if labels else f'state{index - 1}'}")
         else:
             names.append(f"{layer}_output{index}")
@@ -207,7 +207,7 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
         UnsupportedModel: naming the node that cannot run step by step.
     """
     layers = [l for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
-    if _has_mask_source(layers)[0]:
+    if mask_source(layers)[0]:
         raise UnsupportedModel(
             f"Model {model.name!r} masks its inputs and is not a chain of layers: masks through branches "
             "and merges are not supported yet. Make it a chain, or write a step-model factory (see the README).")
@@ -257,7 +257,7 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
 
     return StepModel(
         step_fn=step,
-        bind_step=_binder(model, masked_step),
+        bind_step=step_binder(model, masked_step),
         input_shape=input_shape,
         input_dtype=input_dtype,
         output_shape=tuple(int(d) for d in first.shape[1:]),
@@ -269,7 +269,7 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
         trainable_names=tuple(v.path for v in model.trainable_variables),
         last_step_only=not several and kinds[output_ids[0]] == LAST_STEP,
         reference_fn=_named_reference(reference, outputs) if several else reference,
-        reference_batch=_stateful_batch(layers),
+        reference_batch=stateful_batch(layers),
         input_vocab=next((l.input_dim for l in layers if isinstance(l, keras.layers.Embedding)), None),
         description=description or f"Keras model {model.name!r}",
     )

@@ -21,8 +21,8 @@ from exporter.recurrence import hoisted_cell, is_hoistable_gru, is_hoistable_sim
 from exporter.step_model import StepModel
 from exporter.time_probe import whole_call_traces, why_not_per_step
 
-_STATE_NAMES = {"LSTMCell": ("h", "c"), "GRUCell": ("h",), "SimpleRNNCell": ("h",)}
-_BUILTIN_CELLS = tuple(_STATE_NAMES)
+STATE_NAMES = {"LSTMCell": ("h", "c"), "GRUCell": ("h",), "SimpleRNNCell": ("h",)}
+_BUILTIN_CELLS = tuple(STATE_NAMES)
 
 # Layers known to act on each timestep alone, so `layer(x_t)` equals `layer(x)[:, t]`: no
 # probe needed. Any other layer runs per step when exporter/time_probe.py proves it may.
@@ -78,7 +78,7 @@ class _Stage:
             object.__setattr__(self, "sequence_call", lambda x, s: (self.call(x, (), None)[0], ()))
 
 
-def _fail(index: int, layer, why: str) -> UnsupportedModel:
+def layer_refusal(index: int, layer, why: str) -> UnsupportedModel:
     return UnsupportedModel(
         f"Layer {index} {layer.name!r} ({type(layer).__name__}) cannot run step by step: {why}. {_FIX}"
     )
@@ -98,17 +98,17 @@ def _cell_states(layer: keras.layers.RNN) -> tuple[list, object]:
     return tf.nest.flatten(nested), nested
 
 
-def _rnn_stage(index: int, layer: keras.layers.RNN, masked: bool, emit: int = 0) -> _Stage:
+def rnn_stage(index: int, layer: keras.layers.RNN, masked: bool, emit: int = 0) -> _Stage:
     """A recurrent layer as its cell. `emit`: which of the layer's outputs flows on (0: its
     output; i >= 1: its (i-1)-th final state, `return_state=True`)."""
     if layer.go_backwards:
-        raise _fail(index, layer, "it has go_backwards=True, so step t needs the steps after it")
+        raise layer_refusal(index, layer, "it has go_backwards=True, so step t needs the steps after it")
     cell = layer.cell
     cell_type = type(cell).__name__
     if masked and cell_type not in _BUILTIN_CELLS:
-        raise _fail(index, layer, "masking is supported for SimpleRNN, GRU and LSTM cells only")
+        raise layer_refusal(index, layer, "masking is supported for SimpleRNN, GRU and LSTM cells only")
     flat, nesting = _cell_states(layer)
-    labels = _STATE_NAMES.get(cell_type, tuple(f"state{i}" for i in range(len(flat))))
+    labels = STATE_NAMES.get(cell_type, tuple(f"state{i}" for i in range(len(flat))))
     states = tuple(
         StateSpec(name=f"{layer.name}_{label}", layer=layer.name, index=i,
                   shape=tuple(int(d) for d in zero.shape[1:]), dtype=zero.dtype.name)
@@ -154,9 +154,9 @@ def _causal_conv_stage(index: int, layer) -> _Stage:
     last output reads, so that output is `y_t` of the whole-sequence call.
     """
     if layer.strides[0] != 1:
-        raise _fail(index, layer, f"it has strides={layer.strides[0]}, so it emits fewer steps than it reads")
+        raise layer_refusal(index, layer, f"it has strides={layer.strides[0]}, so it emits fewer steps than it reads")
     if layer.data_format != "channels_last":
-        raise _fail(index, layer, "it is channels_first; the step model needs [batch, time, channels]")
+        raise layer_refusal(index, layer, "it is channels_first; the step model needs [batch, time, channels]")
     width = (layer.kernel_size[0] - 1) * layer.dilation_rate[0]
     channels = int(layer.input.shape[-1])
     if width == 0:
@@ -191,7 +191,7 @@ def _one_step(layer):
     return lambda x, s, m: (layer(x[:, None], training=False)[:, 0], ())
 
 
-def _per_step_stage(index: int, layer, *, after_sequence: bool = False) -> _Stage:
+def per_step_stage(index: int, layer, *, after_sequence: bool = False) -> _Stage:
     """A layer without state. `after_sequence`: it follows an RNN that returns its last step only,
     so it sees `[B, ...]` without a time axis and runs as it is."""
     known = isinstance(layer, _PER_STEP) or getattr(layer, "seqexport_per_step", False)
@@ -211,7 +211,7 @@ def _per_step_stage(index: int, layer, *, after_sequence: bool = False) -> _Stag
         return _Stage(layer.name, (), mask_values, mask_fn=_mask_from_inputs(layer))
     if isinstance(layer, keras.layers.BatchNormalization):
         if layer.axis not in (-1, len(layer.input.shape) - 1):
-            raise _fail(index, layer, "it normalises over an axis other than the features")
+            raise layer_refusal(index, layer, "it normalises over an axis other than the features")
         return _Stage(layer.name, (), lambda x, s, m: (_batch_norm_inference(layer, x), ()), rank_agnostic=True)
     if isinstance(layer, keras.layers.Embedding) and layer.mask_zero:
         # tf.identity drops the Keras mask the layer attaches: the stage's mask_fn carries it.
@@ -220,17 +220,17 @@ def _per_step_stage(index: int, layer, *, after_sequence: bool = False) -> _Stag
         return _Stage(layer.name, (), lambda x, s, m: (layer(x, training=False), ()), rank_agnostic=True)
     kind = type(layer).__name__
     if kind in _WHOLE_SEQUENCE:
-        raise _fail(index, layer, _WHOLE_SEQUENCE[kind])
+        raise layer_refusal(index, layer, _WHOLE_SEQUENCE[kind])
     if isinstance(layer, keras.layers.Conv1D) and layer.padding == "causal":
         return _causal_conv_stage(index, layer)
     shape = tuple(layer.input.shape)
     if len(shape) < 2 or any(d is None for d in shape[2:]):
-        raise _fail(index, layer, f"its input shape {shape} is not [batch, time, static features...]")
+        raise layer_refusal(index, layer, f"its input shape {shape} is not [batch, time, static features...]")
     why = why_not_per_step(layer, shape[2:], tf.as_dtype(layer.input.dtype).name, steps=shape[1])
     if why is not None:
         if not type(layer).__module__.startswith("keras."):
             why += " (a custom layer that is per-step after all can declare `seqexport_per_step = True`)"
-        raise _fail(index, layer, why)
+        raise layer_refusal(index, layer, why)
     traces = whole_call_traces(layer, shape[2:], tf.as_dtype(layer.input.dtype).name, steps=shape[1])
     return _Stage(layer.name, (), _one_step(layer), sequence_call=whole if traces else _time_folded(layer, steps=1))
 
@@ -333,7 +333,7 @@ def _output_index(tensor) -> int:
     return int(history.tensor_index) if history is not None else 0
 
 
-def _has_mask_source(layers) -> tuple[bool, float]:
+def mask_source(layers) -> tuple[bool, float]:
     """(whether a layer starts a Keras mask, the value it marks padding with)."""
     for layer in layers:
         if isinstance(layer, keras.layers.Masking):
@@ -343,14 +343,15 @@ def _has_mask_source(layers) -> tuple[bool, float]:
     return False, 0.0
 
 
-def _stateful_batch(layers) -> int | None:
+def stateful_batch(layers) -> int | None:
+    """The batch size a `stateful=True` RNN among `layers` was built for (its states are that wide), or None."""
     for layer in layers:
         if isinstance(layer, keras.layers.RNN) and layer.stateful:
             return int(layer.states[0].shape[0]) if getattr(layer, "states", None) else None
     return None
 
 
-def _binder(model: keras.Model, masked_step: Callable) -> Callable:
+def step_binder(model: keras.Model, masked_step: Callable) -> Callable:
     """`bind_step` for a Keras model: variables read once, outside the loop (StatelessScope)."""
     keras_variables = list(model.variables)
 
@@ -404,7 +405,7 @@ def from_step_model(model: keras.Model, description: str) -> StepModel:
     x_spec, y_spec = model.inputs[0], model.outputs[0]
     return StepModel(
         step_fn=step,
-        bind_step=_binder(model, masked_step),
+        bind_step=step_binder(model, masked_step),
         input_shape=tuple(int(d) for d in x_spec.shape[1:]),
         input_dtype=tf.as_dtype(x_spec.dtype).name,
         output_shape=tuple(int(d) for d in y_spec.shape[1:]),
@@ -455,15 +456,15 @@ def keras_reference(model: keras.Model, layers) -> Callable:
 def _stage(index: int, layer, emit: int, masked: bool, ended_by: list) -> _Stage:
     """`ended_by`: the RNN that returned its last step only, then the layers after it."""
     if emit and not isinstance(layer, keras.layers.RNN):
-        raise _fail(index, layer, f"its output {emit} is used, and only RNN layers have several outputs here")
+        raise layer_refusal(index, layer, f"its output {emit} is used, and only RNN layers have several outputs here")
     if isinstance(layer, keras.layers.RNN):
         if ended_by:
             between = "".join(f", then {l.name!r} ({type(l).__name__})" for l in ended_by[1:])
-            raise _fail(index, layer, f"it comes after {ended_by[0].name!r} ({type(ended_by[0]).__name__}), which "
+            raise layer_refusal(index, layer, f"it comes after {ended_by[0].name!r} ({type(ended_by[0]).__name__}), which "
                         f"returns its last step only (no return_sequences){between}: there is no sequence "
                         "left to step through")
-        return _rnn_stage(index, layer, masked, emit)
-    return _per_step_stage(index, layer, after_sequence=bool(ended_by))
+        return rnn_stage(index, layer, masked, emit)
+    return per_step_stage(index, layer, after_sequence=bool(ended_by))
 
 
 def check_graph_model(model: keras.Model) -> None:
@@ -489,7 +490,7 @@ def chain_step_model(model: keras.Model, description: str = "") -> StepModel:
     """
     chain = _sequence_layers(model)
     layers = [layer for layer, _ in chain]
-    masked, pad_value = _has_mask_source(layers)
+    masked, pad_value = mask_source(layers)
     stages: list[_Stage] = []
     ended_by: list = []  # the RNN that returns its last step only, and the layers after it
     for index, (layer, emit) in enumerate(chain):
@@ -498,7 +499,7 @@ def chain_step_model(model: keras.Model, description: str = "") -> StepModel:
         except SeqExportError:
             raise
         except Exception as exc:  # noqa: BLE001  any layer can fail any way: name it, no traceback
-            raise _fail(index, layer, f"building its step raised {type(exc).__name__}: "
+            raise layer_refusal(index, layer, f"building its step raised {type(exc).__name__}: "
                         f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from None
         if stage.ends_sequence or ended_by:
             ended_by.append(layer)
@@ -558,7 +559,7 @@ def chain_step_model(model: keras.Model, description: str = "") -> StepModel:
     return StepModel(
         step_fn=step,
         masked_step_fn=masked_step if masked else None,
-        bind_step=_binder(model, core_step if head_stages else masked_step),
+        bind_step=step_binder(model, core_step if head_stages else masked_step),
         head=head if head_stages else None,
         fused_unroll=fused_core if fusable else None,
         core_output_shape=tuple(int(d) for d in core_y.shape[1:]) if head_stages else None,
@@ -574,7 +575,7 @@ def chain_step_model(model: keras.Model, description: str = "") -> StepModel:
         last_step_only=bool(ended_by),
         reference_fn=reference,
         mask_pad_value=pad_value,
-        reference_batch=_stateful_batch(layers),
+        reference_batch=stateful_batch(layers),
         input_vocab=next((l.input_dim for l in layers if isinstance(l, keras.layers.Embedding)), None),
         description=description or f"Keras model {model.name!r}",
     )
