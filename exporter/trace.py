@@ -207,7 +207,8 @@ def trace(
     def step(feed):
         states = tuple(feed[n] for n in state_names)
         statics = statics_of(feed)
-        y, new = model.bound_step()(feed["x"], states, None, statics) if statics else model.bound_step()(feed["x"], states)
+        bound = model.bound_step()
+        y, new = bound(feed["x"], states, None, statics) if statics else bound(feed["x"], states)
         if model.outputs:
             return {**{o.name: value for o, value in zip(model.outputs, y)}, **state_outputs(new)}
         y = model.apply_head(y)
@@ -238,7 +239,8 @@ def trace(
         step_outputs = [_desc("y", (None, *model.output_shape), model.output_dtype)]
     table = [
         (SignatureName.PREDICT, [seq_desc, *static_descs, *lengths_desc], predict, [*predict_descs, *state_descs]),
-        (SignatureName.STREAM, [seq_desc, *static_descs, *state_descs, *lengths_desc], stream, [*seq_outputs, *state_descs]),
+        (SignatureName.STREAM, [seq_desc, *static_descs, *state_descs, *lengths_desc], stream,
+         [*seq_outputs, *state_descs]),
         (SignatureName.STEP, [x_desc, *static_descs, *state_descs], step, [*step_outputs, *state_descs]),
         (SignatureName.INITIAL_STATE, [_desc("batch_size", (), "int32"), *static_descs], initial_state, state_descs),
     ]
