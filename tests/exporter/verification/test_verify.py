@@ -212,6 +212,7 @@ def test_a_broken_static_input_path_fails_verification(broken_exports):
     failing = {(c.check, c.signature, c.tensor) for c in broken_exports["tampered_static_in"].failures}
     print(sorted(failing))
     assert ("reload", "stream", "outputs") in failing
+    assert ("gradients", "stream", "d/speaker") in failing
     assert all(signature == "stream" for _, signature, _ in failing)
 
 
