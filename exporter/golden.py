@@ -40,6 +40,11 @@ def probe_inputs(model: StepModel, options: ExportOptions) -> dict[str, np.ndarr
     else:
         inputs = rng.normal(size=shape).astype(model.input_dtype)
     feed = {"inputs": inputs}
+    for spec in model.static_inputs:  # one value per example, seen at every step
+        if spec.dtype.startswith("int"):
+            feed[spec.name] = rng.integers(0, 2, size=(batch, *spec.shape)).astype(spec.dtype)
+        else:
+            feed[spec.name] = rng.normal(size=(batch, *spec.shape)).astype(spec.dtype)
     if model.masked:
         pad = model.mask_pad_value
         lengths = rng.integers(1, steps + 1, size=batch).astype(np.int32)
@@ -69,9 +74,10 @@ def _feed_for(signature: SignatureName, model: StepModel, predict_feed: dict, rn
         return dict(predict_feed)
     if signature is SignatureName.STREAM:
         return {**predict_feed, **states}
+    statics = {i.name: predict_feed[i.name] for i in model.static_inputs}
     if signature is SignatureName.STEP:
-        return {"x": inputs[:, 0], **states}
-    return {"batch_size": np.int32(batch)}
+        return {"x": inputs[:, 0], **statics, **states}
+    return {"batch_size": np.int32(batch), **statics}
 
 
 def capture(model: StepModel, traced: TracedExport, options: ExportOptions) -> dict[str, np.ndarray]:
@@ -137,7 +143,11 @@ def _reference(model: StepModel, feed: dict, rng) -> dict[str, np.ndarray]:
     variables = list(model.reference_variables or model.trainable_variables)
 
     def call(tensors):
-        outputs = model.reference_fn(tensors["inputs"], tensors.get("lengths"))
+        if model.static_inputs:
+            statics = tuple(tensors[i.name] for i in model.static_inputs)
+            outputs = model.reference_fn(tensors["inputs"], tensors.get("lengths"), statics)
+        else:
+            outputs = model.reference_fn(tensors["inputs"], tensors.get("lengths"))
         if not model.outputs:
             return {"outputs": outputs}
         return {o.name: outputs[o.name] for o in model.outputs}

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from exporter.artifact.errors import SeqExportError, UnsupportedModel
-from exporter.artifact.specs import OutputSpec, StateSpec
+from exporter.artifact.specs import InputSpec, OutputSpec, StateSpec
 from exporter.keras_step import (
     STATE_NAMES,
     keras_reference,
@@ -37,7 +37,8 @@ from exporter.keras_step import (
 from exporter.step_model import StepModel
 from exporter.time_probe import PROBE_STEPS, one_step_mismatch
 
-PER_STEP, LAST_STEP = "per step", "last step"
+PER_STEP, LAST_STEP, STATIC = "per step", "last step", "static"
+# A static input (no time axis) and what is computed from it alone: the same at every step.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,7 @@ class _GraphNode:
     kinds: tuple[str, ...]    # PER_STEP or LAST_STEP, of each output
     states: tuple[StateSpec, ...]
     call: Callable            # (inputs list, states, mask) -> (outputs list, new states)
+    initial: tuple[int, ...] = ()  # ids of the static tensors an RNN's `initial_state=` reads
 
 
 def _error(index: int, layer, why: str) -> UnsupportedModel:
@@ -68,12 +70,16 @@ def _node(index: int, node, kinds: dict[int, str]) -> _GraphNode:
     layer = node.operation
     inputs = tuple(id(t) for t in node.arguments.keras_tensors)
     outputs = tuple(id(t) for t in node.outputs)
+    node_index = layer._inbound_nodes.index(node)
+    if isinstance(layer, keras.layers.RNN) and len(inputs) > 1:
+        return _rnn_with_initial_state(index, node, kinds, node_index)
     in_kinds = {kinds[i] for i in inputs}
+    if STATIC in in_kinds:
+        return _static_node(index, node, in_kinds)
     if len(in_kinds) > 1:
         raise _error(index, layer, "it merges a per-step tensor with a last-step one (the output of an RNN "
                      "without return_sequences, or a returned state)")
     in_kind = in_kinds.pop()
-    node_index = layer._inbound_nodes.index(node)
     if isinstance(layer, keras.layers.RNN):
         if in_kind == LAST_STEP:
             raise _error(index, layer, "it reads a last-step tensor, so there is no sequence left to step through")
@@ -101,6 +107,55 @@ def _node(index: int, node, kinds: dict[int, str]) -> _GraphNode:
         return [output], new
 
     return _GraphNode(layer, inputs, outputs, (in_kind,), _renamed(stage.states, layer, node_index), call)
+
+
+def _rnn_with_initial_state(index: int, node, kinds: dict[int, str], node_index: int) -> _GraphNode:
+    """An RNN called with `initial_state=` computed from static inputs: its states start there."""
+    layer = node.operation
+    tensors = node.arguments.keras_tensors
+    sequence, initial = id(tensors[0]), tuple(id(t) for t in tensors[1:])
+    if kinds[sequence] != PER_STEP:
+        raise _error(index, layer, "it reads a last-step or static tensor, so there is no sequence to step through")
+    if any(kinds[i] != STATIC for i in initial):
+        raise _error(index, layer, "its `initial_state=` is not computed from static inputs alone (the final "
+                     "state of another RNN, say); only states set from static inputs are supported")
+    stage = rnn_stage(index, layer, masked=False)
+    if len(initial) != len(stage.states):
+        raise _error(index, layer, f"its `initial_state=` has {len(initial)} tensors for {len(stage.states)} states")
+    outputs = tuple(id(t) for t in node.outputs)
+
+    def rnn_call(values, states, mask, stage=stage):
+        output, new = stage.call(values[0], states, mask)
+        return [output, *new][: len(outputs)], new
+
+    out_kinds = (PER_STEP if layer.return_sequences else LAST_STEP,) + (LAST_STEP,) * (len(outputs) - 1)
+    return _GraphNode(layer, (sequence, *initial), outputs, out_kinds, _renamed(stage.states, layer, node_index),
+                      rnn_call, initial=initial)
+
+
+def _static_node(index: int, node, in_kinds: set[str]) -> _GraphNode:
+    """A node reading static tensors: on them alone it computes a static tensor (once per step, the
+    same each time); `RepeatVector` turns one into a per-step tensor, the same at every step."""
+    layer = node.operation
+    inputs = tuple(id(t) for t in node.arguments.keras_tensors)
+    outputs = tuple(id(t) for t in node.outputs)
+    if in_kinds != {STATIC}:
+        raise _error(index, layer, "it merges a static input's tensor (no time axis) with a per-step or "
+                     "last-step one; a static input may feed `RepeatVector` (then merge per step), or an RNN's "
+                     "`initial_state=`, or layers that read static tensors only")
+    if isinstance(layer, keras.layers.RNN):
+        raise _error(index, layer, "it reads a static tensor, so there is no sequence to step through")
+    if isinstance(layer, keras.layers.RepeatVector):
+        return _GraphNode(layer, inputs, outputs, (PER_STEP,), (), lambda values, states, mask: ([values[0]], ()))
+    if len(inputs) > 1 or not isinstance(layer, keras.layers.Layer):
+        return _GraphNode(layer, inputs, outputs, (STATIC,), (), _op_call(node, per_step=False))
+    if len(node.outputs) != 1:
+        raise _error(index, layer, "it reads a static tensor and has several outputs")
+
+    def call(values, states, mask):
+        return [layer(values[0], training=False)], ()
+
+    return _GraphNode(layer, inputs, outputs, (STATIC,), (), call)
 
 
 def _op_call(node, *, per_step: bool) -> Callable:
@@ -211,8 +266,8 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
         raise UnsupportedModel(
             f"Model {model.name!r} masks its inputs and is not a chain of layers: masks through branches "
             "and merges are not supported yet. Make it a chain, or write a step-model factory (see the README).")
-    x_tensor = model.inputs[0]
-    kinds = {id(x_tensor): PER_STEP}
+    x_tensor, static_tensors = _split_inputs(model)
+    kinds = {id(x_tensor): PER_STEP, **{id(t): STATIC for t in static_tensors}}
     nodes: list[_GraphNode] = []
     ordered = [n for depth in sorted(model._nodes_by_depth, reverse=True) for n in model._nodes_by_depth[depth]]
     for index, node in enumerate(n for n in ordered if not isinstance(n.operation, keras.layers.InputLayer)):
@@ -226,14 +281,20 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
         kinds.update(zip(graph_node.outputs, graph_node.kinds))
         nodes.append(graph_node)
     output_ids = [id(t) for t in model.outputs]
+    for tensor, name in zip(model.outputs, _output_names(model) if len(output_ids) > 1 else ["outputs"]):
+        if kinds[id(tensor)] == STATIC:
+            raise UnsupportedModel(f"Model {model.name!r}: output {name!r} is computed from static inputs "
+                                   "alone (no time axis); every output must come from the sequence.")
     several = len(output_ids) > 1
     states = tuple(s for n in nodes for s in n.states)
     if not states:
         raise UnsupportedModel(f"Model {model.name!r} has no recurrent layer and no causal convolution; "
                                "seqexport exports models that carry a state from step to step.")
 
-    def masked_step(x, prev_states, mask=None):
-        values, new_states, offset = {id(x_tensor): x}, [], 0
+    static_ids = [id(t) for t in static_tensors]
+
+    def masked_step(x, prev_states, mask=None, statics=()):
+        values, new_states, offset = {id(x_tensor): x, **dict(zip(static_ids, statics))}, [], 0
         for node in nodes:
             count = len(node.states)
             outputs, new = node.call([values[i] for i in node.inputs], tuple(prev_states[offset: offset + count]), mask)
@@ -244,16 +305,21 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
             return tuple(values[i] for i in output_ids), tuple(new_states)
         return values[output_ids[0]], tuple(new_states)
 
-    def step(x, prev_states):
-        return masked_step(x, prev_states, None)
+    def step(x, prev_states, statics=()):
+        return masked_step(x, prev_states, None, statics)
+
+    static_specs = _static_specs(model, static_tensors)
+    zero_statics = tuple(tf.zeros((1, *i.shape), i.dtype) for i in static_specs)
 
     input_shape = tuple(x_tensor.shape[2:])
     input_dtype = tf.as_dtype(x_tensor.dtype).name
-    y, _ = probe_step(model, step, tf.zeros((1, *input_shape), input_dtype),
+    y, _ = probe_step(model, lambda x, s: step(x, s, zero_statics), tf.zeros((1, *input_shape), input_dtype),
                       tuple(tf.zeros((1, *s.shape), s.dtype) for s in states))
     outputs = _output_specs(model, y, kinds, states) if several else ()
     first = y[0] if several else y
     reference = keras_reference(model, layers)
+    if static_specs:
+        reference = _reference_with_statics(model, reference, x_tensor, static_tensors)
 
     return StepModel(
         step_fn=step,
@@ -272,4 +338,64 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
         reference_batch=stateful_batch(layers),
         input_vocab=next((l.input_dim for l in layers if isinstance(l, keras.layers.Embedding)), None),
         description=description or f"Keras model {model.name!r}",
+        static_inputs=static_specs,
+        initial_states_fn=_initial_states_fn(nodes, static_ids) if any(n.initial for n in nodes) else None,
     )
+
+
+def _split_inputs(model: keras.Model):
+    """The sequence input (`[B, T, ...]`, or `[B, T]` token ids) and the static ones (`[B, ...]`, no time
+    axis: no unknown dimension after the batch)."""
+    sequences = [t for t in model.inputs if len(t.shape) >= 3 or (len(t.shape) == 2 and t.shape[1] is None)]
+    static = [t for t in model.inputs if all(t is not s for s in sequences)]
+    if len(sequences) != 1:
+        found = ", ".join(f"{t.name} {list(t.shape)}" for t in model.inputs)
+        raise UnsupportedModel(
+            f"Model {model.name!r} has {len(model.inputs)} inputs ({found}) and {len(sequences)} of them have a "
+            "time axis. seqexport exports a model with ONE sequence input [B, T, ...] plus any number of static "
+            "inputs [B, K] (no time axis, rank 2, fully known K); several sequence inputs are not supported yet. "
+            "Write a step-model factory for those (see the README).")
+    return sequences[0], static
+
+
+def _static_specs(model: keras.Model, static_tensors) -> tuple[InputSpec, ...]:
+    specs = []
+    for tensor in static_tensors:
+        try:
+            specs.append(InputSpec(name=tensor.name, shape=tuple(int(d) for d in tensor.shape[1:]),
+                                   dtype=tf.as_dtype(tensor.dtype).name))
+        except ValueError as exc:
+            raise UnsupportedModel(f"Model {model.name!r}: static input {tensor.name!r} cannot be a serving key "
+                                   f"({exc}). Name the keras.Input (`name=`) with letters, digits and `_`.") from None
+    return tuple(specs)
+
+
+def _reference_with_statics(model: keras.Model, reference: Callable, x_tensor, static_tensors) -> Callable:
+    """The Keras call with the sequence and the static inputs put back in the model's own input structure."""
+
+    def call(inputs, lengths=None, statics=()):
+        by_id = {id(x_tensor): inputs, **{id(t): v for t, v in zip(static_tensors, statics)}}
+        flat = [by_id[id(t)] for t in model.inputs]
+        return reference(keras.tree.pack_sequence_as(model._inputs_struct, flat), lengths)
+
+    return call
+
+
+def _initial_states_fn(nodes: list[_GraphNode], static_ids: list[int]) -> Callable:
+    """The states before the first step: what each RNN's `initial_state=` computes from the static
+    inputs, zeros for the others (the static nodes run once here, outside the loop)."""
+
+    def initial(statics):
+        values = dict(zip(static_ids, statics))
+        batch = tf.shape(statics[0])[0]
+        states = []
+        for node in nodes:
+            if all(i in values for i in node.inputs) and not node.states:
+                values.update(zip(node.outputs, node.call([values[i] for i in node.inputs], (), None)[0]))
+            if node.initial:
+                states.extend(tf.cast(values[i], s.dtype) for i, s in zip(node.initial, node.states))
+            else:
+                states.extend(tf.zeros(tf.stack([batch, *s.shape]), s.dtype) for s in node.states)
+        return tuple(states)
+
+    return initial

@@ -290,11 +290,8 @@ def _sequence_layers(model: keras.Model) -> list[tuple[object, int]]:
     Nested Sequential and functional chains are flattened into the chain.
     """
     if len(model.inputs) != 1:
-        raise UnsupportedModel(
-            f"Model {model.name!r} has {len(model.inputs)} inputs; seqexport exports a model with one "
-            "sequence input (several sequence inputs and static inputs are not supported yet; a "
-            "step-model factory can express them, see the README)."
-        )
+        # One sequence input plus static inputs: exporter/keras_graph.py takes it, or says why not.
+        raise NotAChain(f"Model {model.name!r} has {len(model.inputs)} inputs: a graph, not a chain.")
     if len(model.outputs) != 1:
         raise NotAChain(f"Model {model.name!r} has {len(model.outputs)} outputs: a graph, not a chain.")
     layers = [l for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
@@ -358,9 +355,9 @@ def step_binder(model: keras.Model, masked_step: Callable) -> Callable:
     def bind_step():
         mapping = [(v, v.value.read_value()) for v in keras_variables]
 
-        def bound(x, prev_states, mask=None):
+        def bound(x, prev_states, mask=None, *statics):  # `statics`: a model with static inputs
             with keras.StatelessScope(state_mapping=mapping):
-                return masked_step(x, prev_states, mask)
+                return masked_step(x, prev_states, mask, *statics)
 
         return bound
 

@@ -15,10 +15,16 @@ import numpy
 import tensorflow as tf
 
 from exporter.artifact import golden_io
-from exporter.artifact.errors import BadInput, VerifyFailed, several_outputs_unsupported
+from exporter.artifact.errors import BadInput, VerifyFailed, several_outputs_unsupported, static_inputs_unsupported
 from exporter.artifact.manifest import write_manifest
 from exporter.artifact.paths import golden_path
-from exporter.artifact.specs import MANIFEST_FORMAT_VERSION, ExportOptions, Manifest, VerifyReport
+from exporter.artifact.specs import (
+    MANIFEST_FORMAT_VERSION,
+    NO_STATIC_INPUTS_FORMAT_VERSION,
+    ExportOptions,
+    Manifest,
+    VerifyReport,
+)
 from exporter.artifact.version import VERSION
 from exporter.convert.targets import check_dependencies, convert_in_export
 from exporter.golden import capture
@@ -112,7 +118,7 @@ def write_export(
     save_saved_model(traced, export_dir, custom_gradients=custom_gradients)
     golden_io.save(golden, golden_path(export_dir))
     manifest = Manifest(
-        format_version=MANIFEST_FORMAT_VERSION,
+        format_version=MANIFEST_FORMAT_VERSION if step_model.static_inputs else NO_STATIC_INPUTS_FORMAT_VERSION,
         name=name,
         source=source,
         signatures=traced.specs,
@@ -120,6 +126,7 @@ def write_export(
         masked=step_model.masked,
         last_step_only=step_model.last_step_only,
         outputs=step_model.outputs,
+        static_inputs=step_model.static_inputs,
         trainable_variables=step_model.variable_names(),
         options=options,
         versions=_tool_versions(),
@@ -224,6 +231,9 @@ def _load(model_ref, options: ExportOptions):
             f"--with-input-gradients needs float inputs; this model takes {step_model.input_dtype} "
             "(token ids have no gradient)."
         )
+    if options.targets and step_model.static_inputs:
+        raise BadInput(static_inputs_unsupported(
+            f"--targets {','.join(options.targets)}", [i.name for i in step_model.static_inputs]))
     if options.targets and step_model.outputs:
         raise BadInput(several_outputs_unsupported(
             f"--targets {','.join(options.targets)}", [o.name for o in step_model.outputs]))

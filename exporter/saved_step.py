@@ -12,7 +12,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from exporter.artifact.errors import BadInput, several_outputs_unsupported
+from exporter.artifact.errors import BadInput, several_outputs_unsupported, static_inputs_unsupported
 from exporter.artifact.paths import SAVED_MODEL_FILE, is_saved_model_dir, manifest_path
 from exporter.artifact.specs import StateSpec
 from exporter.step_model import StepModel
@@ -51,6 +51,10 @@ def step_model_from_saved_model(path: Path) -> StepModel:
     inputs = step.structured_input_signature[1]
     outputs = step.structured_outputs
     several = [o.get("name") for o in _manifest(path).get("outputs", [])]
+    static = [i.get("name") for i in _manifest(path).get("static_inputs", [])]
+    if static:
+        raise BadInput(static_inputs_unsupported(f"Exporting from the SavedModel {str(path)!r}", static)
+                       + " Export from the .keras file instead.")
     if several:
         raise BadInput(several_outputs_unsupported(f"Exporting from the SavedModel {str(path)!r}", several)
                        + " Export from the .keras file instead.")

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from exporter.artifact.specs import OutputSpec, StateSpec
+from exporter.artifact.specs import InputSpec, OutputSpec, StateSpec
 
 StepFn = Callable[[Any, tuple], tuple[Any, tuple]]
 MaskedStepFn = Callable[[Any, tuple, Any], tuple[Any, tuple]]
@@ -65,6 +65,13 @@ class StepModel:
             key them by name, `reference_fn` returns them as a dict by name, and
             `output_shape`/`output_dtype` describe the first. Empty: one output. Not with
             `head`, `fused_unroll`, a mask or `last_step_only` (each output says its own).
+        static_inputs: inputs without a time axis (`[B, *shape]` each), fed once per call to every
+            signature and visible at every step: `step_fn(x_t, states, statics)` and the bound
+            step `(x_t, states, mask_t, statics)` then take them as a tuple in this order, and
+            `reference_fn(inputs, lengths, statics)` too. Not with `head`, `fused_unroll` or a mask.
+        initial_states_fn: optional `(statics) -> states`: the states before the first step when
+            they come from the static inputs (an RNN's `initial_state=`); `serving_default`
+            starts from them and `initial_state` returns them. None: zeros.
 
     Example:
         >>> import tensorflow as tf
@@ -100,6 +107,8 @@ class StepModel:
     input_vocab: int | None = None
     description: str = ""
     outputs: tuple[OutputSpec, ...] = ()
+    static_inputs: tuple[InputSpec, ...] = ()
+    initial_states_fn: Callable | None = None
 
     def __post_init__(self):
         if not callable(self.step_fn):
@@ -120,6 +129,10 @@ class StepModel:
             raise ValueError("`fused_unroll` is for models without a mask; drop it or `masked_step_fn`.")
         if self.outputs:
             self._check_outputs(names)
+        if self.static_inputs:
+            self._check_static_inputs(names)
+        elif self.initial_states_fn is not None:
+            raise ValueError("`initial_states_fn` computes states from `static_inputs`; this model has none.")
         if self.reference_variables is not None and len(self.reference_variables) != len(
             self.trainable_variables
         ):
@@ -137,6 +150,17 @@ class StepModel:
         if self.head is not None or self.fused_unroll is not None or self.masked or self.last_step_only:
             raise ValueError("several `outputs` go without `head`, `fused_unroll`, a mask and `last_step_only`.")
 
+    def _check_static_inputs(self, state_names: list[str]) -> None:
+        if not all(isinstance(i, InputSpec) for i in self.static_inputs):
+            raise TypeError("`static_inputs` must be a tuple of exporter.InputSpec.")
+        names = [i.name for i in self.static_inputs]
+        taken = {"inputs", "outputs", "lengths", "x", "y", "batch_size", *state_names, *(o.name for o in self.outputs)}
+        clashes = sorted({n for n in names if names.count(n) > 1} | (taken & set(names)))
+        if clashes:
+            raise ValueError(f"static input names {clashes} are repeated or clash with other keys; rename them.")
+        if self.head is not None or self.fused_unroll is not None or self.masked:
+            raise ValueError("`static_inputs` go without `head`, `fused_unroll` and a mask.")
+
     def variable_names(self) -> tuple[str, ...]:
         if self.trainable_names is not None:
             return tuple(self.trainable_names)
@@ -147,6 +171,9 @@ class StepModel:
         """The step to call inside one traced function: `(x_t, states, mask_t or None)`."""
         if self.bind_step is not None:
             return self.bind_step()
+
+        if self.static_inputs:
+            return lambda x, states, mask=None, statics=(): self.step_fn(x, states, statics)
 
         def step(x, states, mask=None):
             if mask is None:

@@ -47,11 +47,12 @@ def _desc(name: str, shape, dtype: str) -> TensorDesc:
     return TensorDesc(name=name, shape=tuple(shape), dtype=dtype)
 
 
-def unroll(model: StepModel, inputs, states: tuple, lengths=None, *, fused: bool = False):
+def unroll(model: StepModel, inputs, states: tuple, lengths=None, *, fused: bool = False, statics: tuple = ()):
     """Runs the step over `inputs [B, T, ...]` from `states`; returns (outputs [B, T, ...], states).
 
     `fused`: run the model's `fused_unroll` (whole-sequence kernels) instead of the loop.
-    A model with several `outputs` returns a tuple of them, each `[B, T, ...]`.
+    A model with several `outputs` returns a tuple of them, each `[B, T, ...]`. `statics`: the
+    model's static inputs, read by every step.
     """
     if fused:
         outputs, final = model.fused_unroll(inputs, tuple(states))
@@ -79,7 +80,7 @@ def unroll(model: StepModel, inputs, states: tuple, lengths=None, *, fused: bool
         output_tas, state = carried[:count], carried[count:]
         x_t = input_ta.read(t)
         mask = None if lengths is None else t < lengths
-        y_t, new_state = step(x_t, tuple(state), mask)
+        y_t, new_state = step(x_t, tuple(state), mask, statics) if statics else step(x_t, tuple(state), mask)
         new_state = tuple(new_state)
         for tensor, shape in zip(new_state, state_shapes):
             tensor.set_shape(shape)
@@ -117,6 +118,13 @@ def _stacked(output_ta, inputs, shape, dtype):
 
 
 def _zero_states(model: StepModel, batch) -> tuple:
+    return tuple(tf.zeros(tf.stack([batch, *s.shape]), dtype=s.dtype) for s in model.states)
+
+
+def _initial_states(model: StepModel, batch, statics: tuple) -> tuple:
+    """The states before the first step: from the static inputs where the model says so, else zeros."""
+    if model.initial_states_fn is not None:
+        return tuple(model.initial_states_fn(statics))
     return tuple(tf.zeros(tf.stack([batch, *s.shape]), dtype=s.dtype) for s in model.states)
 
 
@@ -163,6 +171,10 @@ def trace(
     out_seq = _desc("outputs", (None, None, *model.output_shape), model.output_dtype)
     out_last = _desc("outputs", (None, *model.output_shape), model.output_dtype)
     state_names = [s.name for s in model.states]
+    static_descs = [_desc(i.name, (None, *i.shape), i.dtype) for i in model.static_inputs]
+
+    def statics_of(feed) -> tuple:
+        return tuple(feed[i.name] for i in model.static_inputs)
 
     def state_outputs(states) -> dict:
         return dict(zip(state_names, states))
@@ -175,8 +187,10 @@ def trace(
 
     def predict_outputs(feed, fused=False):
         inputs = feed["inputs"]
+        statics = statics_of(feed)
         outputs, final = unroll(
-            model, inputs, _zero_states(model, tf.shape(inputs)[0]), feed.get("lengths"), fused=fused
+            model, inputs, _initial_states(model, tf.shape(inputs)[0], statics), feed.get("lengths"), fused=fused,
+            statics=statics,
         )
         return named(outputs, last=True), final
 
@@ -186,18 +200,22 @@ def trace(
 
     def stream(feed, fused=False):
         states = tuple(feed[n] for n in state_names)
-        outputs, final = unroll(model, feed["inputs"], states, feed.get("lengths"), fused=fused)
+        outputs, final = unroll(model, feed["inputs"], states, feed.get("lengths"), fused=fused,
+                                statics=statics_of(feed))
         return {**named(outputs), **state_outputs(final)}
 
     def step(feed):
-        y, new = model.bound_step()(feed["x"], tuple(feed[n] for n in state_names))
+        states = tuple(feed[n] for n in state_names)
+        statics = statics_of(feed)
+        bound = model.bound_step()
+        y, new = bound(feed["x"], states, None, statics) if statics else bound(feed["x"], states)
         if model.outputs:
             return {**{o.name: value for o, value in zip(model.outputs, y)}, **state_outputs(new)}
         y = model.apply_head(y)
         return {"y": y, **state_outputs(new)}
 
     def initial_state(feed):
-        return state_outputs(_zero_states(model, feed["batch_size"]))
+        return state_outputs(_initial_states(model, feed["batch_size"], statics_of(feed)))
 
     def input_gradients(feed):
         inputs = feed["inputs"]
@@ -220,14 +238,15 @@ def trace(
         predict_descs = [out_last if model.last_step_only else out_seq]
         step_outputs = [_desc("y", (None, *model.output_shape), model.output_dtype)]
     table = [
-        (SignatureName.PREDICT, [seq_desc, *lengths_desc], predict, [*predict_descs, *state_descs]),
-        (SignatureName.STREAM, [seq_desc, *state_descs, *lengths_desc], stream, [*seq_outputs, *state_descs]),
-        (SignatureName.STEP, [x_desc, *state_descs], step, [*step_outputs, *state_descs]),
-        (SignatureName.INITIAL_STATE, [_desc("batch_size", (), "int32")], initial_state, state_descs),
+        (SignatureName.PREDICT, [seq_desc, *static_descs, *lengths_desc], predict, [*predict_descs, *state_descs]),
+        (SignatureName.STREAM, [seq_desc, *static_descs, *state_descs, *lengths_desc], stream,
+         [*seq_outputs, *state_descs]),
+        (SignatureName.STEP, [x_desc, *static_descs, *state_descs], step, [*step_outputs, *state_descs]),
+        (SignatureName.INITIAL_STATE, [_desc("batch_size", (), "int32"), *static_descs], initial_state, state_descs),
     ]
     if with_input_gradients:
         table.append(
-            (SignatureName.INPUT_GRADIENTS, [seq_desc, *lengths_desc], input_gradients,
+            (SignatureName.INPUT_GRADIENTS, [seq_desc, *static_descs, *lengths_desc], input_gradients,
              [_desc("input_gradients", seq_desc.shape, seq_desc.dtype)])
         )
 

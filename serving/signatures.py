@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from exporter.artifact.errors import BadInput, several_outputs_unsupported
+from exporter.artifact.errors import BadInput, several_outputs_unsupported, static_inputs_unsupported
 from exporter.artifact.specs import SignatureName, SignatureSpec
 
 
@@ -107,7 +107,7 @@ class SequenceKeys:
     @classmethod
     def from_views(cls, views: Mapping[str, SignatureView]) -> "SequenceKeys":
         """Raises ValueError naming what is missing when these are not a seqexport export's signatures,
-        BadInput for an export with several outputs (not carried by a session yet)."""
+        BadInput for an export with several outputs or static inputs (not carried by a session yet)."""
         for needed in (SignatureName.STREAM.value, SignatureName.INITIAL_STATE.value):
             if needed not in views:
                 raise ValueError(
@@ -122,6 +122,10 @@ class SequenceKeys:
         lengths = [t.key for t in rest_in if _is_lengths(t)]
         sequence = [t.key for t in rest_in if t.key not in lengths]
         outputs = [k for k in stream.outputs if k not in states]
+        initial_in = views[SignatureName.INITIAL_STATE.value].inputs
+        static = sorted(k for k in sequence if k in initial_in)  # fed to `initial_state` and `stream` alike
+        if static and len(sequence) == len(static) + 1:
+            raise BadInput(static_inputs_unsupported("The streaming session (client-side state carry)", static))
         if len(sequence) == 1 and len(lengths) <= 1 and len(outputs) > 1:
             raise BadInput(several_outputs_unsupported("The streaming session (client-side state carry)",
                                                        sorted(outputs)))

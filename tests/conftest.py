@@ -9,7 +9,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import pytest
 
 # Fixtures used by tests in several folders (a module's tests live where the module does).
-pytest_plugins = ["tests.fixtures.serving", "tests.fixtures.runtimes", "tests.fixtures.several_outputs"]
+pytest_plugins = ["tests.fixtures.serving", "tests.fixtures.runtimes", "tests.fixtures.several_outputs",
+                  "tests.fixtures.static_inputs"]
 
 
 @pytest.fixture(scope="session")

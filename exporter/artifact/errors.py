@@ -72,3 +72,15 @@ def several_outputs_unsupported(what: str, names) -> str:
         "every output by name from `serving_default`, `stream` and `step` (TF Serving, `seqexport serve`): "
         "call those signatures directly."
     )
+
+
+def static_inputs_unsupported(what: str, names) -> str:
+    """The message of a `BadInput` where `what` cannot take an export with static inputs yet."""
+    names = list(names)
+    return (
+        f"{what} supports exports with one sequence input; this one also has {len(names)} static input(s) "
+        f"({', '.join(names)}). Not supported yet for static inputs: the streaming session's state carry, the "
+        "LiteRT, ONNX and Triton conversions, and exporting again from the SavedModel. The TF export itself "
+        "takes them in every signature (`serving_default`, `stream`, `step`, `initial_state`; TF Serving, "
+        "`seqexport serve`): call those signatures directly, feeding the static inputs with every call."
+    )

@@ -14,7 +14,10 @@ import re
 #   Version 2, 2026-12-01: adds verify_timings (seconds per check) and verify_peak_rss_mb.
 #   Version 3, 2026-12-01: adds `outputs` (the output names of a model with several outputs;
 #       empty for one output, keyed `outputs`, `y` in `step`, as before).
-MANIFEST_FORMAT_VERSION = 3
+#   Version 4, 2026-12-01: adds `static_inputs` (inputs without a time axis, fed once per call).
+#       Written only by exports that have static inputs; the others still write 3, key for key.
+MANIFEST_FORMAT_VERSION = 4
+NO_STATIC_INPUTS_FORMAT_VERSION = 3
 MIN_SUPPORTED_MANIFEST_VERSION = 1
 
 # TF Serving, gRPC and REST all accept these in tensor and signature keys.
@@ -143,6 +146,34 @@ class OutputSpec:
 
     @classmethod
     def from_json(cls, data: dict) -> "OutputSpec":
+        return cls(**(data | {"shape": tuple(data["shape"])}))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class InputSpec:
+    """A static input: no time axis, `[B, *shape]`, fed once per call and visible at every step.
+
+    Attributes:
+        name: its serving key in every signature (the Keras input name).
+        shape: shape without batch.
+        dtype: dtype name.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if not _KEY_PATTERN.match(self.name):
+            raise ValueError(
+                f"`name` must match {_KEY_PATTERN.pattern} to be a serving key. Got: {self.name!r}"
+            )
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self) | {"shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "InputSpec":
         return cls(**(data | {"shape": tuple(data["shape"])}))
 
 
@@ -348,7 +379,8 @@ class Manifest:
     take `lengths [B]`. `last_step_only` says `serving_default` returns the last
     step's output `[B, O]` instead of `[B, T, O]`. `outputs` is empty for a model with
     one output (keys `outputs`, and `y` in `step`); for several, it lists them in order:
-    each is an output key of `serving_default`, `stream` and `step`. DO NOT RELY on `checks` beyond
+    each is an output key of `serving_default`, `stream` and `step`. `static_inputs` (none for
+    a model with one input) are input keys of every signature, `initial_state` included. DO NOT RELY on `checks` beyond
     reading them: rows may be added. `batch_independent` is None until that check
     ran; only `True` allows server-side batching (`batch_offdiag_max` is the largest
     off-diagonal `(batch, batch)` Jacobian block magnitude found). `verify_timings`
@@ -372,6 +404,7 @@ class Manifest:
     verify_timings: dict = dataclasses.field(default_factory=dict)
     verify_peak_rss_mb: float | None = None
     outputs: tuple[OutputSpec, ...] = ()
+    static_inputs: tuple[InputSpec, ...] = ()
 
     def output_keys(self) -> tuple[tuple[str, str, bool], ...]:
         """(key in `serving_default`/`stream`, key in `step`, last step only) of each output."""
@@ -405,7 +438,7 @@ class Manifest:
             "verify_timings": {k: round(v, 3) for k, v in self.verify_timings.items()},
             "verify_peak_rss_mb": self.verify_peak_rss_mb,
             "outputs": [o.to_json() for o in self.outputs],
-        }
+        } | ({"static_inputs": [i.to_json() for i in self.static_inputs]} if self.static_inputs else {})
 
     @classmethod
     def from_json(cls, data: dict) -> "Manifest":
@@ -435,6 +468,7 @@ class Manifest:
             verify_timings=dict(data.get("verify_timings", {})),
             verify_peak_rss_mb=data.get("verify_peak_rss_mb"),
             outputs=tuple(OutputSpec.from_json(o) for o in data.get("outputs", [])),
+            static_inputs=tuple(InputSpec.from_json(i) for i in data.get("static_inputs", [])),
         )
 
 

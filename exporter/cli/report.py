@@ -282,6 +282,9 @@ def manifest_tables(manifest: Manifest) -> list:
     if manifest.outputs:
         facts.append(("outputs (by name)", ", ".join(
             f"{o.name}{' (last step)' if o.last_step else ''}" for o in manifest.outputs)))
+    if manifest.static_inputs:
+        facts.append(("static inputs (every call)", ", ".join(
+            f"{i.name} {list(i.shape)} {i.dtype}" for i in manifest.static_inputs)))
     if manifest.batch_independent is not None:
         facts.append(("batch independent", f"{manifest.batch_independent} (largest off-diagonal |J| "
                                            f"{compact(manifest.batch_offdiag_max)})"))

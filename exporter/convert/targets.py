@@ -24,7 +24,12 @@ import time
 from pathlib import Path
 
 from exporter.artifact.compare import failed
-from exporter.artifact.errors import BadInput, ConversionFailed, several_outputs_unsupported
+from exporter.artifact.errors import (
+    BadInput,
+    ConversionFailed,
+    several_outputs_unsupported,
+    static_inputs_unsupported,
+)
 from exporter.artifact.names import check_name
 from exporter.artifact.paths import SEQEXPORT_DIR
 from exporter.artifact.specs import CheckResult, CheckRows, RuntimeTarget, Tolerance
@@ -347,6 +352,9 @@ def convert_export(
     if stream_batch is not None and (target is not RuntimeTarget.TFLITE or stream_batch < 1):
         raise BadInput(f"A stream batch size (got {stream_batch}) is for --to tflite only, and must be positive.")
     loaded = loaded or load_export(Path(export_dir))
+    if loaded.manifest.static_inputs:
+        raise BadInput(static_inputs_unsupported(f"Converting to {target.value}",
+                                                 [i.name for i in loaded.manifest.static_inputs]))
     if loaded.manifest.outputs:
         raise BadInput(several_outputs_unsupported(f"Converting to {target.value}",
                                                    [o.name for o in loaded.manifest.outputs]))

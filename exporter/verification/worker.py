@@ -167,18 +167,25 @@ class _Checker:
         signature = self.signature(SignatureName.STREAM.value)
         forward = lambda f: signature(**f)  # noqa: E731
         backward = self.gradient_caller(SignatureName.STREAM.value)
-        initial = {k: v for k, v in self.signature(SignatureName.INITIAL_STATE.value)(
-            batch_size=tf.constant(batch, tf.int32)).items()}
+        # Static inputs are fed with every chunk (and to `initial_state`, whose states may come from them).
+        static_names = [i.name for i in self.manifest.static_inputs]
+        initial_state = self.signature(SignatureName.INITIAL_STATE.value)
+
+        def initial_of(tensors) -> dict:  # under the tape: the states may depend on the static inputs
+            return dict(initial_state(batch_size=tf.constant(batch, tf.int32), **{n: tensors[n] for n in static_names}))
+
+        initial = initial_of({n: tf.constant(feed[n]) for n in static_names})
         weights = _section(self.golden, f"{predict_name}/w/")
         want = _section(self.golden, f"{predict_name}/out/")
         for chunks in sorted({1, 2, steps}):
             bounds = np.linspace(0, steps, chunks + 1).astype(int)
 
             def chained(tensors, bounds=bounds, stream=forward):
-                states = dict(initial)
+                states = initial_of(tensors) if static_names else dict(initial)
                 pieces = {key: [] for key, _, _ in output_keys}
                 for start, stop in zip(bounds[:-1], bounds[1:]):
-                    chunk = {"inputs": tensors["inputs"][:, start:stop], **states}
+                    chunk = {"inputs": tensors["inputs"][:, start:stop], **{n: tensors[n] for n in static_names},
+                             **states}
                     if "lengths" in tensors:
                         chunk["lengths"] = tf.clip_by_value(tensors["lengths"] - start, 0, stop - start)
                     result = stream(chunk)
@@ -198,20 +205,21 @@ class _Checker:
                 grad_call=lambda f, chained=chained: chained(f, stream=backward),
             )
             self.compare_many("chunked", label, outputs, want, self.tol)
-        self._step_loop(inputs, initial, state_names)
+        self._step_loop(inputs, initial, state_names, {n: feed[n] for n in static_names})
 
-    def _step_loop(self, inputs, initial, state_names):
+    def _step_loop(self, inputs, initial, state_names, statics):
         tf = self.tf
         step = self.signature(SignatureName.STEP.value)
         predict = self.signature(SignatureName.PREDICT.value)
-        feed = {"inputs": tf.constant(inputs)}
+        statics = {k: tf.constant(v) for k, v in statics.items()}
+        feed = {"inputs": tf.constant(inputs), **statics}
         if self.manifest.masked:
             feed["lengths"] = tf.fill([inputs.shape[0]], inputs.shape[1])
         want = {k: v.numpy() for k, v in predict(**feed).items()}
         output_keys = self.manifest.output_keys()
         states, ys = dict(initial), {key: [] for key, _, _ in output_keys}
         for t in range(inputs.shape[1]):
-            result = step(x=tf.constant(inputs[:, t]), **states)
+            result = step(x=tf.constant(inputs[:, t]), **statics, **states)
             for key, step_key, _ in output_keys:
                 ys[key].append(result[step_key])
             states = {n: result[n] for n in state_names}
@@ -272,7 +280,8 @@ class _Checker:
         step_in = _section(self.golden, f"{step_name}/in/")
         rng = np.random.default_rng(1234)
         probes = {
-            predict_name: _probe_batch(predict_in, rng, batch=3, steps=4),
+            predict_name: _probe_batch(predict_in, rng, batch=3, steps=4,
+                                       static=[i.name for i in self.manifest.static_inputs]),
             step_name: _probe_batch(step_in, rng, batch=3),
         }
         for name, feed in probes.items():
@@ -289,15 +298,16 @@ class _Checker:
         }
 
 
-def _probe_batch(feed: dict, rng, *, batch: int, steps: int | None = None) -> dict:
-    """Fresh probe rows shaped like `feed` (B rows; T steps for sequences); ints stay in range."""
+def _probe_batch(feed: dict, rng, *, batch: int, steps: int | None = None, static=()) -> dict:
+    """Fresh probe rows shaped like `feed` (B rows; T steps for sequences, not for the `static`
+    inputs); ints stay in range."""
     probe = {}
     for key, value in feed.items():
         shape = (batch, *value.shape[1:])
         if key == "lengths":
             probe[key] = np.array([steps, max(1, steps - 1), steps][:batch], dtype=value.dtype)
             continue
-        if steps is not None and value.ndim >= 2:
+        if steps is not None and value.ndim >= 2 and key not in static:
             shape = (batch, steps, *value.shape[2:])
         if np.issubdtype(value.dtype, np.integer):
             probe[key] = rng.integers(1, max(2, int(value.max()) + 1), size=shape).astype(value.dtype)

@@ -183,6 +183,32 @@ SEVERAL_OUTPUTS = {
 }
 
 
+# --- static inputs (no time axis, fed once per call): name -> (builder, static input names) ------------
+
+STATIC_STEPS = 6  # `RepeatVector` needs the time axis fixed: the probes use this many steps
+
+
+def _static_features_per_step():
+    """Per-example features through a Dense, repeated over time and concatenated to every step."""
+    x, features = keras.Input((STATIC_STEPS, F), name="frames"), keras.Input((3,), name="speaker")
+    repeated = L.RepeatVector(STATIC_STEPS)(L.Dense(2, activation="tanh")(features))
+    h = L.LSTM(4, return_sequences=True)(L.Concatenate()([x, repeated]))
+    return keras.Model([x, features], L.Dense(2)(h))
+
+
+def _static_initial_state():
+    """Per-example features set a GRU's initial state through a Dense."""
+    x, features = keras.Input((None, F), name="frames"), keras.Input((3,), name="context")
+    h0 = L.Dense(5, activation="tanh")(features)
+    return keras.Model([x, features], L.Dense(2)(L.GRU(5, return_sequences=True)(x, initial_state=h0)))
+
+
+STATIC_INPUTS = {
+    "static_features_per_step": (_static_features_per_step, ("speaker",)),
+    "static_initial_state": (_static_initial_state, ("context",)),
+}
+
+
 def two_outputs():
     """A factory for `seqexport export tests.exporter.real_models:two_outputs`."""
     return build("two_heads_on_gru")
@@ -190,7 +216,8 @@ def two_outputs():
 
 def build(name: str) -> keras.Model:
     keras.utils.set_random_seed(7)
-    entry = STREAMABLE.get(name) or (SEVERAL_OUTPUTS[name][0] if name in SEVERAL_OUTPUTS else NOT_STREAMABLE[name][0])
+    entry = (STREAMABLE.get(name) or (SEVERAL_OUTPUTS.get(name) or STATIC_INPUTS.get(name) or (None,))[0]
+             or NOT_STREAMABLE[name][0])
     model = entry()
     for variable in model.trainable_variables:
         if "bias" in variable.path:
@@ -263,8 +290,8 @@ def no_recurrence():
 # function name: what the message must name
 REFUSED_CONSTRUCTS = {
     "subclassed": "subclassed keras.Model",
-    "two_inputs": "has 2 inputs; seqexport exports a model with one sequence input (several sequence inputs and "
-                  "static inputs are not supported yet",
+    "two_inputs": "merges a static input's tensor (no time axis) with a per-step or last-step one; a static "
+                  "input may feed `RepeatVector`",
     "last_step_into_rnn": "merges a per-step tensor with a last-step one",
     "self_attention": "MultiHeadAttention",
     "bidirectional": "Bidirectional",

@@ -7,6 +7,8 @@ them), over chunked `stream` calls and `step` T times.
 
 from __future__ import annotations
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -105,3 +107,114 @@ def _dict_model(key):
 def test_output_names_that_cannot_be_serving_keys_are_refused(key, message):
     with pytest.raises(UnsupportedModel, match=message):
         step_model_from_keras(_dict_model(key))
+
+
+# --- static inputs: no time axis, fed once per call, seen at every step -----------------------------------
+
+STATIC = sorted(real_models.STATIC_INPUTS)
+
+
+@pytest.mark.parametrize("name", STATIC)
+def test_static_inputs_export_and_verify_in_a_fresh_process(static_input_exports, name):
+    export = static_input_exports[name]
+    report = export.report
+    _, static = real_models.STATIC_INPUTS[name]
+    worst = max((c for c in report.checks if c.check.startswith(("source", "chunked"))), key=lambda c: c.max_abs)
+    print(f"{name}: {report.summary()}; export {export.export_seconds:.2f} s; worst source/chunked "
+          f"{worst.check} {worst.signature} {worst.tensor} {worst.max_abs:.2e}")
+    assert report.passed, report.failures
+    checked = {(c.check, c.signature, c.tensor) for c in report.checks}
+    assert ("source", "serving_default", "outputs") in checked
+    for label in ("stream x1", "stream x2", "stream x6", "step x6"):
+        assert ("chunked", label, "outputs") in checked
+    for key in static:  # gradients w.r.t. each static input, against Keras and over chunked calls
+        assert ("source gradients", "serving_default", f"d/{key}") in checked
+        for label in ("stream x1", "stream x2", "stream x6"):
+            assert ("chunked gradients", label, f"d/{key}") in checked
+        for signature in ("serving_default", "stream", "step"):
+            assert ("gradients", signature, f"d/{key}") in checked
+
+
+@pytest.mark.parametrize("name", STATIC)
+def test_every_signature_takes_the_static_inputs_and_the_manifest_lists_them(static_input_exports, name):
+    _, static = real_models.STATIC_INPUTS[name]
+    path = static_input_exports[name].path
+    manifest = read_manifest(path)
+    assert [i.name for i in manifest.static_inputs] == list(static)
+    assert all(len(i.shape) == 1 for i in manifest.static_inputs)
+    assert json.loads((path / "assets.extra/seqexport/manifest.json").read_text())["format_version"] == 4
+    for signature in SignatureName:
+        if signature.value in {s.name for s in manifest.signatures}:
+            inputs = {t.name: t for t in manifest.signature(signature.value).inputs}
+            for key in static:
+                assert inputs[key].shape == (None, 3), (signature, key)
+
+
+@pytest.mark.parametrize("name", STATIC)
+def test_the_reloaded_static_input_export_equals_keras_on_new_sequences(static_input_exports, name):
+    """Independent of the goldens: another batch, whole and in two `stream` chunks from `initial_state`
+    (which a static input sets where it feeds `initial_state=`), and `step` T times."""
+    _, (key,) = real_models.STATIC_INPUTS[name]
+    steps = real_models.STATIC_STEPS
+    model = real_models.build(name)
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(4, steps, F)).astype("float32")
+    features = rng.normal(size=(4, 3)).astype("float32")
+    want = np.asarray(model([x, features], training=False))
+    path = static_input_exports[name].path
+    state_names = [s.name for s in read_manifest(path).states]
+    loaded = tf.saved_model.load(str(path))
+    static = {key: tf.constant(features)}
+    got = loaded.signatures["serving_default"](inputs=tf.constant(x), **static)["outputs"].numpy()
+    states = loaded.signatures["initial_state"](batch_size=tf.constant(4), **static)
+    first = loaded.signatures["stream"](inputs=tf.constant(x[:, :2]), **static, **states)
+    second = loaded.signatures["stream"](inputs=tf.constant(x[:, 2:]), **static,
+                                         **{n: first[n] for n in state_names})
+    chunked = np.concatenate([first["outputs"].numpy(), second["outputs"].numpy()], axis=1)
+    ys, carried = [], dict(states)
+    for t in range(steps):
+        result = loaded.signatures["step"](x=tf.constant(x[:, t]), **static, **carried)
+        ys.append(result["y"].numpy())
+        carried = {n: result[n] for n in state_names}
+    errors = [float(np.abs(a - want).max()) for a in (got, chunked, np.stack(ys, axis=1))]
+    print(f"{name}: max abs vs Keras (whole, 2 stream chunks, step x{steps}) {errors}")
+    assert max(errors) <= 1e-5
+    # The static input is used: other features give other outputs.
+    other = loaded.signatures["serving_default"](inputs=tf.constant(x), **{key: tf.constant(features + 1)})
+    assert float(np.abs(other["outputs"].numpy() - got).max()) > 1e-3
+
+
+def test_one_input_manifest_keeps_its_keys_and_format(demo_export):
+    data = json.loads((demo_export.path / "assets.extra/seqexport/manifest.json").read_text())
+    assert "static_inputs" not in data and data["format_version"] == 3
+    assert read_manifest(demo_export.path).static_inputs == ()
+
+
+def _two_sequences():
+    x, y = keras.Input((None, F)), keras.Input((None, F))
+    return keras.Model([x, y], keras.layers.GRU(2, return_sequences=True)(keras.layers.Add()([x, y])))
+
+
+def _static_merged_without_repeat():
+    x, s = keras.Input((None, F)), keras.Input((3,), name="context")
+    h = keras.layers.GRU(2, return_sequences=True)(x)
+    return keras.Model([x, s], h + keras.layers.Dense(2)(s)[:, None])
+
+
+def _initial_state_from_another_rnn():
+    x = keras.Input((None, F))
+    _, h = keras.layers.GRU(2, return_state=True)(x)
+    decoded = keras.layers.GRU(2, return_sequences=True)(x, initial_state=h)
+    return keras.Model(x, keras.layers.Add()([decoded, keras.layers.Dense(2)(x)]))  # a graph, not a chain
+
+
+@pytest.mark.parametrize("build, message", [
+    (_two_sequences, r"has 2 inputs \(.*\) and 2 of them have a time axis\. seqexport exports a model with ONE "
+                     r"sequence input \[B, T, \.\.\.\] plus any number of static inputs"),
+    (_static_merged_without_repeat, r"merges a static input's tensor \(no time axis\) with a per-step or last-step "
+                                    r"one; a static input may feed `RepeatVector`"),
+    (_initial_state_from_another_rnn, r"its `initial_state=` is not computed from static inputs alone"),
+])
+def test_what_static_inputs_do_not_cover_is_refused_with_what_is_supported(build, message):
+    with pytest.raises(UnsupportedModel, match=message):
+        step_model_from_keras(build())

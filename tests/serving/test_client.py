@@ -241,3 +241,13 @@ def test_a_session_refuses_several_outputs_by_name(several_outputs_server, sever
         SavedModelBackend(several_output_exports["two_heads_on_gru"].path)
     with GrpcClient(several_outputs_server.grpc_target) as client, pytest.raises(BadInput, match=message):
         client.backend("two_heads_on_gru")
+
+
+def test_a_session_refuses_static_inputs_by_name(static_input_exports):
+    from exporter.artifact.errors import BadInput
+    from serving.client import SavedModelBackend
+
+    message = r"streaming session \(client-side state carry\) supports exports with one sequence input; this one " \
+              r"also has 1 static input\(s\) \(context\)\. Not supported yet for static inputs"
+    with pytest.raises(BadInput, match=message):
+        SavedModelBackend(static_input_exports["static_initial_state"].path)

@@ -249,3 +249,28 @@ def test_export_targets_refuse_several_outputs_before_any_work(tmp_path):
     payload = json.loads(result.stdout)
     assert payload["error"].startswith(f"--targets onnx {SEVERAL_OUTPUTS_REFUSED}")
     assert not base.exists() or not any(base.iterdir())
+
+
+STATIC_INPUTS_REFUSED = ("supports exports with one sequence input; this one also has 1 static input(s) (context). "
+                         "Not supported yet for static inputs")
+
+
+@pytest.mark.parametrize("target", ["tflite", "onnx", "triton", "triton-python"])
+def test_converting_static_inputs_is_exit_2_naming_them(tmp_path, static_input_exports, target):
+    export_dir = static_input_exports["static_initial_state"].path
+    result = runner.invoke(app, ["convert", str(export_dir), "--to", target, "--out", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    payload = json.loads(result.stdout)
+    print(target, "->", payload["error"])
+    assert payload["error"].startswith(f"Converting to {target} {STATIC_INPUTS_REFUSED}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_exporting_again_from_a_static_input_saved_model_is_exit_2(tmp_path, static_input_exports):
+    export_dir = static_input_exports["static_initial_state"].path
+    result = runner.invoke(app, ["export", str(export_dir), "--name", "again", "--base", str(tmp_path / "b"), "--json"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    payload = json.loads(result.stdout)
+    assert payload["error"].startswith(f"Exporting from the SavedModel {str(export_dir)!r} {STATIC_INPUTS_REFUSED}")

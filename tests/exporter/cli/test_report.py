@@ -213,6 +213,13 @@ def test_inspect_lists_several_outputs_by_name(several_output_exports):
     assert "scores, summary (last step)" in " ".join(result.output.split())
 
 
+def test_inspect_lists_static_inputs(static_input_exports):
+    result = CliRunner().invoke(app, ["inspect", str(static_input_exports["static_initial_state"].path)])
+    assert result.exit_code == 0, result.output
+    assert_fits(result.output, 80)
+    assert "context [3] float32" in " ".join(result.output.split())
+
+
 def _piped(*args) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "FORCE_COLOR", "TERM")}
     seqexport = Path(sys.executable).with_name("seqexport")  # the installed command, its stdout a pipe

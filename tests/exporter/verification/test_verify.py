@@ -72,7 +72,7 @@ def test_a_verification_past_its_limit_is_a_failed_check_naming_the_option(demo_
 
 
 @pytest.fixture(scope="module")
-def broken_exports(demo_keras_file, several_output_exports, tmp_path_factory):
+def broken_exports(demo_keras_file, several_output_exports, static_input_exports, tmp_path_factory):
     """Exports that are wrong in one way each, verified together in one fresh process."""
     import exporter.layers  # noqa: F401  registers GradientClip for loading
 
@@ -111,6 +111,14 @@ def broken_exports(demo_keras_file, several_output_exports, tmp_path_factory):
                                   ("tampered_summary", "dict_of_outputs", "serving_default/out/summary")]:
         dirs[name] = base / name
         shutil.copytree(several_output_exports[model_name].path, dirs[name])
+        golden = golden_io.load(golden_path(dirs[name]))
+        golden[key] = golden[key] + np.float32(1e-2)
+        golden_io.save(golden, golden_path(dirs[name]))
+    # The static-input path: the source gradient w.r.t. a static input, and the static input fed to `stream`.
+    for name, model_name, key in [("tampered_static_grad", "static_initial_state", "reference/grad/context"),
+                                  ("tampered_static_in", "static_features_per_step", "stream/in/speaker")]:
+        dirs[name] = base / name
+        shutil.copytree(static_input_exports[model_name].path, dirs[name])
         golden = golden_io.load(golden_path(dirs[name]))
         golden[key] = golden[key] + np.float32(1e-2)
         golden_io.save(golden, golden_path(dirs[name]))
@@ -196,6 +204,16 @@ def test_several_outputs_fail_on_the_one_output_whose_golden_was_altered(broken_
     # (`step` T times is checked against the reloaded `serving_default`, so it still passes).
     assert failing == {("reload", "serving_default", "summary"), ("chunked", "stream x1", "summary"),
                        ("chunked", "stream x2", "summary"), ("chunked", "stream x6", "summary")}
+
+
+def test_a_broken_static_input_path_fails_verification(broken_exports):
+    failing = {(c.check, c.signature, c.tensor) for c in broken_exports["tampered_static_grad"].failures}
+    assert failing == {("source gradients", "serving_default", "d/context")}
+    failing = {(c.check, c.signature, c.tensor) for c in broken_exports["tampered_static_in"].failures}
+    print(sorted(failing))
+    assert ("reload", "stream", "outputs") in failing
+    assert ("gradients", "stream", "d/speaker") in failing
+    assert all(signature == "stream" for _, signature, _ in failing)
 
 
 def test_source_check_fails_when_export_differs_from_model(broken_exports):
