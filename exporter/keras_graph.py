@@ -133,6 +133,29 @@ def _rnn_with_initial_state(index: int, node, kinds: dict[int, str], node_index:
                       rnn_call, initial=initial)
 
 
+def _reference_steps(model: keras.Model, x_tensor, layers) -> int | None:
+    """The one sequence length the source model takes: a fixed-length sequence Input, or the `n` of a
+    `RepeatVector` (the graph's merge needs the sequence that long). None: any length.
+
+    Raises:
+        UnsupportedModel: the lengths disagree, or the model takes one step only (the chunked
+            checks need at least two).
+    """
+    lengths = {int(l.n) for l in layers if isinstance(l, keras.layers.RepeatVector)}
+    if x_tensor.shape[1] is not None:
+        lengths.add(int(x_tensor.shape[1]))
+    if not lengths:
+        return None
+    if len(lengths) > 1:
+        raise UnsupportedModel(f"Model {model.name!r} fixes its sequence length to several values "
+                               f"({sorted(lengths)}: the sequence Input and `RepeatVector` layers disagree).")
+    (steps,) = lengths
+    if steps < 2:
+        raise UnsupportedModel(f"Model {model.name!r} takes sequences of {steps} step only; the verification "
+                               "streams the golden probe in two chunks, so it needs at least 2 steps.")
+    return steps
+
+
 def _static_node(index: int, node, in_kinds: set[str]) -> _GraphNode:
     """A node reading static tensors: on them alone it computes a static tensor (once per step, the
     same each time); `RepeatVector` turns one into a per-step tensor, the same at every step."""
@@ -336,6 +359,7 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
         last_step_only=not several and kinds[output_ids[0]] == LAST_STEP,
         reference_fn=_named_reference(reference, outputs) if several else reference,
         reference_batch=stateful_batch(layers),
+        reference_steps=_reference_steps(model, x_tensor, layers),
         input_vocab=next((l.input_dim for l in layers if isinstance(l, keras.layers.Embedding)), None),
         description=description or f"Keras model {model.name!r}",
         static_inputs=static_specs,

@@ -107,6 +107,8 @@ def write_export(
         dtype=step_model.compute_dtype,
         float_inputs=step_model.differentiable_inputs,
     )
+    if step_model.reference_steps:  # the source model takes that many steps only: probe with them
+        options = dataclasses.replace(options, probe_steps=step_model.reference_steps)
     # The manifest says what was done: fused only where the model has the kernels for it.
     options = dataclasses.replace(options, fused=will_fuse(step_model, jit=options.jit, fused=options.fused))
     progress("trace")

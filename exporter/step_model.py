@@ -56,6 +56,9 @@ class StepModel:
         mask_pad_value: value that marks a padded step in `reference_fn` inputs.
         reference_batch: batch size `reference_fn` needs (stateful Keras models are built
             for one), or None for any.
+        reference_steps: sequence length `reference_fn` needs (a fixed-length Input, or a
+            `RepeatVector(n)` that broadcasts a static input over n steps), or None for any.
+            The golden probes then have that many steps; the export itself takes any T.
         trainable_names: readable, unique names of `trainable_variables` for reports
             (default: the variables' own names, numbered where they clash).
         input_vocab: for integer inputs (token ids), the number of ids; probes draw from it.
@@ -103,6 +106,7 @@ class StepModel:
     reference_variables: tuple | None = None
     mask_pad_value: float = 0.0
     reference_batch: int | None = None
+    reference_steps: int | None = None
     trainable_names: tuple[str, ...] | None = None
     input_vocab: int | None = None
     description: str = ""

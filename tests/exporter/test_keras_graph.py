@@ -218,3 +218,29 @@ def _initial_state_from_another_rnn():
 def test_what_static_inputs_do_not_cover_is_refused_with_what_is_supported(build, message):
     with pytest.raises(UnsupportedModel, match=message):
         step_model_from_keras(build())
+
+
+def _repeat_model(input_steps, repeat_steps):
+    x = keras.Input((input_steps, F), name="x")
+    s = keras.Input((3,), name="speaker")
+    per_step = keras.layers.RepeatVector(repeat_steps)(keras.layers.Dense(4)(s))
+    h = keras.layers.GRU(5, return_sequences=True)(keras.layers.Concatenate()([x, per_step]))
+    return keras.Model([x, s], keras.layers.Dense(2)(h))
+
+
+@pytest.mark.parametrize("input_steps, repeat_steps, steps", [(None, 9, 9), (9, 9, 9)])
+def test_a_model_fixed_to_one_length_is_probed_with_that_length(tmp_path, input_steps, repeat_steps, steps):
+    from exporter.artifact import golden_io
+    from exporter.artifact.paths import golden_path
+    from exporter.pipeline import write_export
+
+    step_model = step_model_from_keras(_repeat_model(input_steps, repeat_steps))
+    assert step_model.reference_steps == steps
+    manifest = write_export(step_model, tmp_path / "m", name="m", source={"kind": "test"})
+    assert manifest.options.probe_steps == steps
+    assert golden_io.load(golden_path(tmp_path / "m"))["serving_default/in/inputs"].shape[1] == steps
+
+
+def test_a_model_of_one_step_is_refused():
+    with pytest.raises(UnsupportedModel, match="takes sequences of 1 step only.*needs at least 2 steps"):
+        step_model_from_keras(_repeat_model(None, 1))
