@@ -60,12 +60,8 @@ class SourceKind(str, enum.Enum):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TensorDesc:
-    """Shape (None = dynamic) and dtype name of one tensor, batch dimension included."""
-
-    name: str
-    shape: tuple[int | None, ...]
-    dtype: str
+class _Keyed:
+    """A tensor named by a serving key, its shape a tuple (a list in JSON); subclasses add the fields."""
 
     def __post_init__(self):
         if not _KEY_PATTERN.match(self.name):
@@ -74,15 +70,24 @@ class TensorDesc:
             )
 
     def to_json(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        return dataclasses.asdict(self) | {"shape": list(self.shape)}
 
     @classmethod
-    def from_json(cls, data: dict) -> "TensorDesc":
-        return cls(name=data["name"], shape=tuple(data["shape"]), dtype=data["dtype"])
+    def from_json(cls, data: dict):
+        return cls(**(data | {"shape": tuple(data["shape"])}))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class StateSpec:
+class TensorDesc(_Keyed):
+    """Shape (None = dynamic) and dtype name of one tensor, batch dimension included."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StateSpec(_Keyed):
     """One state tensor of the step model, `[batch, *shape]`.
 
     Attributes:
@@ -100,25 +105,15 @@ class StateSpec:
     dtype: str = "float32"
 
     def __post_init__(self):
-        if not _KEY_PATTERN.match(self.name):
-            raise ValueError(
-                f"`name` must match {_KEY_PATTERN.pattern} to be a serving key. Got: {self.name!r}"
-            )
+        super().__post_init__()
         if self.index < 0:
             raise ValueError(f"`index` must be >= 0. Got: {self.index}")
         if any(d is None or d <= 0 for d in self.shape):
             raise ValueError(f"`shape` of state {self.name!r} must be static and positive. Got: {self.shape}")
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self) | {"shape": list(self.shape)}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "StateSpec":
-        return cls(**(data | {"shape": tuple(data["shape"])}))
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class OutputSpec:
+class OutputSpec(_Keyed):
     """One output of a model with several outputs (a list or dict of Keras outputs).
 
     Attributes:
@@ -135,22 +130,9 @@ class OutputSpec:
     dtype: str = "float32"
     last_step: bool = False
 
-    def __post_init__(self):
-        if not _KEY_PATTERN.match(self.name):
-            raise ValueError(
-                f"`name` must match {_KEY_PATTERN.pattern} to be a serving key. Got: {self.name!r}"
-            )
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self) | {"shape": list(self.shape)}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "OutputSpec":
-        return cls(**(data | {"shape": tuple(data["shape"])}))
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class InputSpec:
+class InputSpec(_Keyed):
     """A static input: no time axis, `[B, *shape]`, fed once per call and visible at every step.
 
     Attributes:
@@ -162,19 +144,6 @@ class InputSpec:
     name: str
     shape: tuple[int, ...]
     dtype: str = "float32"
-
-    def __post_init__(self):
-        if not _KEY_PATTERN.match(self.name):
-            raise ValueError(
-                f"`name` must match {_KEY_PATTERN.pattern} to be a serving key. Got: {self.name!r}"
-            )
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self) | {"shape": list(self.shape)}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "InputSpec":
-        return cls(**(data | {"shape": tuple(data["shape"])}))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
