@@ -15,7 +15,7 @@ import numpy
 import tensorflow as tf
 
 from exporter.artifact import golden_io
-from exporter.artifact.errors import BadInput, VerifyFailed, several_outputs_unsupported, static_inputs_unsupported
+from exporter.artifact.errors import BadInput, VerifyFailed, refuse_static_inputs_or_several_outputs
 from exporter.artifact.manifest import write_manifest
 from exporter.artifact.paths import golden_path
 from exporter.artifact.specs import (
@@ -233,12 +233,10 @@ def _load(model_ref, options: ExportOptions):
             f"--with-input-gradients needs float inputs; this model takes {step_model.input_dtype} "
             "(token ids have no gradient)."
         )
-    if options.targets and step_model.static_inputs:
-        raise BadInput(static_inputs_unsupported(
-            f"--targets {','.join(options.targets)}", [i.name for i in step_model.static_inputs]))
-    if options.targets and step_model.outputs:
-        raise BadInput(several_outputs_unsupported(
-            f"--targets {','.join(options.targets)}", [o.name for o in step_model.outputs]))
+    if options.targets:
+        refuse_static_inputs_or_several_outputs(f"--targets {','.join(options.targets)}",
+                                                [i.name for i in step_model.static_inputs],
+                                                [o.name for o in step_model.outputs])
     return step_model, kind
 
 

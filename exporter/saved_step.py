@@ -12,7 +12,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from exporter.artifact.errors import BadInput, several_outputs_unsupported, static_inputs_unsupported
+from exporter.artifact.errors import BadInput, refuse_static_inputs_or_several_outputs
 from exporter.artifact.paths import SAVED_MODEL_FILE, is_saved_model_dir, manifest_path
 from exporter.artifact.specs import StateSpec
 from exporter.step_model import StepModel
@@ -50,14 +50,11 @@ def step_model_from_saved_model(path: Path) -> StepModel:
         )
     inputs = step.structured_input_signature[1]
     outputs = step.structured_outputs
-    several = [o.get("name") for o in _manifest(path).get("outputs", [])]
-    static = [i.get("name") for i in _manifest(path).get("static_inputs", [])]
-    if static:
-        raise BadInput(static_inputs_unsupported(f"Exporting from the SavedModel {str(path)!r}", static)
-                       + " Export from the .keras file instead.")
-    if several:
-        raise BadInput(several_outputs_unsupported(f"Exporting from the SavedModel {str(path)!r}", several)
-                       + " Export from the .keras file instead.")
+    manifest = _manifest(path)
+    refuse_static_inputs_or_several_outputs(f"Exporting from the SavedModel {str(path)!r}",
+                                            [i.get("name") for i in manifest.get("static_inputs", [])],
+                                            [o.get("name") for o in manifest.get("outputs", [])],
+                                            advice=" Export from the .keras file instead.")
     if "x" not in inputs or "y" not in outputs:
         raise BadInput(f"The 'step' signature of {str(path)!r} must take 'x' and return 'y'.")
     state_names = _state_order(path, set(inputs) - {"x"})

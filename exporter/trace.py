@@ -125,7 +125,7 @@ def _initial_states(model: StepModel, batch, statics: tuple) -> tuple:
     """The states before the first step: from the static inputs where the model says so, else zeros."""
     if model.initial_states_fn is not None:
         return tuple(model.initial_states_fn(statics))
-    return tuple(tf.zeros(tf.stack([batch, *s.shape]), dtype=s.dtype) for s in model.states)
+    return _zero_states(model, batch)
 
 
 def _signature(inputs: list[TensorDesc], body: Callable, *, jit: bool = False) -> Callable:

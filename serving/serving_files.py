@@ -16,6 +16,7 @@ the override is recorded in a comment atop `batching.config` and in the JSON.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import time
 from collections.abc import Mapping
@@ -98,7 +99,7 @@ def _app_name(names: list[str]) -> str:
 
 
 def _served_model(base: Path, name: str, policy: cfg.VersionPolicy, labels: dict[str, int],
-                  container_base: str) -> ServedModel:
+                  container_base: str, manifest_of) -> ServedModel:
     check_name(name)
     available = sorted(version_folders(base / name))
     if not available:
@@ -120,11 +121,11 @@ def _served_model(base: Path, name: str, policy: cfg.VersionPolicy, labels: dict
         policy=policy.describe(),
         versions=tuple(served),
         labels=dict(labels),
-        batch_independent={v: read_manifest(base / name / str(v)).batch_independent for v in served},
+        batch_independent={v: manifest_of(name, v).batch_independent for v in served},
     )
 
 
-def _batching_problems(models: list[ServedModel], base: Path) -> list[str]:
+def _batching_problems(models: list[ServedModel], manifest_of) -> list[str]:
     problems = []
     for model in models:
         for version, proven in model.batch_independent.items():
@@ -134,16 +135,16 @@ def _batching_problems(models: list[ServedModel], base: Path) -> list[str]:
                 problems.append(f"{model.name} version {version}: batch independence was never checked "
                                 "(manifest batch_independent is null)")
             else:
-                offdiag = read_manifest(base / model.name / str(version)).batch_offdiag_max
+                offdiag = manifest_of(model.name, version).batch_offdiag_max
                 problems.append(f"{model.name} version {version}: NOT batch independent (largest off-diagonal "
                                 f"Jacobian entry {offdiag}); batching would mix rows of different requests")
     return problems
 
 
-def _scalar_input_signatures(models: list[ServedModel], base: Path) -> list[str]:
+def _scalar_input_signatures(models: list[ServedModel], manifest_of) -> list[str]:
     found = []
     for model in models:
-        manifest = read_manifest(base / model.name / str(model.versions[-1]))
+        manifest = manifest_of(model.name, model.versions[-1])
         for sig in manifest.signatures:
             scalars = [t.name for t in sig.inputs if len(t.shape) == 0]
             if scalars:
@@ -199,12 +200,14 @@ def write_serving_config(
     unknown = sorted(set(labels) - set(names))
     if unknown:
         raise BadInput(f"--label names model(s) {unknown} that are not served (--name {', '.join(names)}).")
-    models = [_served_model(base, name, policy, labels.get(name, {}), container_base) for name in names]
+    # Each served version's manifest is read once, here, whatever asks for it below.
+    manifest_of = functools.cache(lambda model, version: read_manifest(base / model / str(version)))
+    models = [_served_model(base, name, policy, labels.get(name, {}), container_base, manifest_of) for name in names]
 
     notes: list[str] = []
     choice, unproven = None, []
     if batching:
-        unproven = _batching_problems(models, base)
+        unproven = _batching_problems(models, manifest_of)
         if unproven and not force_batching:
             raise BadInput(
                 "Server-side batching is not proven safe: " + "; ".join(unproven) + ". Pass --no-batching, "
@@ -212,7 +215,7 @@ def write_serving_config(
             )
         count = max(parameter_count(base / m.name / str(m.versions[-1])) for m in models)
         choice = cfg.BatchingChoice.from_model(parameter_count=count, threads=cpus)
-        scalars = _scalar_input_signatures(models, base)
+        scalars = _scalar_input_signatures(models, manifest_of)
         if scalars:
             notes.append(
                 "With --enable_batching TF Serving rejects every call of a signature with a scalar input "
@@ -228,7 +231,7 @@ def write_serving_config(
                 notes.append(f"{model.name} version {version} has no {WARMUP_FILE} (exported before warmup "
                              "records existed): it starts cold.")
 
-    xla = any(read_manifest(base / m.name / str(v)).options.jit for m in models for v in m.versions)
+    xla = any(manifest_of(m.name, v).options.jit for m in models for v in m.versions)
     files = deploy.ServerFiles(
         models=cfg.MODELS_CONFIG,
         monitoring=cfg.MONITORING_CONFIG,

@@ -74,6 +74,17 @@ def several_outputs_unsupported(what: str, names) -> str:
     )
 
 
+def refuse_static_inputs_or_several_outputs(what: str, static_inputs=(), outputs=(), *, advice: str = "") -> None:
+    """Raises the `BadInput` of a consumer that takes one sequence input and one output only (static inputs first).
+
+    `advice` is appended to the message (what to do instead, where there is something).
+    """
+    if static_inputs:
+        raise BadInput(static_inputs_unsupported(what, static_inputs) + advice)
+    if outputs:
+        raise BadInput(several_outputs_unsupported(what, outputs) + advice)
+
+
 def static_inputs_unsupported(what: str, names) -> str:
     """The message of a `BadInput` where `what` cannot take an export with static inputs yet."""
     names = list(names)

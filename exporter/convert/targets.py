@@ -27,8 +27,7 @@ from exporter.artifact.compare import failed
 from exporter.artifact.errors import (
     BadInput,
     ConversionFailed,
-    several_outputs_unsupported,
-    static_inputs_unsupported,
+    refuse_static_inputs_or_several_outputs,
 )
 from exporter.artifact.names import check_name
 from exporter.artifact.paths import SEQEXPORT_DIR
@@ -352,12 +351,9 @@ def convert_export(
     if stream_batch is not None and (target is not RuntimeTarget.TFLITE or stream_batch < 1):
         raise BadInput(f"A stream batch size (got {stream_batch}) is for --to tflite only, and must be positive.")
     loaded = loaded or load_export(Path(export_dir))
-    if loaded.manifest.static_inputs:
-        raise BadInput(static_inputs_unsupported(f"Converting to {target.value}",
-                                                 [i.name for i in loaded.manifest.static_inputs]))
-    if loaded.manifest.outputs:
-        raise BadInput(several_outputs_unsupported(f"Converting to {target.value}",
-                                                   [o.name for o in loaded.manifest.outputs]))
+    refuse_static_inputs_or_several_outputs(f"Converting to {target.value}",
+                                            [i.name for i in loaded.manifest.static_inputs],
+                                            [o.name for o in loaded.manifest.outputs])
     out_dir = Path(out_dir)
     run = _Run(loaded, target, out_dir, tolerance or loaded.manifest.options.tolerance)
     run.notes.extend(_common_notes(loaded))
