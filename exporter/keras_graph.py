@@ -293,7 +293,10 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
     rules: list[Callable | None] = []  # each node's mask rule (masked models only)
     pads: dict[float, object] = {}  # pad value -> the first layer that starts a mask with it
     ordered = [n for depth in sorted(model._nodes_by_depth, reverse=True) for n in model._nodes_by_depth[depth]]
+    mask_ops = _mask_only_nodes(model, ordered) if masked else set()
     for index, node in enumerate(n for n in ordered if not isinstance(n.operation, keras.layers.InputLayer)):
+        if id(node) in mask_ops:
+            continue
         try:
             if masked:
                 rules.append(_mask_rule(index, node, id(x_tensor), pads))
@@ -438,12 +441,34 @@ def _mask_rule(index: int, node, sequence_id: int, pads: dict) -> Callable:
     return _compute_mask_rule(index, node)
 
 
+def _mask_arguments(node) -> set[int]:
+    return {id(t) for t in keras.tree.flatten(node.arguments.kwargs.get("mask")) if isinstance(t, keras.KerasTensor)}
+
+
 def _data_tensors(node) -> list:
-    """The tensors a node computes on: Keras also records the mask it passes a layer (`mask=`, the
-    ops of `compute_mask` before it), which exporter/keras_graph.py computes itself (`_mask_rule`)."""
-    masks = {id(t) for t in keras.tree.flatten(node.arguments.kwargs.get("mask"))
-             if isinstance(t, keras.KerasTensor)}
+    """The tensors a node computes on: Keras also records the mask it passes a layer (`mask=`, made
+    by the ops of `compute_mask` before it), which `_mask_rule` computes here instead."""
+    masks = _mask_arguments(node)
     return [t for t in node.arguments.keras_tensors if id(t) not in masks]
+
+
+def _mask_only_nodes(model: keras.Model, ordered) -> set[int]:
+    """The Keras ops that only compute the masks Keras passes as `mask=` (`not_equal`, `any`,
+    `logical_or`, ... recorded from `compute_mask`): the step computes those masks itself."""
+    uses: dict[int, list[tuple[int, bool]]] = {}  # tensor id -> (reading node id, read as a mask), ...
+    for node in ordered:
+        masks = _mask_arguments(node)
+        for tensor in node.arguments.keras_tensors:
+            uses.setdefault(id(tensor), []).append((id(node), id(tensor) in masks))
+    outputs = {id(t) for t in model.outputs}
+    skipped: set[int] = set()
+    for node in reversed(ordered):
+        if isinstance(node.operation, keras.layers.Layer) or any(id(t) in outputs for t in node.outputs):
+            continue
+        reads = [use for t in node.outputs for use in uses.get(id(t), [])]
+        if reads and all(as_mask or reader in skipped for reader, as_mask in reads):
+            skipped.add(id(node))
+    return skipped
 
 
 def _compute_mask_rule(index: int, node) -> Callable:
