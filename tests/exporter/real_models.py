@@ -331,6 +331,12 @@ def masked_custom_cell():
     return _seq(L.Masking(0.0), L.RNN(L.StackedRNNCells([L.GRUCell(3), L.GRUCell(2)])))
 
 
+def masked_static_input():
+    x, s = keras.Input((None, F), name="frames"), keras.Input((3,), name="context")
+    h = L.GRU(2, return_sequences=True)(L.Masking(0.0, name="pad")(x), initial_state=L.Dense(2)(s))
+    return keras.Model([x, s], L.Dense(2)(h))
+
+
 def no_recurrence():
     return _seq(L.Dense(4), L.Dense(2))
 
@@ -347,5 +353,7 @@ REFUSED_CONSTRUCTS = {
     "strided_causal_conv": "strides=2",
     "running_sum": "out[t] depends on in[t-",
     "masked_custom_cell": "masking is supported for SimpleRNN, GRU and LSTM cells only",
+    "masked_static_input": "masks its inputs ('pad') and has static inputs (context): masks with static inputs are "
+                           "not supported yet",
     "no_recurrence": "no recurrent layer",
 }

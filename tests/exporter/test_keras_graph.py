@@ -319,13 +319,6 @@ def test_merges_that_drop_the_mask_fail_the_source_check(masked_graph_exports):
     assert ("source", "serving_default") in failing
 
 
-def _masked_with_static_input():
-    x, s = keras.Input((None, F), name="frames"), keras.Input((3,), name="context")
-    h = keras.layers.GRU(2, return_sequences=True)(keras.layers.Masking(0.0, name="pad")(x),
-                                                    initial_state=keras.layers.Dense(2)(s))
-    return keras.Model([x, s], keras.layers.Dense(2)(h))
-
-
 def _two_pad_values():
     x = keras.Input((None, F))
     left = keras.layers.GRU(2, return_sequences=True)(keras.layers.Masking(0.0, name="zeros")(x))
@@ -349,8 +342,6 @@ def _mask_into_a_custom_cell():
 
 
 @pytest.mark.parametrize("build, message", [
-    (_masked_with_static_input, r"masks its inputs \('pad'\) and has static inputs \(context\): masks with static "
-                                r"inputs are not supported yet"),
     (_two_pad_values, r"\(Masking\) cannot run step by step: it marks padding with -?[01]\.0, while "
                       r"'(zeros|minus_one)' marks it with -?[01]\.0; padding is marked with one value"),
     (_mask_after_a_dense, r"'late_mask' \(Masking\) cannot run step by step: it starts a Keras mask from a tensor "
@@ -359,6 +350,7 @@ def _mask_into_a_custom_cell():
                                r"GRU and LSTM cells only"),
 ])
 def test_masks_the_graph_cannot_carry_exactly_are_refused_by_layer(build, message):
+    # Masks with static inputs: tests/exporter/cli/test_errors.py (`masked_static_input`, exit 2).
     with pytest.raises(UnsupportedModel, match=message) as info:
         step_model_from_keras(build())
     print(info.value)
