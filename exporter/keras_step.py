@@ -105,8 +105,10 @@ def rnn_stage(index: int, layer: keras.layers.RNN, masked: bool, emit: int = 0) 
         raise layer_refusal(index, layer, "it has go_backwards=True, so step t needs the steps after it")
     cell = layer.cell
     cell_type = type(cell).__name__
-    if masked and cell_type not in _BUILTIN_CELLS:
-        raise layer_refusal(index, layer, "masking is supported for SimpleRNN, GRU and LSTM cells only")
+    if masked:
+        refusal = masked_rnn_refusal(index, layer)
+        if refusal is not None:
+            raise refusal
     flat, nesting = _cell_states(layer)
     labels = STATE_NAMES.get(cell_type, tuple(f"state{i}" for i in range(len(flat))))
     states = tuple(
@@ -129,6 +131,14 @@ def rnn_stage(index: int, layer: keras.layers.RNN, masked: bool, emit: int = 0) 
 
     return _Stage(layer.name, states, call, ends_sequence=emit > 0 or not layer.return_sequences,
                   sequence_call=_sequence_call(cell) if emit == 0 else None)
+
+
+def masked_rnn_refusal(index: int, layer: keras.layers.RNN) -> UnsupportedModel | None:
+    """Why a Keras mask cannot reach this RNN (a masked step repeats the output, which is `h` for
+    the built-in cells only), or None."""
+    if type(layer.cell).__name__ in _BUILTIN_CELLS:
+        return None
+    return layer_refusal(index, layer, "masking is supported for SimpleRNN, GRU and LSTM cells only")
 
 
 def _sequence_call(cell) -> Callable | None:
@@ -425,6 +435,8 @@ def probe_step(model: keras.Model, step: Callable, x, states):
     """`step(x, states)` on one probe step; a failure is the model's, named, without a traceback."""
     try:
         return step(x, states)
+    except SeqExportError:
+        raise  # a refusal the step itself found (a mask reaching a custom cell, ...): already named
     except Exception as exc:  # noqa: BLE001
         raise UnsupportedModel(
             f"Model {model.name!r}: its rebuilt step failed on a probe step ({type(exc).__name__}: "

@@ -67,7 +67,7 @@ class StepModel:
             the step then returns a tuple of per-step outputs in this order, the signatures
             key them by name, `reference_fn` returns them as a dict by name, and
             `output_shape`/`output_dtype` describe the first. Empty: one output. Not with
-            `head`, `fused_unroll`, a mask or `last_step_only` (each output says its own).
+            `head`, `fused_unroll` or `last_step_only` (each output says its own).
         static_inputs: inputs without a time axis (`[B, *shape]` each), fed once per call to every
             signature and visible at every step: `step_fn(x_t, states, statics)` and the bound
             step `(x_t, states, mask_t, statics)` then take them as a tuple in this order, and
@@ -151,8 +151,8 @@ class StepModel:
         if clashes:
             raise ValueError(f"output names {clashes} are repeated or clash with input or state keys "
                              f"(states: {state_names}); rename those outputs.")
-        if self.head is not None or self.fused_unroll is not None or self.masked or self.last_step_only:
-            raise ValueError("several `outputs` go without `head`, `fused_unroll`, a mask and `last_step_only`.")
+        if self.head is not None or self.fused_unroll is not None or self.last_step_only:
+            raise ValueError("several `outputs` go without `head`, `fused_unroll` and `last_step_only`.")
 
     def _check_static_inputs(self, state_names: list[str]) -> None:
         if not all(isinstance(i, InputSpec) for i in self.static_inputs):

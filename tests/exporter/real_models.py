@@ -183,6 +183,53 @@ SEVERAL_OUTPUTS = {
 }
 
 
+# --- masks through a graph: Keras's mask of each tensor, step by step -------------------------------------
+
+VOCAB = 20
+
+
+def _masked_gru_branches():
+    """Token ids with 0 as padding: two GRU branches, concatenated (the mask is the ids' own), a head."""
+    ids = keras.Input((None,), dtype="int32")
+    embedded = L.Embedding(VOCAB, 5, mask_zero=True)(ids)
+    left = L.GRU(4, return_sequences=True)(embedded)
+    right = L.GRU(3, return_sequences=True)(L.Dense(4, activation="relu")(embedded))
+    return keras.Model(ids, L.Dense(2)(L.Concatenate()([left, right])))
+
+
+def _masked_residual_lstm():
+    """Masked frames: an LSTM with a residual add of a Dense of the masked frames (both masked: the
+    add passes the mask on), into a last LSTM that returns its last step, then a head."""
+    x = keras.Input((None, F))
+    masked = L.Masking(0.0)(x)
+    h = L.Add()([L.LSTM(4, return_sequences=True)(masked), L.Dense(4)(masked)])
+    return keras.Model(x, L.Dense(2)(L.LSTM(3)(h)))
+
+
+def _masked_head_and_state():
+    """Masked frames, two outputs: a per-step head and the LSTM's last state `h`."""
+    x = keras.Input((None, F))
+    sequence, h, _ = L.LSTM(4, return_sequences=True, return_state=True, name="lstm")(L.Masking(0.0)(x))
+    return keras.Model(x, {"per_step": L.Dense(2, name="head")(sequence), "last_h": h})
+
+
+def _mask_dropped_by_add():
+    """Keras's rule, not a guess: `Add` of a masked tensor and an unmasked one (a Dense of the raw
+    frames) has no mask, so the second GRU runs over the padded steps too."""
+    x = keras.Input((None, F))
+    h = L.Add()([L.GRU(4, return_sequences=True)(L.Masking(0.0)(x)), L.Dense(4)(x)])
+    return keras.Model(x, L.GRU(3, return_sequences=True)(h))
+
+
+# name: (builder, output keys (one output: "outputs"), which are last-step, input dtype)
+MASKED_GRAPHS = {
+    "masked_gru_branches": (_masked_gru_branches, ("outputs",), (), "int32"),
+    "masked_residual_lstm": (_masked_residual_lstm, ("outputs",), ("outputs",), "float32"),
+    "masked_head_and_state": (_masked_head_and_state, ("last_h", "per_step"), ("last_h",), "float32"),
+    "mask_dropped_by_add": (_mask_dropped_by_add, ("outputs",), (), "float32"),
+}
+
+
 # --- static inputs (no time axis, fed once per call): name -> (builder, static input names) ------------
 
 STATIC_STEPS = 6  # `RepeatVector` needs the time axis fixed: the probes use this many steps
@@ -216,7 +263,8 @@ def two_outputs():
 
 def build(name: str) -> keras.Model:
     keras.utils.set_random_seed(7)
-    entry = (STREAMABLE.get(name) or (SEVERAL_OUTPUTS.get(name) or STATIC_INPUTS.get(name) or (None,))[0]
+    entry = (STREAMABLE.get(name)
+             or (SEVERAL_OUTPUTS.get(name) or STATIC_INPUTS.get(name) or MASKED_GRAPHS.get(name) or (None,))[0]
              or NOT_STREAMABLE[name][0])
     model = entry()
     for variable in model.trainable_variables:
@@ -283,6 +331,12 @@ def masked_custom_cell():
     return _seq(L.Masking(0.0), L.RNN(L.StackedRNNCells([L.GRUCell(3), L.GRUCell(2)])))
 
 
+def masked_static_input():
+    x, s = keras.Input((None, F), name="frames"), keras.Input((3,), name="context")
+    h = L.GRU(2, return_sequences=True)(L.Masking(0.0, name="pad")(x), initial_state=L.Dense(2)(s))
+    return keras.Model([x, s], L.Dense(2)(h))
+
+
 def no_recurrence():
     return _seq(L.Dense(4), L.Dense(2))
 
@@ -299,5 +353,7 @@ REFUSED_CONSTRUCTS = {
     "strided_causal_conv": "strides=2",
     "running_sum": "out[t] depends on in[t-",
     "masked_custom_cell": "masking is supported for SimpleRNN, GRU and LSTM cells only",
+    "masked_static_input": "masks its inputs ('pad') and has static inputs (context): masks with static inputs are "
+                           "not supported yet",
     "no_recurrence": "no recurrent layer",
 }

@@ -244,3 +244,113 @@ def test_a_model_fixed_to_one_length_is_probed_with_that_length(tmp_path, input_
 def test_a_model_of_one_step_is_refused():
     with pytest.raises(UnsupportedModel, match="takes sequences of 1 step only.*needs at least 2 steps"):
         step_model_from_keras(_repeat_model(None, 1))
+
+
+# --- masks through a graph: each tensor's Keras mask, step by step -----------------------------------------
+
+MASKED = sorted(real_models.MASKED_GRAPHS)
+
+
+@pytest.mark.parametrize("name", MASKED)
+def test_masked_graphs_export_and_verify_in_a_fresh_process(masked_graph_exports, name):
+    export = masked_graph_exports[name]
+    report = export.report
+    _, keys, _, _ = real_models.MASKED_GRAPHS[name]
+    worst = max((c for c in report.checks if c.check.startswith(("source", "chunked"))), key=lambda c: c.max_abs)
+    print(f"{name}: {report.summary()}; export {export.export_seconds:.2f} s; worst source/chunked "
+          f"{worst.check} {worst.signature} {worst.tensor} {worst.max_abs:.2e}")
+    assert report.passed, report.failures
+    manifest = read_manifest(export.path)
+    assert manifest.masked and {t.name for t in manifest.signature("stream").inputs} >= {"inputs", "lengths"}
+    checked = {(c.check, c.signature, c.tensor) for c in report.checks}
+    for key in keys:  # the probes hold a pre-padded row and a row with a hole: every pattern, every output
+        assert ("source", "serving_default", key) in checked
+        for label in ("stream x1", "stream x2", "stream x6", "step x6"):
+            assert ("chunked", label, key) in checked
+    assert {"source gradients", "chunked gradients"} <= {c.check for c in report.checks}
+
+
+def _padded_probe(name: str):
+    """New data (not the goldens'): a whole row, a pre-padded one and one with a hole, 9 steps."""
+    rng = np.random.default_rng(23)
+    if real_models.MASKED_GRAPHS[name][3] == "int32":
+        rows = [rng.integers(1, real_models.VOCAB, size=n).tolist() for n in (9, 4)] + [[5, 3, 0, 0, 7, 2, 9, 1]]
+        return keras.utils.pad_sequences(rows, maxlen=9).astype("int32")  # pre-padding, as Keras pads
+    x = rng.normal(size=(3, 9, F)).astype("float32")
+    x[1, :5] = 0.0  # pre-padded
+    x[2, 3:5] = 0.0  # a hole
+    return x
+
+
+@pytest.mark.parametrize("name", MASKED)
+def test_the_reloaded_masked_graph_equals_keras_on_padded_sequences(masked_graph_exports, name):
+    """Independent of the goldens: pre-padded and holed rows, whole and in two `stream` chunks."""
+    _, keys, last_step, _ = real_models.MASKED_GRAPHS[name]
+    model = real_models.build(name)
+    x = _padded_probe(name)
+    want = model(x, training=False)
+    want = dict(want) if isinstance(want, dict) else {"outputs": want}
+    path = masked_graph_exports[name].path
+    state_names = [s.name for s in read_manifest(path).states]
+    loaded = tf.saved_model.load(str(path))
+    full = tf.fill([3], 9)
+    got = loaded.signatures["serving_default"](inputs=tf.constant(x), lengths=full)
+    states = loaded.signatures["initial_state"](batch_size=tf.constant(3))
+    first = loaded.signatures["stream"](inputs=tf.constant(x[:, :4]), lengths=tf.fill([3], 4), **states)
+    second = loaded.signatures["stream"](inputs=tf.constant(x[:, 4:]), lengths=tf.fill([3], 5),
+                                         **{n: first[n] for n in state_names})
+    for key in keys:
+        error = float(np.abs(got[key].numpy() - np.asarray(want[key])).max())
+        chunked = np.concatenate([first[key].numpy(), second[key].numpy()], axis=1)
+        chunked = chunked[:, -1] if key in last_step else chunked
+        chunk_error = float(np.abs(chunked - np.asarray(want[key])).max())
+        print(f"{name} {key}: max abs vs Keras {error:.2e}, two stream chunks {chunk_error:.2e}")
+        assert error <= 1e-5 and chunk_error <= 1e-5
+
+
+def test_merges_that_drop_the_mask_fail_the_source_check(masked_graph_exports):
+    """A wrong mask rule (every merge drops the mask, so the last LSTM steps through the padding) is
+    caught by the pre-padded and holed golden probes."""
+    from tests.fixtures.masked_graphs import BROKEN
+
+    report = masked_graph_exports[BROKEN].report
+    failing = {(c.check, c.signature) for c in report.failures}
+    print(sorted(failing))
+    assert ("source", "serving_default") in failing
+
+
+def _two_pad_values():
+    x = keras.Input((None, F))
+    left = keras.layers.GRU(2, return_sequences=True)(keras.layers.Masking(0.0, name="zeros")(x))
+    right = keras.layers.GRU(2, return_sequences=True)(keras.layers.Masking(-1.0, name="minus_one")(x))
+    return keras.Model(x, keras.layers.Add()([left, right]))
+
+
+def _mask_after_a_dense():
+    x = keras.Input((None, F))
+    masked = keras.layers.Masking(0.0, name="late_mask")(keras.layers.Dense(3)(x))
+    return keras.Model(x, keras.layers.Add()([keras.layers.GRU(2, return_sequences=True)(masked),
+                                              keras.layers.Dense(2)(x)]))
+
+
+def _mask_into_a_custom_cell():
+    x = keras.Input((None, F))
+    masked = keras.layers.Masking(0.0)(x)
+    cells = keras.layers.StackedRNNCells([keras.layers.GRUCell(3), keras.layers.GRUCell(2)])
+    h = keras.layers.RNN(cells, return_sequences=True, name="stacked")(masked)
+    return keras.Model(x, keras.layers.Add()([h, keras.layers.Dense(2)(masked)]))
+
+
+@pytest.mark.parametrize("build, message", [
+    (_two_pad_values, r"\(Masking\) cannot run step by step: it marks padding with -?[01]\.0, while "
+                      r"'(zeros|minus_one)' marks it with -?[01]\.0; padding is marked with one value"),
+    (_mask_after_a_dense, r"'late_mask' \(Masking\) cannot run step by step: it starts a Keras mask from a tensor "
+                          r"other than the sequence input"),
+    (_mask_into_a_custom_cell, r"'stacked' \(RNN\) cannot run step by step: masking is supported for SimpleRNN, "
+                               r"GRU and LSTM cells only"),
+])
+def test_masks_the_graph_cannot_carry_exactly_are_refused_by_layer(build, message):
+    # Masks with static inputs: tests/exporter/cli/test_errors.py (`masked_static_input`, exit 2).
+    with pytest.raises(UnsupportedModel, match=message) as info:
+        step_model_from_keras(build())
+    print(info.value)
