@@ -265,12 +265,3 @@ def test_converting_static_inputs_is_exit_2_naming_them(tmp_path, static_input_e
     print(target, "->", payload["error"])
     assert payload["error"].startswith(f"Converting to {target} {STATIC_INPUTS_REFUSED}")
     assert not (tmp_path / "out").exists()
-
-
-def test_exporting_again_from_a_static_input_saved_model_is_exit_2(tmp_path, static_input_exports):
-    export_dir = static_input_exports["static_initial_state"].path
-    result = runner.invoke(app, ["export", str(export_dir), "--name", "again", "--base", str(tmp_path / "b"), "--json"])
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    payload = json.loads(result.stdout)
-    assert payload["error"].startswith(f"Exporting from the SavedModel {str(export_dir)!r} {STATIC_INPUTS_REFUSED}")
