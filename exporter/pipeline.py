@@ -233,7 +233,8 @@ def _load(model_ref, options: ExportOptions):
             f"--with-input-gradients needs float inputs; this model takes {step_model.input_dtype} "
             "(token ids have no gradient)."
         )
-    triton = [str(t) for t in options.targets if str(t) in {t.value for t in TRITON_TARGETS}]
+    names = [getattr(t, "value", t) for t in options.targets]  # RuntimeTarget or its value
+    triton = [n for n in names if n in {t.value for t in TRITON_TARGETS}]
     if triton:  # LiteRT and ONNX take them; Triton's configs do not yet
         refuse_static_inputs_or_several_outputs(f"--targets {','.join(triton)}",
                                                 [i.name for i in step_model.static_inputs],

@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-
+# What `feed` and `Backend.stream` return: one array, or a dict by output name (several outputs).
 Outputs = np.ndarray | dict[str, np.ndarray]
 
 

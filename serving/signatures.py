@@ -102,11 +102,17 @@ class SequenceKeys:
 
     sequence: str
     output: str | None
-    outputs: tuple[str, ...]
     states: tuple[str, ...]
     lengths: str | None
     batch_size: str
+    outputs: tuple[str, ...] = ()
     statics: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.outputs and self.output is not None:  # one output: `outputs` is `(output,)`
+            object.__setattr__(self, "outputs", (self.output,))
+        if self.output is None and len(self.outputs) < 2:
+            raise ValueError(f"`output` is None only for several outputs. Got outputs {self.outputs}")
 
     @property
     def several_outputs(self) -> bool:

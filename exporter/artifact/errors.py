@@ -68,7 +68,7 @@ def several_outputs_unsupported(what: str, names) -> str:
     return (
         f"{what} supports exports with one output; this one has {len(names)} ({', '.join(names)}). "
         "Not supported yet for several outputs: the Triton conversions (`--to triton`, `--to triton-python`, "
-        "`--targets triton...`). The LiteRT and ONNX conversions (`--to tflite`, `--to onnx`) take them, and "
+        "`--targets triton-python`). The LiteRT and ONNX conversions (`--to tflite`, `--to onnx`) take them, and "
         "the TF export itself returns every output by name from `serving_default`, `stream` and `step` (TF "
         "Serving, `seqexport serve`, the streaming session `serving.session.StreamingSession`): use those."
     )
@@ -91,7 +91,7 @@ def static_inputs_unsupported(what: str, names) -> str:
     return (
         f"{what} supports exports with one sequence input; this one also has {len(names)} static input(s) "
         f"({', '.join(names)}). Not supported yet for static inputs: the Triton conversions (`--to triton`, "
-        "`--to triton-python`, `--targets triton...`). The LiteRT and ONNX conversions (`--to tflite`, "
+        "`--to triton-python`, `--targets triton-python`). The LiteRT and ONNX conversions (`--to tflite`, "
         "`--to onnx`) take them, and the TF export itself takes them in every signature (`serving_default`, "
         "`stream`, `step`, `initial_state`; TF Serving, `seqexport serve`, the streaming session "
         "`serving.session.StreamingSession(..., statics=...)`): use those."

@@ -97,6 +97,7 @@ def convert_signature(loaded, signature: str) -> bytes:
     """Converts `signature` of a `graph.LoadedExport` (dynamic batch and time)."""
     what = f"signature {signature!r} of {loaded.manifest.name!r}"
     states = frozenset(s.name for s in loaded.manifest.states)
-    function = frozen_function(loaded.convertible_signature(signature), output_name=lambda key: output_name(key, states))
+    function = frozen_function(loaded.convertible_signature(signature),
+                               output_name=lambda key: output_name(key, states))
     doc = f"seqexport: signature {signature!r} of {loaded.manifest.name!r}"
     return convert_function(function, what=what, doc=doc)

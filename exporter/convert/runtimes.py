@@ -242,7 +242,8 @@ def _statics(model: _Model, statics: Mapping[str, np.ndarray] | None) -> dict[st
     names = set(model.static_names)
     if set(statics) != names:
         raise ValueError(
-            f"{model.runtime} model takes the static input(s) {sorted(names) or 'none'}; got {sorted(statics) or 'none'}"
+            f"{model.runtime} model takes the static input(s) {sorted(names) or 'none'}; "
+            f"got {sorted(statics) or 'none'}"
         )
     return {n: np.asarray(v) for n, v in statics.items()}
 

@@ -243,11 +243,11 @@ def test_converting_several_outputs_for_triton_is_exit_2_naming_them(tmp_path, s
 def test_export_targets_triton_refuse_several_outputs_before_any_work(tmp_path):
     base = tmp_path / "b"
     result = runner.invoke(app, ["export", "tests.exporter.real_models:two_outputs", "--name", "m", "--base", str(base),
-                                 "--targets", "onnx,triton", "--json"])
+                                 "--targets", "onnx,triton-python", "--json"])
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     payload = json.loads(result.stdout)
-    assert payload["error"].startswith(f"--targets triton {SEVERAL_OUTPUTS_REFUSED}")
+    assert payload["error"].startswith(f"--targets triton-python {SEVERAL_OUTPUTS_REFUSED}")
     assert not base.exists() or not any(base.iterdir())
 
 

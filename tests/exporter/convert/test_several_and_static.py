@@ -107,3 +107,24 @@ def test_a_driver_that_drops_the_initial_state_or_an_output_fails(reports, loade
     rows = driver_checks("onnx", "step driver", LosesRight(), manifest, golden, manifest.options.tolerance)
     assert {r.tensor for r in rows if not r.passed} == {"right"}
     assert all(r.passed for r in rows if r.tensor != "right")
+
+
+@pytest.mark.slow
+def test_export_targets_onnx_takes_several_outputs(tmp_path):
+    """`export --targets onnx` of a several-output model publishes with its ONNX files, every output checked."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from exporter.artifact.paths import manifest_path
+    from exporter.cli.app import app
+
+    result = CliRunner().invoke(app, ["export", "tests.exporter.real_models:two_outputs", "--name", "m", "--base",
+                                      str(tmp_path), "--targets", "onnx", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    (conversion,) = data["conversions"]
+    assert conversion["target"] == "onnx" and conversion["passed"], conversion
+    states = {s["name"] for s in json.loads(manifest_path(tmp_path / "m" / "1").read_text())["states"]}
+    checked = {c["tensor"] for c in conversion["checks"] if c["signature"] == "step driver x2"}
+    assert checked == {"left", "right"} | states, checked
