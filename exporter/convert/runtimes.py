@@ -13,6 +13,10 @@ This module loads such a file WITHOUT TensorFlow and offers:
   exactly like a session on a TF Serving client;
 - `SequenceBackend`: a `Backend` over a converted whole-sequence `stream` model.
 
+Several outputs come back as a dict by name; static inputs are inputs of every converted
+model (`static_names`), fed with every call, and a converted `initial_state` model passed as
+`initial=` sets the states they start from.
+
 ONNX graphs cannot give an input and an output the same name, so a converted ONNX
 model names each new state `<state>_next` (`state_output_name`); `OrtModel` maps
 it back. Triton's implicit-state config relies on the same names.
