@@ -26,7 +26,7 @@ from exporter.artifact.specs import (
     VerifyReport,
 )
 from exporter.artifact.version import VERSION
-from exporter.convert.targets import check_dependencies, convert_in_export
+from exporter.convert.targets import TRITON_TARGETS, check_dependencies, convert_in_export
 from exporter.golden import capture
 from exporter.load import load_step_model, source_info
 from exporter.publish import staged_version
@@ -233,8 +233,10 @@ def _load(model_ref, options: ExportOptions):
             f"--with-input-gradients needs float inputs; this model takes {step_model.input_dtype} "
             "(token ids have no gradient)."
         )
-    if options.targets:
-        refuse_static_inputs_or_several_outputs(f"--targets {','.join(options.targets)}",
+    names = [getattr(t, "value", t) for t in options.targets]  # RuntimeTarget or its value
+    triton = [n for n in names if n in {t.value for t in TRITON_TARGETS}]
+    if triton:  # LiteRT and ONNX take them; Triton's configs do not yet
+        refuse_static_inputs_or_several_outputs(f"--targets {','.join(triton)}",
                                                 [i.name for i in step_model.static_inputs],
                                                 [o.name for o in step_model.outputs])
     return step_model, kind

@@ -2,7 +2,8 @@
 
 Keras 3 cannot rebuild layers from a SavedModel, so a SavedModel is usable as a
 source only when it carries the step function itself (e.g. a seqexport export,
-re-exported under another name or with other options).
+re-exported under another name or with other options). Several outputs and static
+inputs come back from the manifest's `outputs` and `static_inputs`.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from exporter.artifact.errors import BadInput, refuse_static_inputs_or_several_outputs
+from exporter.artifact.errors import BadInput
 from exporter.artifact.paths import SAVED_MODEL_FILE, is_saved_model_dir, manifest_path
-from exporter.artifact.specs import StateSpec
+from exporter.artifact.specs import InputSpec, OutputSpec, StateSpec
 from exporter.step_model import StepModel
 
 
@@ -51,13 +52,16 @@ def step_model_from_saved_model(path: Path) -> StepModel:
     inputs = step.structured_input_signature[1]
     outputs = step.structured_outputs
     manifest = _manifest(path)
-    refuse_static_inputs_or_several_outputs(f"Exporting from the SavedModel {str(path)!r}",
-                                            [i.get("name") for i in manifest.get("static_inputs", [])],
-                                            [o.get("name") for o in manifest.get("outputs", [])],
-                                            advice=" Export from the .keras file instead.")
-    if "x" not in inputs or "y" not in outputs:
-        raise BadInput(f"The 'step' signature of {str(path)!r} must take 'x' and return 'y'.")
-    state_names = _state_order(path, set(inputs) - {"x"})
+    several = tuple(OutputSpec.from_json(o) for o in manifest.get("outputs", []))
+    statics = tuple(InputSpec.from_json(i) for i in manifest.get("static_inputs", []))
+    output_keys = [o.name for o in several] or ["y"]
+    static_names = [i.name for i in statics]
+    if "x" not in inputs or any(k not in outputs for k in output_keys) or any(k not in inputs for k in static_names):
+        raise BadInput(
+            f"The 'step' signature of {str(path)!r} must take 'x'{''.join(f', {k!r}' for k in static_names)} and "
+            f"return {', '.join(repr(k) for k in output_keys)} (it takes {sorted(inputs)}, returns {sorted(outputs)})."
+        )
+    state_names = _state_order(path, set(inputs) - {"x", *static_names})
     missing = [n for n in state_names if n not in outputs]
     if missing:
         raise BadInput(f"The 'step' signature of {str(path)!r} does not return states {missing}.")
@@ -72,25 +76,45 @@ def step_model_from_saved_model(path: Path) -> StepModel:
         for i, name in enumerate(state_names)
     )
 
-    def step_fn(x, prev, _keep_alive=loaded):
-        result = step(x=x, **dict(zip(state_names, prev)))
-        return result["y"], tuple(result[n] for n in state_names)
+    def outputs_of(result):
+        if several:
+            return tuple(result[o.name] for o in several)
+        return result["y"]
+
+    def step_fn(x, prev, static_values=(), _keep_alive=loaded):
+        result = step(x=x, **dict(zip(state_names, prev)), **dict(zip(static_names, static_values)))
+        return outputs_of(result), tuple(result[n] for n in state_names)
+
+    initial_states_fn = None
+    initial = loaded.signatures.get("initial_state")
+    if statics and initial is not None:
+        def initial_states_fn(static_values, _keep_alive=loaded):
+            batch = tf.shape(static_values[0])[0]
+            result = initial(batch_size=batch, **dict(zip(static_names, static_values)))
+            return tuple(result[n] for n in state_names)
 
     trainable = tuple(getattr(loaded, "trainable_variables", ()))
     predict = loaded.signatures.get("serving_default")
     reference = None
-    if predict is not None and set(predict.structured_input_signature[1]) == {"inputs"}:
-        reference = lambda inputs, lengths=None: predict(inputs=inputs)["outputs"]  # noqa: E731
+    if predict is not None and set(predict.structured_input_signature[1]) == {"inputs", *static_names}:
+        def reference(inputs, lengths=None, static_values=()):
+            result = predict(inputs=inputs, **dict(zip(static_names, static_values)))
+            return {o.name: result[o.name] for o in several} if several else result["outputs"]
+
+    first = outputs[output_keys[0]]
     return StepModel(
         step_fn=step_fn,
         input_shape=tuple(int(d) for d in inputs["x"].shape[1:]),
         input_dtype=inputs["x"].dtype.name,
-        output_shape=tuple(int(d) for d in outputs["y"].shape[1:]),
-        output_dtype=outputs["y"].dtype.name,
+        output_shape=tuple(int(d) for d in first.shape[1:]),
+        output_dtype=first.dtype.name,
         states=states,
         variables=tuple(getattr(loaded, "variables", ())),
         trainable_variables=trainable,
         reference_fn=reference,
-        last_step_only=bool(_manifest(path).get("last_step_only", False)),
+        last_step_only=bool(manifest.get("last_step_only", False)) and not several,
         description=f"SavedModel {path.name}",
+        outputs=several,
+        static_inputs=statics,
+        initial_states_fn=initial_states_fn,
     )

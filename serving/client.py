@@ -35,6 +35,7 @@ from google.protobuf import json_format
 from exporter.artifact.specs import SignatureName
 from serving.server import predict
 from serving.server.registry import State, VersionStatus, load_version
+from serving.session import static_feed
 from serving.signatures import SequenceKeys, SignatureView, views_from_signature_defs
 from serving.status import Code, ServingError
 
@@ -439,22 +440,33 @@ class RemoteBackend:
         self._dtypes = {key: np.dtype(sig.dtype) for key, sig in stream.inputs.items()}
         self._state_shapes = {key: stream.inputs[key].shape[1:] for key in self.keys.states}
 
-    def initial_state(self, batch_size: int) -> dict[str, np.ndarray]:
+    def initial_state(self, batch_size: int, statics: Mapping[str, np.ndarray] | None = None
+                      ) -> dict[str, np.ndarray]:
         """Zeros built here from the `stream` signature's state specs, not asked of the server:
         with batching on, TF Serving rejects `initial_state`'s scalar `batch_size` (every
-        batched input needs a batch dimension), and the zero state needs no round trip."""
+        batched input needs a batch dimension), and the zero state needs no round trip.
+
+        An export with static inputs asks the server's `initial_state` (columnar), since its
+        states may start from the static inputs; a TF Serving that batches that model refuses
+        the scalar, so serve such a model without batching (`serving-config --no-batching`)."""
         if batch_size < 0:
             raise ValueError(f"`batch_size` must be >= 0. Got: {batch_size}")
+        if self.keys.statics:
+            feed = static_feed(self.keys.statics, statics, self._dtypes, batch_size)
+            out = self._call(SignatureName.INITIAL_STATE.value, {self.keys.batch_size: np.int32(batch_size), **feed})
+            return {key: out[key] for key in self.keys.states}
+        static_feed((), statics, self._dtypes, batch_size)  # none expected: names any given
         return {key: np.zeros((batch_size, *shape), dtype=self._dtypes[key])
                 for key, shape in self._state_shapes.items()}
 
-    def stream(self, inputs, states, lengths=None):
-        return _stream(self._call, self.keys, self._dtypes, inputs, states, lengths)
+    def stream(self, inputs, states, lengths=None, statics=None):
+        return _stream(self._call, self.keys, self._dtypes, inputs, states, lengths, statics)
 
 
-def _stream(call, keys: SequenceKeys, dtypes: Mapping[str, np.dtype], inputs, states, lengths):
+def _stream(call, keys: SequenceKeys, dtypes: Mapping[str, np.dtype], inputs, states, lengths, statics=None):
     inputs = np.asarray(inputs, dtype=dtypes[keys.sequence])
     feed = {keys.sequence: inputs}
+    feed.update(static_feed(keys.statics, statics, dtypes, inputs.shape[0]))
     feed.update({key: np.asarray(states[key], dtype=dtypes[key]) for key in keys.states})
     if keys.lengths is not None:
         if lengths is None:  # every row uses the whole chunk
@@ -463,7 +475,8 @@ def _stream(call, keys: SequenceKeys, dtypes: Mapping[str, np.dtype], inputs, st
     elif lengths is not None:
         raise ValueError("this export takes no `lengths` (it was not exported with masking).")
     out = call(SignatureName.STREAM.value, feed)
-    return out[keys.output], {key: out[key] for key in keys.states}
+    outputs = out[keys.output] if not keys.several_outputs else {key: out[key] for key in keys.outputs}
+    return outputs, {key: out[key] for key in keys.states}
 
 
 class SavedModelBackend:
@@ -490,13 +503,16 @@ class SavedModelBackend:
         _, outputs = predict.run(self.served, signature, {k: np.asarray(v) for k, v in inputs.items()})
         return outputs
 
-    def initial_state(self, batch_size: int) -> dict[str, np.ndarray]:
-        out = self.predict({self.keys.batch_size: np.int32(batch_size)}, signature=SignatureName.INITIAL_STATE.value)
+    def initial_state(self, batch_size: int, statics: Mapping[str, np.ndarray] | None = None
+                      ) -> dict[str, np.ndarray]:
+        feed = static_feed(self.keys.statics, statics, self._dtypes, batch_size)
+        out = self.predict({self.keys.batch_size: np.int32(batch_size), **feed},
+                           signature=SignatureName.INITIAL_STATE.value)
         return {key: out[key] for key in self.keys.states}
 
-    def stream(self, inputs, states, lengths=None):
+    def stream(self, inputs, states, lengths=None, statics=None):
         return _stream(lambda signature, feed: self.predict(feed, signature=signature),
-                       self.keys, self._dtypes, inputs, states, lengths)
+                       self.keys, self._dtypes, inputs, states, lengths, statics)
 
 
 def _wait(status: Callable[[], list[VersionStatus]], model: str, version: int | None, timeout: float) -> int:

@@ -4,7 +4,9 @@ The state lives in the session, not in the server, so any replica behind a load
 balancer can serve any chunk, and a session can be saved, moved to another
 process and resumed. A `Backend` is whatever runs the export's `initial_state`
 and `stream` signatures: TF Serving over gRPC or REST, the in-process SavedModel,
-or another runtime (LiteRT, ONNX Runtime) driving the `step` model.
+or another runtime (LiteRT, ONNX Runtime) driving the `step` model. Exports with
+several outputs give a dict of outputs by name; exports with static inputs take
+them once per session (`statics=`).
 """
 
 from __future__ import annotations
@@ -16,60 +18,123 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+# What `feed` and `Backend.stream` return: one array, or a dict by output name (several outputs).
+Outputs = np.ndarray | dict[str, np.ndarray]
+
 
 @runtime_checkable
 class Backend(Protocol):
-    """Runs one export's signatures; arrays in, arrays out."""
+    """Runs one export's signatures; arrays in, arrays out.
 
-    def initial_state(self, batch_size: int) -> dict[str, np.ndarray]:
-        """Zero state for `batch_size` sequences, keyed by state name."""
+    `statics` are the export's static inputs (`[B, K]`, no time axis) by name. A session passes them
+    only when the export has some, so a backend of an export without static inputs may leave the
+    argument out.
+    """
+
+    def initial_state(
+        self, batch_size: int, statics: Mapping[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The state `batch_size` sequences start from (zeros, or what the static inputs set), by state name."""
 
     def stream(
-        self, inputs: np.ndarray, states: Mapping[str, np.ndarray], lengths: np.ndarray | None = None
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Runs `inputs [B, T, ...]` from `states`; returns (outputs [B, T, ...], new states)."""
+        self, inputs: np.ndarray, states: Mapping[str, np.ndarray], lengths: np.ndarray | None = None,
+        statics: Mapping[str, np.ndarray] | None = None,
+    ) -> tuple[Outputs, dict[str, np.ndarray]]:
+        """Runs `inputs [B, T, ...]` from `states`; returns (outputs, new states).
+
+        The outputs are one array `[B, T, ...]` for an export with one output, else a dict of them
+        by output name (a last-step output too comes at every step, as `stream` returns it).
+        """
+
+
+def static_feed(names, statics: Mapping[str, np.ndarray] | None, dtypes: Mapping[str, np.dtype],
+                batch_size: int) -> dict[str, np.ndarray]:
+    """`statics` checked against the export's static input `names` and cast to their dtypes.
+
+    Raises ValueError naming what is missing, unknown or batched differently.
+    """
+    statics = dict(statics or {})
+    missing, unknown = sorted(set(names) - set(statics)), sorted(set(statics) - set(names))
+    if missing:
+        raise ValueError(
+            f"this export takes the static input(s) {missing} with every call; pass them once to the session: "
+            f"StreamingSession(backend, batch_size, statics={{{', '.join(repr(n) + ': ...' for n in missing)}}})."
+        )
+    if unknown:
+        raise ValueError(f"unknown static input(s) {unknown}; this export takes {sorted(names) or 'none'}.")
+    feed = {}
+    for name in names:
+        array = np.asarray(statics[name], dtype=dtypes[name])
+        if array.ndim == 0 or array.shape[0] != batch_size:
+            raise ValueError(
+                f"static input {name!r} has shape {list(array.shape)}; it needs the batch size {batch_size} first."
+            )
+        feed[name] = array
+    return feed
 
 
 class StreamingSession:
     """A batch of sequences fed chunk by chunk, its state carried between calls.
 
+    An export with static inputs (inputs without a time axis, such as per-sequence features)
+    takes them ONCE per session, `statics={name: [B, K] array}`: the session passes them to
+    `initial_state` and to every `stream` call, and keeps them in `save()`. To stream other
+    static values, start another session.
+
     Example:
         >>> session = StreamingSession(backend, batch_size=1)
         >>> for chunk in chunks:
-        ...     outputs = session.feed(chunk)
+        ...     outputs = session.feed(chunk)   # an array; a dict by name for several outputs
         >>> blob = session.save()          # move to another process or replica
         >>> session = StreamingSession.restore(blob, backend)
     """
 
-    def __init__(self, backend: Backend, batch_size: int, states: Mapping[str, np.ndarray] | None = None):
+    def __init__(self, backend: Backend, batch_size: int, states: Mapping[str, np.ndarray] | None = None, *,
+                 statics: Mapping[str, np.ndarray] | None = None):
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be positive. Got: {batch_size}")
         self.backend = backend
         self.batch_size = batch_size
         self.steps_seen = 0
-        self.states = dict(states) if states is not None else backend.initial_state(batch_size)
+        self.statics = {k: np.asarray(v) for k, v in (statics or {}).items()}
+        for name, array in self.statics.items():
+            if array.ndim == 0 or array.shape[0] != batch_size:
+                raise ValueError(f"static input {name!r} has shape {list(array.shape)}; "
+                                 f"it needs the session batch size {batch_size} first.")
+        self.states = dict(states) if states is not None else self._initial_state()
 
-    def feed(self, chunk: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
-        """Runs one chunk `[B, T, ...]` from the carried state; returns its outputs."""
+    def _static_kwargs(self) -> dict:
+        return {"statics": self.statics} if self.statics else {}
+
+    def _initial_state(self) -> dict[str, np.ndarray]:
+        return self.backend.initial_state(self.batch_size, **self._static_kwargs())
+
+    def feed(self, chunk: np.ndarray, lengths: np.ndarray | None = None) -> Outputs:
+        """Runs one chunk `[B, T, ...]` from the carried state; returns its outputs.
+
+        One array `[B, T, ...]` for an export with one output, else a dict by output name.
+        """
         chunk = np.asarray(chunk)
         if chunk.shape[0] != self.batch_size:
             raise ValueError(
                 f"chunk batch size {chunk.shape[0]} != session batch size {self.batch_size}"
             )
-        outputs, self.states = self.backend.stream(chunk, self.states, lengths)
+        outputs, self.states = self.backend.stream(chunk, self.states, lengths, **self._static_kwargs())
         self.steps_seen += chunk.shape[1]
         return outputs
 
     def reset(self) -> None:
-        self.states = self.backend.initial_state(self.batch_size)
+        """Back to the initial state (from the same static inputs)."""
+        self.states = self._initial_state()
         self.steps_seen = 0
 
     def save(self) -> bytes:
-        """The session's state as bytes (npz with a JSON header), to resume elsewhere."""
+        """The session's state and static inputs as bytes (npz with a JSON header), to resume elsewhere."""
         buffer = io.BytesIO()
         header = json.dumps({"batch_size": self.batch_size, "steps_seen": self.steps_seen})
         np.savez(buffer, __header__=np.frombuffer(header.encode(), dtype=np.uint8),
-                 **{f"state/{k}": v for k, v in self.states.items()})
+                 **{f"state/{k}": v for k, v in self.states.items()},
+                 **{f"static/{k}": v for k, v in self.statics.items()})
         return buffer.getvalue()
 
     @classmethod
@@ -77,6 +142,7 @@ class StreamingSession:
         with np.load(io.BytesIO(blob), allow_pickle=False) as data:
             header = json.loads(data["__header__"].tobytes().decode())
             states = {k[len("state/"):]: data[k] for k in data.files if k.startswith("state/")}
-        session = cls(backend, header["batch_size"], states=states)
+            statics = {k[len("static/"):]: data[k] for k in data.files if k.startswith("static/")}
+        session = cls(backend, header["batch_size"], states=states, statics=statics)
         session.steps_seen = header["steps_seen"]
         return session

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from exporter.artifact.errors import BadInput, several_outputs_unsupported, static_inputs_unsupported
 from exporter.artifact.specs import SignatureName, SignatureSpec
 
 
@@ -92,22 +91,36 @@ class SequenceKeys:
 
     Attributes:
         sequence: the `[B, T, ...]` input of `stream` and `serving_default`.
-        output: the `[B, T, ...]` output of `stream`.
+        output: the `[B, T, ...]` output of `stream` of a one-output export; None when it has several.
+        outputs: every output key of `stream` that is not a state, sorted (one: `(output,)`).
         states: every state key (input and output of `stream`), sorted.
         lengths: the `[B]` integer input of masked exports, else None.
         batch_size: the scalar input of `initial_state`.
+        statics: the static inputs (no time axis), sorted: inputs of both `initial_state` and
+            `stream`, fed with every call; empty for most exports.
     """
 
     sequence: str
-    output: str
+    output: str | None
     states: tuple[str, ...]
     lengths: str | None
     batch_size: str
+    outputs: tuple[str, ...] = ()
+    statics: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.outputs and self.output is not None:  # one output: `outputs` is `(output,)`
+            object.__setattr__(self, "outputs", (self.output,))
+        if self.output is None and len(self.outputs) < 2:
+            raise ValueError(f"`output` is None only for several outputs. Got outputs {self.outputs}")
+
+    @property
+    def several_outputs(self) -> bool:
+        return self.output is None
 
     @classmethod
     def from_views(cls, views: Mapping[str, SignatureView]) -> "SequenceKeys":
-        """Raises ValueError naming what is missing when these are not a seqexport export's signatures,
-        BadInput for an export with several outputs or static inputs (not carried by a session yet)."""
+        """Raises ValueError naming what is missing when these are not a seqexport export's signatures."""
         for needed in (SignatureName.STREAM.value, SignatureName.INITIAL_STATE.value):
             if needed not in views:
                 raise ValueError(
@@ -118,31 +131,31 @@ class SequenceKeys:
         states = tuple(sorted(set(stream.inputs) & set(stream.outputs)))
         if not states:
             raise ValueError("signature 'stream' has no key that is both an input and an output (no state).")
-        rest_in = [t for k, t in stream.inputs.items() if k not in states]
+        initial = views[SignatureName.INITIAL_STATE.value]
+        statics = tuple(sorted(k for k in stream.inputs if k in initial.inputs and k not in states))
+        rest_in = [t for k, t in stream.inputs.items() if k not in states and k not in statics]
         lengths = [t.key for t in rest_in if _is_lengths(t)]
         sequence = [t.key for t in rest_in if t.key not in lengths]
-        outputs = [k for k in stream.outputs if k not in states]
-        initial_in = views[SignatureName.INITIAL_STATE.value].inputs
-        static = sorted(k for k in sequence if k in initial_in)  # fed to `initial_state` and `stream` alike
-        if static and len(sequence) == len(static) + 1:
-            raise BadInput(static_inputs_unsupported("The streaming session (client-side state carry)", static))
-        if len(sequence) == 1 and len(lengths) <= 1 and len(outputs) > 1:
-            raise BadInput(several_outputs_unsupported("The streaming session (client-side state carry)",
-                                                       sorted(outputs)))
-        if len(sequence) != 1 or len(lengths) > 1 or len(outputs) != 1:
+        outputs = tuple(sorted(k for k in stream.outputs if k not in states))
+        batch_size = [k for k in initial.inputs if k not in statics]
+        if len(sequence) != 1 or len(lengths) > 1 or not outputs:
             raise ValueError(
                 f"signature 'stream' does not have the seqexport layout: inputs {sorted(stream.inputs)}, "
                 f"outputs {sorted(stream.outputs)}, states {list(states)}."
             )
-        initial = views[SignatureName.INITIAL_STATE.value]
-        if len(initial.inputs) != 1:
-            raise ValueError(f"signature 'initial_state' takes {sorted(initial.inputs)}; expected one scalar.")
+        if len(batch_size) != 1:
+            raise ValueError(
+                f"signature 'initial_state' takes {sorted(initial.inputs)}; expected one scalar "
+                f"(plus the static inputs {list(statics)})."
+            )
         return cls(
             sequence=sequence[0],
-            output=outputs[0],
+            output=outputs[0] if len(outputs) == 1 else None,
+            outputs=outputs,
             states=states,
             lengths=lengths[0] if lengths else None,
-            batch_size=next(iter(initial.inputs)),
+            batch_size=batch_size[0],
+            statics=statics,
         )
 
 

@@ -55,7 +55,14 @@ def unsupported_ops(model) -> list[str]:
     return sorted(bad)
 
 
-def output_name(key: str) -> str:
+def output_name(key: str, states=None) -> str:
+    """The ONNX output name of signature output `key`: `<state>_next` for a state, else `key`.
+
+    `states`: the export's state names; without them, every key but the signature's own
+    (`y`, `outputs`, ...) is taken for a state (an export with one output).
+    """
+    if states is not None:
+        return state_output_name(key) if key in states else key
     return key if key in NON_STATE_KEYS else state_output_name(key)
 
 
@@ -89,6 +96,8 @@ def convert_function(function, *, what: str, doc: str = "") -> bytes:
 def convert_signature(loaded, signature: str) -> bytes:
     """Converts `signature` of a `graph.LoadedExport` (dynamic batch and time)."""
     what = f"signature {signature!r} of {loaded.manifest.name!r}"
-    function = frozen_function(loaded.convertible_signature(signature), output_name=output_name)
+    states = frozenset(s.name for s in loaded.manifest.states)
+    function = frozen_function(loaded.convertible_signature(signature),
+                               output_name=lambda key: output_name(key, states))
     doc = f"seqexport: signature {signature!r} of {loaded.manifest.name!r}"
     return convert_function(function, what=what, doc=doc)

@@ -4,7 +4,8 @@ Two kinds of rows, both in the `verify` table format (`exporter.cli.report.check
 - the model alone, on the golden inputs of the signature it was converted from
   (`step` or `stream`), against that signature's golden outputs;
 - a `Backend` driver over the golden `serving_default` inputs in 1, 2 and T chunks,
-  state threaded between chunks, against the golden predict outputs and final states.
+  state threaded between chunks (from the static inputs' initial state, static inputs fed with
+  every chunk), against the golden predict outputs (every one, by name) and final states.
 
 A step driver cannot reproduce the outputs of padded steps (see
 `exporter.convert.runtimes.StepLoopBackend`); for masked exports its rows compare the
@@ -82,6 +83,8 @@ def driver_checks(
     feed = _fit_batch(_section(golden, "serving_default/in/"), batch)
     want = _fit_batch(_section(golden, "serving_default/out/"), batch)
     inputs, lengths = feed["inputs"], feed.get("lengths")
+    statics = {i.name: feed[i.name] for i in manifest.static_inputs}
+    static_kwargs = {"statics": statics} if statics else {}
     rows_batch, steps = inputs.shape[:2]
     state_names = [s.name for s in manifest.states]
     rows: list[CheckResult] = []
@@ -89,26 +92,30 @@ def driver_checks(
         signature = f"{label} x{chunks}"
         bounds = np.linspace(0, steps, chunks + 1).astype(int)
         try:
-            states = backend.initial_state(rows_batch)
+            states = backend.initial_state(rows_batch, **static_kwargs)
             pieces = []
             for start, stop in zip(bounds[:-1], bounds[1:]):
                 chunk_lengths = None if lengths is None else np.clip(lengths - start, 0, stop - start).astype(np.int32)
-                outputs, states = backend.stream(inputs[:, start:stop], states, chunk_lengths)
-                pieces.append(np.asarray(outputs))
+                outputs, states = backend.stream(inputs[:, start:stop], states, chunk_lengths, **static_kwargs)
+                pieces.append(outputs if isinstance(outputs, dict) else {"outputs": np.asarray(outputs)})
         except Exception as exc:  # noqa: BLE001
             rows.append(failed(check, signature, "*", f"driver failed: {type(exc).__name__}: {exc}"))
             continue
-        outputs = np.concatenate(pieces, axis=1)
         padded = lengths is not None and not exact_padding
-        if manifest.last_step_only:
-            got = last_valid(outputs, lengths if padded else None)
-            rows.append(compare(check, signature, "outputs", got, want["outputs"], tolerance))
-        elif padded:
-            valid = np.arange(steps)[None, :] < lengths[:, None]
-            rows.append(compare(check, signature, "outputs[t<lengths]", outputs[valid],
-                                want["outputs"][valid], tolerance))
-        else:
-            rows.append(compare(check, signature, "outputs", outputs, want["outputs"], tolerance))
+        for key, _, last_step in manifest.output_keys():
+            if key not in pieces[0]:
+                rows.append(failed(check, signature, key, f"driver returned no output {key!r} ({sorted(pieces[0])})"))
+                continue
+            outputs = np.concatenate([np.asarray(p[key]) for p in pieces], axis=1)
+            if last_step:
+                got = last_valid(outputs, lengths if padded else None)
+                rows.append(compare(check, signature, key, got, want[key], tolerance))
+            elif padded:
+                valid = np.arange(steps)[None, :] < lengths[:, None]
+                rows.append(compare(check, signature, f"{key}[t<lengths]", outputs[valid],
+                                    want[key][valid], tolerance))
+            else:
+                rows.append(compare(check, signature, key, outputs, want[key], tolerance))
         for name in state_names:
             if name not in states:
                 rows.append(failed(check, signature, name, f"driver returned no state {name!r}"))

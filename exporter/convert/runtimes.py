@@ -13,6 +13,10 @@ This module loads such a file WITHOUT TensorFlow and offers:
   exactly like a session on a TF Serving client;
 - `SequenceBackend`: a `Backend` over a converted whole-sequence `stream` model.
 
+Several outputs come back as a dict by name; static inputs are inputs of every converted
+model (`static_names`), fed with every call, and a converted `initial_state` model passed as
+`initial=` sets the states they start from.
+
 ONNX graphs cannot give an input and an output the same name, so a converted ONNX
 model names each new state `<state>_next` (`state_output_name`); `OrtModel` maps
 it back. Triton's implicit-state config relies on the same names.
@@ -68,8 +72,20 @@ class _Model(abc.ABC):
 
     @property
     def state_names(self) -> tuple[str, ...]:
-        """The states this model takes and returns, in the model's input order."""
-        return tuple(n for n in self.inputs if n not in NON_STATE_KEYS and n != CORRELATION_ID)
+        """The states this model takes and returns (an input and an output of one key), in input order."""
+        return tuple(n for n in self.inputs if n in self.outputs and n not in NON_STATE_KEYS and n != CORRELATION_ID)
+
+    @property
+    def static_names(self) -> tuple[str, ...]:
+        """The export's static inputs (no time axis) this model takes: inputs that are no state."""
+        states = set(self.state_names)
+        return tuple(n for n in self.inputs if n not in NON_STATE_KEYS and n not in states and n != CORRELATION_ID)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """Its outputs that are no state, sorted: `("y",)`/`("outputs",)`, or each name of several outputs."""
+        states = set(self.state_names)
+        return tuple(sorted(n for n in self.outputs if n not in states))
 
     @property
     def static_batch(self) -> int | None:
@@ -145,7 +161,8 @@ class LiteRTModel(_Model):
 
     def __call__(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         interpreter = self._interpreter
-        arrays = {n: np.ascontiguousarray(feed[n], dtype=info.dtype) for n, info in self.inputs.items()}
+        # asarray(order='C'), not ascontiguousarray, which makes a scalar (`batch_size`) 1-d.
+        arrays = {n: np.asarray(feed[n], dtype=info.dtype, order="C") for n, info in self.inputs.items()}
         shapes = {n: a.shape for n, a in arrays.items()}
         if shapes != self._shapes:
             for name, shape in shapes.items():
@@ -224,6 +241,25 @@ def _check_states(model: _Model, states: Mapping[str, np.ndarray]) -> None:
         raise ValueError(f"states {missing} are missing; this model carries {list(model.state_names)}")
 
 
+def _statics(model: _Model, statics: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    statics = dict(statics or {})
+    names = set(model.static_names)
+    if set(statics) != names:
+        raise ValueError(
+            f"{model.runtime} model takes the static input(s) {sorted(names) or 'none'}; "
+            f"got {sorted(statics) or 'none'}"
+        )
+    return {n: np.asarray(v) for n, v in statics.items()}
+
+
+def _initial(model: _Model, initial: _Model | None, batch_size: int, statics) -> dict[str, np.ndarray]:
+    feed = _statics(model, statics)
+    if initial is None or not feed:
+        return model.zero_states(batch_size)
+    result = initial({"batch_size": np.int32(batch_size), **feed})
+    return {n: result[n] for n in model.state_names}
+
+
 class StepLoopBackend:
     """A `Backend` over a converted step model: one call per time step, state threaded in Python.
 
@@ -231,69 +267,81 @@ class StepLoopBackend:
     as the export's `stream` does. Outputs at those padded steps are zeros: Keras
     repeats the last valid output there, which a step model cannot know across
     chunk boundaries; mask them out (the parity checks compare valid steps only).
+
+    An export with several outputs gives a dict of them by name (each `[B, T, ...]`). One with
+    static inputs takes them as `statics` (fed at every step); `initial` is its converted
+    `initial_state` model, which sets the states from them (zeros without it).
     """
 
-    def __init__(self, model: _Model):
-        if "x" not in model.inputs or "y" not in model.outputs:
+    def __init__(self, model: _Model, initial: _Model | None = None):
+        if "x" not in model.inputs or not model.output_names:
             raise ValueError(
                 f"{model.runtime} model takes {list(model.inputs)} and returns {list(model.outputs)}; "
                 "a step model takes `x` and returns `y` (convert the export's `step` signature)."
             )
         self.model = model
-        self._y = model.outputs["y"]
+        self.initial = initial
+        self._outputs = {n: model.outputs[n] for n in model.output_names}
 
-    def initial_state(self, batch_size: int) -> dict[str, np.ndarray]:
-        return self.model.zero_states(batch_size)
+    def initial_state(self, batch_size: int, statics: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        return _initial(self.model, self.initial, batch_size, statics)
 
     def stream(
-        self, inputs: np.ndarray, states: Mapping[str, np.ndarray], lengths: np.ndarray | None = None
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        self, inputs: np.ndarray, states: Mapping[str, np.ndarray], lengths: np.ndarray | None = None,
+        statics: Mapping[str, np.ndarray] | None = None,
+    ):
         model = self.model
         _check_states(model, states)
+        fixed = _statics(model, statics)
         inputs = np.asarray(inputs)
         batch, steps = inputs.shape[:2]
         carried = {n: np.asarray(states[n]) for n in model.state_names}
-        outputs = np.zeros((batch, steps, *self._y.shape[1:]), dtype=self._y.dtype)
+        outputs = {n: np.zeros((batch, steps, *info.shape[1:]), dtype=info.dtype) for n, info in self._outputs.items()}
         lengths = None if lengths is None else np.asarray(lengths).reshape(batch)
         for t in range(steps):
-            result = model({"x": inputs[:, t], **carried})
+            result = model({"x": inputs[:, t], **fixed, **carried})
             if lengths is None or bool(np.all(lengths > t)):
-                outputs[:, t] = result["y"]
+                for n in outputs:
+                    outputs[n][:, t] = result[n]
                 carried = {n: result[n] for n in model.state_names}
                 continue
             live = lengths > t
-            outputs[live, t] = result["y"][live]
+            for n in outputs:
+                outputs[n][live, t] = result[n][live]
             carried = {
                 n: np.where(live.reshape(-1, *([1] * (carried[n].ndim - 1))), result[n], carried[n])
                 for n in model.state_names
             }
-        return outputs, carried
+        return (outputs["y"] if list(outputs) == ["y"] else outputs), carried
 
 
 class SequenceBackend:
-    """A `Backend` over a converted whole-sequence `stream` model: one call per chunk."""
+    """A `Backend` over a converted whole-sequence `stream` model: one call per chunk (see
+    `StepLoopBackend` for several outputs, static inputs and `initial`)."""
 
-    def __init__(self, model: _Model):
-        if "inputs" not in model.inputs or "outputs" not in model.outputs:
+    def __init__(self, model: _Model, initial: _Model | None = None):
+        if "inputs" not in model.inputs or not model.output_names:
             raise ValueError(
                 f"{model.runtime} model takes {list(model.inputs)}; a sequence model takes `inputs` "
                 "(convert the export's `stream` signature)."
             )
         self.model = model
+        self.initial = initial
 
     @property
     def masked(self) -> bool:
         return "lengths" in self.model.inputs
 
-    def initial_state(self, batch_size: int) -> dict[str, np.ndarray]:
-        return self.model.zero_states(batch_size)
+    def initial_state(self, batch_size: int, statics: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        return _initial(self.model, self.initial, batch_size, statics)
 
     def stream(
-        self, inputs: np.ndarray, states: Mapping[str, np.ndarray], lengths: np.ndarray | None = None
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        self, inputs: np.ndarray, states: Mapping[str, np.ndarray], lengths: np.ndarray | None = None,
+        statics: Mapping[str, np.ndarray] | None = None,
+    ):
         _check_states(self.model, states)
         inputs = np.asarray(inputs)
-        feed = {"inputs": inputs, **{n: states[n] for n in self.model.state_names}}
+        feed = {"inputs": inputs, **_statics(self.model, statics), **{n: states[n] for n in self.model.state_names}}
         if self.masked:
             feed["lengths"] = (
                 np.full(inputs.shape[0], inputs.shape[1], np.int32) if lengths is None else lengths
@@ -302,4 +350,6 @@ class SequenceBackend:
             raise ValueError("this model does not mask (its export takes no `lengths`)")
         self.model.check_feed(feed)
         result = self.model(feed)
-        return result["outputs"], {n: result[n] for n in self.model.state_names}
+        names = self.model.output_names
+        outputs = result["outputs"] if list(names) == ["outputs"] else {n: result[n] for n in names}
+        return outputs, {n: result[n] for n in self.model.state_names}

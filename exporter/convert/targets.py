@@ -4,10 +4,15 @@ What each target gets (files relative to the output folder):
 
 | target | files | whole sequence |
 |---|---|---|
-| `tflite` | `step.tflite`; `stream_b<N>.tflite` when a batch N is given | only at a static batch, and LiteRT's `WHILE` was measured O(T^2): use the step driver |
-| `onnx` | `step.onnx`, `stream.onnx` | yes: a `Loop`, dynamic batch and time |
+| `tflite` | `step.tflite`; `stream_b<N>.tflite` when a batch N is given; `initial_state.tflite` with static inputs | only at a static batch, and LiteRT's `WHILE` was measured O(T^2): use the step driver |
+| `onnx` | `step.onnx`, `stream.onnx`; `initial_state.onnx` with static inputs | yes: a `Loop`, dynamic batch and time |
 | `triton` | `NAME/VERSION/model.onnx` + `NAME/config.pbtxt` (a model repository, ONNX Runtime backend) | no: Triton keeps the state and feeds one step per request |
 | `triton-python` | `NAME/VERSION/{model.py,step.onnx}` + `NAME/config.pbtxt` (Python backend) | a chunk per request; `model.py` keeps the state per correlation id |
+
+Several outputs: each is an output of the converted models, by name, and every one is
+checked. Static inputs: an input of each converted model, by name, fed with every call; the
+`initial_state` signature is converted too (its states may start from them). Triton takes
+exports with one output and no static inputs only (refused otherwise, exit 2).
 
 Gradients are TF-only: no converted model has `input_gradients`, and a
 `tf.custom_gradient` in the export (the demo has one) exists only in the SavedModel.
@@ -46,6 +51,8 @@ REQUIREMENTS = {
     RuntimeTarget.TRITON_PYTHON: (("tf2onnx", "tf2onnx"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime"),
                                   ("tritonclient.grpc", "tritonclient[grpc]")),
 }
+# Targets that take one sequence input and one output only (Triton's configs name `y` and the states).
+TRITON_TARGETS = frozenset({RuntimeTarget.TRITON, RuntimeTarget.TRITON_PYTHON})
 PARITY_FILE = "parity.json"
 RUNTIMES_DIR = "runtimes"  # under assets.extra/seqexport/ of a version folder
 STEP_DRIVER = "step driver"
@@ -194,21 +201,31 @@ class _Run:
         self.files.append(ModelFile(path=relative, signature=signature, batch=batch, size=size, seconds=seconds))
         return content
 
-    def check(self, signature: str, load, *, batch: int | None = None) -> None:
-        """Parity of the model `load()` returns, on its own golden signature and as a chunked driver."""
-        name = self.target.value
+    def load(self, signature: str, load):
+        """The model `load()` returns, or None with a failed row when the runtime refuses the file."""
         try:
-            model = load()
+            return load()
         except Exception as exc:  # noqa: BLE001  the runtime refusing the file is the finding
-            self.checks.append(failed(name, signature, "*", f"the runtime cannot load the converted model: "
-                                      f"{type(exc).__name__}: {str(exc).strip()[:500]}"))
+            self.checks.append(failed(self.target.value, signature, "*", f"the runtime cannot load the converted "
+                                      f"model: {type(exc).__name__}: {str(exc).strip()[:500]}"))
+            return None
+
+    def check(self, signature: str, load, *, batch: int | None = None, initial=None) -> None:
+        """Parity of the model `load()` returns, on its own golden signature and as a chunked driver.
+
+        `initial`: the converted `initial_state` model of an export with static inputs (the driver
+        starts from the states it sets).
+        """
+        name = self.target.value
+        model = self.load(signature, load)
+        if model is None:
             return
         golden, manifest = self.loaded.golden, self.loaded.manifest
         self.checks.extend(model_checks(name, signature, model, golden, self.tolerance))
         if signature == "step":
-            backend, label, exact = StepLoopBackend(model), STEP_DRIVER, False
+            backend, label, exact = StepLoopBackend(model, initial), STEP_DRIVER, False
         else:
-            backend, label, exact = SequenceBackend(model), STREAM_DRIVER, True
+            backend, label, exact = SequenceBackend(model, initial), STREAM_DRIVER, True
         self.checks.extend(driver_checks(name, label, backend, manifest, golden, self.tolerance,
                                          batch=batch, exact_padding=exact))
 
@@ -240,11 +257,24 @@ def _common_notes(loaded) -> list[str]:
     return notes
 
 
+def _initial_model(run: _Run, relative: str, convert, load):
+    """An export with static inputs: its `initial_state` converted and checked (the states may start
+    from the static inputs), for the drivers to start from; None otherwise, or when it failed."""
+    if not run.loaded.manifest.static_inputs:
+        return None
+    content = run.convert("initial_state", relative, lambda: convert(run.loaded, "initial_state"))
+    model = None if content is None else run.load("initial_state", lambda: load(content))
+    if model is not None:
+        run.checks.extend(model_checks(run.target.value, "initial_state", model, run.loaded.golden, run.tolerance))
+    return model
+
+
 def _tflite(run: _Run, stream_batch: int | None) -> None:
     loaded = run.loaded
+    initial = _initial_model(run, "initial_state.tflite", tflite.convert_signature, LiteRTModel)
     content = run.convert("step", "step.tflite", lambda: tflite.convert_signature(loaded, "step"))
     if content is not None:
-        run.check("step", lambda: LiteRTModel(content))
+        run.check("step", lambda: LiteRTModel(content), initial=initial)
     if stream_batch is None:
         run.notes.append(
             "LiteRT whole-sequence model not converted: it needs a static batch, and LiteRT's WHILE loop "
@@ -256,14 +286,15 @@ def _tflite(run: _Run, stream_batch: int | None) -> None:
     content = run.convert("stream", relative, lambda: tflite.convert_signature(loaded, "stream", batch=stream_batch),
                           batch=stream_batch)
     if content is not None:
-        run.check("stream", lambda: LiteRTModel(content), batch=stream_batch)
+        run.check("stream", lambda: LiteRTModel(content), batch=stream_batch, initial=initial)
 
 
 def _onnx(run: _Run) -> None:
+    initial = _initial_model(run, "initial_state.onnx", onnx.convert_signature, OrtModel)
     for signature in ("step", "stream"):
         content = run.convert(signature, f"{signature}.onnx", lambda s=signature: onnx.convert_signature(run.loaded, s))
         if content is not None:
-            run.check(signature, lambda c=content: OrtModel(c))
+            run.check(signature, lambda c=content: OrtModel(c), initial=initial)
 
 
 def _triton(run: _Run, name: str, version: int, options) -> None:
@@ -351,9 +382,10 @@ def convert_export(
     if stream_batch is not None and (target is not RuntimeTarget.TFLITE or stream_batch < 1):
         raise BadInput(f"A stream batch size (got {stream_batch}) is for --to tflite only, and must be positive.")
     loaded = loaded or load_export(Path(export_dir))
-    refuse_static_inputs_or_several_outputs(f"Converting to {target.value}",
-                                            [i.name for i in loaded.manifest.static_inputs],
-                                            [o.name for o in loaded.manifest.outputs])
+    if target in TRITON_TARGETS:
+        refuse_static_inputs_or_several_outputs(f"Converting to {target.value}",
+                                                [i.name for i in loaded.manifest.static_inputs],
+                                                [o.name for o in loaded.manifest.outputs])
     out_dir = Path(out_dir)
     run = _Run(loaded, target, out_dir, tolerance or loaded.manifest.options.tolerance)
     run.notes.extend(_common_notes(loaded))

@@ -7,6 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from exporter.artifact.paths import manifest_path
 from exporter.cli.app import app
 from exporter.pipeline import export
 
@@ -39,10 +40,30 @@ def test_saved_model_without_step_signature_is_refused(tmp_path):
     assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
 
 
-def test_reexport_of_several_outputs_is_refused_naming_them(several_output_exports, tmp_path):
-    path = several_output_exports["head_and_lstm_states"].path
-    result = CliRunner().invoke(app, ["export", str(path), "--name", "m", "--base", str(tmp_path / "b"), "--json"])
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    assert ("supports exports with one output; this one has 3 (head, lstm_final_h, lstm_final_c)"
-            in json.loads(result.stdout)["error"])
+@pytest.mark.parametrize("name", ["head_and_lstm_states", "static_initial_state"])
+def test_reexport_keeps_several_outputs_and_static_inputs(several_output_exports, static_input_exports, tmp_path, name):
+    """The step model is rebuilt with the manifest's outputs and static inputs (and the states those set),
+    verified against the first export's `serving_default`, and answers as the first export does."""
+    import numpy as np
+    import tensorflow as tf
+
+    first = {**several_output_exports, **static_input_exports}[name].path
+    result = export(str(first), name="again", base=tmp_path)
+    assert result.report.passed, result.report.failures
+    before = json.loads(manifest_path(first).read_text())
+    assert result.manifest.source["kind"] == "saved_model"
+    assert [o.to_json() for o in result.manifest.outputs] == before.get("outputs", [])
+    assert [i.to_json() for i in result.manifest.static_inputs] == before.get("static_inputs", [])
+    assert result.manifest.outputs or result.manifest.static_inputs
+    worst = max(c.max_abs for c in result.report.checks if c.check == "source")
+    print(name, "re-export: worst source row max abs", worst, "checks", len(result.report.checks))
+
+    rng = np.random.default_rng(11)
+    feed = {"inputs": tf.constant(rng.normal(size=(2, 9, 3)).astype(np.float32))}
+    feed.update({i.name: tf.constant(rng.normal(size=(2, *i.shape)).astype(np.float32))
+                 for i in result.manifest.static_inputs})
+    want = tf.saved_model.load(str(first)).signatures["serving_default"](**feed)
+    got = tf.saved_model.load(str(result.path)).signatures["serving_default"](**feed)
+    assert sorted(got) == sorted(want)
+    for key in want:
+        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), rtol=1e-6, atol=1e-6)

@@ -197,13 +197,18 @@ def test_cli_refuses_bad_bases_and_busy_ports(serving_base, server):
 
 
 @pytest.fixture(scope="module")
-def several_outputs_server(several_output_exports):
-    """`seqexport serve` over the several-output exports (`NAME/1` each, warmup replayed on load)."""
+def several_outputs_server(several_output_exports, static_input_exports, tmp_path_factory):
+    """`seqexport serve` over copies of the several-output and static-input exports (`NAME/1` each)."""
+    import shutil
+
     from serving.server.server import ModelServer, ServerOptions
 
-    base = next(iter(several_output_exports.values())).path.parent.parent
+    base = tmp_path_factory.mktemp("several-outputs-and-static-inputs")
+    exports = {**several_output_exports, **static_input_exports}
+    for name, export in exports.items():
+        shutil.copytree(export.path, base / name / "1")
     with ModelServer(ServerOptions(base=base, poll_seconds=0.2)) as running:
-        for name in several_output_exports:
+        for name in exports:
             running.wait_until_available(name, timeout=60)
         yield running
 
@@ -231,23 +236,135 @@ def test_every_output_is_served_by_name(several_outputs_server, several_output_e
                 np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-6)
 
 
-def test_a_session_refuses_several_outputs_by_name(several_outputs_server, several_output_exports):
-    from exporter.artifact.errors import BadInput
-    from serving.client import GrpcClient, SavedModelBackend
+# ----------------------------------------------------------------------------- several outputs, static inputs
 
-    message = r"streaming session \(client-side state carry\) supports exports with one output; this one has 2 " \
-              r"\(left, right\)\. Not supported yet for several outputs"
-    with pytest.raises(BadInput, match=message):
-        SavedModelBackend(several_output_exports["two_heads_on_gru"].path)
-    with GrpcClient(several_outputs_server.grpc_target) as client, pytest.raises(BadInput, match=message):
-        client.backend("two_heads_on_gru")
+SEVERAL_AND_STATIC = ("two_heads_on_gru", "head_and_lstm_states", "dict_of_outputs", "static_features_per_step",
+                      "static_initial_state")
 
 
-def test_a_session_refuses_static_inputs_by_name(static_input_exports):
-    from exporter.artifact.errors import BadInput
+@pytest.fixture(scope="module")
+def local_backends(several_output_exports, static_input_exports):
+    """Each several-output or static-input export loaded in this process once: the offline reference."""
     from serving.client import SavedModelBackend
 
-    message = r"streaming session \(client-side state carry\) supports exports with one sequence input; this one " \
-              r"also has 1 static input\(s\) \(context\)\. Not supported yet for static inputs"
-    with pytest.raises(BadInput, match=message):
-        SavedModelBackend(static_input_exports["static_initial_state"].path)
+    exports = {**several_output_exports, **static_input_exports}
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = SavedModelBackend(exports[name].path)
+        return cache[name]
+
+    return get
+
+
+def _frames(batch, seed):
+    from tests.exporter.models import F
+
+    return np.random.default_rng(seed).normal(size=(batch, STEPS, F)).astype(np.float32)
+
+
+def _statics(keys, batch, seed):
+    return {name: np.random.default_rng(seed).normal(size=(batch, 3)).astype(np.float32) for name in keys.statics}
+
+
+def _outputs_in_chunks(session, x, chunks=CHUNKS):
+    """Every output of a chunked stream by name, concatenated over time (`outputs` for one output)."""
+    parts, start = [], 0
+    for size in chunks:
+        out = session.feed(x[:, start : start + size])
+        parts.append(out if isinstance(out, dict) else {"outputs": out})
+        start += size
+    return {key: np.concatenate([p[key] for p in parts], axis=1) for key in parts[0]}
+
+
+def _by_output_key(local, got):
+    """`got` keyed by the export's output keys (a one-output session returns one array)."""
+    if local.keys.several_outputs:
+        assert sorted(got) == list(local.keys.outputs) and len(got) > 1, sorted(got)
+        return got
+    assert sorted(got) == ["outputs"]
+    return {local.keys.output: got["outputs"]}
+
+
+def _check_against_predict(label, local, session, got, want):
+    """Outputs and final states against `serving_default`; a last-step output is compared at its last step."""
+    tolerance = _tolerance(local)
+    results = []
+    for key in local.keys.outputs:
+        value = got[key] if want[key].ndim == got[key].ndim else got[key][:, -1]
+        results.append(_check(f"{label} {key}", value, want[key], tolerance))
+    results += [_check(f"{label} {k}", session.states[k], want[k], tolerance) for k in local.keys.states]
+    return results
+
+
+@pytest.mark.parametrize("kind", ["grpc", "rest-columnar", "rest-row", "in-process"])
+@pytest.mark.parametrize("name", SEVERAL_AND_STATIC)
+def test_a_session_streams_every_output_and_static_input(several_outputs_server, local_backends, name, kind):
+    """Chunked outputs (each by name) and final states equal `serving_default` over the whole sequence,
+    the static inputs given once to the session."""
+    local = local_backends(name)
+    x = _frames(3, seed=5)
+    statics = _statics(local.keys, 3, seed=6)
+    want = local.predict({local.keys.sequence: x, **statics})
+    if kind == "in-process":
+        session = StreamingSession(local, batch_size=3, statics=statics)
+        got = _outputs_in_chunks(session, x)
+    else:
+        with _backend(kind, several_outputs_server) as client:
+            session = StreamingSession(client.backend(name), batch_size=3, statics=statics)
+            got = _outputs_in_chunks(session, x)
+    got = _by_output_key(local, got)
+    assert all(r.passed for r in _check_against_predict(f"{name} {kind}", local, session, got, want))
+
+
+def test_static_inputs_set_the_state_and_are_checked(several_outputs_server, local_backends):
+    """The initial state comes from the static inputs: zeros instead fail the check, other values give
+    other outputs; a session without them, or with an unknown name, is refused by name."""
+    from serving.client import GrpcClient
+
+    local = local_backends("static_initial_state")
+    x = _frames(2, seed=7)
+    statics = _statics(local.keys, 2, seed=8)
+    want = local.predict({local.keys.sequence: x, **statics})
+    with GrpcClient(several_outputs_server.grpc_target) as client:
+        backend = client.backend("static_initial_state")
+        session = StreamingSession(backend, batch_size=2, statics=statics)
+        got = _by_output_key(local, _outputs_in_chunks(session, x))
+        assert all(r.passed for r in _check_against_predict("from initial_state", local, session, got, want))
+        zeros = {k: np.zeros_like(want[k]) for k in local.keys.states}
+        session = StreamingSession(backend, batch_size=2, states=zeros, statics=statics)
+        got = _by_output_key(local, _outputs_in_chunks(session, x))
+        assert not all(r.passed for r in _check_against_predict("from zeros", local, session, got, want))
+        other = {k: v + 1.0 for k, v in statics.items()}
+        session = StreamingSession(backend, batch_size=2, statics=other)
+        got = _by_output_key(local, _outputs_in_chunks(session, x))
+        assert not all(r.passed for r in _check_against_predict("other statics", local, session, got, want))
+        with pytest.raises(ValueError, match=r"takes the static input\(s\) \['context'\] with every call"):
+            StreamingSession(backend, batch_size=2)
+        with pytest.raises(ValueError, match=r"unknown static input\(s\) \['speaker'\]"):
+            StreamingSession(backend, batch_size=2, statics={**statics, "speaker": statics["context"]})
+    with pytest.raises(ValueError, match=r"unknown static input\(s\) \['context'\]; this export takes none"):
+        StreamingSession(local_backends("two_heads_on_gru"), batch_size=2, statics=statics)
+
+
+@pytest.mark.parametrize("name", ["dict_of_outputs", "static_initial_state"])
+def test_a_saved_session_resumes_on_another_transport(several_outputs_server, local_backends, name):
+    """Half the stream over gRPC, the session saved (states and static inputs), resumed over REST."""
+    from serving.client import GrpcClient, RestClient
+
+    local = local_backends(name)
+    x = _frames(2, seed=9)
+    statics = _statics(local.keys, 2, seed=10)
+    want = local.predict({local.keys.sequence: x, **statics})
+    half = sum(CHUNKS[:2])
+    with GrpcClient(several_outputs_server.grpc_target) as client:
+        session = StreamingSession(client.backend(name), batch_size=2, statics=statics)
+        head = _outputs_in_chunks(session, x[:, :half], chunks=CHUNKS[:2])
+        blob = session.save()
+    with RestClient(several_outputs_server.rest_url, format="row") as client:
+        resumed = StreamingSession.restore(blob, client.backend(name))
+        assert sorted(resumed.statics) == sorted(statics) and resumed.steps_seen == half
+        tail = _outputs_in_chunks(resumed, x[:, half:], chunks=CHUNKS[2:])
+    got = _by_output_key(local, {key: np.concatenate([head[key], tail[key]], axis=1) for key in head})
+    assert all(r.passed for r in _check_against_predict(f"{name} resumed", local, resumed, got, want))

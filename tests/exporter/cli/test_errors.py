@@ -228,8 +228,8 @@ def test_every_refused_construct_is_exit_2_with_a_json_error_and_no_traceback(tm
 SEVERAL_OUTPUTS_REFUSED = "supports exports with one output; this one has 2 (left, right). Not supported yet for several outputs"
 
 
-@pytest.mark.parametrize("target", ["tflite", "onnx", "triton", "triton-python"])
-def test_converting_several_outputs_is_exit_2_naming_them(tmp_path, several_output_exports, target):
+@pytest.mark.parametrize("target", ["triton", "triton-python"])
+def test_converting_several_outputs_for_triton_is_exit_2_naming_them(tmp_path, several_output_exports, target):
     export_dir = several_output_exports["two_heads_on_gru"].path
     result = runner.invoke(app, ["convert", str(export_dir), "--to", target, "--out", str(tmp_path / "out"), "--json"])
     assert result.exit_code == 2, result.output
@@ -240,14 +240,14 @@ def test_converting_several_outputs_is_exit_2_naming_them(tmp_path, several_outp
     assert not (tmp_path / "out").exists()
 
 
-def test_export_targets_refuse_several_outputs_before_any_work(tmp_path):
+def test_export_targets_triton_refuse_several_outputs_before_any_work(tmp_path):
     base = tmp_path / "b"
     result = runner.invoke(app, ["export", "tests.exporter.real_models:two_outputs", "--name", "m", "--base", str(base),
-                                 "--targets", "onnx", "--json"])
+                                 "--targets", "onnx,triton-python", "--json"])
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     payload = json.loads(result.stdout)
-    assert payload["error"].startswith(f"--targets onnx {SEVERAL_OUTPUTS_REFUSED}")
+    assert payload["error"].startswith(f"--targets triton-python {SEVERAL_OUTPUTS_REFUSED}")
     assert not base.exists() or not any(base.iterdir())
 
 
@@ -255,8 +255,8 @@ STATIC_INPUTS_REFUSED = ("supports exports with one sequence input; this one als
                          "Not supported yet for static inputs")
 
 
-@pytest.mark.parametrize("target", ["tflite", "onnx", "triton", "triton-python"])
-def test_converting_static_inputs_is_exit_2_naming_them(tmp_path, static_input_exports, target):
+@pytest.mark.parametrize("target", ["triton", "triton-python"])
+def test_converting_static_inputs_for_triton_is_exit_2_naming_them(tmp_path, static_input_exports, target):
     export_dir = static_input_exports["static_initial_state"].path
     result = runner.invoke(app, ["convert", str(export_dir), "--to", target, "--out", str(tmp_path / "out"), "--json"])
     assert result.exit_code == 2, result.output
@@ -265,12 +265,3 @@ def test_converting_static_inputs_is_exit_2_naming_them(tmp_path, static_input_e
     print(target, "->", payload["error"])
     assert payload["error"].startswith(f"Converting to {target} {STATIC_INPUTS_REFUSED}")
     assert not (tmp_path / "out").exists()
-
-
-def test_exporting_again_from_a_static_input_saved_model_is_exit_2(tmp_path, static_input_exports):
-    export_dir = static_input_exports["static_initial_state"].path
-    result = runner.invoke(app, ["export", str(export_dir), "--name", "again", "--base", str(tmp_path / "b"), "--json"])
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    payload = json.loads(result.stdout)
-    assert payload["error"].startswith(f"Exporting from the SavedModel {str(export_dir)!r} {STATIC_INPUTS_REFUSED}")
