@@ -240,9 +240,9 @@ def simple_rnn_stack_sequence(x_tm, h0s: tuple, kernels: tuple, recurrents: tupl
     bookkeeping, a remainder loop (T is padded to whole blocks) and the transposes between
     layers, paid once for the stack instead of once per layer; and the layers' steps within an
     iteration are independent, so the executor may run them at once. The first N - 1
-    iterations fill the stack (layer i keeps its initial state until iteration i - 1), the last
-    N - 1 drain it; steps past T (padding, or a layer past its last block) are read by nothing
-    kept.
+    iterations fill the stack (layer i starts at iteration i - 1) and the last N - 1 drain it,
+    each running only the layers that have a block; the steps that pad T to whole blocks are
+    read by nothing kept.
 
     A wavefront of single steps (one `[h_1, ..., h_N] @ [[U_1, W_2, 0], [0, U_2, W_3], ...]`
     per step) had fewer ops per step but twice the recurrent products: 2 x SimpleRNN(64),
@@ -262,38 +262,55 @@ def simple_rnn_stack_sequence(x_tm, h0s: tuple, kernels: tuple, recurrents: tupl
     def run(x_tm, *weights):
         h0s, kernels, recurrents, biases = (weights[i * count:(i + 1) * count] for i in range(4))
         steps, batch = tf.shape(x_tm)[0], tf.shape(x_tm)[1]
-        iterations = (steps + unroll - 1) // unroll + count - 1
+        # At least N - 1 blocks, so that filling and draining (below) never overlap.
+        blocks = tf.maximum((steps + unroll - 1) // unroll, count - 1)
         # Layer 1's input product over the whole chunk (as `simple_rnn_sequence`), padded to whole blocks.
         drive = tf.concat([matmul_seq(x_tm, kernels[0]) + biases[0],
-                           tf.broadcast_to(biases[0], tf.stack([iterations * unroll - steps, batch, units[0]]))], axis=0)
-        element = lambda u: tf.TensorShape([unroll, None, u])  # noqa: E731
-        arrays = [tf.TensorArray(x_tm.dtype, size=iterations, element_shape=element(u)) for u in units]
-        shapes = [h.shape for h in h0s]
+                           tf.broadcast_to(biases[0], tf.stack([blocks * unroll - steps, batch, units[0]]))], axis=0)
+
+        def iteration(n, active, state, below):
+            """Layers `active` at iteration n (layer i: its block n - i); returns their blocks."""
+            state, outputs = list(state), {}
+            for i in active:
+                inputs = drive[n * unroll:(n + 1) * unroll] if i == 0 else matmul_seq(below[i - 1], kernels[i]) + biases[i]
+                h, block = state[i], []
+                for x_t in tf.unstack(inputs, num=unroll):
+                    h = tf.tanh(x_t + h @ recurrents[i])
+                    block.append(h)
+                state[i], outputs[i] = h, tf.stack(block)
+            below = [outputs.get(i, below[i]) for i in range(count - 1)]
+            return state, below, outputs
+
+        # Filling (iterations 0 .. N-2, layers 1 .. k+1) and draining (layers k+2 .. N, after the
+        # loop) are written out: N is known, and no layer runs a block it does not need.
+        state, below, pieces = list(h0s), [None] * (count - 1), [[] for _ in range(count)]
+        for k in range(count - 1):
+            state, below, outputs = iteration(k, range(k + 1), state, below)
+            for i, block in outputs.items():
+                pieces[i].append(block)
+        shapes = [h.shape for h in state] + [b.shape for b in below]
+        arrays = [tf.TensorArray(x_tm.dtype, size=blocks - count + 1, element_shape=tf.TensorShape([unroll, None, u]))
+                  for u in units]
 
         def body(n, *loop_vars):
-            arrays, state, below = loop_vars[:count], loop_vars[count:2 * count], loop_vars[2 * count:]
-            inputs = [drive[n * unroll:(n + 1) * unroll]]
-            inputs += [matmul_seq(below[i - 1], kernels[i]) + biases[i] for i in range(1, count)]
-            written, new_state, blocks = [], [], []
-            for i in range(count):
-                h, outputs = state[i], []
-                for x_t in tf.unstack(inputs[i], num=unroll):
-                    h = tf.tanh(x_t + h @ recurrents[i])
-                    outputs.append(h)
-                block = tf.stack(outputs)
-                if i > 0:  # filling: layer i + 1 starts at iteration i
-                    h = tf.where(n >= i, h, state[i])
-                h.set_shape(shapes[i])
-                written.append(arrays[i].write(n, block))
-                new_state.append(h)
-                blocks.append(block)
-            return (n + 1, *written, *new_state, *blocks[:-1])
+            arrays, carry = loop_vars[:count], loop_vars[count:]
+            state, below, outputs = iteration(n, range(count), carry[:count], carry[count:])
+            for tensor, shape in zip((*state, *below), shapes):
+                tensor.set_shape(shape)
+            written = [a.write(n - count + 1, outputs[i]) for i, a in enumerate(arrays)]
+            return (n + 1, *written, *state, *below)
 
-        below = [tf.zeros(tf.stack([unroll, batch, u]), x_tm.dtype) for u in units[:-1]]
-        result = tf.while_loop(lambda n, *_: n < iterations, body, (tf.constant(0), *arrays, *h0s, *below))
+        result = tf.while_loop(lambda n, *_: n < blocks, body, (tf.constant(count - 1), *arrays, *state, *below))
+        state, below = result[1 + count:1 + 2 * count], result[1 + 2 * count:]
+        for i in range(count):
+            pieces[i].append(_stack(result[1 + i], units[i], batch, unroll))
+        for k in range(count - 1):
+            state, below, outputs = iteration(blocks + k, range(k + 1, count), state, below)
+            for i, block in outputs.items():
+                pieces[i].append(block)
         hs = []
         for i in range(count):
-            h = _stack(result[1 + i], units[i], batch, unroll)[i * unroll:i * unroll + steps]
+            h = tf.concat(pieces[i], axis=0)[:steps]
             h.set_shape([None, None, units[i]])
             hs.append(h)
         lasts = [tf.concat([h0s[i][None], hs[i][-1:]], axis=0)[-1] for i in range(count)]
