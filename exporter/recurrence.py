@@ -14,6 +14,8 @@ time. So, per layer:
   the `T mod UNROLL` steps left; an iteration slices its block of the inputs (a view);
 - a layer whose step product is wide (`SPLIT_MIN_COLUMNS`) runs as two batch halves
   at once (`in_halves`), one per core;
+- consecutive SimpleRNN layers share one loop, a wavefront of blocks
+  (`simple_rnn_stack_sequence`);
 - the gradient (`tf.custom_gradient`) recomputes the gates of every step at once
   from the saved outputs (one matrix product), runs one backward loop whose steps
   are a matrix product and a few element-wise ops, and computes the weight gradients
@@ -272,7 +274,10 @@ def simple_rnn_stack_sequence(x_tm, h0s: tuple, kernels: tuple, recurrents: tupl
             """Layers `active` at iteration n (layer i: its block n - i); returns their blocks."""
             state, outputs = list(state), {}
             for i in active:
-                inputs = drive[n * unroll:(n + 1) * unroll] if i == 0 else matmul_seq(below[i - 1], kernels[i]) + biases[i]
+                if i == 0:
+                    inputs = drive[n * unroll:(n + 1) * unroll]
+                else:
+                    inputs = matmul_seq(below[i - 1], kernels[i]) + biases[i]
                 h, block = state[i], []
                 for x_t in tf.unstack(inputs, num=unroll):
                     h = tf.tanh(x_t + h @ recurrents[i])
