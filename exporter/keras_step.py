@@ -17,7 +17,7 @@ from keras.src.models.functional import Functional
 from exporter.artifact.errors import SeqExportError, UnsupportedModel
 from exporter.artifact.specs import StateSpec
 from exporter.fused import fused_lstm, is_fusable_lstm
-from exporter.recurrence import hoisted_cell, is_hoistable_gru, is_hoistable_simple_rnn
+from exporter.recurrence import hoisted_cell, is_hoistable_gru, is_hoistable_simple_rnn, simple_rnn_stack
 from exporter.step_model import StepModel
 from exporter.time_probe import whole_call_traces, why_not_per_step
 
@@ -72,6 +72,9 @@ class _Stage:
     # `call` works on `[B, T, ...]` as well as on `[B, ...]` (Dense, activations, ...): such
     # stages after the last stateful one run once on the whole sequence, after the loop.
     rank_agnostic: bool = False
+    # A SimpleRNN layer's cell when whole-sequence runs may run it in one loop with the SimpleRNN
+    # layers next to it (`recurrence.simple_rnn_stack`).
+    simple_rnn_cell: object | None = None
 
     def __post_init__(self):
         if self.sequence_call is None and not self.states and self.rank_agnostic:
@@ -130,7 +133,8 @@ def rnn_stage(index: int, layer: keras.layers.RNN, masked: bool, emit: int = 0) 
         return (output if emit == 0 else new[emit - 1]), new
 
     return _Stage(layer.name, states, call, ends_sequence=emit > 0 or not layer.return_sequences,
-                  sequence_call=_sequence_call(cell) if emit == 0 else None)
+                  sequence_call=_sequence_call(cell) if emit == 0 else None,
+                  simple_rnn_cell=cell if emit == 0 and is_hoistable_simple_rnn(cell) else None)
 
 
 def masked_rnn_refusal(index: int, layer: keras.layers.RNN) -> UnsupportedModel | None:
@@ -273,17 +277,48 @@ def _batch_norm_inference(layer, x):
     return x * tf.cast(scale, x.dtype) + tf.cast(offset, x.dtype)
 
 
-def _run_stages(stages, x, prev_states, mask, *, whole_sequence: bool = False):
-    """The stages one after the other, each taking its slice of the states. `whole_sequence`:
-    each stage runs over `x [B, T, ...]` at once (layer by layer, as Keras runs them)."""
+def _run_stages(stages, x, prev_states, mask):
+    """The stages one after the other, each taking its slice of the states."""
     new_states, offset = [], 0
     for stage in stages:
         count = len(stage.states)
         states = tuple(prev_states[offset : offset + count])
-        if stage.mask_fn is not None and not whole_sequence:
+        if stage.mask_fn is not None:
             computed = stage.mask_fn(x)
             mask = computed if mask is None else tf.logical_and(mask, computed)
-        x, new = stage.sequence_call(x, states) if whole_sequence else stage.call(x, states, mask)
+        x, new = stage.call(x, states, mask)
+        new_states.extend(new)
+        offset += count
+    return x, tuple(new_states)
+
+
+def _whole_sequence_groups(stages) -> list[list[_Stage]]:
+    """The stages in call order, consecutive SimpleRNN layers (each but the last returning its
+    sequence) grouped: each group runs as one loop; every other stage is a group of its own."""
+    groups: list[list[_Stage]] = []
+    for stage in stages:
+        previous = groups[-1][-1] if groups else None
+        if (stage.simple_rnn_cell is not None and previous is not None and previous.simple_rnn_cell is not None
+                and not previous.ends_sequence):
+            groups[-1].append(stage)
+        else:
+            groups.append([stage])
+    return groups
+
+
+def _run_whole_sequence(stages, x, prev_states):
+    """The stages over `x [B, T, ...]` at once, layer by layer as Keras runs them, except that a
+    group of consecutive SimpleRNN layers runs as one loop (`recurrence.simple_rnn_stack`)."""
+    new_states, offset = [], 0
+    for group in _whole_sequence_groups(stages):
+        count = sum(len(stage.states) for stage in group)
+        states = tuple(prev_states[offset : offset + count])
+        if len(group) > 1:
+            cells = [stage.simple_rnn_cell for stage in group]
+            # Cast as `_sequence_call` does (Keras casts in the cell's `__call__`).
+            x, new = simple_rnn_stack(cells)(tf.cast(x, cells[0].compute_dtype), states)
+        else:
+            x, new = group[0].sequence_call(x, states)
         new_states.extend(new)
         offset += count
     return x, tuple(new_states)
@@ -541,7 +576,7 @@ def chain_step_model(model: keras.Model, description: str = "") -> StepModel:
         return masked_step(x, prev_states, None)
 
     def fused_core(inputs, prev_states):
-        return _run_stages(core_stages, inputs, prev_states, None, whole_sequence=True)
+        return _run_whole_sequence(core_stages, inputs, prev_states)
 
     fusable = not masked and all(stage.sequence_call is not None for stage in core_stages)
 

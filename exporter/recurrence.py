@@ -14,6 +14,8 @@ time. So, per layer:
   the `T mod UNROLL` steps left; an iteration slices its block of the inputs (a view);
 - a layer whose step product is wide (`SPLIT_MIN_COLUMNS`) runs as two batch halves
   at once (`in_halves`), one per core;
+- consecutive SimpleRNN layers share one loop, a wavefront of blocks
+  (`simple_rnn_stack_sequence`);
 - the gradient (`tf.custom_gradient`) recomputes the gates of every step at once
   from the saved outputs (one matrix product), runs one backward loop whose steps
   are a matrix product and a few element-wise ops, and computes the weight gradients
@@ -203,22 +205,137 @@ def simple_rnn_sequence(x_tm, h0, kernel, recurrent, bias):
         (hs,), (last,) = scan(forward, (matmul_seq(x_tm, kernel) + bias,), (h0,), (int(recurrent.shape[0]),))
 
         def grad(d_hs, d_last):
-            d_hs, d_last = dense_upstream(d_hs, hs), dense_upstream(d_last, last)
-            u_t = tf.transpose(recurrent)
-
-            def backward(inputs, state):
-                upstream, h_t = inputs
-                # TanhGrad(y, dy) = dy * (1 - y^2): one op, and no slope sequence in memory.
-                d_pre = tf.raw_ops.TanhGrad(y=h_t, dy=upstream + state[0])
-                return (d_pre,), (d_pre @ u_t,)
-
-            (d_pre,), (d_h0,) = scan(backward, (d_hs, hs), (d_last,), (int(recurrent.shape[0]),), reverse=True)
-            return (matmul_seq(d_pre, kernel, transpose_b=True), d_h0, outer_sum(x_tm, d_pre),
-                    outer_sum(previous_steps(h0, hs), d_pre), tf.reduce_sum(d_pre, axis=[0, 1]))
+            return simple_rnn_backward(x_tm, h0, hs, dense_upstream(d_hs, hs), dense_upstream(d_last, last),
+                                       kernel, recurrent)
 
         return (hs, last), grad
 
     return run(x_tm, h0, kernel, recurrent, bias)
+
+
+def simple_rnn_backward(x_tm, h0, hs, d_hs, d_last, kernel, recurrent):
+    """The gradient of `simple_rnn_sequence` from its outputs `hs [T, B, U]` and the upstream
+    gradients of `hs` and of `h_T`: (d_x, d_h0, d_kernel, d_recurrent, d_bias)."""
+    import tensorflow as tf
+
+    u_t = tf.transpose(recurrent)
+
+    def backward(inputs, state):
+        upstream, h_t = inputs
+        # TanhGrad(y, dy) = dy * (1 - y^2): one op, and no slope sequence in memory.
+        d_pre = tf.raw_ops.TanhGrad(y=h_t, dy=upstream + state[0])
+        return (d_pre,), (d_pre @ u_t,)
+
+    (d_pre,), (d_h0,) = scan(backward, (d_hs, hs), (d_last,), (int(recurrent.shape[0]),), reverse=True)
+    return (matmul_seq(d_pre, kernel, transpose_b=True), d_h0, outer_sum(x_tm, d_pre),
+            outer_sum(previous_steps(h0, hs), d_pre), tf.reduce_sum(d_pre, axis=[0, 1]))
+
+
+def simple_rnn_stack_sequence(x_tm, h0s: tuple, kernels: tuple, recurrents: tuple, biases: tuple):
+    """N stacked tanh SimpleRNN layers over `x_tm [T, B, F]` as ONE loop, a wavefront of blocks;
+    returns (the last layer's hs [T, B, U_N], (h_T of each layer)).
+
+    Iteration n runs `UNROLL` steps of every layer: layer 1's block n, layer 2's block n - 1,
+    ..., layer N's block n - N + 1. Layer i's inputs for its block are layer i - 1's outputs
+    of the previous iteration, projected with one matrix product per block; each step is that
+    layer's `h @ U`, an Add and a Tanh, as layer by layer. What one loop saves: the loop's
+    bookkeeping, a remainder loop (T is padded to whole blocks) and the transposes between
+    layers, paid once for the stack instead of once per layer; and the layers' steps within an
+    iteration are independent, so the executor may run them at once. The first N - 1
+    iterations fill the stack (layer i starts at iteration i - 1) and the last N - 1 drain it,
+    each running only the layers that have a block; the steps that pad T to whole blocks are
+    read by nothing kept.
+
+    A wavefront of single steps (one `[h_1, ..., h_N] @ [[U_1, W_2, 0], [0, U_2, W_3], ...]`
+    per step) had fewer ops per step but twice the recurrent products: 2 x SimpleRNN(64),
+    B=32, T=1024, CPU time in one process on a loaded 2-core machine: 0.55 of Keras, against
+    0.44 for these blocks and 0.50 layer by layer; faster at B=1 (0.12 against 0.18).
+
+    Gradient: each layer's outputs are kept, so each layer's gradient is `simple_rnn_backward`
+    from the top layer down, its inputs the outputs of the layer below (no forward recomputed).
+    """
+    import tensorflow as tf
+
+    count = len(kernels)
+    units = [int(r.shape[0]) for r in recurrents]
+    unroll = UNROLL
+
+    @tf.custom_gradient
+    def run(x_tm, *weights):
+        h0s, kernels, recurrents, biases = (weights[i * count:(i + 1) * count] for i in range(4))
+        steps, batch = tf.shape(x_tm)[0], tf.shape(x_tm)[1]
+        # At least N - 1 blocks, so that filling and draining (below) never overlap.
+        blocks = tf.maximum((steps + unroll - 1) // unroll, count - 1)
+        # Layer 1's input product over the whole chunk (as `simple_rnn_sequence`), padded to whole blocks.
+        drive = tf.concat([matmul_seq(x_tm, kernels[0]) + biases[0],
+                           tf.broadcast_to(biases[0], tf.stack([blocks * unroll - steps, batch, units[0]]))], axis=0)
+
+        def iteration(n, active, state, below):
+            """Layers `active` at iteration n (layer i: its block n - i); returns their blocks."""
+            state, outputs = list(state), {}
+            for i in active:
+                if i == 0:
+                    inputs = drive[n * unroll:(n + 1) * unroll]
+                else:
+                    inputs = matmul_seq(below[i - 1], kernels[i]) + biases[i]
+                h, block = state[i], []
+                for x_t in tf.unstack(inputs, num=unroll):
+                    h = tf.tanh(x_t + h @ recurrents[i])
+                    block.append(h)
+                state[i], outputs[i] = h, tf.stack(block)
+            below = [outputs.get(i, below[i]) for i in range(count - 1)]
+            return state, below, outputs
+
+        # Filling (iterations 0 .. N-2, layers 1 .. k+1) and draining (layers k+2 .. N, after the
+        # loop) are written out: N is known, and no layer runs a block it does not need.
+        state, below, pieces = list(h0s), [None] * (count - 1), [[] for _ in range(count)]
+        for k in range(count - 1):
+            state, below, outputs = iteration(k, range(k + 1), state, below)
+            for i, block in outputs.items():
+                pieces[i].append(block)
+        shapes = [h.shape for h in state] + [b.shape for b in below]
+        arrays = [tf.TensorArray(x_tm.dtype, size=blocks - count + 1, element_shape=tf.TensorShape([unroll, None, u]))
+                  for u in units]
+
+        def body(n, *loop_vars):
+            arrays, carry = loop_vars[:count], loop_vars[count:]
+            state, below, outputs = iteration(n, range(count), carry[:count], carry[count:])
+            for tensor, shape in zip((*state, *below), shapes):
+                tensor.set_shape(shape)
+            written = [a.write(n - count + 1, outputs[i]) for i, a in enumerate(arrays)]
+            return (n + 1, *written, *state, *below)
+
+        result = tf.while_loop(lambda n, *_: n < blocks, body, (tf.constant(count - 1), *arrays, *state, *below))
+        state, below = result[1 + count:1 + 2 * count], result[1 + 2 * count:]
+        for i in range(count):
+            pieces[i].append(_stack(result[1 + i], units[i], batch, unroll))
+        for k in range(count - 1):
+            state, below, outputs = iteration(blocks + k, range(k + 1, count), state, below)
+            for i, block in outputs.items():
+                pieces[i].append(block)
+        hs = []
+        for i in range(count):
+            h = tf.concat(pieces[i], axis=0)[:steps]
+            h.set_shape([None, None, units[i]])
+            hs.append(h)
+        lasts = [tf.concat([h0s[i][None], hs[i][-1:]], axis=0)[-1] for i in range(count)]
+
+        def grad(d_top, *d_lasts):
+            grads = [None] * (4 * count)
+            upstream = dense_upstream(d_top, hs[-1])
+            for i in reversed(range(count)):
+                inputs = x_tm if i == 0 else hs[i - 1]
+                d_x, *layer_grads = simple_rnn_backward(inputs, h0s[i], hs[i], upstream,
+                                                        dense_upstream(d_lasts[i], lasts[i]), kernels[i], recurrents[i])
+                for k, g in enumerate(layer_grads):
+                    grads[k * count + i] = g
+                upstream = d_x
+            return (upstream, *grads)
+
+        return (hs[-1], *lasts), grad
+
+    top, *lasts = run(x_tm, *h0s, *kernels, *recurrents, *biases)
+    return top, tuple(lasts)
 
 
 def gru_sequence(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
@@ -350,16 +467,9 @@ def hoisted_cell(cell) -> Callable:
     import tensorflow as tf
 
     is_gru = is_hoistable_gru(cell)
-    units = int(cell.units)
 
     def call(inputs, states):
-        kernel = tf.convert_to_tensor(cell.kernel.value)
-        recurrent = tf.convert_to_tensor(cell.recurrent_kernel.value)
-        if cell.use_bias:
-            bias = tf.convert_to_tensor(cell.bias.value)
-        else:
-            shape = [2, 3 * units] if is_gru and cell.reset_after else [3 * units if is_gru else units]
-            bias = tf.zeros(shape, inputs.dtype)
+        kernel, recurrent, bias = cell_weights(cell)
 
         def run(x_tm, h0):
             if is_gru:
@@ -371,5 +481,41 @@ def hoisted_cell(cell) -> Callable:
             return hs, (last,)
         hs, last = run(tf.transpose(inputs, [1, 0, 2]), *states)
         return tf.transpose(hs, [1, 0, 2]), (last,)
+
+    return call
+
+
+def cell_weights(cell) -> tuple:
+    """(kernel, recurrent kernel, bias) of a Keras SimpleRNN or GRU cell as tensors; zeros for no bias."""
+    import tensorflow as tf
+
+    units = int(cell.units)
+    kernel = tf.convert_to_tensor(cell.kernel.value)
+    recurrent = tf.convert_to_tensor(cell.recurrent_kernel.value)
+    if cell.use_bias:
+        return kernel, recurrent, tf.convert_to_tensor(cell.bias.value)
+    is_gru = is_hoistable_gru(cell)
+    shape = [2, 3 * units] if is_gru and cell.reset_after else [3 * units if is_gru else units]
+    return kernel, recurrent, tf.zeros(shape, kernel.dtype)
+
+
+def simple_rnn_stack(cells) -> Callable:
+    """`(x [B, T, F], (h_1, ..., h_N)) -> (h_N seq [B, T, U_N], (h_1T, ..., h_NT))` for consecutive
+    Keras SimpleRNN cells (each `is_hoistable_simple_rnn`), as one wavefront loop
+    (`simple_rnn_stack_sequence`)."""
+    import tensorflow as tf
+
+    def call(inputs, states):
+        weights = [cell_weights(cell) for cell in cells]
+
+        def run(x_tm, *h0s):
+            top, lasts = simple_rnn_stack_sequence(x_tm, h0s, *(tuple(w[i] for w in weights) for i in range(3)))
+            return (top, *lasts)
+
+        if max(int(cell.units) for cell in cells) >= SPLIT_MIN_COLUMNS:
+            top, *lasts = in_halves(run, inputs, tuple(states))
+            return top, tuple(lasts)
+        top, *lasts = run(tf.transpose(inputs, [1, 0, 2]), *states)
+        return tf.transpose(top, [1, 0, 2]), tuple(lasts)
 
     return call

@@ -157,3 +157,41 @@ def test_no_fusing_without_kernels_or_when_asked(case):
     assert not traced.unfused_functions
     assert not any(k.endswith("_unfused") for k in traced.functions)
     assert "BlockLSTM" not in _ops(traced.functions["serving_default"])
+
+
+def test_simple_rnn_pair_after_an_lstm_runs_as_one_wavefront_that_matches_its_twin_and_keras():
+    """LSTM, SimpleRNN, SimpleRNN, Dense: BlockLSTM, then ONE loop for both SimpleRNNs (8 steps of
+    each and the second's input product per block: 17 MatMuls). `serving_default` gives Keras's
+    numbers, and `stream` gives its `_unfused` twin's outputs, final states and gradients
+    (the verification's twin check) over a chunk that fills, runs and drains the wavefront."""
+    keras.utils.set_random_seed(6)
+    model = keras.Sequential([keras.Input((None, FEATURES)), keras.layers.LSTM(4, return_sequences=True),
+                              keras.layers.SimpleRNN(3, return_sequences=True, bias_initializer="random_normal"),
+                              keras.layers.SimpleRNN(2, return_sequences=True), keras.layers.Dense(2)])
+    step_model = step_model_from_keras(model)
+    traced = trace(step_model)
+    serving = traced.functions["serving_default"]
+    assert "BlockLSTM" in _ops(serving)
+    bodies = [f for f in serving.graph.as_graph_def().library.function if "body" in f.signature.name]
+    assert [sum(n.op == "MatMul" for n in f.node_def) for f in bodies] == [17]
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.normal(size=(3, 21, FEATURES)).astype(np.float32))
+    np.testing.assert_allclose(serving(inputs=x)["outputs"], model(x), atol=1e-5, rtol=0)
+
+    states = {s.name: tf.constant(rng.normal(size=(3, *s.shape)).astype(np.float32)) for s in step_model.states}
+    variables = list(traced.module.trainable_variables)
+
+    def run(function):
+        with tf.GradientTape() as tape:
+            tape.watch([x, *states.values()])
+            result = function(inputs=x, **states)
+            loss = sum(tf.reduce_sum(v * (k + 1.0)) for k, v in enumerate(result[n] for n in sorted(result)))
+        return result, tape.gradient(loss, [x, *states.values(), *variables])
+
+    got, got_grads = run(traced.functions["stream"])
+    want, want_grads = run(traced.functions["stream_unfused"])
+    assert sorted(got) == sorted(want) and len(got) == 1 + len(states)
+    for name in got:
+        np.testing.assert_allclose(got[name], want[name], atol=1e-5, rtol=0, err_msg=name)
+    for g, w in zip(got_grads, want_grads):  # sums over 63 steps, in another order: float32 rounding
+        np.testing.assert_allclose(g, w, atol=1e-4, rtol=1e-5)

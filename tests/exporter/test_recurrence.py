@@ -97,3 +97,100 @@ def test_gru_and_simple_rnn_stacks_keep_while_loop_twins_and_lose_per_step_input
     # Two layers, each an unrolled loop (8 steps) and a single-step loop: h @ U once per step;
     # the GRU's input product once per iteration's block, the SimpleRNN's before its loops.
     assert sorted(matmuls) == [1, 2, 8, 9], matmuls
+
+
+STACK_UNITS = {2: (6, 4), 3: (6, 4, 5)}
+
+
+@pytest.fixture(scope="module", params=sorted(STACK_UNITS))
+def simple_rnn_stack_layers(request):
+    keras.utils.set_random_seed(5)
+    layers, features = [], FEATURES
+    for units in STACK_UNITS[request.param]:
+        layer = keras.layers.SimpleRNN(units, return_sequences=True, return_state=True,
+                                       bias_initializer="random_normal")
+        layer.build((None, None, features))
+        layers.append(layer)
+        features = units
+    return layers
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_simple_rnn_stack_wavefront_matches_keras_layers_outputs_states_and_gradients(simple_rnn_stack_layers,
+                                                                                      split, monkeypatch):
+    """2 and 3 layers (unequal widths) in one wavefront loop: the top sequence, every final state and the
+    gradients of x, every initial state and every weight, as Keras's layers one after the other.
+    T=7 and T=1 fit in one block, T=19 spans three (the stack fills and drains around them); T=0 returns
+    the states it was given, B=0 empty outputs. `split`: in two batch halves (B=3: 1 + 2; B=1: one empty)."""
+    monkeypatch.setattr(recurrence, "SPLIT_MIN_COLUMNS", 0 if split else 10**9)
+    layers = simple_rnn_stack_layers
+    stack = recurrence.simple_rnn_stack([layer.cell for layer in layers])
+    variables = [v for layer in layers for v in layer.trainable_variables]
+    rng = np.random.default_rng(1)
+
+    def loss_and_grads(call, x, h0s, weights):
+        with tf.GradientTape() as tape:
+            tape.watch([x, *h0s])
+            top, lasts = call(x, h0s)
+            loss = tf.reduce_sum(top * weights[0]) + sum(tf.reduce_sum(l * w) for l, w in zip(lasts, weights[1:]))
+        return [top, *lasts], tape.gradient(loss, [x, *h0s, *variables])
+
+    def keras_stack(x, h0s):
+        lasts = []
+        for layer, h0 in zip(layers, h0s):
+            x, last = layer(x, initial_state=[h0])
+            lasts.append(last)
+        return x, lasts
+
+    # One trace each for every shape below.
+    ours = tf.function(lambda x, h0s, w: loss_and_grads(stack, x, h0s, w), reduce_retracing=True)
+    theirs = tf.function(lambda x, h0s, w: loss_and_grads(keras_stack, x, h0s, w), reduce_retracing=True)
+    units = [layer.cell.units for layer in layers]
+    for batch, steps in ((3, 7), (1, 1), (3, 19), (1, 7), (3, 0), (0, 7), (0, 1), (1, 0)):
+        x = tf.constant(rng.normal(size=(batch, steps, FEATURES)).astype(np.float32))
+        h0s = [tf.constant(rng.normal(size=(batch, u)).astype(np.float32)) for u in units]
+        weights = [tf.constant(rng.normal(size=(batch, steps, units[-1])).astype(np.float32))]
+        weights += [tf.constant(rng.normal(size=(batch, u)).astype(np.float32)) for u in units]
+        got, got_grads = ours(x, h0s, weights)
+        assert got[0].shape == (batch, steps, units[-1])
+        if steps == 0:  # Keras cannot run an empty sequence: the states come back, nothing depends on the weights
+            for g, h0 in zip(got[1:], h0s):
+                np.testing.assert_array_equal(g, h0)
+            for g, w in zip(got_grads[1:1 + len(units)], weights[1:]):
+                np.testing.assert_array_equal(g, w)
+            assert all(float(tf.reduce_max(tf.abs(g))) == 0.0 for g in got_grads[1 + len(units):])
+            continue
+        want, want_grads = theirs(x, h0s, weights)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, atol=OUT_TOL, rtol=0)
+        assert len(got_grads) == len(want_grads) == 1 + len(units) + 3 * len(units)
+        for g, w in zip(got_grads, want_grads):
+            np.testing.assert_allclose(g, w, atol=GRAD_TOL, rtol=0)
+
+
+def _loop_matmuls(function) -> list[int]:
+    graph = function.graph.as_graph_def()
+    bodies = [f for f in graph.library.function if "body" in f.signature.name]
+    return sorted(sum(n.op in ("MatMul", "BatchMatMulV2") for n in f.node_def) for f in bodies)
+
+
+def test_consecutive_simple_rnn_layers_share_one_loop_and_keep_keras_numbers():
+    """SimpleRNN, SimpleRNN, Dense, SimpleRNN, GRU: only the first two are consecutive SimpleRNNs, so
+    one wavefront loop runs them (per iteration 8 steps of each and the second's input product of one
+    block); the third SimpleRNN and the GRU run layer by layer (an unrolled and a single-step loop each)."""
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((None, FEATURES)), keras.layers.SimpleRNN(4, return_sequences=True),
+                              keras.layers.SimpleRNN(3, return_sequences=True), keras.layers.Dense(3),
+                              keras.layers.SimpleRNN(3, return_sequences=True),
+                              keras.layers.GRU(2, return_sequences=True)])
+    step_model = step_model_from_keras(model)
+    traced = trace(step_model)
+    for name in ("serving_default", "stream"):
+        assert traced.higher_order_function(name) is traced.functions[f"{name}_unfused"]
+    matmuls = _loop_matmuls(traced.functions["serving_default"])
+    assert matmuls == [1, 2, 8, 9, 17], matmuls
+    x = tf.constant(np.random.default_rng(4).normal(size=(3, 13, FEATURES)).astype(np.float32))
+    states = tuple(tf.zeros((3, *s.shape)) for s in step_model.states)
+    outputs, final = step_model.fused_unroll(x, states)
+    np.testing.assert_allclose(outputs, model(x), atol=OUT_TOL, rtol=0)
+    assert [tuple(f.shape) for f in final] == [(3, 4), (3, 3), (3, 3), (3, 2)]
