@@ -14,7 +14,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from exporter.artifact.errors import BadInput, several_outputs_unsupported, static_inputs_unsupported
+from exporter.artifact.errors import (
+    BadInput,
+    sequence_inputs_unsupported,
+    several_outputs_unsupported,
+    static_inputs_unsupported,
+)
 from exporter.artifact.specs import SignatureName, SignatureSpec
 
 
@@ -124,6 +129,9 @@ class SequenceKeys:
         outputs = [k for k in stream.outputs if k not in states]
         initial_in = views[SignatureName.INITIAL_STATE.value].inputs
         static = sorted(k for k in sequence if k in initial_in)  # fed to `initial_state` and `stream` alike
+        others = sorted(k for k in sequence if k not in static and k != "inputs")  # other sequence inputs
+        if "inputs" in sequence and others:
+            raise BadInput(sequence_inputs_unsupported("The streaming session (client-side state carry)", others))
         if static and len(sequence) == len(static) + 1:
             raise BadInput(static_inputs_unsupported("The streaming session (client-side state carry)", static))
         if len(sequence) == 1 and len(lengths) <= 1 and len(outputs) > 1:

@@ -353,7 +353,8 @@ def convert_export(
     loaded = loaded or load_export(Path(export_dir))
     refuse_static_inputs_or_several_outputs(f"Converting to {target.value}",
                                             [i.name for i in loaded.manifest.static_inputs],
-                                            [o.name for o in loaded.manifest.outputs])
+                                            [o.name for o in loaded.manifest.outputs],
+                                            sequence_inputs=[i.name for i in loaded.manifest.sequence_inputs])
     out_dir = Path(out_dir)
     run = _Run(loaded, target, out_dir, tolerance or loaded.manifest.options.tolerance)
     run.notes.extend(_common_notes(loaded))
