@@ -55,7 +55,8 @@ def step_model_from_saved_model(path: Path) -> StepModel:
                                             [i.get("name") for i in manifest.get("static_inputs", [])],
                                             [o.get("name") for o in manifest.get("outputs", [])],
                                             advice=" Export from the .keras file instead.",
-                                            sequence_inputs=[i.get("name") for i in manifest.get("sequence_inputs", [])])
+                                            sequence_inputs=[i.get("name")
+                                                             for i in manifest.get("sequence_inputs", [])])
     if "x" not in inputs or "y" not in outputs:
         raise BadInput(f"The 'step' signature of {str(path)!r} must take 'x' and return 'y'.")
     state_names = _state_order(path, set(inputs) - {"x"})

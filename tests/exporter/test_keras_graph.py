@@ -337,8 +337,8 @@ def test_the_reloaded_sequence_input_export_equals_keras_on_new_data(sequence_in
     chunked = np.concatenate([first["outputs"].numpy(), second["outputs"].numpy()], axis=1)
     ys, carried = [], dict(states)
     for t in range(steps):
-        result = signatures["step"](x=tf.constant(main[:, t]), **{k: tf.constant(v[:, t]) for k, v in sequences.items()},
-                                    **static, **carried)
+        slices = {k: tf.constant(v[:, t]) for k, v in sequences.items()}
+        result = signatures["step"](x=tf.constant(main[:, t]), **slices, **static, **carried)
         ys.append(result["y"].numpy())
         carried = {n: result[n] for n in state_names}
     errors = [float(np.abs(a - want).max()) for a in (got, chunked, np.stack(ys, axis=1))]

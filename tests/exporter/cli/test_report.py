@@ -221,7 +221,8 @@ def test_inspect_lists_static_inputs(static_input_exports):
 
 
 def test_inspect_lists_sequence_inputs(sequence_input_exports):
-    result = CliRunner().invoke(app, ["inspect", str(sequence_input_exports["tokens_features_and_static_into_gru"].path)])
+    path = sequence_input_exports["tokens_features_and_static_into_gru"].path
+    result = CliRunner().invoke(app, ["inspect", str(path)])
     assert result.exit_code == 0, result.output
     assert_fits(result.output, 80)
     text = " ".join(result.output.split())
