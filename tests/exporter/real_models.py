@@ -241,6 +241,11 @@ def two_outputs():
     return build("two_heads_on_gru")
 
 
+def two_sequence_inputs():
+    """A factory for `seqexport export tests.exporter.real_models:two_sequence_inputs`."""
+    return build("two_streams_into_lstm")
+
+
 def build(name: str) -> keras.Model:
     keras.utils.set_random_seed(7)
     entry = (STREAMABLE.get(name) or (SEVERAL_OUTPUTS.get(name) or STATIC_INPUTS.get(name)

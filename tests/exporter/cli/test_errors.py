@@ -298,3 +298,15 @@ def test_exporting_again_from_a_sequence_input_saved_model_is_exit_2(tmp_path, s
     assert "Traceback" not in result.output
     error = json.loads(result.stdout)["error"]
     assert error.startswith(f"Exporting from the SavedModel {str(export_dir)!r} {SEQUENCE_INPUTS_REFUSED}"), error
+
+
+def test_export_targets_refuse_sequence_inputs_before_any_work(tmp_path):
+    base = tmp_path / "b"
+    result = runner.invoke(app, ["export", "tests.exporter.real_models:two_sequence_inputs", "--name", "m", "--base",
+                                 str(base), "--targets", "tflite", "--json"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    error = json.loads(result.stdout)["error"]
+    assert error.startswith("--targets tflite supports exports with one sequence input; this one also has 1 other "
+                            "sequence input(s) (b)"), error
+    assert not base.exists() or not any(base.iterdir())
