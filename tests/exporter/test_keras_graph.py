@@ -2,7 +2,8 @@
 
 One export per model, shared by the session (tests/fixtures/several_outputs.py); every output
 is checked against the source Keras model (outputs and gradients of a weighted sum over all of
-them), over chunked `stream` calls and `step` T times.
+them), over chunked `stream` calls and `step` T times. The same for static inputs and for several
+sequence inputs (tests/fixtures/static_inputs.py, tests/fixtures/sequence_inputs.py).
 """
 
 from __future__ import annotations
