@@ -45,6 +45,7 @@ def probe_inputs(model: StepModel, options: ExportOptions) -> dict[str, np.ndarr
             feed[spec.name] = rng.integers(0, 2, size=(batch, *spec.shape)).astype(spec.dtype)
         else:
             feed[spec.name] = rng.normal(size=(batch, *spec.shape)).astype(spec.dtype)
+    feed.update(_sequence_probes(model, rng, batch, steps))
     if model.masked:
         pad = model.mask_pad_value
         lengths = rng.integers(1, steps + 1, size=batch).astype(np.int32)
@@ -57,6 +58,18 @@ def probe_inputs(model: StepModel, options: ExportOptions) -> dict[str, np.ndarr
         for row, length in enumerate(lengths):
             inputs[row, length:] = pad
         feed["lengths"] = lengths
+    return feed
+
+
+def _sequence_probes(model: StepModel, rng, batch: int, steps: int) -> dict[str, np.ndarray]:
+    """The other sequence inputs' probes, `[B, T, ...]` each (ids drawn from their vocabulary)."""
+    feed = {}
+    for spec in model.sequence_inputs:
+        shape = (batch, steps, *spec.shape)
+        if spec.dtype.startswith("int"):
+            feed[spec.name] = rng.integers(1, spec.vocab or 2, size=shape).astype(spec.dtype)
+        else:
+            feed[spec.name] = rng.normal(size=shape).astype(spec.dtype)
     return feed
 
 
@@ -76,7 +89,8 @@ def _feed_for(signature: SignatureName, model: StepModel, predict_feed: dict, rn
         return {**predict_feed, **states}
     statics = {i.name: predict_feed[i.name] for i in model.static_inputs}
     if signature is SignatureName.STEP:
-        return {"x": inputs[:, 0], **statics, **states}
+        slices = {i.name: predict_feed[i.name][:, 0] for i in model.sequence_inputs}
+        return {"x": inputs[:, 0], **slices, **statics, **states}
     return {"batch_size": np.int32(batch), **statics}
 
 
@@ -143,9 +157,9 @@ def _reference(model: StepModel, feed: dict, rng) -> dict[str, np.ndarray]:
     variables = list(model.reference_variables or model.trainable_variables)
 
     def call(tensors):
-        if model.static_inputs:
-            statics = tuple(tensors[i.name] for i in model.static_inputs)
-            outputs = model.reference_fn(tensors["inputs"], tensors.get("lengths"), statics)
+        if model.extra_inputs:
+            extras = tuple(tensors[i.name] for i in model.extra_inputs)
+            outputs = model.reference_fn(tensors["inputs"], tensors.get("lengths"), extras)
         else:
             outputs = model.reference_fn(tensors["inputs"], tensors.get("lengths"))
         if not model.outputs:

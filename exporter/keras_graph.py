@@ -286,8 +286,10 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
         UnsupportedModel: naming the node that cannot run step by step.
     """
     layers = [l for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
-    x_tensor, static_tensors = _split_inputs(model)
-    kinds = {id(x_tensor): PER_STEP, **{id(t): STATIC for t in static_tensors}}
+    x_tensor, static_tensors, sequence_tensors = _split_inputs(model)
+    _refuse_masks_with_sequences(model, layers, x_tensor, sequence_tensors)
+    kinds = {id(x_tensor): PER_STEP, **{id(t): STATIC for t in static_tensors},
+             **{id(t): PER_STEP for t in sequence_tensors}}
     nodes: list[_GraphNode] = []
     masked = mask_source(layers)[0]
     rules: list[Callable | None] = []  # each node's mask rule (masked models only)
@@ -326,9 +328,10 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
             f"({', '.join(t.name for t in static_tensors)}): masks with static inputs are not supported yet. "
             "Drop the mask or the static inputs, or write a step-model factory (see the README).")
     rules = rules or [None] * len(nodes)
+    extra_ids = static_ids + [id(t) for t in sequence_tensors]  # the step's `statics`: statics, then slices
 
     def masked_step(x, prev_states, mask=None, statics=()):
-        values, new_states, offset = {id(x_tensor): x, **dict(zip(static_ids, statics))}, [], 0
+        values, new_states, offset = {id(x_tensor): x, **dict(zip(extra_ids, statics))}, [], 0
         masks: dict[int, object] = {}  # each per-step tensor's Keras mask at this step, [B] bool (absent: none)
         for node, rule in zip(nodes, rules):
             count = len(node.states)
@@ -349,7 +352,8 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
         return masked_step(x, prev_states, None, statics)
 
     static_specs = _static_specs(model, static_tensors)
-    zero_statics = tuple(tf.zeros((1, *i.shape), i.dtype) for i in static_specs)
+    sequence_specs = _sequence_specs(model, sequence_tensors)
+    zero_statics = tuple(tf.zeros((1, *i.shape), i.dtype) for i in (*static_specs, *sequence_specs))
 
     input_shape = tuple(x_tensor.shape[2:])
     input_dtype = tf.as_dtype(x_tensor.dtype).name
@@ -358,8 +362,8 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
     outputs = _output_specs(model, y, kinds, states) if several else ()
     first = y[0] if several else y
     reference = keras_reference(model, layers)
-    if static_specs:
-        reference = _reference_with_statics(model, reference, x_tensor, static_tensors)
+    if static_specs or sequence_specs:
+        reference = _reference_with_statics(model, reference, x_tensor, [*static_tensors, *sequence_tensors])
 
     return StepModel(
         step_fn=step,
@@ -378,10 +382,12 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
         last_step_only=not several and kinds[output_ids[0]] == LAST_STEP,
         reference_fn=_named_reference(reference, outputs) if several else reference,
         reference_batch=stateful_batch(layers),
-        reference_steps=_reference_steps(model, x_tensor, layers),
-        input_vocab=next((l.input_dim for l in layers if isinstance(l, keras.layers.Embedding)), None),
+        reference_steps=_reference_steps(model, _timed(x_tensor, sequence_tensors), layers),
+        input_vocab=(_vocab_of(model, x_tensor) if sequence_tensors
+                     else next((l.input_dim for l in layers if isinstance(l, keras.layers.Embedding)), None)),
         description=description or f"Keras model {model.name!r}",
         static_inputs=static_specs,
+        sequence_inputs=sequence_specs,
         initial_states_fn=_initial_states_fn(nodes, static_ids) if any(n.initial for n in nodes) else None,
     )
 
@@ -497,18 +503,65 @@ def _compute_mask_rule(index: int, node) -> Callable:
 
 
 def _split_inputs(model: keras.Model):
-    """The sequence input (`[B, T, ...]`, or `[B, T]` token ids) and the static ones (`[B, ...]`, no time
-    axis: no unknown dimension after the batch)."""
+    """The main sequence input (the first with a time axis: `[B, T, ...]`, or `[B, T]` token ids), the
+    static ones (`[B, ...]`, no time axis: no unknown dimension after the batch) and the other sequence
+    inputs (stepped through with the main one, so they must share its time axis)."""
     sequences = [t for t in model.inputs if len(t.shape) >= 3 or (len(t.shape) == 2 and t.shape[1] is None)]
     static = [t for t in model.inputs if all(t is not s for s in sequences)]
-    if len(sequences) != 1:
+    if not sequences:
         found = ", ".join(f"{t.name} {list(t.shape)}" for t in model.inputs)
         raise UnsupportedModel(
-            f"Model {model.name!r} has {len(model.inputs)} inputs ({found}) and {len(sequences)} of them have a "
-            "time axis. seqexport exports a model with ONE sequence input [B, T, ...] plus any number of static "
-            "inputs [B, K] (no time axis, rank 2, fully known K); several sequence inputs are not supported yet. "
-            "Write a step-model factory for those (see the README).")
-    return sequences[0], static
+            f"Model {model.name!r} has {len(model.inputs)} input(s) ({found}) and none has a time axis. seqexport "
+            "exports a model with sequence inputs [B, T, ...] (the first is the main one) plus any number of "
+            "static inputs [B, K] (no time axis, rank 2, fully known K).")
+    lengths = {t.name: int(t.shape[1]) for t in sequences if t.shape[1] is not None}
+    if len(set(lengths.values())) > 1:
+        fixed = ", ".join(f"{name} T={steps}" for name, steps in lengths.items())
+        raise UnsupportedModel(
+            f"Model {model.name!r} has sequence inputs of different time lengths ({fixed}); seqexport steps "
+            "through its sequence inputs together, so they must share one time axis. Inputs of different "
+            "lengths are not supported: write a step-model factory for those (see the README).")
+    return sequences[0], static, sequences[1:]
+
+
+def _timed(x_tensor, sequence_tensors):
+    """The sequence input that fixes the time length, if one does (they agree: `_split_inputs`)."""
+    return next((t for t in (x_tensor, *sequence_tensors) if t.shape[1] is not None), x_tensor)
+
+
+def _refuse_masks_with_sequences(model: keras.Model, layers, x_tensor, sequence_tensors) -> None:
+    if sequence_tensors and mask_source(layers)[0]:
+        names = ", ".join(t.name for t in (x_tensor, *sequence_tensors))
+        raise UnsupportedModel(
+            f"Model {model.name!r} masks its inputs and has several sequence inputs ({names}): masks with "
+            "several sequence inputs are not supported yet. Drop the mask (`Masking`, `mask_zero=True`), or "
+            "write a step-model factory (see the README).")
+
+
+def _vocab_of(model: keras.Model, tensor) -> int | None:
+    """The `input_dim` of the `Embedding` that reads `tensor` (token ids), or None."""
+    for depth in model._nodes_by_depth.values():
+        for node in depth:
+            if isinstance(node.operation, keras.layers.Embedding) and any(
+                    t is tensor for t in node.arguments.keras_tensors):
+                return int(node.operation.input_dim)
+    return None
+
+
+def _sequence_specs(model: keras.Model, sequence_tensors) -> tuple[InputSpec, ...]:
+    """The other sequence inputs, each by its Keras name with its per-step shape."""
+    specs = []
+    for tensor in sequence_tensors:
+        dtype = tf.as_dtype(tensor.dtype).name
+        try:
+            specs.append(InputSpec(name=tensor.name, shape=tuple(int(d) for d in tensor.shape[2:]), dtype=dtype,
+                                   vocab=_vocab_of(model, tensor) if dtype.startswith("int") else None))
+        except (TypeError, ValueError) as exc:
+            raise UnsupportedModel(f"Model {model.name!r}: sequence input {tensor.name!r} cannot be a serving key, "
+                                   f"or its per-step shape {list(tensor.shape[2:])} is not fully known ({exc}). "
+                                   "Name the keras.Input (`name=`) with letters, digits and `_`, and give every "
+                                   "feature size.") from None
+    return tuple(specs)
 
 
 def _static_specs(model: keras.Model, static_tensors) -> tuple[InputSpec, ...]:

@@ -19,11 +19,10 @@ from exporter.artifact.errors import BadInput, VerifyFailed, refuse_static_input
 from exporter.artifact.manifest import write_manifest
 from exporter.artifact.paths import golden_path
 from exporter.artifact.specs import (
-    MANIFEST_FORMAT_VERSION,
-    NO_STATIC_INPUTS_FORMAT_VERSION,
     ExportOptions,
     Manifest,
     VerifyReport,
+    manifest_format_version,
 )
 from exporter.artifact.version import VERSION
 from exporter.convert.targets import TRITON_TARGETS, check_dependencies, convert_in_export
@@ -120,7 +119,8 @@ def write_export(
     save_saved_model(traced, export_dir, custom_gradients=custom_gradients)
     golden_io.save(golden, golden_path(export_dir))
     manifest = Manifest(
-        format_version=MANIFEST_FORMAT_VERSION if step_model.static_inputs else NO_STATIC_INPUTS_FORMAT_VERSION,
+        format_version=manifest_format_version(static_inputs=bool(step_model.static_inputs),
+                                               sequence_inputs=bool(step_model.sequence_inputs)),
         name=name,
         source=source,
         signatures=traced.specs,
@@ -129,6 +129,7 @@ def write_export(
         last_step_only=step_model.last_step_only,
         outputs=step_model.outputs,
         static_inputs=step_model.static_inputs,
+        sequence_inputs=step_model.sequence_inputs,
         trainable_variables=step_model.variable_names(),
         options=options,
         versions=_tool_versions(),
@@ -238,7 +239,8 @@ def _load(model_ref, options: ExportOptions):
     if triton:  # LiteRT and ONNX take them; Triton's configs do not yet
         refuse_static_inputs_or_several_outputs(f"--targets {','.join(triton)}",
                                                 [i.name for i in step_model.static_inputs],
-                                                [o.name for o in step_model.outputs])
+                                                [o.name for o in step_model.outputs],
+                                                sequence_inputs=[i.name for i in step_model.sequence_inputs])
     return step_model, kind
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from exporter.artifact.errors import BadInput
+from exporter.artifact.errors import BadInput, refuse_static_inputs_or_several_outputs
 from exporter.artifact.paths import SAVED_MODEL_FILE, is_saved_model_dir, manifest_path
 from exporter.artifact.specs import InputSpec, OutputSpec, StateSpec
 from exporter.step_model import StepModel
@@ -52,6 +52,10 @@ def step_model_from_saved_model(path: Path) -> StepModel:
     inputs = step.structured_input_signature[1]
     outputs = step.structured_outputs
     manifest = _manifest(path)
+    refuse_static_inputs_or_several_outputs(f"Exporting from the SavedModel {str(path)!r}",
+                                            advice=" Export from the .keras file instead.",
+                                            sequence_inputs=[i.get("name")
+                                                             for i in manifest.get("sequence_inputs", [])])
     several = tuple(OutputSpec.from_json(o) for o in manifest.get("outputs", []))
     statics = tuple(InputSpec.from_json(i) for i in manifest.get("static_inputs", []))
     output_keys = [o.name for o in several] or ["y"]

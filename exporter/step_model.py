@@ -72,6 +72,12 @@ class StepModel:
             signature and visible at every step: `step_fn(x_t, states, statics)` and the bound
             step `(x_t, states, mask_t, statics)` then take them as a tuple in this order, and
             `reference_fn(inputs, lengths, statics)` too. Not with `head`, `fused_unroll` or a mask.
+        sequence_inputs: more inputs with the main input's time axis (`[B, T, *shape]` each, the same
+            T; `shape` per step): every sequence signature takes them whole and `step` one step of each.
+            The step sees their slices at step t AFTER the static values, in one tuple:
+            `step_fn(x_t, states, (*statics, *slices_t))` and the bound step `(x_t, states, mask_t,
+            (*statics, *slices_t))`; `reference_fn(inputs, lengths, (*statics, *sequences))` gets them
+            whole. Not with `head`, `fused_unroll` or a mask.
         initial_states_fn: optional `(statics) -> states`: the states before the first step when
             they come from the static inputs (an RNN's `initial_state=`); `serving_default`
             starts from them and `initial_state` returns them. None: zeros.
@@ -112,6 +118,7 @@ class StepModel:
     description: str = ""
     outputs: tuple[OutputSpec, ...] = ()
     static_inputs: tuple[InputSpec, ...] = ()
+    sequence_inputs: tuple[InputSpec, ...] = ()
     initial_states_fn: Callable | None = None
 
     def __post_init__(self):
@@ -133,9 +140,9 @@ class StepModel:
             raise ValueError("`fused_unroll` is for models without a mask; drop it or `masked_step_fn`.")
         if self.outputs:
             self._check_outputs(names)
-        if self.static_inputs:
+        if self.static_inputs or self.sequence_inputs:
             self._check_static_inputs(names)
-        elif self.initial_states_fn is not None:
+        if not self.static_inputs and self.initial_states_fn is not None:
             raise ValueError("`initial_states_fn` computes states from `static_inputs`; this model has none.")
         if self.reference_variables is not None and len(self.reference_variables) != len(
             self.trainable_variables
@@ -155,15 +162,21 @@ class StepModel:
             raise ValueError("several `outputs` go without `head`, `fused_unroll` and `last_step_only`.")
 
     def _check_static_inputs(self, state_names: list[str]) -> None:
-        if not all(isinstance(i, InputSpec) for i in self.static_inputs):
-            raise TypeError("`static_inputs` must be a tuple of exporter.InputSpec.")
-        names = [i.name for i in self.static_inputs]
+        """Static and sequence inputs alike: InputSpecs, their names unique and free."""
+        if not all(isinstance(i, InputSpec) for i in (*self.static_inputs, *self.sequence_inputs)):
+            raise TypeError("`static_inputs` and `sequence_inputs` must be tuples of exporter.InputSpec.")
+        names = [i.name for i in self.extra_inputs]
         taken = {"inputs", "outputs", "lengths", "x", "y", "batch_size", *state_names, *(o.name for o in self.outputs)}
         clashes = sorted({n for n in names if names.count(n) > 1} | (taken & set(names)))
         if clashes:
-            raise ValueError(f"static input names {clashes} are repeated or clash with other keys; rename them.")
+            raise ValueError(f"input names {clashes} are repeated or clash with other keys; rename them.")
         if self.head is not None or self.fused_unroll is not None or self.masked:
-            raise ValueError("`static_inputs` go without `head`, `fused_unroll` and a mask.")
+            raise ValueError("`static_inputs` and `sequence_inputs` go without `head`, `fused_unroll` and a mask.")
+
+    @property
+    def extra_inputs(self) -> tuple[InputSpec, ...]:
+        """Every input besides the main sequence, in the order the step sees them: statics, then sequences."""
+        return (*self.static_inputs, *self.sequence_inputs)
 
     def variable_names(self) -> tuple[str, ...]:
         if self.trainable_names is not None:
@@ -176,7 +189,7 @@ class StepModel:
         if self.bind_step is not None:
             return self.bind_step()
 
-        if self.static_inputs:
+        if self.extra_inputs:
             return lambda x, states, mask=None, statics=(): self.step_fn(x, states, statics)
 
         def step(x, states, mask=None):

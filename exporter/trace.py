@@ -47,12 +47,14 @@ def _desc(name: str, shape, dtype: str) -> TensorDesc:
     return TensorDesc(name=name, shape=tuple(shape), dtype=dtype)
 
 
-def unroll(model: StepModel, inputs, states: tuple, lengths=None, *, fused: bool = False, statics: tuple = ()):
+def unroll(model: StepModel, inputs, states: tuple, lengths=None, *, fused: bool = False, statics: tuple = (),
+           sequences: tuple = ()):
     """Runs the step over `inputs [B, T, ...]` from `states`; returns (outputs [B, T, ...], states).
 
     `fused`: run the model's `fused_unroll` (whole-sequence kernels) instead of the loop.
     A model with several `outputs` returns a tuple of them, each `[B, T, ...]`. `statics`: the
-    model's static inputs, read by every step.
+    model's static inputs, read by every step. `sequences`: its other sequence inputs
+    (`[B, T, ...]` each, the same T), sliced per step like `inputs`.
     """
     if fused:
         outputs, final = model.fused_unroll(inputs, tuple(states))
@@ -63,6 +65,7 @@ def unroll(model: StepModel, inputs, states: tuple, lengths=None, *, fused: bool
     input_ta = tf.TensorArray(
         inputs.dtype, size=steps, element_shape=tf.TensorShape([None, *model.input_shape])
     ).unstack(time_major)
+    sequence_tas = _sequence_arrays(model, sequences, inputs)
     several = bool(model.outputs)
     if several:
         written = [(tuple(o.shape), o.dtype) for o in model.outputs]
@@ -80,7 +83,8 @@ def unroll(model: StepModel, inputs, states: tuple, lengths=None, *, fused: bool
         output_tas, state = carried[:count], carried[count:]
         x_t = input_ta.read(t)
         mask = None if lengths is None else t < lengths
-        y_t, new_state = step(x_t, tuple(state), mask, statics) if statics else step(x_t, tuple(state), mask)
+        extras = (*statics, *(ta.read(t) for ta in sequence_tas))
+        y_t, new_state = step(x_t, tuple(state), mask, extras) if extras else step(x_t, tuple(state), mask)
         new_state = tuple(new_state)
         for tensor, shape in zip(new_state, state_shapes):
             tensor.set_shape(shape)
@@ -98,6 +102,20 @@ def unroll(model: StepModel, inputs, states: tuple, lengths=None, *, fused: bool
     if several:
         return stacked, tuple(final)
     return model.apply_head(stacked[0]), tuple(final)
+
+
+def _sequence_arrays(model: StepModel, sequences: tuple, inputs) -> tuple:
+    """One `TensorArray` of steps per other sequence input; a T other than `inputs`' fails the call naming it."""
+    arrays = []
+    for spec, sequence in zip(model.sequence_inputs, sequences):
+        steps = tf.debugging.assert_equal(
+            tf.shape(sequence)[1], tf.shape(inputs)[1],
+            message=f"input {spec.name!r} must have as many steps (axis 1) as 'inputs'")
+        with tf.control_dependencies([steps]):
+            time_major = tf.transpose(sequence, [1, 0, *range(2, len(sequence.shape))])
+        arrays.append(tf.TensorArray(sequence.dtype, size=tf.shape(time_major)[0],
+                                     element_shape=tf.TensorShape([None, *spec.shape])).unstack(time_major))
+    return tuple(arrays)
 
 
 def _stacked(output_ta, inputs, shape, dtype):
@@ -172,9 +190,14 @@ def trace(
     out_last = _desc("outputs", (None, *model.output_shape), model.output_dtype)
     state_names = [s.name for s in model.states]
     static_descs = [_desc(i.name, (None, *i.shape), i.dtype) for i in model.static_inputs]
+    sequence_descs = [_desc(i.name, (None, None, *i.shape), i.dtype) for i in model.sequence_inputs]
+    slice_descs = [_desc(i.name, (None, *i.shape), i.dtype) for i in model.sequence_inputs]
 
     def statics_of(feed) -> tuple:
         return tuple(feed[i.name] for i in model.static_inputs)
+
+    def sequences_of(feed) -> tuple:
+        return tuple(feed[i.name] for i in model.sequence_inputs)
 
     def state_outputs(states) -> dict:
         return dict(zip(state_names, states))
@@ -190,7 +213,7 @@ def trace(
         statics = statics_of(feed)
         outputs, final = unroll(
             model, inputs, _initial_states(model, tf.shape(inputs)[0], statics), feed.get("lengths"), fused=fused,
-            statics=statics,
+            statics=statics, sequences=sequences_of(feed),
         )
         return named(outputs, last=True), final
 
@@ -201,14 +224,14 @@ def trace(
     def stream(feed, fused=False):
         states = tuple(feed[n] for n in state_names)
         outputs, final = unroll(model, feed["inputs"], states, feed.get("lengths"), fused=fused,
-                                statics=statics_of(feed))
+                                statics=statics_of(feed), sequences=sequences_of(feed))
         return {**named(outputs), **state_outputs(final)}
 
     def step(feed):
         states = tuple(feed[n] for n in state_names)
-        statics = statics_of(feed)
+        extras = (*statics_of(feed), *sequences_of(feed))  # `step` takes one step of each sequence input
         bound = model.bound_step()
-        y, new = bound(feed["x"], states, None, statics) if statics else bound(feed["x"], states)
+        y, new = bound(feed["x"], states, None, extras) if extras else bound(feed["x"], states)
         if model.outputs:
             return {**{o.name: value for o, value in zip(model.outputs, y)}, **state_outputs(new)}
         y = model.apply_head(y)
@@ -219,14 +242,19 @@ def trace(
 
     def input_gradients(feed):
         inputs = feed["inputs"]
+        others = [(i.name, feed[i.name]) for i in model.sequence_inputs if i.dtype.startswith("float")]
         with tf.GradientTape() as tape:
             tape.watch(inputs)
+            for _, tensor in others:
+                tape.watch(tensor)
             outputs, _ = predict_outputs(feed)
             if model.outputs:
                 total = tf.add_n([tf.reduce_sum(y) for y in outputs.values()])
             else:
                 total = tf.reduce_sum(outputs["outputs"])
-        return {"input_gradients": tape.gradient(total, inputs)}
+        grads = tape.gradient(total, [inputs, *(t for _, t in others)])
+        return {"input_gradients": grads[0],
+                **{f"input_gradients_{name}": g for (name, _), g in zip(others, grads[1:])}}
 
     if model.outputs:
         seq_outputs = [_desc(o.name, (None, None, *o.shape), o.dtype) for o in model.outputs]
@@ -238,16 +266,20 @@ def trace(
         predict_descs = [out_last if model.last_step_only else out_seq]
         step_outputs = [_desc("y", (None, *model.output_shape), model.output_dtype)]
     table = [
-        (SignatureName.PREDICT, [seq_desc, *static_descs, *lengths_desc], predict, [*predict_descs, *state_descs]),
-        (SignatureName.STREAM, [seq_desc, *static_descs, *state_descs, *lengths_desc], stream,
+        (SignatureName.PREDICT, [seq_desc, *sequence_descs, *static_descs, *lengths_desc], predict,
+         [*predict_descs, *state_descs]),
+        (SignatureName.STREAM, [seq_desc, *sequence_descs, *static_descs, *state_descs, *lengths_desc], stream,
          [*seq_outputs, *state_descs]),
-        (SignatureName.STEP, [x_desc, *static_descs, *state_descs], step, [*step_outputs, *state_descs]),
+        (SignatureName.STEP, [x_desc, *slice_descs, *static_descs, *state_descs], step,
+         [*step_outputs, *state_descs]),
         (SignatureName.INITIAL_STATE, [_desc("batch_size", (), "int32"), *static_descs], initial_state, state_descs),
     ]
     if with_input_gradients:
         table.append(
-            (SignatureName.INPUT_GRADIENTS, [seq_desc, *static_descs, *lengths_desc], input_gradients,
-             [_desc("input_gradients", seq_desc.shape, seq_desc.dtype)])
+            (SignatureName.INPUT_GRADIENTS, [seq_desc, *sequence_descs, *static_descs, *lengths_desc],
+             input_gradients, [_desc("input_gradients", seq_desc.shape, seq_desc.dtype),
+                               *(_desc(f"input_gradients_{d.name}", d.shape, d.dtype) for d in sequence_descs
+                                 if d.dtype.startswith("float"))])
         )
 
     module = tf.__internal__.tracking.AutoTrackable()

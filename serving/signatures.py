@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+from exporter.artifact.errors import BadInput, sequence_inputs_unsupported
 from exporter.artifact.specs import SignatureName, SignatureSpec
 
 
@@ -138,6 +139,9 @@ class SequenceKeys:
         sequence = [t.key for t in rest_in if t.key not in lengths]
         outputs = tuple(sorted(k for k in stream.outputs if k not in states))
         batch_size = [k for k in initial.inputs if k not in statics]
+        others = sorted(k for k in sequence if k != "inputs")  # sequence inputs beside `inputs`
+        if "inputs" in sequence and others:
+            raise BadInput(sequence_inputs_unsupported("The streaming session (client-side state carry)", others))
         if len(sequence) != 1 or len(lengths) > 1 or not outputs:
             raise ValueError(
                 f"signature 'stream' does not have the seqexport layout: inputs {sorted(stream.inputs)}, "

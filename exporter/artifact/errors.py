@@ -74,11 +74,15 @@ def several_outputs_unsupported(what: str, names) -> str:
     )
 
 
-def refuse_static_inputs_or_several_outputs(what: str, static_inputs=(), outputs=(), *, advice: str = "") -> None:
-    """Raises the `BadInput` of a consumer that takes one sequence input and one output only (static inputs first).
+def refuse_static_inputs_or_several_outputs(what: str, static_inputs=(), outputs=(), *, advice: str = "",
+                                            sequence_inputs=()) -> None:
+    """Raises the `BadInput` of a consumer that takes one sequence input and one output only (other
+    sequence inputs first, then static inputs, then outputs).
 
     `advice` is appended to the message (what to do instead, where there is something).
     """
+    if sequence_inputs:
+        raise BadInput(sequence_inputs_unsupported(what, sequence_inputs) + advice)
     if static_inputs:
         raise BadInput(static_inputs_unsupported(what, static_inputs) + advice)
     if outputs:
@@ -95,4 +99,17 @@ def static_inputs_unsupported(what: str, names) -> str:
         "`--to onnx`) take them, and the TF export itself takes them in every signature (`serving_default`, "
         "`stream`, `step`, `initial_state`; TF Serving, `seqexport serve`, the streaming session "
         "`serving.session.StreamingSession(..., statics=...)`): use those."
+    )
+
+
+def sequence_inputs_unsupported(what: str, names) -> str:
+    """The message of a `BadInput` where `what` cannot take an export with several sequence inputs yet."""
+    names = list(names)
+    return (
+        f"{what} supports exports with one sequence input; this one also has {len(names)} other sequence "
+        f"input(s) ({', '.join(names)}), [B, T, ...] beside `inputs`. Not supported yet for several sequence "
+        "inputs: the streaming session's state carry, the LiteRT, ONNX and Triton conversions, and exporting "
+        "again from the SavedModel. The TF export itself takes them by name in `serving_default`, `stream` "
+        "(the same T as `inputs`) and `step` (one step of each; TF Serving, `seqexport serve`): call those "
+        "signatures directly."
     )

@@ -16,8 +16,18 @@ import re
 #       empty for one output, keyed `outputs`, `y` in `step`, as before).
 #   Version 4, 2026-12-01: adds `static_inputs` (inputs without a time axis, fed once per call).
 #       Written only by exports that have static inputs; the others still write 3, key for key.
-MANIFEST_FORMAT_VERSION = 4
+#   Version 5, 2026-12-01: adds `sequence_inputs` (more inputs with the main input's time axis, sliced
+#       per step). Written only by exports that have them; the others still write 3 or 4, key for key.
+MANIFEST_FORMAT_VERSION = 5
+STATIC_INPUTS_FORMAT_VERSION = 4
 NO_STATIC_INPUTS_FORMAT_VERSION = 3
+
+
+def manifest_format_version(*, static_inputs: bool, sequence_inputs: bool) -> int:
+    """The oldest format that holds what an export has (older readers keep reading the others)."""
+    if sequence_inputs:
+        return MANIFEST_FORMAT_VERSION
+    return STATIC_INPUTS_FORMAT_VERSION if static_inputs else NO_STATIC_INPUTS_FORMAT_VERSION
 MIN_SUPPORTED_MANIFEST_VERSION = 1
 
 # TF Serving, gRPC and REST all accept these in tensor and signature keys.
@@ -133,17 +143,28 @@ class OutputSpec(_Keyed):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class InputSpec(_Keyed):
-    """A static input: no time axis, `[B, *shape]`, fed once per call and visible at every step.
+    """An input beside the main sequence: a static one (no time axis, `[B, *shape]`, fed once per
+    call and visible at every step) or a sequence one (`[B, T, *shape]`, sliced per step like the
+    main input).
 
     Attributes:
         name: its serving key in every signature (the Keras input name).
-        shape: shape without batch.
+        shape: shape without batch (and without time, for a sequence input).
         dtype: dtype name.
+        vocab: for integer ids, the number of ids (probes draw from it); None otherwise. Written
+            to JSON only when set.
     """
 
     name: str
     shape: tuple[int, ...]
     dtype: str = "float32"
+    vocab: int | None = None
+
+    def to_json(self) -> dict:
+        data = super().to_json()
+        if self.vocab is None:
+            del data["vocab"]
+        return data
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -349,7 +370,9 @@ class Manifest:
     step's output `[B, O]` instead of `[B, T, O]`. `outputs` is empty for a model with
     one output (keys `outputs`, and `y` in `step`); for several, it lists them in order:
     each is an output key of `serving_default`, `stream` and `step`. `static_inputs` (none for
-    a model with one input) are input keys of every signature, `initial_state` included. DO NOT RELY on `checks` beyond
+    a model with one input) are input keys of every signature, `initial_state` included.
+    `sequence_inputs` (none for a model with one sequence input) are input keys `[B, T, ...]` of
+    `serving_default`, `stream` and `input_gradients` (the same T as `inputs`) and `[B, ...]` of `step`. DO NOT RELY on `checks` beyond
     reading them: rows may be added. `batch_independent` is None until that check
     ran; only `True` allows server-side batching (`batch_offdiag_max` is the largest
     off-diagonal `(batch, batch)` Jacobian block magnitude found). `verify_timings`
@@ -374,6 +397,7 @@ class Manifest:
     verify_peak_rss_mb: float | None = None
     outputs: tuple[OutputSpec, ...] = ()
     static_inputs: tuple[InputSpec, ...] = ()
+    sequence_inputs: tuple[InputSpec, ...] = ()
 
     def output_keys(self) -> tuple[tuple[str, str, bool], ...]:
         """(key in `serving_default`/`stream`, key in `step`, last step only) of each output."""
@@ -407,7 +431,8 @@ class Manifest:
             "verify_timings": {k: round(v, 3) for k, v in self.verify_timings.items()},
             "verify_peak_rss_mb": self.verify_peak_rss_mb,
             "outputs": [o.to_json() for o in self.outputs],
-        } | ({"static_inputs": [i.to_json() for i in self.static_inputs]} if self.static_inputs else {})
+        } | ({"static_inputs": [i.to_json() for i in self.static_inputs]} if self.static_inputs else {}) | (
+            {"sequence_inputs": [i.to_json() for i in self.sequence_inputs]} if self.sequence_inputs else {})
 
     @classmethod
     def from_json(cls, data: dict) -> "Manifest":
@@ -438,6 +463,7 @@ class Manifest:
             verify_peak_rss_mb=data.get("verify_peak_rss_mb"),
             outputs=tuple(OutputSpec.from_json(o) for o in data.get("outputs", [])),
             static_inputs=tuple(InputSpec.from_json(i) for i in data.get("static_inputs", [])),
+            sequence_inputs=tuple(InputSpec.from_json(i) for i in data.get("sequence_inputs", [])),
         )
 
 

@@ -285,6 +285,9 @@ def manifest_tables(manifest: Manifest) -> list:
     if manifest.static_inputs:
         facts.append(("static inputs (every call)", ", ".join(
             f"{i.name} {list(i.shape)} {i.dtype}" for i in manifest.static_inputs)))
+    if manifest.sequence_inputs:
+        facts.append(("sequence inputs (per step)", ", ".join(
+            f"{i.name} {list(i.shape)} {i.dtype}" for i in manifest.sequence_inputs)))
     if manifest.batch_independent is not None:
         facts.append(("batch independent", f"{manifest.batch_independent} (largest off-diagonal |J| "
                                            f"{compact(manifest.batch_offdiag_max)})"))

@@ -382,10 +382,13 @@ def convert_export(
     if stream_batch is not None and (target is not RuntimeTarget.TFLITE or stream_batch < 1):
         raise BadInput(f"A stream batch size (got {stream_batch}) is for --to tflite only, and must be positive.")
     loaded = loaded or load_export(Path(export_dir))
-    if target in TRITON_TARGETS:
+    sequence_inputs = [i.name for i in loaded.manifest.sequence_inputs]
+    if target in TRITON_TARGETS or sequence_inputs:
+        triton = target in TRITON_TARGETS
         refuse_static_inputs_or_several_outputs(f"Converting to {target.value}",
-                                                [i.name for i in loaded.manifest.static_inputs],
-                                                [o.name for o in loaded.manifest.outputs])
+                                                [i.name for i in loaded.manifest.static_inputs] if triton else [],
+                                                [o.name for o in loaded.manifest.outputs] if triton else [],
+                                                sequence_inputs=sequence_inputs)
     out_dir = Path(out_dir)
     run = _Run(loaded, target, out_dir, tolerance or loaded.manifest.options.tolerance)
     run.notes.extend(_common_notes(loaded))

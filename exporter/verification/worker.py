@@ -169,6 +169,8 @@ class _Checker:
         backward = self.gradient_caller(SignatureName.STREAM.value)
         # Static inputs are fed with every chunk (and to `initial_state`, whose states may come from them).
         static_names = [i.name for i in self.manifest.static_inputs]
+        # The other sequence inputs are cut into the same chunks as `inputs`.
+        sequence_names = ["inputs", *(i.name for i in self.manifest.sequence_inputs)]
         initial_state = self.signature(SignatureName.INITIAL_STATE.value)
 
         def initial_of(tensors) -> dict:  # under the tape: the states may depend on the static inputs
@@ -184,8 +186,8 @@ class _Checker:
                 states = initial_of(tensors) if static_names else dict(initial)
                 pieces = {key: [] for key, _, _ in output_keys}
                 for start, stop in zip(bounds[:-1], bounds[1:]):
-                    chunk = {"inputs": tensors["inputs"][:, start:stop], **{n: tensors[n] for n in static_names},
-                             **states}
+                    chunk = {**{n: tensors[n][:, start:stop] for n in sequence_names},
+                             **{n: tensors[n] for n in static_names}, **states}
                     if "lengths" in tensors:
                         chunk["lengths"] = tf.clip_by_value(tensors["lengths"] - start, 0, stop - start)
                     result = stream(chunk)
@@ -205,21 +207,23 @@ class _Checker:
                 grad_call=lambda f, chained=chained: chained(f, stream=backward),
             )
             self.compare_many("chunked", label, outputs, want, self.tol)
-        self._step_loop(inputs, initial, state_names, {n: feed[n] for n in static_names})
+        self._step_loop(inputs, initial, state_names, {n: feed[n] for n in static_names},
+                        {n: feed[n] for n in sequence_names[1:]})
 
-    def _step_loop(self, inputs, initial, state_names, statics):
+    def _step_loop(self, inputs, initial, state_names, statics, sequences):
         tf = self.tf
         step = self.signature(SignatureName.STEP.value)
         predict = self.signature(SignatureName.PREDICT.value)
         statics = {k: tf.constant(v) for k, v in statics.items()}
-        feed = {"inputs": tf.constant(inputs), **statics}
+        feed = {"inputs": tf.constant(inputs), **{k: tf.constant(v) for k, v in sequences.items()}, **statics}
         if self.manifest.masked:
             feed["lengths"] = tf.fill([inputs.shape[0]], inputs.shape[1])
         want = {k: v.numpy() for k, v in predict(**feed).items()}
         output_keys = self.manifest.output_keys()
         states, ys = dict(initial), {key: [] for key, _, _ in output_keys}
         for t in range(inputs.shape[1]):
-            result = step(x=tf.constant(inputs[:, t]), **statics, **states)
+            slices = {k: tf.constant(v[:, t]) for k, v in sequences.items()}
+            result = step(x=tf.constant(inputs[:, t]), **slices, **statics, **states)
             for key, step_key, _ in output_keys:
                 ys[key].append(result[step_key])
             states = {n: result[n] for n in state_names}

@@ -109,6 +109,8 @@ def _roles(view: SignatureView) -> tuple[str | None, str | None, list[str]]:
         s.key for s in rest
         if s.key not in lengths and s.shape is not None and len(s.shape) >= 2 and s.shape[1] is None
     ]
+    if len(sequence) > 1 and "inputs" in sequence:  # several sequence inputs: `inputs` is the main one
+        sequence = ["inputs"]
     return (sequence[0] if len(sequence) == 1 else None, lengths[0] if len(lengths) == 1 else None, states)
 
 

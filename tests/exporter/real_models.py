@@ -256,15 +256,48 @@ STATIC_INPUTS = {
 }
 
 
+# --- several sequence inputs (one time axis): name -> (builder, other sequence inputs, static inputs) -------
+
+def _two_streams_into_lstm():
+    """Two float feature streams `a [B, T, 4]` and `b [B, T, 3]` concatenated per step before an LSTM."""
+    a, b = keras.Input((None, 4), name="a"), keras.Input((None, 3), name="b")
+    h = L.LSTM(5, return_sequences=True)(L.Concatenate()([a, L.Dense(3, activation="tanh")(b)]))
+    return keras.Model([a, b], L.Dense(2)(h))
+
+
+def _tokens_features_and_static_into_gru():
+    """Token ids `[B, T]` (Embedding) plus float features `[B, T, 3]` merged per step, plus a static
+    input `[B, 2]` repeated over time, into a GRU."""
+    # `(None,)`: a fixed-length `[B, 6]` id input would read as a static one; `RepeatVector` fixes T.
+    tokens, features = keras.Input((None,), dtype="int32", name="tokens"), keras.Input((None, 3), name="features")
+    speaker = keras.Input((2,), name="speaker")
+    merged = L.Concatenate()([L.Embedding(11, 4)(tokens), features, L.RepeatVector(SEQUENCE_STEPS)(speaker)])
+    return keras.Model([tokens, features, speaker], L.Dense(2)(L.GRU(5, return_sequences=True)(merged)))
+
+
+SEQUENCE_STEPS = 6  # the second model's `RepeatVector` fixes the time axis
+
+SEQUENCE_INPUTS = {
+    "two_streams_into_lstm": (_two_streams_into_lstm, ("b",), ()),
+    "tokens_features_and_static_into_gru": (_tokens_features_and_static_into_gru, ("features",), ("speaker",)),
+}
+
+
 def two_outputs():
     """A factory for `seqexport export tests.exporter.real_models:two_outputs`."""
     return build("two_heads_on_gru")
 
 
+def two_sequence_inputs():
+    """A factory for `seqexport export tests.exporter.real_models:two_sequence_inputs`."""
+    return build("two_streams_into_lstm")
+
+
 def build(name: str) -> keras.Model:
     keras.utils.set_random_seed(7)
     entry = (STREAMABLE.get(name)
-             or (SEVERAL_OUTPUTS.get(name) or STATIC_INPUTS.get(name) or MASKED_GRAPHS.get(name) or (None,))[0]
+             or (SEVERAL_OUTPUTS.get(name) or STATIC_INPUTS.get(name) or MASKED_GRAPHS.get(name)
+                 or SEQUENCE_INPUTS.get(name) or (None,))[0]
              or NOT_STREAMABLE[name][0])
     model = entry()
     for variable in model.trainable_variables:

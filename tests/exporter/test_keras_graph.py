@@ -2,7 +2,8 @@
 
 One export per model, shared by the session (tests/fixtures/several_outputs.py); every output
 is checked against the source Keras model (outputs and gradients of a weighted sum over all of
-them), over chunked `stream` calls and `step` T times.
+them), over chunked `stream` calls and `step` T times. The same for static inputs and for several
+sequence inputs (tests/fixtures/static_inputs.py, tests/fixtures/sequence_inputs.py).
 """
 
 from __future__ import annotations
@@ -190,9 +191,15 @@ def test_one_input_manifest_keeps_its_keys_and_format(demo_export):
     assert read_manifest(demo_export.path).static_inputs == ()
 
 
-def _two_sequences():
-    x, y = keras.Input((None, F)), keras.Input((None, F))
-    return keras.Model([x, y], keras.layers.GRU(2, return_sequences=True)(keras.layers.Add()([x, y])))
+def _two_sequences_of_different_lengths():
+    x, y = keras.Input((5, F), name="frames"), keras.Input((7, F), name="events")
+    return keras.Model([x, y], keras.layers.GRU(2, return_sequences=True)(x) + keras.layers.GRU(2)(y)[:, None])
+
+
+def _two_sequences_masked():
+    x, y = keras.Input((None,), dtype="int32", name="tokens"), keras.Input((None, F), name="frames")
+    merged = keras.layers.Concatenate()([keras.layers.Embedding(9, 3, mask_zero=True)(x), y])
+    return keras.Model([x, y], keras.layers.GRU(2, return_sequences=True)(merged))
 
 
 def _static_merged_without_repeat():
@@ -209,8 +216,10 @@ def _initial_state_from_another_rnn():
 
 
 @pytest.mark.parametrize("build, message", [
-    (_two_sequences, r"has 2 inputs \(.*\) and 2 of them have a time axis\. seqexport exports a model with ONE "
-                     r"sequence input \[B, T, \.\.\.\] plus any number of static inputs"),
+    (_two_sequences_of_different_lengths, r"has sequence inputs of different time lengths \(frames T=5, events "
+                                          r"T=7\); .* Inputs of different lengths are not supported"),
+    (_two_sequences_masked, r"masks its inputs and has several sequence inputs \(tokens, frames\): masks with "
+                            r"several sequence inputs are not supported yet"),
     (_static_merged_without_repeat, r"merges a static input's tensor \(no time axis\) with a per-step or last-step "
                                     r"one; a static input may feed `RepeatVector`"),
     (_initial_state_from_another_rnn, r"its `initial_state=` is not computed from static inputs alone"),
@@ -354,3 +363,110 @@ def test_masks_the_graph_cannot_carry_exactly_are_refused_by_layer(build, messag
     with pytest.raises(UnsupportedModel, match=message) as info:
         step_model_from_keras(build())
     print(info.value)
+
+
+# --- several sequence inputs: one time axis, each input sliced per step ------------------------------------
+
+SEQUENCES = sorted(real_models.SEQUENCE_INPUTS)
+
+
+@pytest.mark.parametrize("name", SEQUENCES)
+def test_sequence_inputs_export_and_verify_in_a_fresh_process(sequence_input_exports, name):
+    export = sequence_input_exports[name]
+    report = export.report
+    _, sequences, static = real_models.SEQUENCE_INPUTS[name]
+    worst = max(report.checks, key=lambda c: c.max_abs if c.max_abs is not None else -1.0)
+    print(f"{name}: {report.summary()}; {len(report.checks)} checks; export (trace+goldens+save) "
+          f"{export.export_seconds:.2f} s; worst {worst.check} {worst.signature} {worst.tensor} {worst.max_abs:.2e}")
+    assert report.passed, report.failures
+    checked = {(c.check, c.signature, c.tensor) for c in report.checks}
+    steps = real_models.SEQUENCE_STEPS
+    assert ("source", "serving_default", "outputs") in checked
+    for label in ("stream x1", "stream x2", f"stream x{steps}", f"step x{steps}"):
+        assert ("chunked", label, "outputs") in checked
+    for key in (*sequences, *static):  # float inputs: gradients against Keras and through chunked calls
+        assert ("source gradients", "serving_default", f"d/{key}") in checked
+        for label in ("stream x1", "stream x2", f"stream x{steps}"):
+            assert ("chunked gradients", label, f"d/{key}") in checked
+        for signature in ("serving_default", "stream", "step"):
+            assert ("gradients", signature, f"d/{key}") in checked
+
+
+@pytest.mark.parametrize("name", SEQUENCES)
+def test_every_signature_takes_the_sequence_inputs_and_the_manifest_lists_them(sequence_input_exports, name):
+    _, sequences, static = real_models.SEQUENCE_INPUTS[name]
+    path = sequence_input_exports[name].path
+    manifest = read_manifest(path)
+    data = json.loads((path / "assets.extra/seqexport/manifest.json").read_text())
+    assert data["format_version"] == 5 and [i["name"] for i in data["sequence_inputs"]] == list(sequences)
+    assert [i.name for i in manifest.sequence_inputs] == list(sequences)
+    assert [i.name for i in manifest.static_inputs] == list(static)
+    loaded = tf.saved_model.load(str(path))
+    for signature in manifest.signatures:
+        inputs = {t.name: t for t in signature.inputs}
+        for spec in manifest.sequence_inputs:
+            if signature.name == "initial_state":  # states start from zeros or static inputs, never a sequence
+                assert spec.name not in inputs
+            elif signature.name == "step":
+                assert inputs[spec.name].shape == (None, *spec.shape)
+            else:
+                assert inputs[spec.name].shape == (None, None, *spec.shape), (signature.name, spec.name)
+        assert set(loaded.signatures[signature.name].structured_input_signature[1]) == set(inputs)
+
+
+@pytest.mark.parametrize("name", SEQUENCES)
+def test_the_reloaded_sequence_input_export_equals_keras_on_new_data(sequence_input_exports, name):
+    """Independent of the goldens: another batch, whole, in two `stream` chunks and `step` T times; then
+    every sequence input is shown to be read (changing it changes the outputs), and a T that differs
+    from `inputs`' fails by name."""
+    model = real_models.build(name)
+    steps = real_models.SEQUENCE_STEPS
+    rng = np.random.default_rng(11)
+    values = []
+    for tensor in model.inputs:
+        shape = (4, *(steps if d is None else d for d in tensor.shape[1:]))
+        values.append(rng.integers(1, 11, size=shape).astype("int32") if "int" in str(tensor.dtype)
+                      else rng.normal(size=shape).astype("float32"))
+    want = np.asarray(model(values, training=False))
+    path = sequence_input_exports[name].path
+    manifest = read_manifest(path)
+    by_name = dict(zip((t.name for t in model.inputs), values))
+    main = values[0]
+    sequences = {i.name: by_name[i.name] for i in manifest.sequence_inputs}
+    static = {i.name: tf.constant(by_name[i.name]) for i in manifest.static_inputs}
+    state_names = [s.name for s in manifest.states]
+    signatures = tf.saved_model.load(str(path)).signatures
+
+    def cut(start, stop):
+        return {"inputs": tf.constant(main[:, start:stop]),
+                **{k: tf.constant(v[:, start:stop]) for k, v in sequences.items()}, **static}
+
+    got = signatures["serving_default"](**cut(0, steps))["outputs"].numpy()
+    states = signatures["initial_state"](batch_size=tf.constant(4), **static)
+    first = signatures["stream"](**cut(0, 2), **states)
+    second = signatures["stream"](**cut(2, steps), **{n: first[n] for n in state_names})
+    chunked = np.concatenate([first["outputs"].numpy(), second["outputs"].numpy()], axis=1)
+    ys, carried = [], dict(states)
+    for t in range(steps):
+        slices = {k: tf.constant(v[:, t]) for k, v in sequences.items()}
+        result = signatures["step"](x=tf.constant(main[:, t]), **slices, **static, **carried)
+        ys.append(result["y"].numpy())
+        carried = {n: result[n] for n in state_names}
+    errors = [float(np.abs(a - want).max()) for a in (got, chunked, np.stack(ys, axis=1))]
+    print(f"{name}: max abs vs Keras (whole, 2 stream chunks, step x{steps}) {errors}")
+    assert max(errors) <= 1e-5
+    for key, value in sequences.items():  # each one is read: other values give other outputs
+        feed = cut(0, steps) | {key: tf.constant(value + 1)}
+        assert float(np.abs(signatures["serving_default"](**feed)["outputs"].numpy() - got).max()) > 1e-3
+        with pytest.raises(tf.errors.InvalidArgumentError, match=rf"input \W*{key}\W* must have as many steps"):
+            signatures["serving_default"](**(cut(0, steps) | {key: tf.constant(value[:, :-1])}))
+
+
+def test_a_sequence_input_step_model_checks_its_keys():
+    from exporter.artifact.specs import InputSpec, StateSpec
+    from exporter.step_model import StepModel
+
+    spec = StateSpec(name="h", layer="cell", index=0, shape=(2,))
+    with pytest.raises(ValueError, match=r"input names \['h'\] are repeated or clash"):
+        StepModel(step_fn=lambda x, s, e: (x, s), input_shape=(2,), output_shape=(2,), states=(spec,),
+                  sequence_inputs=(InputSpec(name="h", shape=(2,)),))

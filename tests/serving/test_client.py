@@ -368,3 +368,50 @@ def test_a_saved_session_resumes_on_another_transport(several_outputs_server, lo
         tail = _outputs_in_chunks(resumed, x[:, half:], chunks=CHUNKS[2:])
     got = _by_output_key(local, {key: np.concatenate([head[key], tail[key]], axis=1) for key in head})
     assert all(r.passed for r in _check_against_predict(f"{name} resumed", local, resumed, got, want))
+
+
+@pytest.fixture(scope="module")
+def sequence_inputs_server(sequence_input_exports):
+    """`seqexport serve` over the several-sequence-input exports (`NAME/1` each, warmup replayed on load)."""
+    from serving.server.server import ModelServer, ServerOptions
+
+    base = next(iter(sequence_input_exports.values())).path.parent.parent
+    with ModelServer(ServerOptions(base=base, poll_seconds=0.2)) as running:
+        for name in sequence_input_exports:
+            running.wait_until_available(name, timeout=60)
+        yield running
+
+
+@pytest.mark.parametrize("kind", ["grpc", "rest-columnar"])
+def test_sequence_inputs_are_served_by_name(sequence_inputs_server, sequence_input_exports, kind):
+    """Token ids, float features and a static input over the wire, in every signature that takes them."""
+    import tensorflow as tf
+
+    name = "tokens_features_and_static_into_gru"
+    loaded = tf.saved_model.load(str(sequence_input_exports[name].path))
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(1, 11, size=(2, 6)).astype(np.int32)
+    features = rng.normal(size=(2, 6, 3)).astype(np.float32)
+    speaker = rng.normal(size=(2, 2)).astype(np.float32)
+    states = {k: v.numpy() for k, v in
+              loaded.signatures["initial_state"](batch_size=tf.constant(2), speaker=tf.constant(speaker)).items()}
+    feeds = {"serving_default": {"inputs": tokens, "features": features, "speaker": speaker},
+             "stream": {"inputs": tokens[:, :2], "features": features[:, :2], "speaker": speaker, **states},
+             "step": {"x": tokens[:, 0], "features": features[:, 0], "speaker": speaker, **states}}
+    with _backend(kind, sequence_inputs_server) as client:
+        for signature, feed in feeds.items():
+            got = client.predict(name, feed, signature=signature)
+            want = {k: v.numpy() for k, v in loaded.signatures[signature](**feed).items()}
+            assert set(got) == set(want), (signature, sorted(got))
+            for key in want:
+                np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-6)
+
+
+def test_a_session_refuses_sequence_inputs_by_name(sequence_input_exports):
+    from exporter.artifact.errors import BadInput
+    from serving.client import SavedModelBackend
+
+    message = r"streaming session \(client-side state carry\) supports exports with one sequence input; this one " \
+              r"also has 1 other sequence input\(s\) \(b\)"
+    with pytest.raises(BadInput, match=message):
+        SavedModelBackend(sequence_input_exports["two_streams_into_lstm"].path)

@@ -220,6 +220,15 @@ def test_inspect_lists_static_inputs(static_input_exports):
     assert "context [3] float32" in " ".join(result.output.split())
 
 
+def test_inspect_lists_sequence_inputs(sequence_input_exports):
+    path = sequence_input_exports["tokens_features_and_static_into_gru"].path
+    result = CliRunner().invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    assert_fits(result.output, 80)
+    text = " ".join(result.output.split())
+    assert "features [3] float32" in text and "speaker [2] float32" in text
+
+
 def _piped(*args) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "FORCE_COLOR", "TERM")}
     seqexport = Path(sys.executable).with_name("seqexport")  # the installed command, its stdout a pipe

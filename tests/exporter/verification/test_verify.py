@@ -72,7 +72,8 @@ def test_a_verification_past_its_limit_is_a_failed_check_naming_the_option(demo_
 
 
 @pytest.fixture(scope="module")
-def broken_exports(demo_keras_file, several_output_exports, static_input_exports, tmp_path_factory):
+def broken_exports(demo_keras_file, several_output_exports, static_input_exports, sequence_input_exports,
+                   tmp_path_factory):
     """Exports that are wrong in one way each, verified together in one fresh process."""
     import exporter.layers  # noqa: F401  registers GradientClip for loading
 
@@ -121,6 +122,14 @@ def broken_exports(demo_keras_file, several_output_exports, static_input_exports
         shutil.copytree(static_input_exports[model_name].path, dirs[name])
         golden = golden_io.load(golden_path(dirs[name]))
         golden[key] = golden[key] + np.float32(1e-2)
+        golden_io.save(golden, golden_path(dirs[name]))
+    # The other sequence input `b`: its one step fed to `step`, and its whole sequence fed to `serving_default`.
+    for name, key in [("tampered_sequence_step_in", "step/in/b"),
+                      ("tampered_sequence_predict_in", "serving_default/in/b")]:
+        dirs[name] = base / name
+        shutil.copytree(sequence_input_exports["two_streams_into_lstm"].path, dirs[name])
+        golden = golden_io.load(golden_path(dirs[name]))
+        golden[key] = golden[key] + np.float32(0.5)
         golden_io.save(golden, golden_path(dirs[name]))
     return dict(zip(dirs, verify_many_in_fresh_process(list(dirs.values()))))
 
@@ -214,6 +223,27 @@ def test_a_broken_static_input_path_fails_verification(broken_exports):
     assert ("reload", "stream", "outputs") in failing
     assert ("gradients", "stream", "d/speaker") in failing
     assert all(signature == "stream" for _, signature, _ in failing)
+
+
+def test_a_broken_sequence_input_fails_exactly_the_rows_that_read_it(broken_exports):
+    failing = {(c.check, c.signature, c.tensor) for c in broken_exports["tampered_sequence_step_in"].failures}
+    print(sorted(failing))
+    # Only `step` reads `step/in/b`: its reload and its gradients; `step` x T reads `serving_default`'s inputs.
+    assert {("reload", "step", "y"), ("gradients", "step", "d/b")} <= failing
+    assert {(check, signature) for check, signature, _ in failing} <= {("reload", "step"), ("gradients", "step")}
+    failing = {(c.check, c.signature, c.tensor) for c in broken_exports["tampered_sequence_predict_in"].failures}
+    print(sorted(failing))
+    # `serving_default`'s inputs feed its reload, the source check, every chunking of `stream` (each
+    # chunk cut from them) and the Hessian-vector product; `step` x T is checked against the reloaded
+    # `serving_default` on the same inputs, the fused check compares two runs on them, so both pass.
+    assert {("reload", "serving_default", "outputs"), ("gradients", "serving_default", "d/b"),
+            ("source", "serving_default", "outputs"), ("source gradients", "serving_default", "d/b"),
+            ("higher order", "serving_default", "Hv/inputs")} <= failing
+    for label in ("stream x1", "stream x2", "stream x6"):
+        assert ("chunked", label, "outputs") in failing and ("chunked gradients", label, "d/b") in failing
+    assert {signature for _, signature, _ in failing} <= {"serving_default", "stream x1", "stream x2", "stream x6"}
+    assert {check for check, _, _ in failing} <= {"reload", "gradients", "source", "source gradients", "chunked",
+                                                  "chunked gradients", "higher order"}
 
 
 def test_source_check_fails_when_export_differs_from_model(broken_exports):
