@@ -8,6 +8,10 @@ one-input layer what exporter/time_probe.py allows, and a merge (`Add`, `Concate
 per step or the last step (after an RNN without `return_sequences`, or a returned
 state); a node may not mix the two, and no RNN runs over a last step.
 
+The inputs are one main sequence, any other sequences on its time axis (sliced per step
+with it) and any static inputs (no time axis, seen at every step). A mask runs beside the
+calls, node by node, as Keras computes it (exporter/graph_masks.py).
+
 A chain keeps the faster rebuild of exporter/keras_step.py (a head after the loop,
 fused kernels); this one runs every node inside the `tf.while_loop`.
 """
@@ -23,12 +27,12 @@ import tensorflow as tf
 
 from exporter.artifact.errors import SeqExportError, UnsupportedModel
 from exporter.artifact.specs import InputSpec, OutputSpec, StateSpec
+from exporter.graph_masks import data_tensors, mask_only_nodes, mask_rule
 from exporter.keras_step import (
     STATE_NAMES,
     keras_reference,
     layer_refusal,
     mask_source,
-    masked_rnn_refusal,
     per_step_stage,
     probe_step,
     rnn_stage,
@@ -69,7 +73,7 @@ def _renamed(states: tuple[StateSpec, ...], layer, node_index: int) -> tuple[Sta
 
 def _node(index: int, node, kinds: dict[int, str]) -> _GraphNode:
     layer = node.operation
-    inputs = tuple(id(t) for t in _data_tensors(node))
+    inputs = tuple(id(t) for t in data_tensors(node))
     outputs = tuple(id(t) for t in node.outputs)
     node_index = layer._inbound_nodes.index(node)
     if isinstance(layer, keras.layers.RNN) and len(inputs) > 1:
@@ -113,7 +117,7 @@ def _node(index: int, node, kinds: dict[int, str]) -> _GraphNode:
 def _rnn_with_initial_state(index: int, node, kinds: dict[int, str], node_index: int) -> _GraphNode:
     """An RNN called with `initial_state=` computed from static inputs: its states start there."""
     layer = node.operation
-    tensors = _data_tensors(node)
+    tensors = data_tensors(node)
     sequence, initial = id(tensors[0]), tuple(id(t) for t in tensors[1:])
     if kinds[sequence] != PER_STEP:
         raise _error(index, layer, "it reads a last-step or static tensor, so there is no sequence to step through")
@@ -214,7 +218,8 @@ def _why_not_per_step_node(node) -> str | None:
     try:
         whole = call([whole_in[k] for k in keys])
     except Exception as exc:  # noqa: BLE001
-        return f"it fails on {PROBE_STEPS}-step probe sequences ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        first_line = (str(exc).splitlines() or [""])[0][:200]
+        return f"it fails on {PROBE_STEPS}-step probe sequences ({type(exc).__name__}: {first_line})"
     if whole.ndim < 2 or whole.shape[:2] != (2, PROBE_STEPS):
         return f"it does not keep the time axis (probes of [2, {PROBE_STEPS}, ...] came out {list(whole.shape)})"
     return one_step_mismatch(call, [whole_in[k] for k in keys], whole)
@@ -295,13 +300,13 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
     rules: list[Callable | None] = []  # each node's mask rule (masked models only)
     pads: dict[float, object] = {}  # pad value -> the first layer that starts a mask with it
     ordered = [n for depth in sorted(model._nodes_by_depth, reverse=True) for n in model._nodes_by_depth[depth]]
-    mask_ops = _mask_only_nodes(model, ordered) if masked else set()
+    mask_ops = mask_only_nodes(model, ordered) if masked else set()
     for index, node in enumerate(n for n in ordered if not isinstance(n.operation, keras.layers.InputLayer)):
         if id(node) in mask_ops:
             continue
         try:
             if masked:
-                rules.append(_mask_rule(index, node, id(x_tensor), pads))
+                rules.append(mask_rule(index, node, id(x_tensor), pads))
             graph_node = _node(index, node, kinds)
         except SeqExportError:
             raise
@@ -390,116 +395,6 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
         sequence_inputs=sequence_specs,
         initial_states_fn=_initial_states_fn(nodes, static_ids) if any(n.initial for n in nodes) else None,
     )
-
-
-# --- masks: each tensor's Keras mask, step by step, as Keras's `compute_mask` makes it ---------------
-
-
-def _mask_rule(index: int, node, sequence_id: int, pads: dict) -> Callable:
-    """`(inputs, their masks, lengths mask) -> (the mask the node's call takes, a mask per output)`:
-    Keras's own rule for the node, on one step (a mask is `[B]` bool, or None for none).
-
-    `Masking` and `Embedding(mask_zero=True)` start a mask from the inputs (and `lengths`); an RNN
-    takes its sequence's mask and passes it on when it returns sequences (its returned states
-    have none); a Keras op (`a + b`) and a layer that does not support masking drop it, as
-    Keras does; any other layer runs its own `compute_mask` on the step given a time axis of 1
-    (a merge: `Add`, `Average`, ... OR the masks and have none if an input has none;
-    `Concatenate` counts an input without one as unmasked). `pads` gathers each pad value a
-    mask starts from, with its layer.
-
-    Raises:
-        UnsupportedModel: a mask starts from a tensor other than the sequence input, or from
-            another pad value than an earlier one (the probes, and clients, pad with one value).
-    """
-    layer = node.operation
-    count = len(node.outputs)
-    starts, pad = mask_source([layer]) if isinstance(layer, keras.layers.Layer) else (False, 0.0)
-    if starts:
-        if [id(t) for t in _data_tensors(node)] != [sequence_id]:
-            raise _error(index, layer, "it starts a Keras mask from a tensor other than the sequence input; the "
-                         "padding a client marks is in the inputs, so the layer that masks it must read them "
-                         "(put it right after the Input)")
-        if pads and pad not in pads:
-            first = next(iter(pads.items()))
-            raise _error(index, layer, f"it marks padding with {pad}, while {first[1].name!r} marks it with "
-                         f"{first[0]}; padding is marked with one value (`lengths` and the probes pad with it)")
-        pads.setdefault(pad, layer)
-        computed = per_step_stage(index, layer).mask_fn
-
-        def source(inputs, masks, lengths):
-            mask = computed(inputs[0])
-            mask = mask if lengths is None else tf.logical_and(mask, lengths)
-            return mask, [mask]  # `Masking` zeroes the steps it masks
-
-        return source
-    if isinstance(layer, keras.layers.RNN):
-        def rnn(inputs, masks, lengths):
-            mask = masks[0]
-            if mask is not None and (refusal := masked_rnn_refusal(index, layer)) is not None:
-                raise refusal
-            return mask, [mask if layer.return_sequences else None] + [None] * (count - 1)
-
-        return rnn
-    if not isinstance(layer, keras.layers.Layer) or not layer.supports_masking:
-        return lambda inputs, masks, lengths: (None, [None] * count)
-    if getattr(layer.compute_mask, "_is_default", False) and len(_data_tensors(node)) == 1:
-        return lambda inputs, masks, lengths: (None, [masks[0]] * count)  # the input's mask, passed on
-    return _compute_mask_rule(index, node)
-
-
-def _mask_arguments(node) -> set[int]:
-    return {id(t) for t in keras.tree.flatten(node.arguments.kwargs.get("mask")) if isinstance(t, keras.KerasTensor)}
-
-
-def _data_tensors(node) -> list:
-    """The tensors a node computes on: Keras also records the mask it passes a layer (`mask=`, made
-    by the ops of `compute_mask` before it), which `_mask_rule` computes here instead."""
-    masks = _mask_arguments(node)
-    return [t for t in node.arguments.keras_tensors if id(t) not in masks]
-
-
-def _mask_only_nodes(model: keras.Model, ordered) -> set[int]:
-    """The Keras ops that only compute the masks Keras passes as `mask=` (`not_equal`, `any`,
-    `logical_or`, ... recorded from `compute_mask`): the step computes those masks itself."""
-    uses: dict[int, list[tuple[int, bool]]] = {}  # tensor id -> (reading node id, read as a mask), ...
-    for node in ordered:
-        masks = _mask_arguments(node)
-        for tensor in node.arguments.keras_tensors:
-            uses.setdefault(id(tensor), []).append((id(node), id(tensor) in masks))
-    outputs = {id(t) for t in model.outputs}
-    skipped: set[int] = set()
-    for node in reversed(ordered):
-        if isinstance(node.operation, keras.layers.Layer) or any(id(t) in outputs for t in node.outputs):
-            continue
-        reads = [use for t in node.outputs for use in uses.get(id(t), [])]
-        if reads and all(as_mask or reader in skipped for reader, as_mask in reads):
-            skipped.add(id(node))
-    return skipped
-
-
-def _compute_mask_rule(index: int, node) -> Callable:
-    """The layer's own `compute_mask` on one step given a time axis of 1 (what it computes on the
-    sequence, one step at a time: the verification compares the two)."""
-    layer = node.operation
-    keys = [id(t) for t in _data_tensors(node)]
-    count = len(node.outputs)
-
-    def rule(inputs, masks, lengths):
-        if all(m is None for m in masks):
-            return None, [None] * count
-        args, _ = node.arguments.fill_in({k: v[:, None] for k, v in zip(keys, inputs)})
-        previous, _ = node.arguments.fill_in({k: None if m is None else m[:, None] for k, m in zip(keys, masks)})
-        result = layer.compute_mask(args[0], previous[0])
-        result = list(result) if isinstance(result, (list, tuple)) else [result] * count
-        out = []
-        for mask in result:
-            if mask is not None and len(mask.shape) != 2:
-                raise _error(index, layer, f"its Keras mask has shape {list(mask.shape)} on a [batch, 1, ...] "
-                             "step; seqexport carries masks of [batch, time]")
-            out.append(None if mask is None else tf.cast(mask[:, 0], tf.bool))
-        return None, out
-
-    return rule
 
 
 def _split_inputs(model: keras.Model):
