@@ -54,17 +54,19 @@ def mask_rule(index: int, node, sequence_id: int, pads: dict) -> Callable:
         return source
     if isinstance(layer, keras.layers.RNN):
         def rnn(inputs, masks, lengths):
-            mask = masks[0]
+            # Keras passes no mask to an RNN called with `initial_state=` (two tensor arguments),
+            # which then steps through the padding; its sequence output keeps the sequence's mask.
+            mask = masks[0] if len(inputs) == 1 else None
             if mask is not None and (refusal := masked_rnn_refusal(index, layer)) is not None:
                 raise refusal
-            return mask, [mask if layer.return_sequences else None] + [None] * (count - 1)
+            return mask, [masks[0] if layer.return_sequences else None] + [None] * (count - 1)
 
         return rnn
     if not isinstance(layer, keras.layers.Layer) or not layer.supports_masking:
         return lambda inputs, masks, lengths: (None, [None] * count)
     if getattr(layer.compute_mask, "_is_default", False) and len(data_tensors(node)) == 1:
         return lambda inputs, masks, lengths: (None, [masks[0]] * count)  # the input's mask, passed on
-    return _computemask_rule(index, node)
+    return _compute_mask_rule(index, node)
 
 
 def _mask_arguments(node) -> set[int]:
@@ -97,7 +99,7 @@ def mask_only_nodes(model: keras.Model, ordered) -> set[int]:
     return skipped
 
 
-def _computemask_rule(index: int, node) -> Callable:
+def _compute_mask_rule(index: int, node) -> Callable:
     """The layer's own `compute_mask` on one step given a time axis of 1 (what it computes on the
     sequence, one step at a time: the verification compares the two)."""
     layer = node.operation

@@ -327,11 +327,6 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
                                "seqexport exports models that carry a state from step to step.")
 
     static_ids = [id(t) for t in static_tensors]
-    if masked and static_ids:
-        raise UnsupportedModel(
-            f"Model {model.name!r} masks its inputs ({next(iter(pads.values())).name!r}) and has static inputs "
-            f"({', '.join(t.name for t in static_tensors)}): masks with static inputs are not supported yet. "
-            "Drop the mask or the static inputs, or write a step-model factory (see the README).")
     rules = rules or [None] * len(nodes)
     extra_ids = static_ids + [id(t) for t in sequence_tensors]  # the step's `statics`: statics, then slices
 

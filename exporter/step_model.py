@@ -71,7 +71,7 @@ class StepModel:
         static_inputs: inputs without a time axis (`[B, *shape]` each), fed once per call to every
             signature and visible at every step: `step_fn(x_t, states, statics)` and the bound
             step `(x_t, states, mask_t, statics)` then take them as a tuple in this order, and
-            `reference_fn(inputs, lengths, statics)` too. Not with `head`, `fused_unroll` or a mask.
+            `reference_fn(inputs, lengths, statics)` too. Not with `head` or `fused_unroll`.
         sequence_inputs: more inputs with the main input's time axis (`[B, T, *shape]` each, the same
             T; `shape` per step): every sequence signature takes them whole and `step` one step of each.
             The step sees their slices at step t AFTER the static values, in one tuple:
@@ -170,8 +170,10 @@ class StepModel:
         clashes = sorted({n for n in names if names.count(n) > 1} | (taken & set(names)))
         if clashes:
             raise ValueError(f"input names {clashes} are repeated or clash with other keys; rename them.")
-        if self.head is not None or self.fused_unroll is not None or self.masked:
-            raise ValueError("`static_inputs` and `sequence_inputs` go without `head`, `fused_unroll` and a mask.")
+        if self.head is not None or self.fused_unroll is not None:
+            raise ValueError("`static_inputs` and `sequence_inputs` go without `head` and `fused_unroll`.")
+        if self.sequence_inputs and self.masked:
+            raise ValueError("`sequence_inputs` go without a mask.")
 
     @property
     def extra_inputs(self) -> tuple[InputSpec, ...]:

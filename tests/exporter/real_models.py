@@ -230,6 +230,29 @@ MASKED_GRAPHS = {
 }
 
 
+def _masked_initial_state():
+    """Masked frames, and a static input setting the first GRU's state: Keras passes that GRU no mask
+    (it steps through the padding), while the GRU after it skips the padded steps."""
+    x, context = keras.Input((None, F), name="frames"), keras.Input((3,), name="context")
+    h = L.GRU(4, return_sequences=True)(L.Masking(0.0)(x), initial_state=L.Dense(4, activation="tanh")(context))
+    return keras.Model([x, context], L.Dense(2)(L.GRU(3, return_sequences=True)(h)))
+
+
+def _masked_ids_with_speaker():
+    """Token ids (`mask_zero=True`) concatenated per step with a repeated speaker vector, into an LSTM."""
+    ids, speaker = keras.Input((None,), dtype="int32", name="ids"), keras.Input((2,), name="speaker")
+    repeated = L.RepeatVector(STATIC_STEPS)(L.Dense(3, activation="tanh")(speaker))
+    h = L.LSTM(4, return_sequences=True)(L.Concatenate()([L.Embedding(VOCAB, 3, mask_zero=True)(ids), repeated]))
+    return keras.Model([ids, speaker], L.Dense(2)(h))
+
+
+# name: (builder, static input names, sequence dtype)
+MASKED_STATIC = {
+    "masked_initial_state": (_masked_initial_state, ("context",), "float32"),
+    "masked_ids_with_speaker": (_masked_ids_with_speaker, ("speaker",), "int32"),
+}
+
+
 # --- static inputs (no time axis, fed once per call): name -> (builder, static input names) ------------
 
 STATIC_STEPS = 6  # `RepeatVector` needs the time axis fixed: the probes use this many steps
@@ -297,7 +320,7 @@ def build(name: str) -> keras.Model:
     keras.utils.set_random_seed(7)
     entry = (STREAMABLE.get(name)
              or (SEVERAL_OUTPUTS.get(name) or STATIC_INPUTS.get(name) or MASKED_GRAPHS.get(name)
-                 or SEQUENCE_INPUTS.get(name) or (None,))[0]
+                 or MASKED_STATIC.get(name) or SEQUENCE_INPUTS.get(name) or (None,))[0]
              or NOT_STREAMABLE[name][0])
     model = entry()
     for variable in model.trainable_variables:
@@ -364,10 +387,10 @@ def masked_custom_cell():
     return _seq(L.Masking(0.0), L.RNN(L.StackedRNNCells([L.GRUCell(3), L.GRUCell(2)])))
 
 
-def masked_static_input():
-    x, s = keras.Input((None, F), name="frames"), keras.Input((3,), name="context")
-    h = L.GRU(2, return_sequences=True)(L.Masking(0.0, name="pad")(x), initial_state=L.Dense(2)(s))
-    return keras.Model([x, s], L.Dense(2)(h))
+def masked_sequence_inputs():
+    a, b = keras.Input((None, F), name="a"), keras.Input((None, 2), name="b")
+    h = L.GRU(2, return_sequences=True)(L.Concatenate()([L.Masking(0.0, name="pad")(a), b]))
+    return keras.Model([a, b], L.Dense(2)(h))
 
 
 def no_recurrence():
@@ -386,7 +409,7 @@ REFUSED_CONSTRUCTS = {
     "strided_causal_conv": "strides=2",
     "running_sum": "out[t] depends on in[t-",
     "masked_custom_cell": "masking is supported for SimpleRNN, GRU and LSTM cells only",
-    "masked_static_input": "masks its inputs ('pad') and has static inputs (context): masks with static inputs are "
-                           "not supported yet",
+    "masked_sequence_inputs": "masks its inputs and has several sequence inputs (a, b): masks with several "
+                              "sequence inputs are not supported yet",
     "no_recurrence": "no recurrent layer",
 }

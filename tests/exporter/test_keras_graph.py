@@ -328,6 +328,72 @@ def test_merges_that_drop_the_mask_fail_the_source_check(masked_graph_exports):
     assert ("source", "serving_default") in failing
 
 
+# --- masks with static inputs: the static values feed the masked graph once per call --------------------
+
+MASKED_STATIC = sorted(real_models.MASKED_STATIC)
+
+
+@pytest.mark.parametrize("name", MASKED_STATIC)
+def test_masked_static_input_graphs_export_and_verify_in_a_fresh_process(masked_graph_exports, name):
+    export = masked_graph_exports[name]
+    report = export.report
+    _, statics, _ = real_models.MASKED_STATIC[name]
+    worst = max((c for c in report.checks if c.check.startswith(("source", "chunked"))), key=lambda c: c.max_abs)
+    print(f"{name}: {report.summary()}; export {export.export_seconds:.2f} s; worst source/chunked "
+          f"{worst.check} {worst.signature} {worst.tensor} {worst.max_abs:.2e}")
+    assert report.passed, report.failures
+    manifest = read_manifest(export.path)
+    assert manifest.masked and [i.name for i in manifest.static_inputs] == list(statics)
+    checked = {(c.check, c.signature, c.tensor) for c in report.checks}
+    for label in ("stream x1", "stream x2", "stream x6", "step x6"):
+        assert ("chunked", label, "outputs") in checked
+    for key in statics:
+        assert ("source gradients", "serving_default", f"d/{key}") in checked
+
+
+@pytest.mark.parametrize("name", MASKED_STATIC)
+def test_the_reloaded_masked_static_input_graph_equals_keras_on_padded_sequences(masked_graph_exports, name):
+    """Independent of the goldens: pre-padded and holed rows with their static inputs, whole and in two
+    `stream` chunks started from `initial_state` of the static inputs."""
+    _, statics, dtype = real_models.MASKED_STATIC[name]
+    model = real_models.build(name)
+    rng = np.random.default_rng(29)
+    steps = real_models.STATIC_STEPS
+    if dtype == "int32":
+        rows = [rng.integers(1, real_models.VOCAB, size=n).tolist() for n in (6, 3)] + [[5, 3, 0, 0, 7, 2]]
+        x = keras.utils.pad_sequences(rows, maxlen=steps).astype("int32")
+    else:
+        x = rng.normal(size=(3, steps, F)).astype("float32")
+        x[1, :3] = 0.0  # pre-padded
+        x[2, 2:4] = 0.0  # a hole
+    static = {key: rng.normal(size=(3, int(model.get_layer(key).batch_shape[1]))).astype("float32") for key in statics}
+    by_name = {model.inputs[0].name: x, **static}
+    want = np.asarray(model([by_name[t.name] for t in model.inputs], training=False))
+    path = masked_graph_exports[name].path
+    state_names = [s.name for s in read_manifest(path).states]
+    signatures = tf.saved_model.load(str(path)).signatures
+    feeds = {k: tf.constant(v) for k, v in static.items()}
+    got = signatures["serving_default"](inputs=tf.constant(x), lengths=tf.fill([3], steps), **feeds)["outputs"]
+    states = signatures["initial_state"](batch_size=tf.constant(3), **feeds)
+    first = signatures["stream"](inputs=tf.constant(x[:, :2]), lengths=tf.fill([3], 2), **feeds, **states)
+    second = signatures["stream"](inputs=tf.constant(x[:, 2:]), lengths=tf.fill([3], steps - 2), **feeds,
+                                  **{n: first[n] for n in state_names})
+    chunked = np.concatenate([first["outputs"].numpy(), second["outputs"].numpy()], axis=1)
+    errors = [float(np.abs(a - want).max()) for a in (got.numpy(), chunked)]
+    print(f"{name}: max abs vs Keras (whole, two stream chunks) {errors}")
+    assert max(errors) <= 1e-5
+
+
+def test_an_initial_state_rnn_given_the_mask_fails_the_source_check(masked_graph_exports):
+    """Keras passes no mask to an RNN called with `initial_state=`: an export that masks it anyway
+    skips the padded steps Keras runs through, and the pre-padded and holed probes catch it."""
+    from tests.fixtures.masked_graphs import BROKEN_INITIAL_STATE
+
+    failing = {(c.check, c.signature) for c in masked_graph_exports[BROKEN_INITIAL_STATE].report.failures}
+    print(sorted(failing))
+    assert ("source", "serving_default") in failing
+
+
 def _two_pad_values():
     x = keras.Input((None, F))
     left = keras.layers.GRU(2, return_sequences=True)(keras.layers.Masking(0.0, name="zeros")(x))
@@ -359,7 +425,6 @@ def _mask_into_a_custom_cell():
                                r"GRU and LSTM cells only"),
 ])
 def test_masks_the_graph_cannot_carry_exactly_are_refused_by_layer(build, message):
-    # Masks with static inputs: tests/exporter/cli/test_errors.py (`masked_static_input`, exit 2).
     with pytest.raises(UnsupportedModel, match=message) as info:
         step_model_from_keras(build())
     print(info.value)
