@@ -384,10 +384,10 @@ def convert_export(
     loaded = loaded or load_export(Path(export_dir))
     sequence_inputs = [i.name for i in loaded.manifest.sequence_inputs]
     if target in TRITON_TARGETS or sequence_inputs:
-        triton = target in TRITON_TARGETS
+        for_triton = target in TRITON_TARGETS  # LiteRT and ONNX take static inputs and several outputs
         refuse_static_inputs_or_several_outputs(f"Converting to {target.value}",
-                                                [i.name for i in loaded.manifest.static_inputs] if triton else [],
-                                                [o.name for o in loaded.manifest.outputs] if triton else [],
+                                                [i.name for i in loaded.manifest.static_inputs] if for_triton else [],
+                                                [o.name for o in loaded.manifest.outputs] if for_triton else [],
                                                 sequence_inputs=sequence_inputs)
     out_dir = Path(out_dir)
     run = _Run(loaded, target, out_dir, tolerance or loaded.manifest.options.tolerance)
