@@ -383,11 +383,9 @@ def convert_export(
         raise BadInput(f"A stream batch size (got {stream_batch}) is for --to tflite only, and must be positive.")
     loaded = loaded or load_export(Path(export_dir))
     sequence_inputs = [i.name for i in loaded.manifest.sequence_inputs]
-    if target in TRITON_TARGETS or sequence_inputs:
-        triton = target in TRITON_TARGETS
-        refuse_static_inputs_or_several_outputs(f"Converting to {target.value}",
-                                                [i.name for i in loaded.manifest.static_inputs] if triton else [],
-                                                [o.name for o in loaded.manifest.outputs] if triton else [],
+    if target in TRITON_TARGETS or sequence_inputs:  # (a local named `triton` would hide the module below)
+        statics = [i.name for i in loaded.manifest.static_inputs] if target in TRITON_TARGETS else []
+        refuse_static_inputs_or_several_outputs(f"Converting to {target.value}", statics,
                                                 sequence_inputs=sequence_inputs)
     out_dir = Path(out_dir)
     run = _Run(loaded, target, out_dir, tolerance or loaded.manifest.options.tolerance)

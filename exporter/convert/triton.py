@@ -14,7 +14,8 @@ not for TF SavedModels. The export's ONNX step model is the bridge:
     REPO/NAME/VERSION/model.onnx     the `step` signature (x, *states -> y, *states_next)
     REPO/NAME/config.pbtxt           a `ModelConfig` (tritonclient's model_config_pb2)
 
-The config lists `x` and `y` as the model's input and output, and one
+The config lists `x` and `y` as the model's input and output (an export with several
+outputs: each output by its `step` name, with its dims and data type), and one
 `sequence_batching.state` entry per state mapping its input to its `<state>_next`
 output, zero-initialised at the start of each sequence. A client sends one step
 per request with a correlation id (`sequence_id`) and the `sequence_start` /
@@ -41,7 +42,8 @@ Triton's Python backend has no implicit state (its `libtriton_python.so` has no
                                      START / END / READY / CORRID controls and an idle timeout
 
 A request is one chunk of one sequence, `inputs [1, T, F]`; the response holds
-`outputs [1, T, O]` and every state after the chunk. `model.py` creates a
+`outputs [1, T, O]` (several outputs: each by its own name, `chunk_outputs`) and every
+state after the chunk. `model.py` creates a
 sequence's state (zeros) on START, drops it on END, after the idle timeout, and
 past `max_sequences` live sequences (least recently used first); see its docstring.
 """
@@ -56,7 +58,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 
-from exporter.artifact.errors import ConversionFailed
+from exporter.artifact.errors import BadInput, ConversionFailed
 from exporter.convert.runtimes import CORRELATION_ID, STATE_OUTPUT_SUFFIX, OrtModel, state_output_name
 
 CONFIG_FILE = "config.pbtxt"
@@ -192,7 +194,7 @@ def model_config(name: str, model, options: TritonOptions = TritonOptions()):
     for key in ("x",):
         info = model.inputs[key]
         config.input.append(pb.ModelInput(name=key, data_type=data_type(info.dtype), dims=_dims(info.shape, batched)))
-    for key in ("y",):
+    for key in model.output_names:  # `y`, or every output of an export with several, by name
         info = model.outputs[key]
         config.output.append(pb.ModelOutput(name=key, data_type=data_type(info.dtype), dims=_dims(info.shape, batched)))
     batching = _sequence_batching(config, options)
@@ -274,7 +276,8 @@ def check_config(config, model) -> list[str]:
             problems.append(f"{kind} {name!r}: dims {list(dims)}, model has {want_dims}")
 
     raw_inputs = dict(model.inputs)
-    raw_outputs = {(k if k == "y" else k + STATE_OUTPUT_SUFFIX): v for k, v in model.outputs.items()}
+    states = set(model.state_names)
+    raw_outputs = {(k + STATE_OUTPUT_SUFFIX if k in states else k): v for k, v in model.outputs.items()}
     for tensor in config.input:
         expect("config input", tensor.name, raw_inputs, tensor.data_type, tensor.dims)
     for tensor in config.output:
@@ -325,13 +328,16 @@ def python_model_config(name: str, model, options: TritonOptions = TritonOptions
     batched = options.max_batch_size > 0
     control = pb.ModelSequenceBatching.Control
     config = pb.ModelConfig(name=name, backend=PYTHON_BACKEND, max_batch_size=options.max_batch_size)
-    x, y = model.inputs["x"], model.outputs["y"]
+    x = model.inputs["x"]
     one = None if batched else 1  # unbatched, the dims hold the batch dimension: one sequence per request
     config.input.append(pb.ModelInput(name=CHUNK_INPUT, data_type=data_type(x.dtype),
                                       dims=_dims((one, None, *x.shape[1:]), batched)))
-    config.output.append(pb.ModelOutput(name=CHUNK_OUTPUT, data_type=data_type(y.dtype),
-                                        dims=_dims((one, None, *y.shape[1:]), batched)))
     states = sorted(model.state_names)
+    outputs = chunk_outputs(model)
+    for served, step_key in outputs:
+        info = model.outputs[step_key]
+        config.output.append(pb.ModelOutput(name=served, data_type=data_type(info.dtype),
+                                            dims=_dims((one, None, *info.shape[1:]), batched)))
     for state in states:
         info = model.inputs[state]
         config.output.append(pb.ModelOutput(name=state, data_type=data_type(info.dtype),
@@ -346,9 +352,9 @@ def python_model_config(name: str, model, options: TritonOptions = TritonOptions
     spec = {
         "step_model": PYTHON_STEP_FILE,
         "input": "x",
-        "output": "y",
-        "output_dtype": np.dtype(y.dtype).name,
-        "output_shape": [int(d) for d in y.shape[1:]],
+        # Each output: its tensor name in the response, in the ONNX step model, and its per-step dtype/shape.
+        "outputs": [{"name": served, "step_output": step_key, "dtype": np.dtype(model.outputs[step_key].dtype).name,
+                     "shape": [int(d) for d in model.outputs[step_key].shape[1:]]} for served, step_key in outputs],
         "states": [{"name": s, "shape": [int(d) for d in model.inputs[s].shape[1:]],
                     "dtype": np.dtype(model.inputs[s].dtype).name} for s in states],
         "state_output_suffix": STATE_OUTPUT_SUFFIX,
@@ -359,6 +365,29 @@ def python_model_config(name: str, model, options: TritonOptions = TritonOptions
     }
     config.parameters[PYTHON_PARAMETER].string_value = json.dumps(spec, sort_keys=True)
     return config
+
+
+def chunk_outputs(model) -> list[tuple[str, str]]:
+    """`(name in the response, name in the ONNX step model)` of each output of the Python-backend model.
+
+    One output: `("outputs", "y")`, as `stream` names it. Several: each by its own name in both (the
+    export's `serving_default` / `stream` / `step` key), sorted by name.
+
+    Raises:
+        BadInput: an output name that is also a state or a control/input name of the config
+            (Triton needs every tensor name once).
+    """
+    states = set(model.state_names)
+    names = model.output_names
+    if list(names) == ["y"]:
+        return [(CHUNK_OUTPUT, "y")]
+    taken = states | {CHUNK_INPUT, START, END, READY, CORRELATION_ID}
+    clashes = sorted(set(names) & taken)
+    if clashes:
+        raise BadInput(f"The Triton Python-backend model cannot name an output {', '.join(map(repr, clashes))}: "
+                       f"the config already uses {sorted(taken)} for its input, controls and states. "
+                       "Rename that Keras output and export again.")
+    return [(n, n) for n in names]
 
 
 def python_spec(config) -> dict:

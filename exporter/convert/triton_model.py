@@ -20,7 +20,9 @@ dropped, or that never started, gets an error naming the id, never a result
 computed from another state.
 
 A request holds one chunk of one sequence: `inputs [1, T, F]`; the response holds
-`outputs [1, T, O]` and every state after the chunk (`[1, *state shape]`). Each
+`outputs [1, T, O]` (an export with several outputs: each by its own name, `[1, T, ...]`,
+every step of a last-step output too, as `stream` returns it) and every state after the
+chunk (`[1, *state shape]`). Each
 step runs the exported step model (ONNX, weights frozen) in ONNX Runtime.
 
 Only numpy, onnxruntime and Triton's `triton_python_backend_utils` are imported:
@@ -82,15 +84,15 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(os.path.join(folder, spec["step_model"]), options,
                                             providers=["CPUExecutionProvider"])
         self.input = spec["input"]  # the ONNX step model's per-step input
-        self.output = spec["output"]
-        self.output_dtype = np.dtype(spec["output_dtype"])
-        self.output_shape = tuple(spec["output_shape"])
+        # (name in the response, name in the step model, per-step shape, dtype) of each output
+        self.outputs = [(o["name"], o["step_output"], tuple(o["shape"]), np.dtype(o["dtype"])) for o in spec["outputs"]]
         self.states = [(s["name"], tuple(s["shape"]), np.dtype(s["dtype"])) for s in spec["states"]]
         self.extra = {}
         names = {i.name for i in self.session.get_inputs()}
         if spec.get("correlation_id_input") in names:  # an unused CORRID input of the step model
             self.extra[spec["correlation_id_input"]] = np.zeros((1, 1), np.uint64)
-        self.fetch = [self.output] + [name + spec["state_output_suffix"] for name, _, _ in self.states]
+        self.fetch = ([step for _, step, _, _ in self.outputs]
+                      + [name + spec["state_output_suffix"] for name, _, _ in self.states])
         self.idle_seconds = float(spec["idle_seconds"])
         self.max_sequences = int(spec["max_sequences"])
         self.controls = spec["controls"]  # {"start": name, "end": ..., "ready": ..., "corrid": ...}
@@ -126,17 +128,23 @@ class TritonPythonModel:
                            "live sequences); start it again with sequence_start")
         return self.live[key][0]
 
+    def _empty(self):
+        return {name: np.zeros((1, 0, *shape), dtype) for name, _, shape, dtype in self.outputs}
+
     def _run(self, chunk, states):
-        ys = []
+        steps = [[] for _ in self.outputs]
+        count = len(self.outputs)
         for t in range(chunk.shape[1]):
-            y, *new = self.session.run(self.fetch, {self.input: chunk[:, t], **states, **self.extra})
-            ys.append(y)
-            states = {name: value for (name, _, _), value in zip(self.states, new)}
-        outputs = np.stack(ys, axis=1) if ys else np.zeros((1, 0, *self.output_shape), self.output_dtype)
-        return outputs, states
+            results = self.session.run(self.fetch, {self.input: chunk[:, t], **states, **self.extra})
+            for kept, value in zip(steps, results[:count]):
+                kept.append(value)
+            states = {name: value for (name, _, _), value in zip(self.states, results[count:])}
+        if chunk.shape[1] == 0:
+            return self._empty(), states
+        return {name: np.stack(kept, axis=1) for (name, _, _, _), kept in zip(self.outputs, steps)}, states
 
     def _response(self, outputs, states):
-        tensors = [_to_triton("outputs", outputs)]
+        tensors = [_to_triton(name, outputs[name]) for name, _, _, _ in self.outputs]
         tensors += [_to_triton(name, states[name]) for name, _, _ in self.states]
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
@@ -149,8 +157,7 @@ class TritonPythonModel:
                 try:
                     if self._flag(request, "ready") == 0:  # a padding slot of the direct strategy
                         zeros = {name: np.zeros((1, *shape), dtype) for name, shape, dtype in self.states}
-                        empty = np.zeros((1, 0, *self.output_shape), self.output_dtype)
-                        responses.append(self._response(empty, zeros))
+                        responses.append(self._response(self._empty(), zeros))
                         continue
                     key = self._correlation_id(request)
                     states = self._states_for(key, self._flag(request, "start") == 1, now)

@@ -225,32 +225,6 @@ def test_every_refused_construct_is_exit_2_with_a_json_error_and_no_traceback(tm
     assert not base.exists() or not any(base.iterdir())
 
 
-SEVERAL_OUTPUTS_REFUSED = "supports exports with one output; this one has 2 (left, right). Not supported yet for several outputs"
-
-
-@pytest.mark.parametrize("target", ["triton", "triton-python"])
-def test_converting_several_outputs_for_triton_is_exit_2_naming_them(tmp_path, several_output_exports, target):
-    export_dir = several_output_exports["two_heads_on_gru"].path
-    result = runner.invoke(app, ["convert", str(export_dir), "--to", target, "--out", str(tmp_path / "out"), "--json"])
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    payload = json.loads(result.stdout)
-    print(target, "->", payload["error"])
-    assert payload["error"].startswith(f"Converting to {target} {SEVERAL_OUTPUTS_REFUSED}")
-    assert not (tmp_path / "out").exists()
-
-
-def test_export_targets_triton_refuse_several_outputs_before_any_work(tmp_path):
-    base = tmp_path / "b"
-    result = runner.invoke(app, ["export", "tests.exporter.real_models:two_outputs", "--name", "m", "--base", str(base),
-                                 "--targets", "onnx,triton-python", "--json"])
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    payload = json.loads(result.stdout)
-    assert payload["error"].startswith(f"--targets triton-python {SEVERAL_OUTPUTS_REFUSED}")
-    assert not base.exists() or not any(base.iterdir())
-
-
 STATIC_INPUTS_REFUSED = ("supports exports with one sequence input; this one also has 1 static input(s) (context). "
                          "Not supported yet for static inputs")
 
@@ -265,6 +239,20 @@ def test_converting_static_inputs_for_triton_is_exit_2_naming_them(tmp_path, sta
     print(target, "->", payload["error"])
     assert payload["error"].startswith(f"Converting to {target} {STATIC_INPUTS_REFUSED}")
     assert not (tmp_path / "out").exists()
+
+
+def test_export_targets_triton_refuse_static_inputs_before_any_work(tmp_path):
+    """Several outputs go to Triton now (tests/exporter/convert/test_triton_several.py); static inputs not yet."""
+    base = tmp_path / "b"
+    result = runner.invoke(app, ["export", "tests.exporter.real_models:static_context", "--name", "m",
+                                 "--base", str(base), "--targets", "onnx,triton-python", "--json"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    payload = json.loads(result.stdout)
+    print(payload["error"])
+    assert payload["error"].startswith(f"--targets triton-python {STATIC_INPUTS_REFUSED}")
+    assert "starts from zeros, not from `initial_state`" in payload["error"]
+    assert not base.exists() or not any(base.iterdir())
 
 
 SEQUENCE_INPUTS_REFUSED = ("supports exports with one sequence input; this one also has 1 other sequence input(s) "
