@@ -236,9 +236,8 @@ def _load(model_ref, options: ExportOptions):
         )
     names = [getattr(t, "value", t) for t in options.targets]  # RuntimeTarget or its value
     triton = [n for n in names if n in {t.value for t in TRITON_TARGETS}]
-    if triton:  # LiteRT and ONNX take static inputs; Triton's configs do not yet (several outputs they do)
+    if triton:  # only triton-python is a --targets name: it takes several outputs and static inputs
         refuse_static_inputs_or_several_outputs(f"--targets {','.join(triton)}",
-                                                [i.name for i in step_model.static_inputs],
                                                 sequence_inputs=[i.name for i in step_model.sequence_inputs])
     return step_model, kind
 

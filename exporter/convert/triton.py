@@ -38,13 +38,16 @@ Triton's Python backend has no implicit state (its `libtriton_python.so` has no
 
     REPO/NAME/VERSION/model.py       `exporter/convert/triton_model.py`: one state per correlation id
     REPO/NAME/VERSION/step.onnx      the `step` signature, weights frozen
+    REPO/NAME/VERSION/initial_state.onnx  static-input exports: the `initial_state` signature
     REPO/NAME/config.pbtxt           `backend: "python"`, `sequence_batching` with the
                                      START / END / READY / CORRID controls and an idle timeout
 
 A request is one chunk of one sequence, `inputs [1, T, F]`; the response holds
 `outputs [1, T, O]` (several outputs: each by its own name, `chunk_outputs`) and every
-state after the chunk. `model.py` creates a
-sequence's state (zeros) on START, drops it on END, after the idle timeout, and
+state after the chunk. Static inputs are inputs of every request (`[1, K]`); START starts
+the state from `initial_state.onnx` of them. The onnxruntime backend refuses static inputs:
+Triton's implicit state starts from zeros or a data file only. `model.py` creates a
+sequence's state (zeros, or `initial_state` of the static inputs) on START, drops it on END, after the idle timeout, and
 past `max_sequences` live sequences (least recently used first); see its docstring.
 """
 
@@ -68,6 +71,7 @@ START_COMMAND = "tritonserver --model-repository={repo}"
 PYTHON_BACKEND = "python"
 PYTHON_MODEL_FILE = "model.py"
 PYTHON_STEP_FILE = "step.onnx"
+PYTHON_INITIAL_FILE = "initial_state.onnx"  # the `initial_state` signature, for exports with static inputs
 PYTHON_PARAMETER = "seqexport"  # `triton_model.PARAMETER`
 # Tensor names of the Python-backend model: one chunk in, its outputs and every state out.
 CHUNK_INPUT = "inputs"
@@ -315,15 +319,26 @@ def check_config(config, model) -> list[str]:
     return problems
 
 
-def python_model_config(name: str, model, options: TritonOptions = TritonOptions()):
+def python_model_config(name: str, model, options: TritonOptions = TritonOptions(), initial=None):
     """The `ModelConfig` of the Python-backend model (`triton_model.py`) for an ONNX step model.
 
     Args:
         name: the model's name in the repository.
         model: a `exporter.convert.runtimes.OrtModel` of the step model (as written, `CORRID` input or not).
         options: see `TritonOptions`; `correlation_id` is ignored (always declared).
+        initial: an `OrtModel` of the export's `initial_state` signature (`PYTHON_INITIAL_FILE`):
+            needed when the step model takes static inputs (each is then an input of every request,
+            and a sequence's state starts from `initial_state` of the START request's values).
+
+    Raises:
+        BadInput: the step model takes static inputs and `initial` is None.
     """
     from tritonclient.grpc import model_config_pb2 as pb  # optional dependency
+
+    statics = list(model.static_names)
+    if statics and initial is None:
+        raise BadInput(f"The step model takes the static input(s) {statics}: the Triton Python-backend model needs "
+                       "the export's `initial_state` model too, to start each sequence from them.")
 
     batched = options.max_batch_size > 0
     control = pb.ModelSequenceBatching.Control
@@ -332,6 +347,10 @@ def python_model_config(name: str, model, options: TritonOptions = TritonOptions
     one = None if batched else 1  # unbatched, the dims hold the batch dimension: one sequence per request
     config.input.append(pb.ModelInput(name=CHUNK_INPUT, data_type=data_type(x.dtype),
                                       dims=_dims((one, None, *x.shape[1:]), batched)))
+    for static in statics:  # no time axis: `[1, *shape]`, in every request of a sequence
+        info = model.inputs[static]
+        config.input.append(pb.ModelInput(name=static, data_type=data_type(info.dtype),
+                                          dims=_dims((one, *info.shape[1:]), batched)))
     states = sorted(model.state_names)
     outputs = chunk_outputs(model)
     for served, step_key in outputs:
@@ -358,6 +377,12 @@ def python_model_config(name: str, model, options: TritonOptions = TritonOptions
         "states": [{"name": s, "shape": [int(d) for d in model.inputs[s].shape[1:]],
                     "dtype": np.dtype(model.inputs[s].dtype).name} for s in states],
         "state_output_suffix": STATE_OUTPUT_SUFFIX,
+        "statics": statics,
+        "initial_model": None if initial is None else PYTHON_INITIAL_FILE,
+        # the `initial_state` model's scalar batch input and its outputs, `[onnx name, state name]` each
+        "initial_batch_input": None if initial is None else _initial_batch_input(initial, statics),
+        "initial_outputs": None if initial is None else [
+            [o.name, OrtModel._signature_key(o.name)] for o in initial.session.get_outputs()],
         "correlation_id_input": CORRELATION_ID,
         "idle_seconds": options.max_sequence_idle_microseconds / 1e6,
         "max_sequences": options.max_sequences,
@@ -381,7 +406,7 @@ def chunk_outputs(model) -> list[tuple[str, str]]:
     names = model.output_names
     if list(names) == ["y"]:
         return [(CHUNK_OUTPUT, "y")]
-    taken = states | {CHUNK_INPUT, START, END, READY, CORRELATION_ID}
+    taken = states | set(model.static_names) | {CHUNK_INPUT, START, END, READY, CORRELATION_ID}
     clashes = sorted(set(names) & taken)
     if clashes:
         raise BadInput(f"The Triton Python-backend model cannot name an output {', '.join(map(repr, clashes))}: "
@@ -390,25 +415,39 @@ def chunk_outputs(model) -> list[tuple[str, str]]:
     return [(n, n) for n in names]
 
 
+def _initial_batch_input(initial, statics) -> dict:
+    others = [n for n in initial.inputs if n not in statics]
+    if len(others) != 1 or initial.inputs[others[0]].shape != ():
+        raise ConversionFailed(f"the initial_state model takes {list(initial.inputs)}; expected one scalar batch "
+                               f"size beside the static inputs {statics}")
+    return {"name": others[0], "dtype": np.dtype(initial.inputs[others[0]].dtype).name}
+
+
 def python_spec(config) -> dict:
     """The `model.py` settings a Python-backend config carries (its `seqexport` parameter)."""
     return json.loads(config.parameters[PYTHON_PARAMETER].string_value)
 
 
 def write_python_repository(
-    repo: Path, *, name: str, version: int, onnx_model: bytes, options: TritonOptions = TritonOptions()
+    repo: Path, *, name: str, version: int, onnx_model: bytes, options: TritonOptions = TritonOptions(),
+    initial_model: bytes | None = None,
 ) -> tuple[Path, Path, Path]:
     """Writes `repo/name/version/{model.py,step.onnx}` and `repo/name/config.pbtxt`; returns their paths.
 
-    `onnx_model` is the converted step model (`onnx.convert_signature(..., "step")`).
+    `onnx_model` is the converted step model (`onnx.convert_signature(..., "step")`); `initial_model`,
+    for an export with static inputs, its converted `initial_state` (written as `PYTHON_INITIAL_FILE`).
     """
     model_dir = Path(repo) / name
     (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
     step_path = model_dir / str(version) / PYTHON_STEP_FILE
     step_path.write_bytes(onnx_model)
+    initial = None
+    if initial_model is not None:
+        (model_dir / str(version) / PYTHON_INITIAL_FILE).write_bytes(initial_model)
+        initial = OrtModel(initial_model)
     code_path = model_dir / str(version) / PYTHON_MODEL_FILE
     code_path.write_text((Path(__file__).parent / "triton_model.py").read_text())
-    config = python_model_config(name, OrtModel(onnx_model), options)
+    config = python_model_config(name, OrtModel(onnx_model), options, initial)
     config_path = model_dir / CONFIG_FILE
     write_config(config, config_path)
     return step_path, code_path, config_path

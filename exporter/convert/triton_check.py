@@ -168,6 +168,7 @@ def sequence_slots(config) -> int:
 
 def stream_sequences(client, model: str, inputs: np.ndarray, lengths, *, chunks: int, first_id: int,
                      slots: int | None = None, outputs: tuple[str, ...] = (triton.CHUNK_OUTPUT,),
+                     statics: dict[str, np.ndarray] | None = None,
                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Streams every row of `inputs` `[B, T, F]` as its own sequence, in `chunks` pieces each.
 
@@ -175,7 +176,10 @@ def stream_sequences(client, model: str, inputs: np.ndarray, lengths, *, chunks:
     so a state kept under the wrong id shows. Returns each of `outputs` (the response's
     per-step tensors, `[B, T, ...]`, zeros past a row's length) by name, and every other
     tensor of the response (the states) after each row's last chunk, stacked `[B, ...]`.
+    `statics` (`{name: [B, ...]}`, an export's static inputs): row b's values go with every request
+    of sequence b.
     """
+    statics = statics or {}
     batch, steps = inputs.shape[:2]
     slots = slots or batch
     plans = [_chunks(steps if lengths is None else int(lengths[b]), chunks) for b in range(batch)]
@@ -188,7 +192,7 @@ def stream_sequences(client, model: str, inputs: np.ndarray, lengths, *, chunks:
             continue
         start, stop = plans[b][k]
         out = client.infer(model, inputs[b:b + 1, start:stop], sequence_id=first_id + b, start=k == 0,
-                           end=k == len(plans[b]) - 1)
+                           end=k == len(plans[b]) - 1, statics={n: v[b:b + 1] for n, v in statics.items()})
         missing = [n for n in outputs if n not in out]
         if missing:
             raise ValueError(f"the response has no output {', '.join(map(repr, missing))}; it has {sorted(out)}")
@@ -255,6 +259,7 @@ def _python_rows(server, model: _Model, export: Path | None, tolerance: Toleranc
     tolerance = tolerance or manifest.options.tolerance
     inputs = golden["serving_default/in/inputs"]
     lengths = golden.get("serving_default/in/lengths")
+    statics = {i.name: golden[f"serving_default/in/{i.name}"] for i in manifest.static_inputs}
     rows: list[CheckResult] = []
     first_id = 1
     for protocol in PROTOCOLS:
@@ -265,7 +270,7 @@ def _python_rows(server, model: _Model, export: Path | None, tolerance: Toleranc
                 try:
                     outputs, states = stream_sequences(client, model.name, inputs, lengths, chunks=chunks,
                                                        first_id=first_id, slots=sequence_slots(model.config),
-                                                       outputs=served_outputs(manifest))
+                                                       outputs=served_outputs(manifest), statics=statics)
                 except Exception as exc:  # noqa: BLE001  the server's refusal is the finding
                     rows.append(failed(CHECK, label, "*", f"{type(exc).__name__}: {exc}"))
                 else:

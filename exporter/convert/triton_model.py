@@ -5,7 +5,8 @@ PyTorch backends do), so this model keeps each sequence's state itself, keyed by
 the sequence's correlation id, while Triton's sequence batcher routes the requests
 and fills the four control inputs (`config.pbtxt`, `sequence_batching`):
 
-- `START` (1 on a sequence's first request): the state is created, zeros, replacing
+- `START` (1 on a sequence's first request): the state is created, zeros (an export with
+  static inputs: the `initial_state` model run on that request's static inputs), replacing
   any state left under that id;
 - `END` (1 on its last request): the state is dropped after that request;
 - `READY` (0 on the padding requests the `direct` strategy may add): nothing runs,
@@ -22,7 +23,8 @@ computed from another state.
 A request holds one chunk of one sequence: `inputs [1, T, F]`; the response holds
 `outputs [1, T, O]` (an export with several outputs: each by its own name, `[1, T, ...]`,
 every step of a last-step output too, as `stream` returns it) and every state after the
-chunk (`[1, *state shape]`). Each
+chunk (`[1, *state shape]`). An export with static inputs takes each, `[1, *shape]`, in
+every request too, fed to every step. Each
 step runs the exported step model (ONNX, weights frozen) in ONNX Runtime.
 
 Only numpy, onnxruntime and Triton's `triton_python_backend_utils` are imported:
@@ -87,6 +89,15 @@ class TritonPythonModel:
         # (name in the response, name in the step model, per-step shape, dtype) of each output
         self.outputs = [(o["name"], o["step_output"], tuple(o["shape"]), np.dtype(o["dtype"])) for o in spec["outputs"]]
         self.states = [(s["name"], tuple(s["shape"]), np.dtype(s["dtype"])) for s in spec["states"]]
+        # Static inputs (no time axis): an input of every request, fed to every step; a sequence's
+        # state starts from the `initial_state` model run on the START request's values.
+        self.statics = list(spec.get("statics") or [])
+        self.initial = None
+        if spec.get("initial_model"):
+            self.initial = ort.InferenceSession(os.path.join(folder, spec["initial_model"]), options,
+                                                providers=["CPUExecutionProvider"])
+            self.initial_batch = spec["initial_batch_input"]
+            self.initial_outputs = spec["initial_outputs"]  # [onnx name, state name] each
         self.extra = {}
         names = {i.name for i in self.session.get_inputs()}
         if spec.get("correlation_id_input") in names:  # an unused CORRID input of the step model
@@ -114,14 +125,31 @@ class TritonPythonModel:
             self.logger.log_info(f"seqexport: dropped the state of sequence {key} after "
                                  f"{self.idle_seconds:g} s idle")
 
-    def _states_for(self, key, start, now):
+    def _static_values(self, request):
+        values = {}
+        for name in self.statics:
+            value = _from_triton(request, name)
+            if value is None:
+                raise SequenceError(f"the request has no static input {name!r}: send {self.statics} with every "
+                                    "request of a sequence")
+            values[name] = np.array(value)  # a copy: the request's memory is Triton's
+        return values
+
+    def _start_states(self, statics):
+        if self.initial is None:
+            return {name: np.zeros((1, *shape), dtype) for name, shape, dtype in self.states}
+        feed = {self.initial_batch["name"]: np.array(1, np.dtype(self.initial_batch["dtype"])), **statics}
+        values = self.initial.run([o for o, _ in self.initial_outputs], feed)
+        return {state: value for (_, state), value in zip(self.initial_outputs, values)}
+
+    def _states_for(self, key, start, now, statics):
         if start:
             self.live.pop(key, None)
             while len(self.live) >= self.max_sequences:
                 dropped, _ = self.live.popitem(last=False)
                 self.logger.log_warn(f"seqexport: dropped the state of sequence {dropped}: "
                                      f"more than {self.max_sequences} live sequences")
-            return {name: np.zeros((1, *shape), dtype) for name, shape, dtype in self.states}
+            return self._start_states(statics)
         if key not in self.live:
             raise SequenceError(f"sequence {key} has no state: its first request had no START flag, or its state was "
                            f"dropped (idle for over {self.idle_seconds:g} s, or more than {self.max_sequences} "
@@ -131,11 +159,11 @@ class TritonPythonModel:
     def _empty(self):
         return {name: np.zeros((1, 0, *shape), dtype) for name, _, shape, dtype in self.outputs}
 
-    def _run(self, chunk, states):
+    def _run(self, chunk, states, statics):
         steps = [[] for _ in self.outputs]
         count = len(self.outputs)
         for t in range(chunk.shape[1]):
-            results = self.session.run(self.fetch, {self.input: chunk[:, t], **states, **self.extra})
+            results = self.session.run(self.fetch, {self.input: chunk[:, t], **statics, **states, **self.extra})
             for kept, value in zip(steps, results[:count]):
                 kept.append(value)
             states = {name: value for (name, _, _), value in zip(self.states, results[count:])}
@@ -160,9 +188,10 @@ class TritonPythonModel:
                         responses.append(self._response(self._empty(), zeros))
                         continue
                     key = self._correlation_id(request)
-                    states = self._states_for(key, self._flag(request, "start") == 1, now)
+                    statics = self._static_values(request)
+                    states = self._states_for(key, self._flag(request, "start") == 1, now, statics)
                     chunk = np.array(_from_triton(request, "inputs"))  # a copy: the request's memory is Triton's
-                    outputs, states = self._run(chunk, states)
+                    outputs, states = self._run(chunk, states, statics)
                     if self._flag(request, "end") == 1:
                         self.live.pop(key, None)
                     else:

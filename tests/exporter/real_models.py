@@ -289,7 +289,7 @@ def two_outputs():
 
 
 def static_context():
-    """A factory for `seqexport export tests.exporter.real_models:static_context` (a static input)."""
+    """A factory for `seqexport export tests.exporter.real_models:static_context` (a static input sets the GRU state)."""
     return build("static_initial_state")
 
 

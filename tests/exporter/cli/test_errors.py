@@ -229,7 +229,7 @@ STATIC_INPUTS_REFUSED = ("supports exports with one sequence input; this one als
                          "Not supported yet for static inputs")
 
 
-@pytest.mark.parametrize("target", ["triton", "triton-python"])
+@pytest.mark.parametrize("target", ["triton"])  # triton-python takes them (test_triton_several_and_static.py)
 def test_converting_static_inputs_for_triton_is_exit_2_naming_them(tmp_path, static_input_exports, target):
     export_dir = static_input_exports["static_initial_state"].path
     result = runner.invoke(app, ["convert", str(export_dir), "--to", target, "--out", str(tmp_path / "out"), "--json"])
@@ -238,21 +238,9 @@ def test_converting_static_inputs_for_triton_is_exit_2_naming_them(tmp_path, sta
     payload = json.loads(result.stdout)
     print(target, "->", payload["error"])
     assert payload["error"].startswith(f"Converting to {target} {STATIC_INPUTS_REFUSED}")
+    assert "implicit state (`sequence_batching.state`) starts from zeros or a data file" in payload["error"]
+    assert "`--targets triton-python`) takes them" in payload["error"]
     assert not (tmp_path / "out").exists()
-
-
-def test_export_targets_triton_refuse_static_inputs_before_any_work(tmp_path):
-    """Several outputs go to Triton now (tests/exporter/convert/test_triton_several.py); static inputs not yet."""
-    base = tmp_path / "b"
-    result = runner.invoke(app, ["export", "tests.exporter.real_models:static_context", "--name", "m",
-                                 "--base", str(base), "--targets", "onnx,triton-python", "--json"])
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    payload = json.loads(result.stdout)
-    print(payload["error"])
-    assert payload["error"].startswith(f"--targets triton-python {STATIC_INPUTS_REFUSED}")
-    assert "starts from zeros, not from `initial_state`" in payload["error"]
-    assert not base.exists() or not any(base.iterdir())
 
 
 SEQUENCE_INPUTS_REFUSED = ("supports exports with one sequence input; this one also has 1 other sequence input(s) "

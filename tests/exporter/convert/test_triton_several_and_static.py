@@ -1,10 +1,14 @@
-"""Triton repositories of exports with several outputs: every output is a config output by name (dims,
-data type), `model.py` returns each, and the real `tritonserver` (nvidia-pytriton's, Python backend)
-streams the goldens with every output compared by name.
+"""Triton repositories of exports with several outputs or static inputs.
+
+Several outputs: every output is a config output by name (dims, data type), `model.py` returns each,
+and the real `tritonserver` (nvidia-pytriton's, Python backend) streams the goldens with every output
+compared by name. Static inputs (Python backend): an input of every request, and each sequence's state
+starts from the export's `initial_state` of them; the onnxruntime backend refuses them
+(tests/exporter/cli/test_errors.py).
 
 Tolerance of every compared row: the export's own (atol 1e-5, rtol 1e-4); the worst error is printed.
-One repository holds the three several-output exports for the Python backend and one of them for the
-ONNX Runtime backend, so one server start checks them all.
+One repository holds the three several-output and two static-input exports for the Python backend and
+one several-output export for the ONNX Runtime backend, so one server start checks them all.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as pb
 from typer.testing import CliRunner
 
+from exporter.artifact.errors import BadInput
 from exporter.cli.app import app
 from exporter.convert import triton
 from exporter.convert.graph import load_export
@@ -23,22 +28,28 @@ from exporter.convert.runtimes import OrtModel
 from exporter.convert.targets import convert_export
 from tests.exporter.convert.common import describe
 
-NAMES = ("two_heads_on_gru", "head_and_lstm_states", "dict_of_outputs")
+SEVERAL = ("two_heads_on_gru", "head_and_lstm_states", "dict_of_outputs")
+STATIC = ("static_initial_state", "static_features_per_step")
+NAMES = SEVERAL + STATIC
 ORT_NAME = "two_heads_on_gru_ort"  # the onnxruntime-backend model of two_heads_on_gru in the same repository
 
 
 @pytest.fixture(scope="module")
-def loaded(several_output_exports):
-    return {name: load_export(several_output_exports[name].path) for name in NAMES}
+def exports(several_output_exports, static_input_exports):
+    return {name: export.path for name, export in {**several_output_exports, **static_input_exports}.items()}
 
 
 @pytest.fixture(scope="module")
-def repo(several_output_exports, loaded, tmp_path_factory):
+def loaded(exports):
+    return {name: load_export(exports[name]) for name in NAMES}
+
+
+@pytest.fixture(scope="module")
+def repo(exports, loaded, tmp_path_factory):
     """`(repo, {model: report})`: the Python-backend models of NAMES, and `ORT_NAME`."""
     repo = tmp_path_factory.mktemp("triton_several")
-    reports = {name: convert_export(several_output_exports[name].path, "triton-python", repo, loaded=loaded[name])
-               for name in NAMES}
-    reports[ORT_NAME] = convert_export(several_output_exports["two_heads_on_gru"].path, "triton", repo,
+    reports = {name: convert_export(exports[name], "triton-python", repo, loaded=loaded[name]) for name in NAMES}
+    reports[ORT_NAME] = convert_export(exports["two_heads_on_gru"], "triton", repo,
                                        loaded=loaded["two_heads_on_gru"], triton_name=ORT_NAME)
     return repo, reports
 
@@ -53,10 +64,10 @@ def server(repo):
 
 
 def _keys(manifest) -> set[str]:
-    return {o.name for o in manifest.outputs} | {s.name for s in manifest.states}
+    return {key for key, _, _ in manifest.output_keys()} | {s.name for s in manifest.states}
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SEVERAL)
 def test_python_config_lists_every_output_by_name(repo, loaded, name):
     folder, reports = repo
     print(describe(reports[name]))
@@ -73,6 +84,29 @@ def test_python_config_lists_every_output_by_name(repo, loaded, name):
     spec = triton.python_spec(config)
     assert [(o["name"], o["step_output"], o["shape"]) for o in spec["outputs"]] == [
         (o.name, o.name, list(o.shape)) for o in outputs]
+
+
+@pytest.mark.parametrize("name", STATIC)
+def test_python_config_takes_every_static_input(repo, loaded, name):
+    folder, reports = repo
+    print(describe(reports[name]))
+    assert reports[name].passed, reports[name].failures
+    assert {f.path for f in reports[name].files} >= {f"{name}/1/{triton.PYTHON_INITIAL_FILE}",
+                                                      f"{name}/1/{triton.PYTHON_STEP_FILE}"}
+    assert {c.signature for c in reports[name].checks} >= {"initial_state", "step", "step driver x1"}
+    manifest = loaded[name].manifest
+    config = triton.read_config(folder / name / "config.pbtxt")
+    step = OrtModel.load(folder / name / "1" / triton.PYTHON_STEP_FILE)
+    initial = OrtModel.load(folder / name / "1" / triton.PYTHON_INITIAL_FILE)
+    assert config == triton.python_model_config(name, step, initial=initial)
+    assert [(t.name, list(t.dims)) for t in config.input] == [("inputs", [-1, 3])] + [
+        (i.name, list(i.shape)) for i in manifest.static_inputs]
+    spec = triton.python_spec(config)
+    assert spec["statics"] == [i.name for i in manifest.static_inputs]
+    assert spec["initial_model"] == triton.PYTHON_INITIAL_FILE
+    assert sorted(state for _, state in spec["initial_outputs"]) == sorted(s.name for s in manifest.states)
+    with pytest.raises(BadInput, match="needs the export's `initial_state` model"):
+        triton.python_model_config(name, step)
 
 
 def test_onnxruntime_config_lists_every_output_and_agrees_with_the_model(repo, loaded):
@@ -135,6 +169,32 @@ def test_the_check_fails_on_a_swapped_or_missing_output(repo, server, loaded):
     assert "returned no output 'right'" in next(r.message for r in missing if r.tensor == "right")
 
 
+def test_static_inputs_go_with_every_request_and_set_the_start_state(repo, server, loaded):
+    """Another row's static values, on the server's real responses, must fail: for `static_initial_state`
+    they only set the state START gives (`initial_state`), so the check sees whether that state is used."""
+    from exporter.convert.triton_check import golden_rows, served_outputs, stream_sequences
+    from exporter.convert.triton_server import SequenceClient
+
+    for offset, name in enumerate(STATIC):
+        manifest, golden = loaded[name].manifest, loaded[name].golden
+        tolerance = manifest.options.tolerance
+        inputs = golden["serving_default/in/inputs"]
+        statics = {i.name: golden[f"serving_default/in/{i.name}"] for i in manifest.static_inputs}
+        rolled = {n: np.roll(v, 1, axis=0) for n, v in statics.items()}
+        with SequenceClient("http", server.http_url) as client:
+            good = stream_sequences(client, name, inputs, None, chunks=2, first_id=8000 + 100 * offset,
+                                    outputs=served_outputs(manifest), statics=statics)
+            wrong = stream_sequences(client, name, inputs, None, chunks=2, first_id=8050 + 100 * offset,
+                                     outputs=served_outputs(manifest), statics=rolled)
+            with pytest.raises(Exception, match=r"missing required input\(s\) \['"):  # Triton refuses it
+                client.infer(name, inputs[:1, :2], sequence_id=8099 + 100 * offset, start=True, end=True)
+        good_rows = golden_rows("good", *good, manifest, golden, tolerance)
+        assert all(r.passed for r in good_rows), [r for r in good_rows if not r.passed]
+        wrong_rows = golden_rows("rolled", *wrong, manifest, golden, tolerance)
+        print(name, "rolled statics:", [(r.tensor, r.max_abs) for r in wrong_rows])
+        assert not next(r for r in wrong_rows if r.tensor == "outputs").passed
+
+
 def test_cli_converts_several_outputs_for_triton(several_output_exports, tmp_path):
     export_dir = several_output_exports["dict_of_outputs"].path
     result = CliRunner().invoke(app, ["convert", str(export_dir), "--to", "triton", "--out", str(tmp_path / "r"),
@@ -147,11 +207,12 @@ def test_cli_converts_several_outputs_for_triton(several_output_exports, tmp_pat
 
 
 @pytest.mark.slow
-def test_export_targets_triton_python_with_two_outputs(tmp_path):
+@pytest.mark.parametrize("factory,tensors", [("two_outputs", {"left", "right"}), ("static_context", {"outputs"})])
+def test_export_targets_triton_python(tmp_path, factory, tensors):
     from exporter.convert.triton_check import check_repository
 
     base = tmp_path / "b"
-    result = CliRunner().invoke(app, ["export", "tests.exporter.real_models:two_outputs", "--name", "m",
+    result = CliRunner().invoke(app, ["export", f"tests.exporter.real_models:{factory}", "--name", "m",
                                       "--base", str(base), "--targets", "triton-python", "--json"])
     assert result.exit_code == 0, result.output
     repo = base / "m" / "1" / "assets.extra" / "seqexport" / "runtimes" / "triton-python"
@@ -159,4 +220,4 @@ def test_export_targets_triton_python_with_two_outputs(tmp_path):
     for row in report.checks:
         print(row.signature, row.tensor, row.max_abs)
     assert report.passed, report.failures
-    assert {c.tensor for c in report.checks if c.signature == "m grpc x1"} >= {"left", "right"}
+    assert {c.tensor for c in report.checks if c.signature == "m grpc x1"} >= tensors
