@@ -236,10 +236,8 @@ def _load(model_ref, options: ExportOptions):
         )
     names = [getattr(t, "value", t) for t in options.targets]  # RuntimeTarget or its value
     triton = [n for n in names if n in {t.value for t in TRITON_TARGETS}]
-    if triton:  # LiteRT and ONNX take them; Triton's configs do not yet
+    if triton:  # only triton-python is a --targets name: it takes several outputs and static inputs
         refuse_static_inputs_or_several_outputs(f"--targets {','.join(triton)}",
-                                                [i.name for i in step_model.static_inputs],
-                                                [o.name for o in step_model.outputs],
                                                 sequence_inputs=[i.name for i in step_model.sequence_inputs])
     return step_model, kind
 

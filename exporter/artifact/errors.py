@@ -67,10 +67,10 @@ def several_outputs_unsupported(what: str, names) -> str:
     names = list(names)
     return (
         f"{what} supports exports with one output; this one has {len(names)} ({', '.join(names)}). "
-        "Not supported yet for several outputs: the Triton conversions (`--to triton`, `--to triton-python`, "
-        "`--targets triton-python`). The LiteRT and ONNX conversions (`--to tflite`, `--to onnx`) take them, and "
-        "the TF export itself returns every output by name from `serving_default`, `stream` and `step` (TF "
-        "Serving, `seqexport serve`, the streaming session `serving.session.StreamingSession`): use those."
+        "The LiteRT, ONNX and Triton conversions (`--to tflite`, `--to onnx`, `--to triton`, "
+        "`--to triton-python`, `--targets`) take them, and the TF export itself returns every output by name "
+        "from `serving_default`, `stream` and `step` (TF Serving, `seqexport serve`, the streaming session "
+        "`serving.session.StreamingSession`): use those."
     )
 
 
@@ -94,9 +94,13 @@ def static_inputs_unsupported(what: str, names) -> str:
     names = list(names)
     return (
         f"{what} supports exports with one sequence input; this one also has {len(names)} static input(s) "
-        f"({', '.join(names)}). Not supported yet for static inputs: the Triton conversions (`--to triton`, "
-        "`--to triton-python`, `--targets triton-python`). The LiteRT and ONNX conversions (`--to tflite`, "
-        "`--to onnx`) take them, and the TF export itself takes them in every signature (`serving_default`, "
+        f"({', '.join(names)}). Not supported yet for static inputs: the Triton onnxruntime backend "
+        "(`--to triton`), whose implicit state (`sequence_batching.state`) starts from zeros "
+        "or a data file, never from a request's input, while this export's states may start from `initial_state` "
+        "of the static inputs. The Triton Python backend (`--to triton-python`, `--to triton --backend python`, "
+        "`--targets triton-python`) takes them: an input of every request, the state started from "
+        "`initial_state` on START. So do the LiteRT and ONNX conversions (`--to tflite`, "
+        "`--to onnx`), and the TF export itself takes them in every signature (`serving_default`, "
         "`stream`, `step`, `initial_state`; TF Serving, `seqexport serve`, the streaming session "
         "`serving.session.StreamingSession(..., statics=...)`): use those."
     )

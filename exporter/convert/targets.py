@@ -7,12 +7,14 @@ What each target gets (files relative to the output folder):
 | `tflite` | `step.tflite`; `stream_b<N>.tflite` when a batch N is given; `initial_state.tflite` with static inputs | only at a static batch, and LiteRT's `WHILE` was measured O(T^2): use the step driver |
 | `onnx` | `step.onnx`, `stream.onnx`; `initial_state.onnx` with static inputs | yes: a `Loop`, dynamic batch and time |
 | `triton` | `NAME/VERSION/model.onnx` + `NAME/config.pbtxt` (a model repository, ONNX Runtime backend) | no: Triton keeps the state and feeds one step per request |
-| `triton-python` | `NAME/VERSION/{model.py,step.onnx}` + `NAME/config.pbtxt` (Python backend) | a chunk per request; `model.py` keeps the state per correlation id |
+| `triton-python` | `NAME/VERSION/{model.py,step.onnx}` (+ `initial_state.onnx` with static inputs) + `NAME/config.pbtxt` (Python backend) | a chunk per request; `model.py` keeps the state per correlation id |
 
 Several outputs: each is an output of the converted models, by name, and every one is
 checked. Static inputs: an input of each converted model, by name, fed with every call; the
-`initial_state` signature is converted too (its states may start from them). Triton takes
-exports with one output and no static inputs only (refused otherwise, exit 2).
+`initial_state` signature is converted too (its states may start from them). Both Triton
+targets take several outputs (each a config output by name); static inputs only
+`triton-python` (an input of every request; `initial_state.onnx` sets the state on START):
+`triton` refuses them (exit 2), Triton's implicit state starting from zeros or a file only.
 
 Gradients are TF-only: no converted model has `input_gradients`, and a
 `tf.custom_gradient` in the export (the demo has one) exists only in the SavedModel.
@@ -315,10 +317,16 @@ def _triton(run: _Run, name: str, version: int, options) -> None:
 
 
 def _triton_python(run: _Run, name: str, version: int, options) -> None:
+    relative = f"{name}/{version}/{triton.PYTHON_INITIAL_FILE}"
+    initial = _initial_model(run, relative, onnx.convert_signature, OrtModel)
+    if run.loaded.manifest.static_inputs and initial is None:
+        return  # its failed row says why; without it no sequence could start from the static inputs
+    initial_bytes = None if initial is None else (run.out_dir / relative).read_bytes()
+
     def make() -> bytes:
         content = onnx.convert_signature(run.loaded, "step")
         step_path, code_path, config_path = triton.write_python_repository(
-            run.out_dir, name=name, version=version, onnx_model=content, options=options)
+            run.out_dir, name=name, version=version, onnx_model=content, options=options, initial_model=initial_bytes)
         for path in (code_path, config_path):
             relative = path.relative_to(run.out_dir).as_posix()
             run.files.append(ModelFile(path=relative, signature="step", batch=None, size=path.stat().st_size,
@@ -328,7 +336,11 @@ def _triton_python(run: _Run, name: str, version: int, options) -> None:
     content = run.convert("step", f"{name}/{version}/{triton.PYTHON_STEP_FILE}", make)
     if content is None:
         return
-    run.check("step", lambda: OrtModel(content))
+    run.check("step", lambda: OrtModel(content), initial=initial)
+    if initial is not None:
+        run.notes.append(
+            f"Static inputs {[i.name for i in run.loaded.manifest.static_inputs]}: an input of every request "
+            f"([1, ...]); a sequence's state starts from {triton.PYTHON_INITIAL_FILE} of the START request's values.")
     run.notes.append(
         "Triton Python backend: model.py keeps each sequence's state by correlation id (created on START, "
         "dropped on END, after max_sequence_idle_microseconds idle, and past max_sequences live ones); one "
@@ -383,11 +395,9 @@ def convert_export(
         raise BadInput(f"A stream batch size (got {stream_batch}) is for --to tflite only, and must be positive.")
     loaded = loaded or load_export(Path(export_dir))
     sequence_inputs = [i.name for i in loaded.manifest.sequence_inputs]
-    if target in TRITON_TARGETS or sequence_inputs:
-        for_triton = target in TRITON_TARGETS  # LiteRT and ONNX take static inputs and several outputs
-        refuse_static_inputs_or_several_outputs(f"Converting to {target.value}",
-                                                [i.name for i in loaded.manifest.static_inputs] if for_triton else [],
-                                                [o.name for o in loaded.manifest.outputs] if for_triton else [],
+    if target in TRITON_TARGETS or sequence_inputs:  # the others take static inputs and several outputs
+        statics = [i.name for i in loaded.manifest.static_inputs] if target is RuntimeTarget.TRITON else []
+        refuse_static_inputs_or_several_outputs(f"Converting to {target.value}", statics,
                                                 sequence_inputs=sequence_inputs)
     out_dir = Path(out_dir)
     run = _Run(loaded, target, out_dir, tolerance or loaded.manifest.options.tolerance)

@@ -14,7 +14,8 @@ not for TF SavedModels. The export's ONNX step model is the bridge:
     REPO/NAME/VERSION/model.onnx     the `step` signature (x, *states -> y, *states_next)
     REPO/NAME/config.pbtxt           a `ModelConfig` (tritonclient's model_config_pb2)
 
-The config lists `x` and `y` as the model's input and output, and one
+The config lists `x` and `y` as the model's input and output (an export with several
+outputs: each output by its `step` name, with its dims and data type), and one
 `sequence_batching.state` entry per state mapping its input to its `<state>_next`
 output, zero-initialised at the start of each sequence. A client sends one step
 per request with a correlation id (`sequence_id`) and the `sequence_start` /
@@ -37,12 +38,16 @@ Triton's Python backend has no implicit state (its `libtriton_python.so` has no
 
     REPO/NAME/VERSION/model.py       `exporter/convert/triton_model.py`: one state per correlation id
     REPO/NAME/VERSION/step.onnx      the `step` signature, weights frozen
+    REPO/NAME/VERSION/initial_state.onnx  static-input exports: the `initial_state` signature
     REPO/NAME/config.pbtxt           `backend: "python"`, `sequence_batching` with the
                                      START / END / READY / CORRID controls and an idle timeout
 
 A request is one chunk of one sequence, `inputs [1, T, F]`; the response holds
-`outputs [1, T, O]` and every state after the chunk. `model.py` creates a
-sequence's state (zeros) on START, drops it on END, after the idle timeout, and
+`outputs [1, T, O]` (several outputs: each by its own name, `chunk_outputs`) and every
+state after the chunk. Static inputs are inputs of every request (`[1, K]`); START starts
+the state from `initial_state.onnx` of them. The onnxruntime backend refuses static inputs:
+Triton's implicit state starts from zeros or a data file only. `model.py` creates a
+sequence's state (zeros, or `initial_state` of the static inputs) on START, drops it on END, after the idle timeout, and
 past `max_sequences` live sequences (least recently used first); see its docstring.
 """
 
@@ -56,7 +61,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 
-from exporter.artifact.errors import ConversionFailed
+from exporter.artifact.errors import BadInput, ConversionFailed
 from exporter.convert.runtimes import CORRELATION_ID, STATE_OUTPUT_SUFFIX, OrtModel, state_output_name
 
 CONFIG_FILE = "config.pbtxt"
@@ -66,6 +71,7 @@ START_COMMAND = "tritonserver --model-repository={repo}"
 PYTHON_BACKEND = "python"
 PYTHON_MODEL_FILE = "model.py"
 PYTHON_STEP_FILE = "step.onnx"
+PYTHON_INITIAL_FILE = "initial_state.onnx"  # the `initial_state` signature, for exports with static inputs
 PYTHON_PARAMETER = "seqexport"  # `triton_model.PARAMETER`
 # Tensor names of the Python-backend model: one chunk in, its outputs and every state out.
 CHUNK_INPUT = "inputs"
@@ -192,7 +198,7 @@ def model_config(name: str, model, options: TritonOptions = TritonOptions()):
     for key in ("x",):
         info = model.inputs[key]
         config.input.append(pb.ModelInput(name=key, data_type=data_type(info.dtype), dims=_dims(info.shape, batched)))
-    for key in ("y",):
+    for key in model.output_names:  # `y`, or every output of an export with several, by name
         info = model.outputs[key]
         config.output.append(pb.ModelOutput(name=key, data_type=data_type(info.dtype), dims=_dims(info.shape, batched)))
     batching = _sequence_batching(config, options)
@@ -274,7 +280,8 @@ def check_config(config, model) -> list[str]:
             problems.append(f"{kind} {name!r}: dims {list(dims)}, model has {want_dims}")
 
     raw_inputs = dict(model.inputs)
-    raw_outputs = {(k if k == "y" else k + STATE_OUTPUT_SUFFIX): v for k, v in model.outputs.items()}
+    states = set(model.state_names)
+    raw_outputs = {(k + STATE_OUTPUT_SUFFIX if k in states else k): v for k, v in model.outputs.items()}
     for tensor in config.input:
         expect("config input", tensor.name, raw_inputs, tensor.data_type, tensor.dims)
     for tensor in config.output:
@@ -312,26 +319,44 @@ def check_config(config, model) -> list[str]:
     return problems
 
 
-def python_model_config(name: str, model, options: TritonOptions = TritonOptions()):
+def python_model_config(name: str, model, options: TritonOptions = TritonOptions(), initial=None):
     """The `ModelConfig` of the Python-backend model (`triton_model.py`) for an ONNX step model.
 
     Args:
         name: the model's name in the repository.
         model: a `exporter.convert.runtimes.OrtModel` of the step model (as written, `CORRID` input or not).
         options: see `TritonOptions`; `correlation_id` is ignored (always declared).
+        initial: an `OrtModel` of the export's `initial_state` signature (`PYTHON_INITIAL_FILE`):
+            needed when the step model takes static inputs (each is then an input of every request,
+            and a sequence's state starts from `initial_state` of the START request's values).
+
+    Raises:
+        BadInput: the step model takes static inputs and `initial` is None.
     """
     from tritonclient.grpc import model_config_pb2 as pb  # optional dependency
+
+    statics = list(model.static_names)
+    if statics and initial is None:
+        raise BadInput(f"The step model takes the static input(s) {statics}: the Triton Python-backend model needs "
+                       "the export's `initial_state` model too, to start each sequence from them.")
 
     batched = options.max_batch_size > 0
     control = pb.ModelSequenceBatching.Control
     config = pb.ModelConfig(name=name, backend=PYTHON_BACKEND, max_batch_size=options.max_batch_size)
-    x, y = model.inputs["x"], model.outputs["y"]
+    x = model.inputs["x"]
     one = None if batched else 1  # unbatched, the dims hold the batch dimension: one sequence per request
     config.input.append(pb.ModelInput(name=CHUNK_INPUT, data_type=data_type(x.dtype),
                                       dims=_dims((one, None, *x.shape[1:]), batched)))
-    config.output.append(pb.ModelOutput(name=CHUNK_OUTPUT, data_type=data_type(y.dtype),
-                                        dims=_dims((one, None, *y.shape[1:]), batched)))
+    for static in statics:  # no time axis: `[1, *shape]`, in every request of a sequence
+        info = model.inputs[static]
+        config.input.append(pb.ModelInput(name=static, data_type=data_type(info.dtype),
+                                          dims=_dims((one, *info.shape[1:]), batched)))
     states = sorted(model.state_names)
+    outputs = chunk_outputs(model)
+    for served, step_key in outputs:
+        info = model.outputs[step_key]
+        config.output.append(pb.ModelOutput(name=served, data_type=data_type(info.dtype),
+                                            dims=_dims((one, None, *info.shape[1:]), batched)))
     for state in states:
         info = model.inputs[state]
         config.output.append(pb.ModelOutput(name=state, data_type=data_type(info.dtype),
@@ -346,12 +371,18 @@ def python_model_config(name: str, model, options: TritonOptions = TritonOptions
     spec = {
         "step_model": PYTHON_STEP_FILE,
         "input": "x",
-        "output": "y",
-        "output_dtype": np.dtype(y.dtype).name,
-        "output_shape": [int(d) for d in y.shape[1:]],
+        # Each output: its tensor name in the response, in the ONNX step model, and its per-step dtype/shape.
+        "outputs": [{"name": served, "step_output": step_key, "dtype": np.dtype(model.outputs[step_key].dtype).name,
+                     "shape": [int(d) for d in model.outputs[step_key].shape[1:]]} for served, step_key in outputs],
         "states": [{"name": s, "shape": [int(d) for d in model.inputs[s].shape[1:]],
                     "dtype": np.dtype(model.inputs[s].dtype).name} for s in states],
         "state_output_suffix": STATE_OUTPUT_SUFFIX,
+        "statics": statics,
+        "initial_model": None if initial is None else PYTHON_INITIAL_FILE,
+        # the `initial_state` model's scalar batch input and its outputs, `[onnx name, state name]` each
+        "initial_batch_input": None if initial is None else _initial_batch_input(initial, statics),
+        "initial_outputs": None if initial is None else [
+            [o.name, OrtModel._signature_key(o.name)] for o in initial.session.get_outputs()],
         "correlation_id_input": CORRELATION_ID,
         "idle_seconds": options.max_sequence_idle_microseconds / 1e6,
         "max_sequences": options.max_sequences,
@@ -361,25 +392,62 @@ def python_model_config(name: str, model, options: TritonOptions = TritonOptions
     return config
 
 
+def chunk_outputs(model) -> list[tuple[str, str]]:
+    """`(name in the response, name in the ONNX step model)` of each output of the Python-backend model.
+
+    One output: `("outputs", "y")`, as `stream` names it. Several: each by its own name in both (the
+    export's `serving_default` / `stream` / `step` key), sorted by name.
+
+    Raises:
+        BadInput: an output name that is also a state or a control/input name of the config
+            (Triton needs every tensor name once).
+    """
+    states = set(model.state_names)
+    names = model.output_names
+    if list(names) == ["y"]:
+        return [(CHUNK_OUTPUT, "y")]
+    taken = states | set(model.static_names) | {CHUNK_INPUT, START, END, READY, CORRELATION_ID}
+    clashes = sorted(set(names) & taken)
+    if clashes:
+        raise BadInput(f"The Triton Python-backend model cannot name an output {', '.join(map(repr, clashes))}: "
+                       f"the config already uses {sorted(taken)} for its input, controls and states. "
+                       "Rename that Keras output and export again.")
+    return [(n, n) for n in names]
+
+
+def _initial_batch_input(initial, statics) -> dict:
+    others = [n for n in initial.inputs if n not in statics]
+    if len(others) != 1 or initial.inputs[others[0]].shape != ():
+        raise ConversionFailed(f"the initial_state model takes {list(initial.inputs)}; expected one scalar batch "
+                               f"size beside the static inputs {statics}")
+    return {"name": others[0], "dtype": np.dtype(initial.inputs[others[0]].dtype).name}
+
+
 def python_spec(config) -> dict:
     """The `model.py` settings a Python-backend config carries (its `seqexport` parameter)."""
     return json.loads(config.parameters[PYTHON_PARAMETER].string_value)
 
 
 def write_python_repository(
-    repo: Path, *, name: str, version: int, onnx_model: bytes, options: TritonOptions = TritonOptions()
+    repo: Path, *, name: str, version: int, onnx_model: bytes, options: TritonOptions = TritonOptions(),
+    initial_model: bytes | None = None,
 ) -> tuple[Path, Path, Path]:
     """Writes `repo/name/version/{model.py,step.onnx}` and `repo/name/config.pbtxt`; returns their paths.
 
-    `onnx_model` is the converted step model (`onnx.convert_signature(..., "step")`).
+    `onnx_model` is the converted step model (`onnx.convert_signature(..., "step")`); `initial_model`,
+    for an export with static inputs, its converted `initial_state` (written as `PYTHON_INITIAL_FILE`).
     """
     model_dir = Path(repo) / name
     (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
     step_path = model_dir / str(version) / PYTHON_STEP_FILE
     step_path.write_bytes(onnx_model)
+    initial = None
+    if initial_model is not None:
+        (model_dir / str(version) / PYTHON_INITIAL_FILE).write_bytes(initial_model)
+        initial = OrtModel(initial_model)
     code_path = model_dir / str(version) / PYTHON_MODEL_FILE
     code_path.write_text((Path(__file__).parent / "triton_model.py").read_text())
-    config = python_model_config(name, OrtModel(onnx_model), options)
+    config = python_model_config(name, OrtModel(onnx_model), options, initial)
     config_path = model_dir / CONFIG_FILE
     write_config(config, config_path)
     return step_path, code_path, config_path

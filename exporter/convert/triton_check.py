@@ -5,9 +5,10 @@ For every model of the repository (a folder with a `config.pbtxt`):
 - `backend: "python"` (`seqexport convert --to triton --backend python`): the server
   loads it; the golden `serving_default` inputs of its export are streamed through it
   in 1, 2 and T chunks per sequence, every golden row its own sequence (correlation
-  id), the sequences interleaved request by request, over gRPC and over HTTP; the
-  outputs and the states after the last chunk are compared with `golden.npz`
-  (same rows as `verify`).
+  id), the sequences interleaved request by request, over gRPC and over HTTP; every
+  output (by name, for an export with several) and the states after the last chunk
+  are compared with `golden.npz` (same rows as `verify`, at the export's own tolerance,
+  `manifest.options.tolerance`; each row carries its max abs error).
 - `onnxruntime` (the default `--to triton`): the wheel's server has no ONNX Runtime
   backend, so it can check the config only as far as Triton's core goes before it
   needs the backend (text format, names, batch size, sequence-batching controls: a
@@ -166,17 +167,23 @@ def sequence_slots(config) -> int:
 
 
 def stream_sequences(client, model: str, inputs: np.ndarray, lengths, *, chunks: int, first_id: int,
-                     slots: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                     slots: int | None = None, outputs: tuple[str, ...] = (triton.CHUNK_OUTPUT,),
+                     statics: dict[str, np.ndarray] | None = None,
+                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Streams every row of `inputs` `[B, T, F]` as its own sequence, in `chunks` pieces each.
 
     Requests of up to `slots` sequences alternate (chunk k of every row, then chunk k + 1),
-    so a state kept under the wrong id shows. Returns the outputs `[B, T, O]` (zeros past
-    a row's length) and the states after each row's last chunk, stacked `[B, ...]`.
+    so a state kept under the wrong id shows. Returns each of `outputs` (the response's
+    per-step tensors, `[B, T, ...]`, zeros past a row's length) by name, and every other
+    tensor of the response (the states) after each row's last chunk, stacked `[B, ...]`.
+    `statics` (`{name: [B, ...]}`, an export's static inputs): row b's values go with every request
+    of sequence b.
     """
+    statics = statics or {}
     batch, steps = inputs.shape[:2]
     slots = slots or batch
     plans = [_chunks(steps if lengths is None else int(lengths[b]), chunks) for b in range(batch)]
-    pieces: list[list[np.ndarray]] = [[] for _ in range(batch)]
+    pieces: list[dict[str, list[np.ndarray]]] = [{n: [] for n in outputs} for _ in range(batch)]
     finals: list[dict[str, np.ndarray] | None] = [None] * batch
     order = [(group, k, b) for group in range(0, batch, slots)
              for k in range(max(len(p) for p in plans)) for b in range(group, min(batch, group + slots))]
@@ -185,35 +192,56 @@ def stream_sequences(client, model: str, inputs: np.ndarray, lengths, *, chunks:
             continue
         start, stop = plans[b][k]
         out = client.infer(model, inputs[b:b + 1, start:stop], sequence_id=first_id + b, start=k == 0,
-                           end=k == len(plans[b]) - 1)
-        pieces[b].append(out.pop("outputs")[0])
+                           end=k == len(plans[b]) - 1, statics={n: v[b:b + 1] for n, v in statics.items()})
+        missing = [n for n in outputs if n not in out]
+        if missing:
+            raise ValueError(f"the response has no output {', '.join(map(repr, missing))}; it has {sorted(out)}")
+        for name in outputs:
+            pieces[b][name].append(out.pop(name)[0])
         finals[b] = {name: value[0] for name, value in out.items()}
-    rows = []
-    for b in range(batch):
-        got = np.concatenate(pieces[b], axis=0) if pieces[b] else None
-        padded = np.zeros((steps, *(got.shape[1:] if got is not None else ())), np.float32)
-        if got is not None:
-            padded[: len(got)] = got
-        rows.append(padded)
+    streamed = {}
+    for name in outputs:
+        rows = []
+        shape, dtype = next(((p[name][0].shape[1:], p[name][0].dtype) for p in pieces if p[name]), ((), np.float32))
+        for b in range(batch):
+            padded = np.zeros((steps, *shape), dtype)
+            if pieces[b][name]:
+                got = np.concatenate(pieces[b][name], axis=0)
+                padded[: len(got)] = got
+            rows.append(padded)
+        streamed[name] = np.stack(rows)
     names = sorted({n for f in finals if f for n in f})
     states = {n: np.stack([f[n] if f else np.zeros_like(next(x for x in finals if x)[n]) for f in finals])
               for n in names}
-    return np.stack(rows), states
+    return streamed, states
 
 
-def golden_rows(label: str, outputs: np.ndarray, states: dict, manifest: Manifest, golden: dict,
+def served_outputs(manifest: Manifest) -> tuple[str, ...]:
+    """The per-step output tensors of the Python-backend model for `manifest`'s export, by name
+    (`triton.chunk_outputs`): `outputs`, or each of several outputs."""
+    if not manifest.outputs:
+        return (triton.CHUNK_OUTPUT,)
+    return tuple(sorted(o.name for o in manifest.outputs))
+
+
+def golden_rows(label: str, outputs: dict[str, np.ndarray], states: dict, manifest: Manifest, golden: dict,
                 tolerance: Tolerance) -> list[CheckResult]:
-    """Streamed outputs and final states vs the golden `serving_default` ones (`parity.driver_checks` rules)."""
-    want_outputs = golden["serving_default/out/outputs"]
+    """Every streamed output (by name) and final state vs the golden `serving_default` ones
+    (`parity.driver_checks` rules: a last-step output at each row's last valid step, a masked
+    export's outputs at the valid steps only)."""
     lengths = golden.get("serving_default/in/lengths")
     rows = []
-    if manifest.last_step_only:
-        rows.append(compare(CHECK, label, "outputs", last_valid(outputs, lengths), want_outputs, tolerance))
-    elif lengths is not None:
-        valid = np.arange(outputs.shape[1])[None, :] < lengths[:, None]
-        rows.append(compare(CHECK, label, "outputs[t<lengths]", outputs[valid], want_outputs[valid], tolerance))
-    else:
-        rows.append(compare(CHECK, label, "outputs", outputs, want_outputs, tolerance))
+    for key, _, last_step in manifest.output_keys():
+        want = golden[f"serving_default/out/{key}"]
+        if key not in outputs:
+            rows.append(failed(CHECK, label, key, f"the server returned no output {key!r} ({sorted(outputs)})"))
+        elif last_step:
+            rows.append(compare(CHECK, label, key, last_valid(outputs[key], lengths), want, tolerance))
+        elif lengths is not None:
+            valid = np.arange(outputs[key].shape[1])[None, :] < lengths[:, None]
+            rows.append(compare(CHECK, label, f"{key}[t<lengths]", outputs[key][valid], want[valid], tolerance))
+        else:
+            rows.append(compare(CHECK, label, key, outputs[key], want, tolerance))
     for state in manifest.states:
         if state.name not in states:
             rows.append(failed(CHECK, label, state.name, f"the server returned no state {state.name!r}"))
@@ -231,6 +259,7 @@ def _python_rows(server, model: _Model, export: Path | None, tolerance: Toleranc
     tolerance = tolerance or manifest.options.tolerance
     inputs = golden["serving_default/in/inputs"]
     lengths = golden.get("serving_default/in/lengths")
+    statics = {i.name: golden[f"serving_default/in/{i.name}"] for i in manifest.static_inputs}
     rows: list[CheckResult] = []
     first_id = 1
     for protocol in PROTOCOLS:
@@ -240,7 +269,8 @@ def _python_rows(server, model: _Model, export: Path | None, tolerance: Toleranc
                 label = f"{model.name} {protocol} x{chunks}"
                 try:
                     outputs, states = stream_sequences(client, model.name, inputs, lengths, chunks=chunks,
-                                                       first_id=first_id, slots=sequence_slots(model.config))
+                                                       first_id=first_id, slots=sequence_slots(model.config),
+                                                       outputs=served_outputs(manifest), statics=statics)
                 except Exception as exc:  # noqa: BLE001  the server's refusal is the finding
                     rows.append(failed(CHECK, label, "*", f"{type(exc).__name__}: {exc}"))
                 else:

@@ -5,7 +5,8 @@ PyTorch backends do), so this model keeps each sequence's state itself, keyed by
 the sequence's correlation id, while Triton's sequence batcher routes the requests
 and fills the four control inputs (`config.pbtxt`, `sequence_batching`):
 
-- `START` (1 on a sequence's first request): the state is created, zeros, replacing
+- `START` (1 on a sequence's first request): the state is created, zeros (an export with
+  static inputs: the `initial_state` model run on that request's static inputs), replacing
   any state left under that id;
 - `END` (1 on its last request): the state is dropped after that request;
 - `READY` (0 on the padding requests the `direct` strategy may add): nothing runs,
@@ -20,7 +21,10 @@ dropped, or that never started, gets an error naming the id, never a result
 computed from another state.
 
 A request holds one chunk of one sequence: `inputs [1, T, F]`; the response holds
-`outputs [1, T, O]` and every state after the chunk (`[1, *state shape]`). Each
+`outputs [1, T, O]` (an export with several outputs: each by its own name, `[1, T, ...]`,
+every step of a last-step output too, as `stream` returns it) and every state after the
+chunk (`[1, *state shape]`). An export with static inputs takes each, `[1, *shape]`, in
+every request too, fed to every step. Each
 step runs the exported step model (ONNX, weights frozen) in ONNX Runtime.
 
 Only numpy, onnxruntime and Triton's `triton_python_backend_utils` are imported:
@@ -82,15 +86,24 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(os.path.join(folder, spec["step_model"]), options,
                                             providers=["CPUExecutionProvider"])
         self.input = spec["input"]  # the ONNX step model's per-step input
-        self.output = spec["output"]
-        self.output_dtype = np.dtype(spec["output_dtype"])
-        self.output_shape = tuple(spec["output_shape"])
+        # (name in the response, name in the step model, per-step shape, dtype) of each output
+        self.outputs = [(o["name"], o["step_output"], tuple(o["shape"]), np.dtype(o["dtype"])) for o in spec["outputs"]]
         self.states = [(s["name"], tuple(s["shape"]), np.dtype(s["dtype"])) for s in spec["states"]]
+        # Static inputs (no time axis): an input of every request, fed to every step; a sequence's
+        # state starts from the `initial_state` model run on the START request's values.
+        self.statics = list(spec.get("statics") or [])
+        self.initial = None
+        if spec.get("initial_model"):
+            self.initial = ort.InferenceSession(os.path.join(folder, spec["initial_model"]), options,
+                                                providers=["CPUExecutionProvider"])
+            self.initial_batch = spec["initial_batch_input"]
+            self.initial_outputs = spec["initial_outputs"]  # [onnx name, state name] each
         self.extra = {}
         names = {i.name for i in self.session.get_inputs()}
         if spec.get("correlation_id_input") in names:  # an unused CORRID input of the step model
             self.extra[spec["correlation_id_input"]] = np.zeros((1, 1), np.uint64)
-        self.fetch = [self.output] + [name + spec["state_output_suffix"] for name, _, _ in self.states]
+        self.fetch = ([step for _, step, _, _ in self.outputs]
+                      + [name + spec["state_output_suffix"] for name, _, _ in self.states])
         self.idle_seconds = float(spec["idle_seconds"])
         self.max_sequences = int(spec["max_sequences"])
         self.controls = spec["controls"]  # {"start": name, "end": ..., "ready": ..., "corrid": ...}
@@ -112,31 +125,54 @@ class TritonPythonModel:
             self.logger.log_info(f"seqexport: dropped the state of sequence {key} after "
                                  f"{self.idle_seconds:g} s idle")
 
-    def _states_for(self, key, start, now):
+    def _static_values(self, request):
+        values = {}
+        for name in self.statics:
+            value = _from_triton(request, name)
+            if value is None:
+                raise SequenceError(f"the request has no static input {name!r}: send {self.statics} with every "
+                                    "request of a sequence")
+            values[name] = np.array(value)  # a copy: the request's memory is Triton's
+        return values
+
+    def _start_states(self, statics):
+        if self.initial is None:
+            return {name: np.zeros((1, *shape), dtype) for name, shape, dtype in self.states}
+        feed = {self.initial_batch["name"]: np.array(1, np.dtype(self.initial_batch["dtype"])), **statics}
+        values = self.initial.run([o for o, _ in self.initial_outputs], feed)
+        return {state: value for (_, state), value in zip(self.initial_outputs, values)}
+
+    def _states_for(self, key, start, now, statics):
         if start:
             self.live.pop(key, None)
             while len(self.live) >= self.max_sequences:
                 dropped, _ = self.live.popitem(last=False)
                 self.logger.log_warn(f"seqexport: dropped the state of sequence {dropped}: "
                                      f"more than {self.max_sequences} live sequences")
-            return {name: np.zeros((1, *shape), dtype) for name, shape, dtype in self.states}
+            return self._start_states(statics)
         if key not in self.live:
             raise SequenceError(f"sequence {key} has no state: its first request had no START flag, or its state was "
                            f"dropped (idle for over {self.idle_seconds:g} s, or more than {self.max_sequences} "
                            "live sequences); start it again with sequence_start")
         return self.live[key][0]
 
-    def _run(self, chunk, states):
-        ys = []
+    def _empty(self):
+        return {name: np.zeros((1, 0, *shape), dtype) for name, _, shape, dtype in self.outputs}
+
+    def _run(self, chunk, states, statics):
+        steps = [[] for _ in self.outputs]
+        count = len(self.outputs)
         for t in range(chunk.shape[1]):
-            y, *new = self.session.run(self.fetch, {self.input: chunk[:, t], **states, **self.extra})
-            ys.append(y)
-            states = {name: value for (name, _, _), value in zip(self.states, new)}
-        outputs = np.stack(ys, axis=1) if ys else np.zeros((1, 0, *self.output_shape), self.output_dtype)
-        return outputs, states
+            results = self.session.run(self.fetch, {self.input: chunk[:, t], **statics, **states, **self.extra})
+            for kept, value in zip(steps, results[:count]):
+                kept.append(value)
+            states = {name: value for (name, _, _), value in zip(self.states, results[count:])}
+        if chunk.shape[1] == 0:
+            return self._empty(), states
+        return {name: np.stack(kept, axis=1) for (name, _, _, _), kept in zip(self.outputs, steps)}, states
 
     def _response(self, outputs, states):
-        tensors = [_to_triton("outputs", outputs)]
+        tensors = [_to_triton(name, outputs[name]) for name, _, _, _ in self.outputs]
         tensors += [_to_triton(name, states[name]) for name, _, _ in self.states]
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
@@ -149,13 +185,13 @@ class TritonPythonModel:
                 try:
                     if self._flag(request, "ready") == 0:  # a padding slot of the direct strategy
                         zeros = {name: np.zeros((1, *shape), dtype) for name, shape, dtype in self.states}
-                        empty = np.zeros((1, 0, *self.output_shape), self.output_dtype)
-                        responses.append(self._response(empty, zeros))
+                        responses.append(self._response(self._empty(), zeros))
                         continue
                     key = self._correlation_id(request)
-                    states = self._states_for(key, self._flag(request, "start") == 1, now)
+                    statics = self._static_values(request)
+                    states = self._states_for(key, self._flag(request, "start") == 1, now, statics)
                     chunk = np.array(_from_triton(request, "inputs"))  # a copy: the request's memory is Triton's
-                    outputs, states = self._run(chunk, states)
+                    outputs, states = self._run(chunk, states, statics)
                     if self._flag(request, "end") == 1:
                         self.live.pop(key, None)
                     else:

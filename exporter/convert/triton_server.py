@@ -331,8 +331,10 @@ class SequenceClient:
             self.client = module.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
 
     def infer(self, model: str, chunk: np.ndarray, *, sequence_id: int = 0, start: bool = False, end: bool = False,
-              outputs: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-        """Sends `chunk` (`[1, T, F]`) as input `inputs`; returns every output by name.
+              outputs: tuple[str, ...] | None = None,
+              statics: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Sends `chunk` (`[1, T, F]`) as input `inputs`, and each of `statics` (`[1, ...]`, an export's
+        static inputs) by name; returns every output by name.
 
         Raises:
             tritonclient.utils.InferenceServerException: the server refused it or could not be reached.
@@ -342,12 +344,17 @@ class SequenceClient:
         chunk = np.ascontiguousarray(chunk)
         tensor = self.module.InferInput(triton.CHUNK_INPUT, list(chunk.shape), np_to_triton_dtype(chunk.dtype))
         tensor.set_data_from_numpy(chunk)
+        tensors = [tensor]
+        for name, value in (statics or {}).items():
+            value = np.ascontiguousarray(value)
+            tensors.append(self.module.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype)))
+            tensors[-1].set_data_from_numpy(value)
         kwargs = dict(sequence_id=sequence_id, sequence_start=start, sequence_end=end)
         if self.protocol == "grpc":
-            result = self.client.infer(model, [tensor], client_timeout=self.timeout, **kwargs)
+            result = self.client.infer(model, tensors, client_timeout=self.timeout, **kwargs)
             names = outputs or [o.name for o in result.get_response().outputs]
         else:
-            result = self.client.infer(model, [tensor], **kwargs)
+            result = self.client.infer(model, tensors, **kwargs)
             names = outputs or [o["name"] for o in result.get_response()["outputs"]]
         return {name: result.as_numpy(name) for name in names}
 

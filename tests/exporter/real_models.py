@@ -311,6 +311,11 @@ def two_outputs():
     return build("two_heads_on_gru")
 
 
+def static_context():
+    """A factory for `seqexport export tests.exporter.real_models:static_context` (a static input sets the GRU state)."""
+    return build("static_initial_state")
+
+
 def two_sequence_inputs():
     """A factory for `seqexport export tests.exporter.real_models:two_sequence_inputs`."""
     return build("two_streams_into_lstm")

@@ -225,37 +225,11 @@ def test_every_refused_construct_is_exit_2_with_a_json_error_and_no_traceback(tm
     assert not base.exists() or not any(base.iterdir())
 
 
-SEVERAL_OUTPUTS_REFUSED = "supports exports with one output; this one has 2 (left, right). Not supported yet for several outputs"
-
-
-@pytest.mark.parametrize("target", ["triton", "triton-python"])
-def test_converting_several_outputs_for_triton_is_exit_2_naming_them(tmp_path, several_output_exports, target):
-    export_dir = several_output_exports["two_heads_on_gru"].path
-    result = runner.invoke(app, ["convert", str(export_dir), "--to", target, "--out", str(tmp_path / "out"), "--json"])
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    payload = json.loads(result.stdout)
-    print(target, "->", payload["error"])
-    assert payload["error"].startswith(f"Converting to {target} {SEVERAL_OUTPUTS_REFUSED}")
-    assert not (tmp_path / "out").exists()
-
-
-def test_export_targets_triton_refuse_several_outputs_before_any_work(tmp_path):
-    base = tmp_path / "b"
-    result = runner.invoke(app, ["export", "tests.exporter.real_models:two_outputs", "--name", "m", "--base", str(base),
-                                 "--targets", "onnx,triton-python", "--json"])
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    payload = json.loads(result.stdout)
-    assert payload["error"].startswith(f"--targets triton-python {SEVERAL_OUTPUTS_REFUSED}")
-    assert not base.exists() or not any(base.iterdir())
-
-
 STATIC_INPUTS_REFUSED = ("supports exports with one sequence input; this one also has 1 static input(s) (context). "
                          "Not supported yet for static inputs")
 
 
-@pytest.mark.parametrize("target", ["triton", "triton-python"])
+@pytest.mark.parametrize("target", ["triton"])  # triton-python takes them (test_triton_several_and_static.py)
 def test_converting_static_inputs_for_triton_is_exit_2_naming_them(tmp_path, static_input_exports, target):
     export_dir = static_input_exports["static_initial_state"].path
     result = runner.invoke(app, ["convert", str(export_dir), "--to", target, "--out", str(tmp_path / "out"), "--json"])
@@ -264,6 +238,8 @@ def test_converting_static_inputs_for_triton_is_exit_2_naming_them(tmp_path, sta
     payload = json.loads(result.stdout)
     print(target, "->", payload["error"])
     assert payload["error"].startswith(f"Converting to {target} {STATIC_INPUTS_REFUSED}")
+    assert "implicit state (`sequence_batching.state`) starts from zeros or a data file" in payload["error"]
+    assert "`--targets triton-python`) takes them" in payload["error"]
     assert not (tmp_path / "out").exists()
 
 

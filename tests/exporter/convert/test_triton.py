@@ -328,7 +328,7 @@ def test_interleaved_sequences_do_not_cross_talk(clients, kind_loaded):
             print(protocol, row, row_result.max_abs)
             assert row_result.passed, row_result
     outputs, states = stream_sequences(clients["grpc"], "stacked_functional", inputs, None, chunks=3, first_id=900)
-    assert compare("triton", "interleaved", "outputs", outputs, want, tolerance).passed
+    assert compare("triton", "interleaved", "outputs", outputs["outputs"], want, tolerance).passed
     # The same requests with two rows' ids swapped after the first chunk: the outputs must go wrong.
     swapped = _stream_swapping_ids(clients["http"], inputs[:2], first_id=950)
     assert not compare("triton", "swapped", "outputs", swapped, want[:2], tolerance).passed
