@@ -108,8 +108,9 @@ def sequence_inputs_unsupported(what: str, names) -> str:
     return (
         f"{what} supports exports with one sequence input; this one also has {len(names)} other sequence "
         f"input(s) ({', '.join(names)}), [B, T, ...] beside `inputs`. Not supported yet for several sequence "
-        "inputs: the streaming session's state carry, the LiteRT, ONNX and Triton conversions, and exporting "
-        "again from the SavedModel. The TF export itself takes them by name in `serving_default`, `stream` "
-        "(the same T as `inputs`) and `step` (one step of each; TF Serving, `seqexport serve`): call those "
-        "signatures directly."
+        "inputs: the LiteRT, ONNX and Triton conversions (`--to tflite`, `--to onnx`, `--to triton`, "
+        "`--to triton-python`, `--targets`), and exporting again from the SavedModel. The TF export itself "
+        "takes them by name in `serving_default`, `stream` (the same T as `inputs`) and `step` (one step of "
+        "each; TF Serving, `seqexport serve`), and so does the streaming session "
+        "(`serving.session.StreamingSession.feed(chunk, sequences=...)`): use those."
     )
