@@ -282,15 +282,6 @@ def test_converting_sequence_inputs_is_exit_2_naming_them(tmp_path, sequence_inp
     assert not (tmp_path / "out").exists()
 
 
-def test_exporting_again_from_a_sequence_input_saved_model_is_exit_2(tmp_path, sequence_input_exports):
-    export_dir = sequence_input_exports["tokens_features_and_static_into_gru"].path
-    result = runner.invoke(app, ["export", str(export_dir), "--name", "again", "--base", str(tmp_path / "b"), "--json"])
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    error = json.loads(result.stdout)["error"]
-    assert error.startswith(f"Exporting from the SavedModel {str(export_dir)!r} {SEQUENCE_INPUTS_REFUSED}"), error
-
-
 def test_export_targets_refuse_sequence_inputs_before_any_work(tmp_path):
     base = tmp_path / "b"
     result = runner.invoke(app, ["export", "tests.exporter.real_models:two_sequence_inputs", "--name", "m", "--base",
