@@ -241,9 +241,6 @@ def _load(model_ref, options: ExportOptions):
                                                 [i.name for i in step_model.static_inputs],
                                                 [o.name for o in step_model.outputs],
                                                 sequence_inputs=[i.name for i in step_model.sequence_inputs])
-    if names and step_model.sequence_inputs:  # no conversion takes several sequence inputs yet
-        refuse_static_inputs_or_several_outputs(f"--targets {','.join(names)}",
-                                                sequence_inputs=[i.name for i in step_model.sequence_inputs])
     return step_model, kind
 
 

@@ -108,9 +108,10 @@ def sequence_inputs_unsupported(what: str, names) -> str:
     return (
         f"{what} supports exports with one sequence input; this one also has {len(names)} other sequence "
         f"input(s) ({', '.join(names)}), [B, T, ...] beside `inputs`. Not supported yet for several sequence "
-        "inputs: the LiteRT, ONNX and Triton conversions (`--to tflite`, `--to onnx`, `--to triton`, "
-        "`--to triton-python`, `--targets`). The TF export itself takes them by name in `serving_default`, "
-        "`stream` (the same T as `inputs`) and `step` (one step of each; TF Serving, `seqexport serve`), and "
-        "so do the streaming session (`serving.session.StreamingSession.feed(chunk, sequences=...)`) and "
-        "exporting again from the SavedModel: use those."
+        "inputs: the Triton conversions (`--to triton`, `--to triton-python`, `--targets triton-python`). The "
+        "LiteRT and ONNX conversions (`--to tflite`, `--to onnx`) take them, and the TF export itself takes "
+        "them by name in `serving_default`, `stream` (the same T as `inputs`) and `step` (one step of each; "
+        "TF Serving, `seqexport serve`), and so do the streaming session "
+        "(`serving.session.StreamingSession.feed(chunk, sequences=...)`) and exporting again from the "
+        "SavedModel: use those."
     )

@@ -11,8 +11,10 @@ What each target gets (files relative to the output folder):
 
 Several outputs: each is an output of the converted models, by name, and every one is
 checked. Static inputs: an input of each converted model, by name, fed with every call; the
-`initial_state` signature is converted too (its states may start from them). Triton takes
-exports with one output and no static inputs only (refused otherwise, exit 2).
+`initial_state` signature is converted too (its states may start from them). Other sequence
+inputs: an input of each converted model, by name (one step in `step`, the chunk in `stream`);
+the drivers cut them into the same chunks as `inputs`. Triton takes exports with one output,
+one sequence input and no static inputs only (refused otherwise, exit 2).
 
 Gradients are TF-only: no converted model has `input_gradients`, and a
 `tf.custom_gradient` in the export (the demo has one) exists only in the SavedModel.
@@ -222,10 +224,11 @@ class _Run:
             return
         golden, manifest = self.loaded.golden, self.loaded.manifest
         self.checks.extend(model_checks(name, signature, model, golden, self.tolerance))
+        sequences = [i.name for i in manifest.sequence_inputs]
         if signature == "step":
-            backend, label, exact = StepLoopBackend(model, initial), STEP_DRIVER, False
+            backend, label, exact = StepLoopBackend(model, initial, sequences=sequences), STEP_DRIVER, False
         else:
-            backend, label, exact = SequenceBackend(model, initial), STREAM_DRIVER, True
+            backend, label, exact = SequenceBackend(model, initial, sequences=sequences), STREAM_DRIVER, True
         self.checks.extend(driver_checks(name, label, backend, manifest, golden, self.tolerance,
                                          batch=batch, exact_padding=exact))
 
@@ -382,13 +385,11 @@ def convert_export(
     if stream_batch is not None and (target is not RuntimeTarget.TFLITE or stream_batch < 1):
         raise BadInput(f"A stream batch size (got {stream_batch}) is for --to tflite only, and must be positive.")
     loaded = loaded or load_export(Path(export_dir))
-    sequence_inputs = [i.name for i in loaded.manifest.sequence_inputs]
-    if target in TRITON_TARGETS or sequence_inputs:
-        triton = target in TRITON_TARGETS
+    if target in TRITON_TARGETS:  # LiteRT and ONNX take them; Triton's configs do not yet
         refuse_static_inputs_or_several_outputs(f"Converting to {target.value}",
-                                                [i.name for i in loaded.manifest.static_inputs] if triton else [],
-                                                [o.name for o in loaded.manifest.outputs] if triton else [],
-                                                sequence_inputs=sequence_inputs)
+                                                [i.name for i in loaded.manifest.static_inputs],
+                                                [o.name for o in loaded.manifest.outputs],
+                                                sequence_inputs=[i.name for i in loaded.manifest.sequence_inputs])
     out_dir = Path(out_dir)
     run = _Run(loaded, target, out_dir, tolerance or loaded.manifest.options.tolerance)
     run.notes.extend(_common_notes(loaded))
