@@ -15,7 +15,7 @@ import numpy
 import tensorflow as tf
 
 from exporter.artifact import golden_io
-from exporter.artifact.errors import BadInput, VerifyFailed, refuse_static_inputs_or_several_outputs
+from exporter.artifact.errors import BadInput, VerifyFailed, refuse_extra_inputs
 from exporter.artifact.manifest import write_manifest
 from exporter.artifact.paths import golden_path
 from exporter.artifact.specs import (
@@ -237,8 +237,8 @@ def _load(model_ref, options: ExportOptions):
     names = [getattr(t, "value", t) for t in options.targets]  # RuntimeTarget or its value
     triton = [n for n in names if n in {t.value for t in TRITON_TARGETS}]
     if triton:  # only triton-python is a --targets name: it takes several outputs and static inputs
-        refuse_static_inputs_or_several_outputs(f"--targets {','.join(triton)}",
-                                                sequence_inputs=[i.name for i in step_model.sequence_inputs])
+        refuse_extra_inputs(f"--targets {','.join(triton)}",
+                            sequence_inputs=[i.name for i in step_model.sequence_inputs])
     return step_model, kind
 
 

@@ -2,8 +2,9 @@
 
 Keras 3 cannot rebuild layers from a SavedModel, so a SavedModel is usable as a
 source only when it carries the step function itself (e.g. a seqexport export,
-re-exported under another name or with other options). Several outputs and static
-inputs come back from the manifest's `outputs` and `static_inputs`.
+re-exported under another name or with other options). Several outputs, static
+inputs and other sequence inputs come back from the manifest's `outputs`,
+`static_inputs` and `sequence_inputs`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from exporter.artifact.errors import BadInput, refuse_static_inputs_or_several_outputs
+from exporter.artifact.errors import BadInput
 from exporter.artifact.paths import SAVED_MODEL_FILE, is_saved_model_dir, manifest_path
 from exporter.artifact.specs import InputSpec, OutputSpec, StateSpec
 from exporter.step_model import StepModel
@@ -52,20 +53,19 @@ def step_model_from_saved_model(path: Path) -> StepModel:
     inputs = step.structured_input_signature[1]
     outputs = step.structured_outputs
     manifest = _manifest(path)
-    refuse_static_inputs_or_several_outputs(f"Exporting from the SavedModel {str(path)!r}",
-                                            advice=" Export from the .keras file instead.",
-                                            sequence_inputs=[i.get("name")
-                                                             for i in manifest.get("sequence_inputs", [])])
     several = tuple(OutputSpec.from_json(o) for o in manifest.get("outputs", []))
     statics = tuple(InputSpec.from_json(i) for i in manifest.get("static_inputs", []))
+    sequences = tuple(InputSpec.from_json(i) for i in manifest.get("sequence_inputs", []))
     output_keys = [o.name for o in several] or ["y"]
     static_names = [i.name for i in statics]
-    if "x" not in inputs or any(k not in outputs for k in output_keys) or any(k not in inputs for k in static_names):
+    sequence_names = [i.name for i in sequences]
+    extra_names = [*static_names, *sequence_names]  # the order the step sees them in
+    if "x" not in inputs or any(k not in outputs for k in output_keys) or any(k not in inputs for k in extra_names):
         raise BadInput(
-            f"The 'step' signature of {str(path)!r} must take 'x'{''.join(f', {k!r}' for k in static_names)} and "
+            f"The 'step' signature of {str(path)!r} must take 'x'{''.join(f', {k!r}' for k in extra_names)} and "
             f"return {', '.join(repr(k) for k in output_keys)} (it takes {sorted(inputs)}, returns {sorted(outputs)})."
         )
-    state_names = _state_order(path, set(inputs) - {"x", *static_names})
+    state_names = _state_order(path, set(inputs) - {"x", *extra_names})
     missing = [n for n in state_names if n not in outputs]
     if missing:
         raise BadInput(f"The 'step' signature of {str(path)!r} does not return states {missing}.")
@@ -85,8 +85,9 @@ def step_model_from_saved_model(path: Path) -> StepModel:
             return tuple(result[o.name] for o in several)
         return result["y"]
 
-    def step_fn(x, prev, static_values=(), _keep_alive=loaded):
-        result = step(x=x, **dict(zip(state_names, prev)), **dict(zip(static_names, static_values)))
+    def step_fn(x, prev, extra_values=(), _keep_alive=loaded):
+        # `extra_values`: the static values, then this step's slice of each other sequence input.
+        result = step(x=x, **dict(zip(state_names, prev)), **dict(zip(extra_names, extra_values)))
         return outputs_of(result), tuple(result[n] for n in state_names)
 
     initial_states_fn = None
@@ -100,9 +101,10 @@ def step_model_from_saved_model(path: Path) -> StepModel:
     trainable = tuple(getattr(loaded, "trainable_variables", ()))
     predict = loaded.signatures.get("serving_default")
     reference = None
-    if predict is not None and set(predict.structured_input_signature[1]) == {"inputs", *static_names}:
-        def reference(inputs, lengths=None, static_values=()):
-            result = predict(inputs=inputs, **dict(zip(static_names, static_values)))
+    if predict is not None and set(predict.structured_input_signature[1]) == {"inputs", *extra_names}:
+        def reference(inputs, lengths=None, extra_values=()):
+            # `extra_values`: the static values, then each other sequence input whole.
+            result = predict(inputs=inputs, **dict(zip(extra_names, extra_values)))
             return {o.name: result[o.name] for o in several} if several else result["outputs"]
 
     first = outputs[output_keys[0]]
@@ -120,5 +122,6 @@ def step_model_from_saved_model(path: Path) -> StepModel:
         description=f"SavedModel {path.name}",
         outputs=several,
         static_inputs=statics,
+        sequence_inputs=sequences,
         initial_states_fn=initial_states_fn,
     )

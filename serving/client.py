@@ -35,7 +35,7 @@ from google.protobuf import json_format
 from exporter.artifact.specs import SignatureName
 from serving.server import predict
 from serving.server.registry import State, VersionStatus, load_version
-from serving.session import static_feed
+from serving.session import sequence_feed, static_feed
 from serving.signatures import SequenceKeys, SignatureView, views_from_signature_defs
 from serving.status import Code, ServingError
 
@@ -459,13 +459,15 @@ class RemoteBackend:
         return {key: np.zeros((batch_size, *shape), dtype=self._dtypes[key])
                 for key, shape in self._state_shapes.items()}
 
-    def stream(self, inputs, states, lengths=None, statics=None):
-        return _stream(self._call, self.keys, self._dtypes, inputs, states, lengths, statics)
+    def stream(self, inputs, states, lengths=None, statics=None, sequences=None):
+        return _stream(self._call, self.keys, self._dtypes, inputs, states, lengths, statics, sequences)
 
 
-def _stream(call, keys: SequenceKeys, dtypes: Mapping[str, np.dtype], inputs, states, lengths, statics=None):
+def _stream(call, keys: SequenceKeys, dtypes: Mapping[str, np.dtype], inputs, states, lengths, statics=None,
+            sequences=None):
     inputs = np.asarray(inputs, dtype=dtypes[keys.sequence])
     feed = {keys.sequence: inputs}
+    feed.update(sequence_feed(keys.sequences, sequences, dtypes, inputs.shape))
     feed.update(static_feed(keys.statics, statics, dtypes, inputs.shape[0]))
     feed.update({key: np.asarray(states[key], dtype=dtypes[key]) for key in keys.states})
     if keys.lengths is not None:
@@ -510,9 +512,9 @@ class SavedModelBackend:
                            signature=SignatureName.INITIAL_STATE.value)
         return {key: out[key] for key in self.keys.states}
 
-    def stream(self, inputs, states, lengths=None, statics=None):
+    def stream(self, inputs, states, lengths=None, statics=None, sequences=None):
         return _stream(lambda signature, feed: self.predict(feed, signature=signature),
-                       self.keys, self._dtypes, inputs, states, lengths, statics)
+                       self.keys, self._dtypes, inputs, states, lengths, statics, sequences)
 
 
 def _wait(status: Callable[[], list[VersionStatus]], model: str, version: int | None, timeout: float) -> int:

@@ -6,7 +6,8 @@ process and resumed. A `Backend` is whatever runs the export's `initial_state`
 and `stream` signatures: TF Serving over gRPC or REST, the in-process SavedModel,
 or another runtime (LiteRT, ONNX Runtime) driving the `step` model. Exports with
 several outputs give a dict of outputs by name; exports with static inputs take
-them once per session (`statics=`).
+them once per session (`statics=`); exports with several sequence inputs take the
+others with each chunk (`feed(chunk, sequences=...)`).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ Outputs = np.ndarray | dict[str, np.ndarray]
 class Backend(Protocol):
     """Runs one export's signatures; arrays in, arrays out.
 
-    `statics` are the export's static inputs (`[B, K]`, no time axis) by name. A session passes them
-    only when the export has some, so a backend of an export without static inputs may leave the
-    argument out.
+    `statics` are the export's static inputs (`[B, K]`, no time axis) by name, `sequences` its
+    sequence inputs beside `inputs` (`[B, T, ...]`, the chunk's `T`) by name. A session passes
+    each only when it has some, so a backend of an export without them may leave the argument out.
     """
 
     def initial_state(
@@ -38,7 +39,7 @@ class Backend(Protocol):
 
     def stream(
         self, inputs: np.ndarray, states: Mapping[str, np.ndarray], lengths: np.ndarray | None = None,
-        statics: Mapping[str, np.ndarray] | None = None,
+        statics: Mapping[str, np.ndarray] | None = None, sequences: Mapping[str, np.ndarray] | None = None,
     ) -> tuple[Outputs, dict[str, np.ndarray]]:
         """Runs `inputs [B, T, ...]` from `states`; returns (outputs, new states).
 
@@ -73,13 +74,45 @@ def static_feed(names, statics: Mapping[str, np.ndarray] | None, dtypes: Mapping
     return feed
 
 
+def sequence_feed(names, sequences: Mapping[str, np.ndarray] | None, dtypes: Mapping[str, np.dtype],
+                  chunk_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """`sequences` checked against the export's other sequence input `names` and cast to their dtypes.
+
+    Each must have the chunk's batch size and steps (`chunk_shape[:2]`, axes 0 and 1).
+
+    Raises ValueError naming what is missing, unknown or shaped differently.
+    """
+    sequences = dict(sequences or {})
+    missing, unknown = sorted(set(names) - set(sequences)), sorted(set(sequences) - set(names))
+    if missing:
+        raise ValueError(
+            f"this export takes the sequence input(s) {missing} beside `inputs`, the same steps with every "
+            f"chunk; pass them to feed: session.feed(chunk, "
+            f"sequences={{{', '.join(repr(n) + ': ...' for n in missing)}}})."
+        )
+    if unknown:
+        raise ValueError(f"unknown sequence input(s) {unknown}; this export takes {sorted(names) or 'none'} "
+                         "beside `inputs`.")
+    feed = {}
+    for name in names:
+        array = np.asarray(sequences[name], dtype=dtypes[name])
+        if array.ndim < 2 or tuple(array.shape[:2]) != tuple(chunk_shape[:2]):
+            raise ValueError(
+                f"sequence input {name!r} has shape {list(array.shape)}; it needs the chunk's batch size and "
+                f"steps {list(chunk_shape[:2])} first (the chunk of `inputs` is {list(chunk_shape)})."
+            )
+        feed[name] = array
+    return feed
+
+
 class StreamingSession:
     """A batch of sequences fed chunk by chunk, its state carried between calls.
 
     An export with static inputs (inputs without a time axis, such as per-sequence features)
     takes them ONCE per session, `statics={name: [B, K] array}`: the session passes them to
     `initial_state` and to every `stream` call, and keeps them in `save()`. To stream other
-    static values, start another session.
+    static values, start another session. An export with several sequence inputs takes the
+    others with EACH chunk, `feed(chunk, sequences={name: [B, T, ...] array})`, `T` the chunk's.
 
     Example:
         >>> session = StreamingSession(backend, batch_size=1)
@@ -109,17 +142,28 @@ class StreamingSession:
     def _initial_state(self) -> dict[str, np.ndarray]:
         return self.backend.initial_state(self.batch_size, **self._static_kwargs())
 
-    def feed(self, chunk: np.ndarray, lengths: np.ndarray | None = None) -> Outputs:
+    def feed(self, chunk: np.ndarray, lengths: np.ndarray | None = None, *,
+             sequences: Mapping[str, np.ndarray] | None = None) -> Outputs:
         """Runs one chunk `[B, T, ...]` from the carried state; returns its outputs.
 
-        One array `[B, T, ...]` for an export with one output, else a dict by output name.
+        Args:
+            chunk: the chunk of `inputs` (the export's first sequence input).
+            lengths: `[B]` steps of each row in this chunk (masked exports only).
+            sequences: the same chunk (`[B, T, ...]`, the same `T`) of each other sequence input,
+                by name; needed by an export with several sequence inputs, refused by others.
+
+        Returns:
+            One array `[B, T, ...]` for an export with one output, else a dict by output name.
         """
         chunk = np.asarray(chunk)
         if chunk.shape[0] != self.batch_size:
             raise ValueError(
                 f"chunk batch size {chunk.shape[0]} != session batch size {self.batch_size}"
             )
-        outputs, self.states = self.backend.stream(chunk, self.states, lengths, **self._static_kwargs())
+        kwargs = self._static_kwargs()
+        if sequences:
+            kwargs["sequences"] = sequences
+        outputs, self.states = self.backend.stream(chunk, self.states, lengths, **kwargs)
         self.steps_seen += chunk.shape[1]
         return outputs
 

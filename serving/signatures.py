@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from exporter.artifact.errors import BadInput, sequence_inputs_unsupported
 from exporter.artifact.specs import SignatureName, SignatureSpec
 
 
@@ -99,6 +98,8 @@ class SequenceKeys:
         batch_size: the scalar input of `initial_state`.
         statics: the static inputs (no time axis), sorted: inputs of both `initial_state` and
             `stream`, fed with every call; empty for most exports.
+        sequences: the other sequence inputs `[B, T, ...]` beside `sequence` (`inputs`), sorted,
+            fed with every chunk (the chunk's `T`); empty for most exports.
     """
 
     sequence: str
@@ -108,6 +109,7 @@ class SequenceKeys:
     batch_size: str
     outputs: tuple[str, ...] = ()
     statics: tuple[str, ...] = ()
+    sequences: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.outputs and self.output is not None:  # one output: `outputs` is `(output,)`
@@ -139,9 +141,9 @@ class SequenceKeys:
         sequence = [t.key for t in rest_in if t.key not in lengths]
         outputs = tuple(sorted(k for k in stream.outputs if k not in states))
         batch_size = [k for k in initial.inputs if k not in statics]
-        others = sorted(k for k in sequence if k != "inputs")  # sequence inputs beside `inputs`
-        if "inputs" in sequence and others:
-            raise BadInput(sequence_inputs_unsupported("The streaming session (client-side state carry)", others))
+        others: tuple[str, ...] = ()
+        if len(sequence) > 1 and "inputs" in sequence:  # several sequence inputs: `inputs` is the main one
+            others, sequence = tuple(sorted(k for k in sequence if k != "inputs")), ["inputs"]
         if len(sequence) != 1 or len(lengths) > 1 or not outputs:
             raise ValueError(
                 f"signature 'stream' does not have the seqexport layout: inputs {sorted(stream.inputs)}, "
@@ -160,6 +162,7 @@ class SequenceKeys:
             lengths=lengths[0] if lengths else None,
             batch_size=batch_size[0],
             statics=statics,
+            sequences=others,
         )
 
 

@@ -62,22 +62,9 @@ class ConversionFailed(SeqExportError):
     exit_code = EXIT_CHECK_FAILED
 
 
-def several_outputs_unsupported(what: str, names) -> str:
-    """The message of a `BadInput` where `what` cannot take an export with several outputs yet."""
-    names = list(names)
-    return (
-        f"{what} supports exports with one output; this one has {len(names)} ({', '.join(names)}). "
-        "The LiteRT, ONNX and Triton conversions (`--to tflite`, `--to onnx`, `--to triton`, "
-        "`--to triton-python`, `--targets`) take them, and the TF export itself returns every output by name "
-        "from `serving_default`, `stream` and `step` (TF Serving, `seqexport serve`, the streaming session "
-        "`serving.session.StreamingSession`): use those."
-    )
-
-
-def refuse_static_inputs_or_several_outputs(what: str, static_inputs=(), outputs=(), *, advice: str = "",
-                                            sequence_inputs=()) -> None:
-    """Raises the `BadInput` of a consumer that takes one sequence input and one output only (other
-    sequence inputs first, then static inputs, then outputs).
+def refuse_extra_inputs(what: str, static_inputs=(), *, sequence_inputs=(), advice: str = "") -> None:
+    """Raises the `BadInput` of a consumer that does not take these inputs yet: other sequence
+    inputs first, then static inputs. (Every consumer takes several outputs.)
 
     `advice` is appended to the message (what to do instead, where there is something).
     """
@@ -85,8 +72,6 @@ def refuse_static_inputs_or_several_outputs(what: str, static_inputs=(), outputs
         raise BadInput(sequence_inputs_unsupported(what, sequence_inputs) + advice)
     if static_inputs:
         raise BadInput(static_inputs_unsupported(what, static_inputs) + advice)
-    if outputs:
-        raise BadInput(several_outputs_unsupported(what, outputs) + advice)
 
 
 def static_inputs_unsupported(what: str, names) -> str:
@@ -112,8 +97,10 @@ def sequence_inputs_unsupported(what: str, names) -> str:
     return (
         f"{what} supports exports with one sequence input; this one also has {len(names)} other sequence "
         f"input(s) ({', '.join(names)}), [B, T, ...] beside `inputs`. Not supported yet for several sequence "
-        "inputs: the streaming session's state carry, the LiteRT, ONNX and Triton conversions, and exporting "
-        "again from the SavedModel. The TF export itself takes them by name in `serving_default`, `stream` "
-        "(the same T as `inputs`) and `step` (one step of each; TF Serving, `seqexport serve`): call those "
-        "signatures directly."
+        "inputs: the Triton conversions (`--to triton`, `--to triton-python`, `--targets triton-python`). The "
+        "LiteRT and ONNX conversions (`--to tflite`, `--to onnx`) take them, and the TF export itself takes "
+        "them by name in `serving_default`, `stream` (the same T as `inputs`) and `step` (one step of each; "
+        "TF Serving, `seqexport serve`), and so do the streaming session "
+        "(`serving.session.StreamingSession.feed(chunk, sequences=...)`) and exporting again from the "
+        "SavedModel: use those."
     )

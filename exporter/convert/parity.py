@@ -5,7 +5,7 @@ Two kinds of rows, both in the `verify` table format (`exporter.cli.report.check
   (`step` or `stream`), against that signature's golden outputs;
 - a `Backend` driver over the golden `serving_default` inputs in 1, 2 and T chunks,
   state threaded between chunks (from the static inputs' initial state, static inputs fed with
-  every chunk), against the golden predict outputs (every one, by name) and final states.
+  every chunk, other sequence inputs cut into the same chunks), against the golden predict outputs (every one, by name) and final states.
 
 A step driver cannot reproduce the outputs of padded steps (see
 `exporter.convert.runtimes.StepLoopBackend`); for masked exports its rows compare the
@@ -85,6 +85,7 @@ def driver_checks(
     inputs, lengths = feed["inputs"], feed.get("lengths")
     statics = {i.name: feed[i.name] for i in manifest.static_inputs}
     static_kwargs = {"statics": statics} if statics else {}
+    others = {i.name: feed[i.name] for i in manifest.sequence_inputs}  # cut into the same chunks
     rows_batch, steps = inputs.shape[:2]
     state_names = [s.name for s in manifest.states]
     rows: list[CheckResult] = []
@@ -96,7 +97,9 @@ def driver_checks(
             pieces = []
             for start, stop in zip(bounds[:-1], bounds[1:]):
                 chunk_lengths = None if lengths is None else np.clip(lengths - start, 0, stop - start).astype(np.int32)
-                outputs, states = backend.stream(inputs[:, start:stop], states, chunk_lengths, **static_kwargs)
+                kwargs = {**static_kwargs, **({"sequences": {n: v[:, start:stop] for n, v in others.items()}}
+                                              if others else {})}
+                outputs, states = backend.stream(inputs[:, start:stop], states, chunk_lengths, **kwargs)
                 pieces.append(outputs if isinstance(outputs, dict) else {"outputs": np.asarray(outputs)})
         except Exception as exc:  # noqa: BLE001
             rows.append(failed(check, signature, "*", f"driver failed: {type(exc).__name__}: {exc}"))

@@ -15,7 +15,9 @@ This module loads such a file WITHOUT TensorFlow and offers:
 
 Several outputs come back as a dict by name; static inputs are inputs of every converted
 model (`static_names`), fed with every call, and a converted `initial_state` model passed as
-`initial=` sets the states they start from.
+`initial=` sets the states they start from. Other sequence inputs are inputs too; a backend
+is told their names (`sequences=`, the manifest's `sequence_inputs`) and takes each chunk of
+them with every `stream` call.
 
 ONNX graphs cannot give an input and an output the same name, so a converted ONNX
 model names each new state `<state>_next` (`state_output_name`); `OrtModel` maps
@@ -241,9 +243,9 @@ def _check_states(model: _Model, states: Mapping[str, np.ndarray]) -> None:
         raise ValueError(f"states {missing} are missing; this model carries {list(model.state_names)}")
 
 
-def _statics(model: _Model, statics: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+def _statics(model: _Model, statics: Mapping[str, np.ndarray] | None, sequences=()) -> dict[str, np.ndarray]:
     statics = dict(statics or {})
-    names = set(model.static_names)
+    names = set(model.static_names) - set(sequences)
     if set(statics) != names:
         raise ValueError(
             f"{model.runtime} model takes the static input(s) {sorted(names) or 'none'}; "
@@ -252,8 +254,33 @@ def _statics(model: _Model, statics: Mapping[str, np.ndarray] | None) -> dict[st
     return {n: np.asarray(v) for n, v in statics.items()}
 
 
-def _initial(model: _Model, initial: _Model | None, batch_size: int, statics) -> dict[str, np.ndarray]:
-    feed = _statics(model, statics)
+def _sequences(model: _Model, names, sequences: Mapping[str, np.ndarray] | None,
+               chunk_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """The other sequence inputs of one chunk, checked by name and against the chunk's `[B, T]`."""
+    sequences = dict(sequences or {})
+    if set(sequences) != set(names):
+        raise ValueError(
+            f"{model.runtime} model takes the sequence input(s) {sorted(names) or 'none'} beside `inputs`, "
+            f"the chunk's steps of each; got {sorted(sequences) or 'none'}"
+        )
+    arrays = {n: np.asarray(v) for n, v in sequences.items()}
+    for name, array in arrays.items():
+        if array.ndim < 2 or tuple(array.shape[:2]) != tuple(chunk_shape[:2]):
+            raise ValueError(f"sequence input {name!r} has shape {list(array.shape)}; it needs the chunk's "
+                             f"batch size and steps {list(chunk_shape[:2])} first")
+    return arrays
+
+
+def _check_sequence_names(model: _Model, sequences) -> tuple[str, ...]:
+    sequences = tuple(sequences)
+    unknown = [n for n in sequences if n not in model.static_names]
+    if unknown:
+        raise ValueError(f"{model.runtime} model has no input(s) {unknown} (it takes {list(model.inputs)})")
+    return sequences
+
+
+def _initial(model: _Model, initial: _Model | None, batch_size: int, statics, sequences=()) -> dict[str, np.ndarray]:
+    feed = _statics(model, statics, sequences)
     if initial is None or not feed:
         return model.zero_states(batch_size)
     result = initial({"batch_size": np.int32(batch_size), **feed})
@@ -270,10 +297,12 @@ class StepLoopBackend:
 
     An export with several outputs gives a dict of them by name (each `[B, T, ...]`). One with
     static inputs takes them as `statics` (fed at every step); `initial` is its converted
-    `initial_state` model, which sets the states from them (zeros without it).
+    `initial_state` model, which sets the states from them (zeros without it). One with several
+    sequence inputs names the others in `sequences` (the manifest's `sequence_inputs`); `stream`
+    then takes each chunk of them as `sequences` and feeds step t's slice of each at step t.
     """
 
-    def __init__(self, model: _Model, initial: _Model | None = None):
+    def __init__(self, model: _Model, initial: _Model | None = None, *, sequences=()):
         if "x" not in model.inputs or not model.output_names:
             raise ValueError(
                 f"{model.runtime} model takes {list(model.inputs)} and returns {list(model.outputs)}; "
@@ -281,25 +310,27 @@ class StepLoopBackend:
             )
         self.model = model
         self.initial = initial
+        self.sequences = _check_sequence_names(model, sequences)
         self._outputs = {n: model.outputs[n] for n in model.output_names}
 
     def initial_state(self, batch_size: int, statics: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        return _initial(self.model, self.initial, batch_size, statics)
+        return _initial(self.model, self.initial, batch_size, statics, self.sequences)
 
     def stream(
         self, inputs: np.ndarray, states: Mapping[str, np.ndarray], lengths: np.ndarray | None = None,
-        statics: Mapping[str, np.ndarray] | None = None,
+        statics: Mapping[str, np.ndarray] | None = None, sequences: Mapping[str, np.ndarray] | None = None,
     ):
         model = self.model
         _check_states(model, states)
-        fixed = _statics(model, statics)
+        fixed = _statics(model, statics, self.sequences)
         inputs = np.asarray(inputs)
+        others = _sequences(model, self.sequences, sequences, inputs.shape)
         batch, steps = inputs.shape[:2]
         carried = {n: np.asarray(states[n]) for n in model.state_names}
         outputs = {n: np.zeros((batch, steps, *info.shape[1:]), dtype=info.dtype) for n, info in self._outputs.items()}
         lengths = None if lengths is None else np.asarray(lengths).reshape(batch)
         for t in range(steps):
-            result = model({"x": inputs[:, t], **fixed, **carried})
+            result = model({"x": inputs[:, t], **fixed, **{n: v[:, t] for n, v in others.items()}, **carried})
             if lengths is None or bool(np.all(lengths > t)):
                 for n in outputs:
                     outputs[n][:, t] = result[n]
@@ -317,9 +348,9 @@ class StepLoopBackend:
 
 class SequenceBackend:
     """A `Backend` over a converted whole-sequence `stream` model: one call per chunk (see
-    `StepLoopBackend` for several outputs, static inputs and `initial`)."""
+    `StepLoopBackend` for several outputs, static inputs, other sequence inputs and `initial`)."""
 
-    def __init__(self, model: _Model, initial: _Model | None = None):
+    def __init__(self, model: _Model, initial: _Model | None = None, *, sequences=()):
         if "inputs" not in model.inputs or not model.output_names:
             raise ValueError(
                 f"{model.runtime} model takes {list(model.inputs)}; a sequence model takes `inputs` "
@@ -327,21 +358,24 @@ class SequenceBackend:
             )
         self.model = model
         self.initial = initial
+        self.sequences = _check_sequence_names(model, sequences)
 
     @property
     def masked(self) -> bool:
         return "lengths" in self.model.inputs
 
     def initial_state(self, batch_size: int, statics: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        return _initial(self.model, self.initial, batch_size, statics)
+        return _initial(self.model, self.initial, batch_size, statics, self.sequences)
 
     def stream(
         self, inputs: np.ndarray, states: Mapping[str, np.ndarray], lengths: np.ndarray | None = None,
-        statics: Mapping[str, np.ndarray] | None = None,
+        statics: Mapping[str, np.ndarray] | None = None, sequences: Mapping[str, np.ndarray] | None = None,
     ):
         _check_states(self.model, states)
         inputs = np.asarray(inputs)
-        feed = {"inputs": inputs, **_statics(self.model, statics), **{n: states[n] for n in self.model.state_names}}
+        feed = {"inputs": inputs, **_statics(self.model, statics, self.sequences),
+                **_sequences(self.model, self.sequences, sequences, inputs.shape),
+                **{n: states[n] for n in self.model.state_names}}
         if self.masked:
             feed["lengths"] = (
                 np.full(inputs.shape[0], inputs.shape[1], np.int32) if lengths is None else lengths

@@ -11,10 +11,12 @@ What each target gets (files relative to the output folder):
 
 Several outputs: each is an output of the converted models, by name, and every one is
 checked. Static inputs: an input of each converted model, by name, fed with every call; the
-`initial_state` signature is converted too (its states may start from them). Both Triton
-targets take several outputs (each a config output by name); static inputs only
-`triton-python` (an input of every request; `initial_state.onnx` sets the state on START):
-`triton` refuses them (exit 2), Triton's implicit state starting from zeros or a file only.
+`initial_state` signature is converted too (its states may start from them). Other sequence
+inputs: an input of each converted model, by name (one step in `step`, the chunk in `stream`);
+the drivers cut them into the same chunks as `inputs`. Both Triton targets take several outputs
+(each a config output by name); static inputs only `triton-python` (an input of every request;
+`initial_state.onnx` sets the state on START): `triton` refuses them (exit 2), Triton's implicit
+state starting from zeros or a file only. Neither Triton target takes several sequence inputs yet.
 
 Gradients are TF-only: no converted model has `input_gradients`, and a
 `tf.custom_gradient` in the export (the demo has one) exists only in the SavedModel.
@@ -34,7 +36,7 @@ from exporter.artifact.compare import failed
 from exporter.artifact.errors import (
     BadInput,
     ConversionFailed,
-    refuse_static_inputs_or_several_outputs,
+    refuse_extra_inputs,
 )
 from exporter.artifact.names import check_name
 from exporter.artifact.paths import SEQEXPORT_DIR
@@ -224,10 +226,11 @@ class _Run:
             return
         golden, manifest = self.loaded.golden, self.loaded.manifest
         self.checks.extend(model_checks(name, signature, model, golden, self.tolerance))
+        sequences = [i.name for i in manifest.sequence_inputs]
         if signature == "step":
-            backend, label, exact = StepLoopBackend(model, initial), STEP_DRIVER, False
+            backend, label, exact = StepLoopBackend(model, initial, sequences=sequences), STEP_DRIVER, False
         else:
-            backend, label, exact = SequenceBackend(model, initial), STREAM_DRIVER, True
+            backend, label, exact = SequenceBackend(model, initial, sequences=sequences), STREAM_DRIVER, True
         self.checks.extend(driver_checks(name, label, backend, manifest, golden, self.tolerance,
                                          batch=batch, exact_padding=exact))
 
@@ -394,11 +397,10 @@ def convert_export(
     if stream_batch is not None and (target is not RuntimeTarget.TFLITE or stream_batch < 1):
         raise BadInput(f"A stream batch size (got {stream_batch}) is for --to tflite only, and must be positive.")
     loaded = loaded or load_export(Path(export_dir))
-    sequence_inputs = [i.name for i in loaded.manifest.sequence_inputs]
-    if target in TRITON_TARGETS or sequence_inputs:  # the others take static inputs and several outputs
+    if target in TRITON_TARGETS:  # LiteRT and ONNX take them all
         statics = [i.name for i in loaded.manifest.static_inputs] if target is RuntimeTarget.TRITON else []
-        refuse_static_inputs_or_several_outputs(f"Converting to {target.value}", statics,
-                                                sequence_inputs=sequence_inputs)
+        refuse_extra_inputs(f"Converting to {target.value}", statics,
+                            sequence_inputs=[i.name for i in loaded.manifest.sequence_inputs])
     out_dir = Path(out_dir)
     run = _Run(loaded, target, out_dir, tolerance or loaded.manifest.options.tolerance)
     run.notes.extend(_common_notes(loaded))

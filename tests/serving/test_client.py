@@ -407,11 +407,83 @@ def test_sequence_inputs_are_served_by_name(sequence_inputs_server, sequence_inp
                 np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-6)
 
 
-def test_a_session_refuses_sequence_inputs_by_name(sequence_input_exports):
-    from exporter.artifact.errors import BadInput
+def _random_feed(view, keys, batch, steps, seed):
+    """Random values for every input of `stream` but the states: `[B, T, ...]` sequences, `[B, ...]` statics
+    (token ids below the smallest vocabulary of the test models)."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for key in (keys.sequence, *keys.sequences, *keys.statics):
+        sig = view.inputs[key]
+        shape = (batch, *sig.shape[1:]) if key in keys.statics else (batch, steps, *sig.shape[2:])
+        if np.dtype(sig.dtype).kind in "iu":
+            feed[key] = rng.integers(0, 11, size=shape).astype(sig.dtype)
+        else:
+            feed[key] = rng.normal(size=shape).astype(sig.dtype)
+    return feed
+
+
+def _outputs_of_chunks(session, feed, keys, chunks=CHUNKS, others=None):
+    """Every output by name of a chunked stream, each chunk feeding the same steps of every sequence input."""
+    others = {k: feed[k] for k in keys.sequences} if others is None else others
+    parts, start = [], 0
+    for size in chunks:
+        cut = slice(start, start + size)
+        out = session.feed(feed[keys.sequence][:, cut], sequences={k: v[:, cut] for k, v in others.items()})
+        parts.append(out if isinstance(out, dict) else {keys.output: out})
+        start += size
+    return {key: np.concatenate([p[key] for p in parts], axis=1) for key in parts[0]}
+
+
+@pytest.mark.parametrize("kind", ["grpc", "rest-columnar", "rest-row", "in-process"])
+@pytest.mark.parametrize("name", ["two_streams_into_lstm", "tokens_features_and_static_into_gru"])
+def test_a_session_streams_several_sequence_inputs(sequence_inputs_server, sequence_input_exports, name, kind):
+    """Chunked outputs and final states equal `serving_default` over the whole sequence, every sequence input
+    fed chunk by chunk (`feed(chunk, sequences=...)`); the other inputs' steps in the wrong order do not."""
+    from serving.client import GrpcClient, SavedModelBackend
+
+    local = SavedModelBackend(sequence_input_exports[name].path)
+    keys = local.keys
+    assert (keys.sequence, keys.sequences) == ("inputs", {"two_streams_into_lstm": ("b",)}.get(name, ("features",)))
+    feed = _random_feed(local.served.views["stream"], keys, 3, STEPS, seed=11)
+    statics = {k: feed[k] for k in keys.statics}
+    want = local.predict(feed)
+    if kind == "in-process":
+        backend, client = local, None
+    else:
+        client = _backend(kind, sequence_inputs_server)
+        backend = client.backend(name)
+    try:
+        session = StreamingSession(backend, batch_size=3, statics=statics)
+        got = _outputs_of_chunks(session, feed, keys)
+        assert session.steps_seen == STEPS and sorted(got) == list(keys.outputs)
+        assert all(r.passed for r in _check_against_predict(f"{name} {kind}", local, session, got, want))
+        if kind == "grpc":  # teeth: the other inputs reversed in time give other outputs
+            assert isinstance(client, GrpcClient)
+            session = StreamingSession(backend, batch_size=3, statics=statics)
+            reversed_others = {k: feed[k][:, ::-1] for k in keys.sequences}
+            got = _outputs_of_chunks(session, feed, keys, others=reversed_others)
+            assert not all(r.passed for r in _check_against_predict("reversed", local, session, got, want))
+    finally:
+        if client is not None:
+            client.close()
+
+
+def test_a_session_refuses_missing_unknown_or_misshapen_sequence_inputs(sequence_input_exports, local_backends):
+    """Each refusal names the sequence input and what to pass instead."""
     from serving.client import SavedModelBackend
 
-    message = r"streaming session \(client-side state carry\) supports exports with one sequence input; this one " \
-              r"also has 1 other sequence input\(s\) \(b\)"
-    with pytest.raises(BadInput, match=message):
-        SavedModelBackend(sequence_input_exports["two_streams_into_lstm"].path)
+    local = SavedModelBackend(sequence_input_exports["two_streams_into_lstm"].path)
+    feed = _random_feed(local.served.views["stream"], local.keys, 2, 4, seed=12)
+    session = StreamingSession(local, batch_size=2)
+    with pytest.raises(ValueError, match=r"takes the sequence input\(s\) \['b'\] beside `inputs`.*"
+                                         r"session.feed\(chunk, sequences=\{'b': \.\.\.\}\)"):
+        session.feed(feed["inputs"])
+    with pytest.raises(ValueError, match=r"unknown sequence input\(s\) \['c'\]; this export takes \['b'\]"):
+        session.feed(feed["inputs"], sequences={"b": feed["b"], "c": feed["b"]})
+    with pytest.raises(ValueError, match=r"sequence input 'b' has shape \[2, 3, 3\]; it needs the chunk's batch "
+                                         r"size and steps \[2, 4\]"):
+        session.feed(feed["inputs"], sequences={"b": feed["b"][:, :3]})
+    assert session.steps_seen == 0  # nothing was sent
+    one_input = StreamingSession(local_backends("two_heads_on_gru"), batch_size=2)
+    with pytest.raises(ValueError, match=r"unknown sequence input\(s\) \['b'\]; this export takes none"):
+        one_input.feed(_frames(2, seed=13), sequences={"b": feed["b"]})

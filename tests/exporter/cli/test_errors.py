@@ -247,8 +247,8 @@ SEQUENCE_INPUTS_REFUSED = ("supports exports with one sequence input; this one a
                            "(features), [B, T, ...] beside `inputs`. Not supported yet for several sequence inputs")
 
 
-@pytest.mark.parametrize("target", ["tflite", "onnx", "triton", "triton-python"])
-def test_converting_sequence_inputs_is_exit_2_naming_them(tmp_path, sequence_input_exports, target):
+@pytest.mark.parametrize("target", ["triton", "triton-python"])
+def test_converting_sequence_inputs_for_triton_is_exit_2_naming_them(tmp_path, sequence_input_exports, target):
     export_dir = sequence_input_exports["tokens_features_and_static_into_gru"].path
     result = runner.invoke(app, ["convert", str(export_dir), "--to", target, "--out", str(tmp_path / "out"), "--json"])
     assert result.exit_code == 2, result.output
@@ -258,22 +258,13 @@ def test_converting_sequence_inputs_is_exit_2_naming_them(tmp_path, sequence_inp
     assert not (tmp_path / "out").exists()
 
 
-def test_exporting_again_from_a_sequence_input_saved_model_is_exit_2(tmp_path, sequence_input_exports):
-    export_dir = sequence_input_exports["tokens_features_and_static_into_gru"].path
-    result = runner.invoke(app, ["export", str(export_dir), "--name", "again", "--base", str(tmp_path / "b"), "--json"])
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    error = json.loads(result.stdout)["error"]
-    assert error.startswith(f"Exporting from the SavedModel {str(export_dir)!r} {SEQUENCE_INPUTS_REFUSED}"), error
-
-
-def test_export_targets_refuse_sequence_inputs_before_any_work(tmp_path):
+def test_export_targets_triton_refuse_sequence_inputs_before_any_work(tmp_path):
     base = tmp_path / "b"
     result = runner.invoke(app, ["export", "tests.exporter.real_models:two_sequence_inputs", "--name", "m", "--base",
-                                 str(base), "--targets", "tflite", "--json"])
+                                 str(base), "--targets", "onnx,triton-python", "--json"])
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     error = json.loads(result.stdout)["error"]
-    assert error.startswith("--targets tflite supports exports with one sequence input; this one also has 1 other "
-                            "sequence input(s) (b)"), error
+    assert error.startswith("--targets triton-python supports exports with one sequence input; this one also has "
+                            "1 other sequence input(s) (b)"), error
     assert not base.exists() or not any(base.iterdir())
