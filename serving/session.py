@@ -48,6 +48,17 @@ class Backend(Protocol):
         """
 
 
+def _check_names(kind: str, names, given: Mapping, how: str, beside: str = "") -> None:
+    """Raises ValueError naming the `kind` inputs missing from `given` (`how` to pass them, its `{}`
+    filled with their names) or unknown to the export."""
+    missing, unknown = sorted(set(names) - set(given)), sorted(set(given) - set(names))
+    if missing:
+        example = ", ".join(repr(n) + ": ..." for n in missing)
+        raise ValueError(f"this export takes the {kind} input(s) {missing} " + how.format(example))
+    if unknown:
+        raise ValueError(f"unknown {kind} input(s) {unknown}; this export takes {sorted(names) or 'none'}{beside}.")
+
+
 def static_feed(names, statics: Mapping[str, np.ndarray] | None, dtypes: Mapping[str, np.dtype],
                 batch_size: int) -> dict[str, np.ndarray]:
     """`statics` checked against the export's static input `names` and cast to their dtypes.
@@ -55,14 +66,8 @@ def static_feed(names, statics: Mapping[str, np.ndarray] | None, dtypes: Mapping
     Raises ValueError naming what is missing, unknown or batched differently.
     """
     statics = dict(statics or {})
-    missing, unknown = sorted(set(names) - set(statics)), sorted(set(statics) - set(names))
-    if missing:
-        raise ValueError(
-            f"this export takes the static input(s) {missing} with every call; pass them once to the session: "
-            f"StreamingSession(backend, batch_size, statics={{{', '.join(repr(n) + ': ...' for n in missing)}}})."
-        )
-    if unknown:
-        raise ValueError(f"unknown static input(s) {unknown}; this export takes {sorted(names) or 'none'}.")
+    _check_names("static", names, statics, "with every call; pass them once to the session: "
+                 "StreamingSession(backend, batch_size, statics={{{}}}).")
     feed = {}
     for name in names:
         array = np.asarray(statics[name], dtype=dtypes[name])
@@ -83,16 +88,8 @@ def sequence_feed(names, sequences: Mapping[str, np.ndarray] | None, dtypes: Map
     Raises ValueError naming what is missing, unknown or shaped differently.
     """
     sequences = dict(sequences or {})
-    missing, unknown = sorted(set(names) - set(sequences)), sorted(set(sequences) - set(names))
-    if missing:
-        raise ValueError(
-            f"this export takes the sequence input(s) {missing} beside `inputs`, the same steps with every "
-            f"chunk; pass them to feed: session.feed(chunk, "
-            f"sequences={{{', '.join(repr(n) + ': ...' for n in missing)}}})."
-        )
-    if unknown:
-        raise ValueError(f"unknown sequence input(s) {unknown}; this export takes {sorted(names) or 'none'} "
-                         "beside `inputs`.")
+    _check_names("sequence", names, sequences, "beside `inputs`, the same steps with every chunk; pass them to "
+                 "feed: session.feed(chunk, sequences={{{}}}).", beside=" beside `inputs`")
     feed = {}
     for name in names:
         array = np.asarray(sequences[name], dtype=dtypes[name])
