@@ -396,7 +396,7 @@ def _split_inputs(model: keras.Model):
     """The main sequence input (the first with a time axis: `[B, T, ...]`, or `[B, T]` token ids), the
     static ones (`[B, ...]`, no time axis: no unknown dimension after the batch) and the other sequence
     inputs (stepped through with the main one, so they must share its time axis)."""
-    sequences = [t for t in model.inputs if len(t.shape) >= 3 or (len(t.shape) == 2 and t.shape[1] is None)]
+    sequences = [t for t in model.inputs if _has_time_axis(model, t)]
     static = [t for t in model.inputs if all(t is not s for s in sequences)]
     if not sequences:
         found = ", ".join(f"{t.name} {list(t.shape)}" for t in model.inputs)
@@ -412,6 +412,14 @@ def _split_inputs(model: keras.Model):
             "through its sequence inputs together, so they must share one time axis. Inputs of different "
             "lengths are not supported: write a step-model factory for those (see the README).")
     return sequences[0], static, sequences[1:]
+
+
+def _has_time_axis(model: keras.Model, tensor) -> bool:
+    """`[B, T, ...]`; or `[B, T]` token ids: T unknown, or fixed (`pad_sequences(maxlen=T)`) and the
+    ids read by an `Embedding`, which gives each of them a step."""
+    if len(tensor.shape) != 2:
+        return len(tensor.shape) >= 3
+    return tensor.shape[1] is None or _vocab_of(model, tensor) is not None
 
 
 def _timed(x_tensor, sequence_tensors):

@@ -291,7 +291,7 @@ def _two_streams_into_lstm():
 def _tokens_features_and_static_into_gru():
     """Token ids `[B, T]` (Embedding) plus float features `[B, T, 3]` merged per step, plus a static
     input `[B, 2]` repeated over time, into a GRU."""
-    # `(None,)`: a fixed-length `[B, 6]` id input would read as a static one; `RepeatVector` fixes T.
+    # `(None,)` ids, T fixed by `RepeatVector` (fixed-length ids, `Input((9,))`: test_keras_graph.py).
     tokens, features = keras.Input((None,), dtype="int32", name="tokens"), keras.Input((None, 3), name="features")
     speaker = keras.Input((2,), name="speaker")
     merged = L.Concatenate()([L.Embedding(11, 4)(tokens), features, L.RepeatVector(SEQUENCE_STEPS)(speaker)])

@@ -527,6 +527,26 @@ def test_the_reloaded_sequence_input_export_equals_keras_on_new_data(sequence_in
             signatures["serving_default"](**(cut(0, steps) | {key: tf.constant(value[:, :-1])}))
 
 
+def test_fixed_length_token_ids_read_by_an_embedding_are_the_sequence(tmp_path):
+    """`pad_sequences(maxlen=9)` ids, `Input((9,), dtype="int32")`: the Embedding gives each id a step,
+    so they are the sequence (probed with 9 steps) and only `speaker` is static; export + fresh verify."""
+    import exporter
+
+    keras.utils.set_random_seed(4)
+    ids, speaker = keras.Input((9,), dtype="int32", name="ids"), keras.Input((2,), name="speaker")
+    merged = keras.layers.Concatenate()([keras.layers.Embedding(11, 4)(ids),
+                                         keras.layers.RepeatVector(9)(keras.layers.Dense(3)(speaker))])
+    model = keras.Model([ids, speaker], keras.layers.Dense(2)(keras.layers.GRU(3, return_sequences=True)(merged)))
+    result = exporter.export(model, name="ids", base=tmp_path)
+    print(result.report.summary())
+    assert result.report.passed, result.report.failures
+    manifest = read_manifest(result.path)
+    assert [i.name for i in manifest.static_inputs] == ["speaker"] and not manifest.sequence_inputs
+    inputs = {t.name: t for t in manifest.signature("serving_default").inputs}
+    assert inputs["inputs"].shape == (None, None) and inputs["inputs"].dtype == "int32"
+    assert ("chunked", "step x9", "outputs") in {(c.check, c.signature, c.tensor) for c in result.report.checks}
+
+
 def test_a_sequence_input_step_model_checks_its_keys():
     from exporter.artifact.specs import InputSpec, StateSpec
     from exporter.step_model import StepModel
