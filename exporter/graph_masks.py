@@ -36,9 +36,9 @@ def mask_rule(index: int, node, sequence_id: int, pads: dict) -> Callable:
     starts, pad = mask_source([layer]) if isinstance(layer, keras.layers.Layer) else (False, 0.0)
     if starts:
         if [id(t) for t in data_tensors(node)] != [sequence_id]:
-            raise layer_refusal(index, layer, "it starts a Keras mask from a tensor other than the sequence input; the "
-                         "padding a client marks is in the inputs, so the layer that masks it must read them "
-                         "(put it right after the Input)")
+            raise layer_refusal(index, layer, "it starts a Keras mask from a tensor other than the main sequence input "
+                                "(the model's first input with a time axis); the padding a client marks, and "
+                                "`lengths`, are in that input, so the layer that masks must read it directly")
         if pads and pad not in pads:
             first = next(iter(pads.items()))
             raise layer_refusal(index, layer, f"it marks padding with {pad}, while {first[1].name!r} marks it with "

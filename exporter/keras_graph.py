@@ -292,7 +292,6 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
     """
     layers = [l for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
     x_tensor, static_tensors, sequence_tensors = _split_inputs(model)
-    _refuse_masks_with_sequences(model, layers, x_tensor, sequence_tensors)
     kinds = {id(x_tensor): PER_STEP, **{id(t): STATIC for t in static_tensors},
              **{id(t): PER_STEP for t in sequence_tensors}}
     nodes: list[_GraphNode] = []
@@ -425,15 +424,6 @@ def _has_time_axis(model: keras.Model, tensor) -> bool:
 def _timed(x_tensor, sequence_tensors):
     """The sequence input that fixes the time length, if one does (they agree: `_split_inputs`)."""
     return next((t for t in (x_tensor, *sequence_tensors) if t.shape[1] is not None), x_tensor)
-
-
-def _refuse_masks_with_sequences(model: keras.Model, layers, x_tensor, sequence_tensors) -> None:
-    if sequence_tensors and mask_source(layers)[0]:
-        names = ", ".join(t.name for t in (x_tensor, *sequence_tensors))
-        raise UnsupportedModel(
-            f"Model {model.name!r} masks its inputs and has several sequence inputs ({names}): masks with "
-            "several sequence inputs are not supported yet. Drop the mask (`Masking`, `mask_zero=True`), or "
-            "write a step-model factory (see the README).")
 
 
 def _vocab_of(model: keras.Model, tensor) -> int | None:

@@ -77,7 +77,7 @@ class StepModel:
             The step sees their slices at step t AFTER the static values, in one tuple:
             `step_fn(x_t, states, (*statics, *slices_t))` and the bound step `(x_t, states, mask_t,
             (*statics, *slices_t))`; `reference_fn(inputs, lengths, (*statics, *sequences))` gets them
-            whole. Not with `head`, `fused_unroll` or a mask.
+            whole. Not with `head` or `fused_unroll`; a mask comes from the main input.
         initial_states_fn: optional `(statics) -> states`: the states before the first step when
             they come from the static inputs (an RNN's `initial_state=`); `serving_default`
             starts from them and `initial_state` returns them. None: zeros.
@@ -172,8 +172,6 @@ class StepModel:
             raise ValueError(f"input names {clashes} are repeated or clash with other keys; rename them.")
         if self.head is not None or self.fused_unroll is not None:
             raise ValueError("`static_inputs` and `sequence_inputs` go without `head` and `fused_unroll`.")
-        if self.sequence_inputs and self.masked:
-            raise ValueError("`sequence_inputs` go without a mask.")
 
     @property
     def extra_inputs(self) -> tuple[InputSpec, ...]:

@@ -392,9 +392,9 @@ def masked_custom_cell():
     return _seq(L.Masking(0.0), L.RNN(L.StackedRNNCells([L.GRUCell(3), L.GRUCell(2)])))
 
 
-def masked_sequence_inputs():
+def mask_on_another_sequence_input():
     a, b = keras.Input((None, F), name="a"), keras.Input((None, 2), name="b")
-    h = L.GRU(2, return_sequences=True)(L.Concatenate()([L.Masking(0.0, name="pad")(a), b]))
+    h = L.GRU(2, return_sequences=True)(L.Concatenate()([a, L.Masking(0.0, name="pad")(b)]))
     return keras.Model([a, b], L.Dense(2)(h))
 
 
@@ -414,7 +414,7 @@ REFUSED_CONSTRUCTS = {
     "strided_causal_conv": "strides=2",
     "running_sum": "out[t] depends on in[t-",
     "masked_custom_cell": "masking is supported for SimpleRNN, GRU and LSTM cells only",
-    "masked_sequence_inputs": "masks its inputs and has several sequence inputs (a, b): masks with several "
-                              "sequence inputs are not supported yet",
+    "mask_on_another_sequence_input": "'pad' (Masking) cannot run step by step: it starts a Keras mask from a "
+                                      "tensor other than the main sequence input",
     "no_recurrence": "no recurrent layer",
 }

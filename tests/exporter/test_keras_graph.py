@@ -218,8 +218,6 @@ def _initial_state_from_another_rnn():
 @pytest.mark.parametrize("build, message", [
     (_two_sequences_of_different_lengths, r"has sequence inputs of different time lengths \(frames T=5, events "
                                           r"T=7\); .* Inputs of different lengths are not supported"),
-    (_two_sequences_masked, r"masks its inputs and has several sequence inputs \(tokens, frames\): masks with "
-                            r"several sequence inputs are not supported yet"),
     (_static_merged_without_repeat, r"merges a static input's tensor \(no time axis\) with a per-step or last-step "
                                     r"one; a static input may feed `RepeatVector`"),
     (_initial_state_from_another_rnn, r"its `initial_state=` is not computed from static inputs alone"),
@@ -545,6 +543,35 @@ def test_fixed_length_token_ids_read_by_an_embedding_are_the_sequence(tmp_path):
     inputs = {t.name: t for t in manifest.signature("serving_default").inputs}
     assert inputs["inputs"].shape == (None, None) and inputs["inputs"].dtype == "int32"
     assert ("chunked", "step x9", "outputs") in {(c.check, c.signature, c.tensor) for c in result.report.checks}
+
+
+def test_a_mask_on_the_main_input_goes_with_other_sequence_inputs(tmp_path):
+    """Token ids with `mask_zero=True` concatenated per step with float frames: the mask comes from the
+    ids (the main input) and masks the GRU's steps for both; export + fresh verify, then new pre-padded
+    and holed rows against Keras, whole and in two `stream` chunks."""
+    import exporter
+
+    keras.utils.set_random_seed(6)
+    model = _two_sequences_masked()
+    result = exporter.export(model, name="masked_two", base=tmp_path)
+    print(result.report.summary())
+    assert result.report.passed, result.report.failures
+    manifest = read_manifest(result.path)
+    assert manifest.masked and [i.name for i in manifest.sequence_inputs] == ["frames"]
+    ids = keras.utils.pad_sequences([[3, 1, 4, 1, 5, 2, 6], [2, 7], [5, 3, 0, 0, 7, 2]], maxlen=7).astype("int32")
+    frames = np.random.default_rng(8).normal(size=(3, 7, F)).astype("float32")
+    want = np.asarray(model([ids, frames], training=False))
+    signatures = tf.saved_model.load(str(result.path)).signatures
+    full = tf.fill([3], 7)
+    got = signatures["serving_default"](inputs=ids, frames=frames, lengths=full)["outputs"].numpy()
+    states = signatures["initial_state"](batch_size=tf.constant(3))
+    first = signatures["stream"](inputs=ids[:, :3], frames=frames[:, :3], lengths=tf.fill([3], 3), **states)
+    second = signatures["stream"](inputs=ids[:, 3:], frames=frames[:, 3:], lengths=tf.fill([3], 4),
+                                  **{s.name: first[s.name] for s in manifest.states})
+    chunked = np.concatenate([first["outputs"].numpy(), second["outputs"].numpy()], axis=1)
+    errors = [float(np.abs(a - want).max()) for a in (got, chunked)]
+    print(f"max abs vs Keras (whole, two stream chunks) {errors}")
+    assert max(errors) <= 1e-5
 
 
 def test_a_sequence_input_step_model_checks_its_keys():
