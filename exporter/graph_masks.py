@@ -28,7 +28,7 @@ def mask_rule(index: int, node, sequence_id: int, pads: dict) -> Callable:
     mask starts from, with its layer.
 
     Raises:
-        UnsupportedModel: a mask starts from a tensor other than the sequence input, or from
+        UnsupportedModel: a mask starts from a tensor other than the main sequence input, or from
             another pad value than an earlier one (the probes, and clients, pad with one value).
     """
     layer = node.operation

@@ -418,7 +418,7 @@ def _mask_into_a_custom_cell():
     (_two_pad_values, r"\(Masking\) cannot run step by step: it marks padding with -?[01]\.0, while "
                       r"'(zeros|minus_one)' marks it with -?[01]\.0; padding is marked with one value"),
     (_mask_after_a_dense, r"'late_mask' \(Masking\) cannot run step by step: it starts a Keras mask from a tensor "
-                          r"other than the sequence input"),
+                          r"other than the main sequence input"),
     (_mask_into_a_custom_cell, r"'stacked' \(RNN\) cannot run step by step: masking is supported for SimpleRNN, "
                                r"GRU and LSTM cells only"),
 ])
