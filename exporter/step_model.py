@@ -141,7 +141,7 @@ class StepModel:
         if self.outputs:
             self._check_outputs(names)
         if self.static_inputs or self.sequence_inputs:
-            self._check_static_inputs(names)
+            self._check_extra_inputs(names)
         if not self.static_inputs and self.initial_states_fn is not None:
             raise ValueError("`initial_states_fn` computes states from `static_inputs`; this model has none.")
         if self.reference_variables is not None and len(self.reference_variables) != len(
@@ -161,7 +161,7 @@ class StepModel:
         if self.head is not None or self.fused_unroll is not None or self.last_step_only:
             raise ValueError("several `outputs` go without `head`, `fused_unroll` and `last_step_only`.")
 
-    def _check_static_inputs(self, state_names: list[str]) -> None:
+    def _check_extra_inputs(self, state_names: list[str]) -> None:
         """Static and sequence inputs alike: InputSpecs, their names unique and free."""
         if not all(isinstance(i, InputSpec) for i in (*self.static_inputs, *self.sequence_inputs)):
             raise TypeError("`static_inputs` and `sequence_inputs` must be tuples of exporter.InputSpec.")

@@ -26,15 +26,21 @@ pytestmark = pytest.mark.slow
 NAMES = sorted(real_models.SEVERAL_OUTPUTS)
 
 
+def _assert_passed(name: str, export) -> None:
+    """Prints the export's summary, time and worst source/chunked row; asserts every check passed."""
+    report = export.report
+    worst = max((c for c in report.checks if c.check.startswith(("source", "chunked"))), key=lambda c: c.max_abs)
+    print(f"{name}: {report.summary()}; export {export.export_seconds:.2f} s; worst source/chunked "
+          f"{worst.check} {worst.signature} {worst.tensor} {worst.max_abs:.2e}")
+    assert report.passed, report.failures
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_several_outputs_export_and_verify_in_a_fresh_process(several_output_exports, name):
     export = several_output_exports[name]
     report = export.report
     _, keys, _ = real_models.SEVERAL_OUTPUTS[name]
-    worst = max((c for c in report.checks if c.check.startswith(("source", "chunked"))), key=lambda c: c.max_abs)
-    print(f"{name}: {report.summary()}; export {export.export_seconds:.2f} s; worst source/chunked "
-          f"{worst.check} {worst.signature} {worst.tensor} {worst.max_abs:.2e}")
-    assert report.passed, report.failures
+    _assert_passed(name, export)
     checked = {(c.check, c.signature, c.tensor) for c in report.checks}
     for key in keys:  # every output, in every check that proves the export equals the model
         assert ("source", "serving_default", key) in checked
@@ -120,10 +126,7 @@ def test_static_inputs_export_and_verify_in_a_fresh_process(static_input_exports
     export = static_input_exports[name]
     report = export.report
     _, static = real_models.STATIC_INPUTS[name]
-    worst = max((c for c in report.checks if c.check.startswith(("source", "chunked"))), key=lambda c: c.max_abs)
-    print(f"{name}: {report.summary()}; export {export.export_seconds:.2f} s; worst source/chunked "
-          f"{worst.check} {worst.signature} {worst.tensor} {worst.max_abs:.2e}")
-    assert report.passed, report.failures
+    _assert_passed(name, export)
     checked = {(c.check, c.signature, c.tensor) for c in report.checks}
     assert ("source", "serving_default", "outputs") in checked
     for label in ("stream x1", "stream x2", "stream x6", "step x6"):
@@ -263,10 +266,7 @@ def test_masked_graphs_export_and_verify_in_a_fresh_process(masked_graph_exports
     export = masked_graph_exports[name]
     report = export.report
     _, keys, _, _ = real_models.MASKED_GRAPHS[name]
-    worst = max((c for c in report.checks if c.check.startswith(("source", "chunked"))), key=lambda c: c.max_abs)
-    print(f"{name}: {report.summary()}; export {export.export_seconds:.2f} s; worst source/chunked "
-          f"{worst.check} {worst.signature} {worst.tensor} {worst.max_abs:.2e}")
-    assert report.passed, report.failures
+    _assert_passed(name, export)
     manifest = read_manifest(export.path)
     assert manifest.masked and {t.name for t in manifest.signature("stream").inputs} >= {"inputs", "lengths"}
     checked = {(c.check, c.signature, c.tensor) for c in report.checks}
@@ -336,10 +336,7 @@ def test_masked_static_input_graphs_export_and_verify_in_a_fresh_process(masked_
     export = masked_graph_exports[name]
     report = export.report
     _, statics, _ = real_models.MASKED_STATIC[name]
-    worst = max((c for c in report.checks if c.check.startswith(("source", "chunked"))), key=lambda c: c.max_abs)
-    print(f"{name}: {report.summary()}; export {export.export_seconds:.2f} s; worst source/chunked "
-          f"{worst.check} {worst.signature} {worst.tensor} {worst.max_abs:.2e}")
-    assert report.passed, report.failures
+    _assert_passed(name, export)
     manifest = read_manifest(export.path)
     assert manifest.masked and [i.name for i in manifest.static_inputs] == list(statics)
     checked = {(c.check, c.signature, c.tensor) for c in report.checks}
