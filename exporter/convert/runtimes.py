@@ -182,17 +182,23 @@ class OrtModel(_Model):
 
     Calls `InferenceSession.run` with numpy arrays: `run_with_ort_values` was 2-4x
     slower at batch 1 on this stack (see `exporter.tools.runtime_bench`).
+
+    `spinning=False` stops ONNX Runtime's threads from spin-waiting after a call: they
+    keep the cores busy for a while, which slows whatever runs next in the process (a
+    TensorFlow call interleaved with one in `scripts/bench.py`: 0.59 -> 0.77 of Keras).
     """
 
     runtime = "ONNX Runtime"
     _DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int32)": np.int32,
                "tensor(int64)": np.int64, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_, "tensor(float16)": np.float16}
 
-    def __init__(self, model_content: bytes, *, intra_op_threads: int = 0):
+    def __init__(self, model_content: bytes, *, intra_op_threads: int = 0, spinning: bool = True):
         import onnxruntime as ort  # optional dependency
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(model_content, options, providers=["CPUExecutionProvider"])
         self.inputs = {i.name: self._info(i.name, i) for i in self.session.get_inputs()}
         self._output_names = [o.name for o in self.session.get_outputs()]
@@ -203,8 +209,8 @@ class OrtModel(_Model):
         self._keys = [self._signature_key(n) for n in self._output_names]
 
     @classmethod
-    def load(cls, path: Path | str, *, intra_op_threads: int = 0) -> "OrtModel":
-        return cls(Path(path).read_bytes(), intra_op_threads=intra_op_threads)
+    def load(cls, path: Path | str, *, intra_op_threads: int = 0, spinning: bool = True) -> "OrtModel":
+        return cls(Path(path).read_bytes(), intra_op_threads=intra_op_threads, spinning=spinning)
 
     @staticmethod
     def _signature_key(name: str) -> str:

@@ -26,11 +26,12 @@ def test_quick_bench(tmp_path):
                           capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((tmp_path / "bench.json").read_text())
-    assert (tmp_path / "bench.md").read_text().startswith("| model |")
+    assert (tmp_path / "bench.md").read_text().startswith("| model | B | T | serving_default / keras |")
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
     rows = results["timings"]
     assert {r["variant"] for r in rows} >= {"keras", "exported", "exported_stream", "exported_xla", "tf_step_loop",
-                                            "numpy_step_loop", "litert_step_loop", "ort_step_loop", "keras_grad",
+                                            "numpy_step_loop", "litert_step_loop", "ort_step_loop", "ort_stream",
+                                            "keras_grad",
                                             "exported_grad"}
     assert {r["model"] for r in rows} == {"lstm", "gru", "srnn"}
     for row in rows:
@@ -51,3 +52,17 @@ def test_quick_bench(tmp_path):
     assert cost["verify_peak_rss_mb"] > 0
     assert "## Export cost" in (tmp_path / "bench.md").read_text()
     assert (tmp_path / "bench-export-cost.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_summary_names_the_fastest_forward_variant_and_its_ratio_to_the_floor():
+    from exporter.tools.benchmark import summary
+
+    def row(kind, variant, us, ratio):
+        return {"model": "gru", "batch": 32, "steps": 128, "kind": kind, "variant": variant, "us_per_step": us,
+                "ratio_vs_keras": ratio, "ratio_vs_floor": us / 20.0}
+
+    rows = [row("forward", "keras", 100.0, 1.0), row("forward", "exported", 60.0, 0.6),
+            row("forward", "exported_stream", 55.0, 0.55), row("forward", "ort_stream", 40.0, 0.4),
+            row("gradient", "keras_grad", 300.0, 1.0), row("gradient", "exported_grad", 10.0, 0.03)]
+    header, rule, line = summary(rows)
+    assert line == "| gru | 32 | 128 | 0.60 | 0.55 | 0.03 | ort_stream | 2.00 |", line
