@@ -6,10 +6,14 @@ the same run. Absolute times on a shared machine are noise; the ratios carry ove
 Peak memory is measured in a fresh process per variant (ru_maxrss over an
 import-only baseline).
 
-Two floors for every row:
+Three floors for every row:
 - the arithmetic floor: the model's FLOPs per step (the cells' and the head's matrix
   products; 3x that for a gradient: forward, input and weight products) divided by the
   machine's GEMM rate, a large float32 `tf.matmul` timed in the same run;
+- forward rows: `recurrent_products`, the time of each cell's `h @ U` alone, one step at a
+  time (T in whole blocks of 8), which no runtime can hoist out of its loop: at B <= 32
+  those products run far below the large-GEMM rate. It is a TensorFlow call, so at short
+  T, where a call's own cost dominates, it bounds the TensorFlow variants only;
 - `numpy_step_loop`: the model's maths in numpy, one step at a time (input
   products hoisted), in a child process with one BLAS thread (threadpoolctl) and
   without `OPENBLAS_CORETYPE` / `OPENBLAS_L2_SIZE`, which pick a slower kernel for
@@ -120,6 +124,44 @@ def gemm_rate(size: int = 2048, repeats: int = 5) -> float:
     matmul(a, b).numpy()
     best = min(_time(lambda _: matmul(a, b).numpy(), None) for _ in range(repeats))
     return 2 * size**3 / best
+
+
+def recurrent_products(model, unroll: int = 8) -> Callable:
+    """`x -> h` running only what no step loop can hoist: each cell's `h @ U` one step at a time
+    (sliced back to `[B, U]`), in two batch halves like the export, layers one after the other.
+
+    Its time per step bounds any runtime that takes the recurrent product per step on this
+    machine: the arithmetic floor assumes the large-GEMM rate, which products at B <= 32 do not reach.
+    """
+    import keras
+    import tensorflow as tf
+
+    recurrents = [tf.constant(layer.cell.recurrent_kernel.numpy()) for layer in model.layers
+                  if isinstance(layer, keras.layers.RNN)]
+
+    def chain(h, recurrent, steps):
+        units = int(recurrent.shape[0])
+
+        def body(n, h):
+            for _ in range(unroll):
+                h = (h @ recurrent)[:, :units]
+            return n + 1, h
+
+        return tf.while_loop(lambda n, _: n < steps // unroll, body, (tf.constant(0), h))[1]
+
+    @tf.function
+    def run(x):
+        batch, steps = tf.shape(x)[0], tf.shape(x)[1]
+        halves = [batch // 2, batch - batch // 2]
+        outputs = []
+        for size in halves:
+            h = tf.zeros([size, 1], x.dtype)
+            for recurrent in recurrents:
+                h = chain(tf.zeros([size, int(recurrent.shape[0])], x.dtype) + h[:, :1], recurrent, steps)
+            outputs.append(h)
+        return tf.concat(outputs, axis=0)
+
+    return lambda x: run(tf.constant(x)).numpy()
 
 
 def _cell_weights(model) -> dict[str, np.ndarray]:
@@ -410,7 +452,8 @@ def run(config: BenchConfig, workdir: Path, progress: Callable[[str], None] = la
                     forward.update(runtime_loops)
                     forward["numpy_step_loop"] = numpy_loop
                     floor = flops_per_step(model, batch) / statistics.median(rates)
-                    rows += _rows(model_name, batch, steps, "forward", forward, x, config, floor)
+                    rows += _rows(model_name, batch, steps, "forward", forward, x, config, floor,
+                                  bound=recurrent_products(model))
                     rows += _rows(model_name, batch, steps, "gradient", _gradient_variants(model, exported), x,
                                   config, 3 * floor)
         finally:
@@ -426,15 +469,21 @@ def run(config: BenchConfig, workdir: Path, progress: Callable[[str], None] = la
     return results
 
 
-def _rows(model_name, batch, steps, kind, variants, x, config, floor_seconds_per_step: float) -> list[dict]:
+def _rows(model_name, batch, steps, kind, variants, x, config, floor_seconds_per_step: float,
+          bound: Callable | None = None) -> list[dict]:
+    """One row per variant. `bound` (`recurrent_products`) is timed in the same interleaved
+    order and reported beside every row, not as a variant: it does not compute the model."""
     reference_name = "keras" if kind == "forward" else "keras_grad"
     reference = variants[reference_name](x)
-    seconds = interleaved_medians({name: functools.partial(_call, fn, x) for name, fn in variants.items()},
-                                  repeats=config.repeats, warmup=config.warmup)
+    timed = {name: functools.partial(_call, fn, x) for name, fn in variants.items()}
+    if bound is not None:
+        timed[_BOUND] = functools.partial(_call, bound, x)
+    seconds = interleaved_medians(timed, repeats=config.repeats, warmup=config.warmup)
+    bound_seconds = seconds.pop(_BOUND, None)
     rows = []
     for name, value in seconds.items():
         error = _max_error(variants[name](x), reference)
-        rows.append({
+        row = {
             "model": model_name, "batch": batch, "steps": steps, "kind": kind, "variant": name,
             "us_per_step": value / steps * 1e6,
             "throughput_steps_per_s": batch * steps / value,
@@ -443,8 +492,15 @@ def _rows(model_name, batch, steps, kind, variants, x, config, floor_seconds_per
             "ratio_vs_floor": value / steps / floor_seconds_per_step,
             "matches_keras": error <= 0.0,
             "excess_over_tolerance": error,
-        })
+        }
+        if bound_seconds is not None:
+            row["recurrent_products_us_per_step"] = bound_seconds / steps * 1e6
+            row["ratio_vs_recurrent_products"] = value / bound_seconds
+        rows.append(row)
     return rows
+
+
+_BOUND = "recurrent_products"
 
 
 _MEMORY_CHILD = """
@@ -505,7 +561,8 @@ def summary(rows: list[dict]) -> list[str]:
     """One line per (model, B, T): the default export against Keras (`serving_default`, `stream`,
     the gradient through `stream`) and the fastest forward variant against the arithmetic floor."""
     lines = ["| model | B | T | serving_default / keras | stream / keras | gradient / keras | "
-             "fastest forward | its ratio vs floor |", "|---|---|---|---|---|---|---|---|"]
+             "fastest forward | its ratio vs floor | vs recurrent products alone |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for key in dict.fromkeys((r["model"], r["batch"], r["steps"]) for r in rows):
         cell = {(r["kind"], r["variant"]): r for r in rows if (r["model"], r["batch"], r["steps"]) == key}
         ratio = lambda kind, variant: (f"{cell[kind, variant]['ratio_vs_keras']:.2f}"  # noqa: E731
@@ -513,7 +570,8 @@ def summary(rows: list[dict]) -> list[str]:
         fastest = min((r for (kind, _), r in cell.items() if kind == "forward"), key=lambda r: r["us_per_step"])
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {ratio('forward', 'exported')} | "
                      f"{ratio('forward', 'exported_stream')} | {ratio('gradient', 'exported_grad')} | "
-                     f"{fastest['variant']} | {fastest['ratio_vs_floor']:.2f} |")
+                     f"{fastest['variant']} | {fastest['ratio_vs_floor']:.2f} | "
+                     f"{fastest.get('ratio_vs_recurrent_products', float('nan')):.2f} |")
     return lines
 
 

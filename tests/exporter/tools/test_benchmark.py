@@ -38,6 +38,8 @@ def test_quick_bench(tmp_path):
         assert ROW_FIELDS <= set(row), row
         assert row["matches_keras"], row  # the numpy step loop computes the model too
         assert row["floor_us_per_step"] > 0 and row["ratio_vs_floor"] > 0, row
+        if row["kind"] == "forward":  # forward rows carry the recurrent products' time
+            assert row["recurrent_products_us_per_step"] > 0 and row["ratio_vs_recurrent_products"] > 0, row
     # The numpy loop's child says which BLAS it ran, with one thread.
     blas = results["machine"]["numpy_blas"]
     assert blas and all(b["num_threads"] == 1 for b in blas), blas
@@ -59,10 +61,10 @@ def test_summary_names_the_fastest_forward_variant_and_its_ratio_to_the_floor():
 
     def row(kind, variant, us, ratio):
         return {"model": "gru", "batch": 32, "steps": 128, "kind": kind, "variant": variant, "us_per_step": us,
-                "ratio_vs_keras": ratio, "ratio_vs_floor": us / 20.0}
+                "ratio_vs_keras": ratio, "ratio_vs_floor": us / 20.0, "ratio_vs_recurrent_products": us / 25.0}
 
     rows = [row("forward", "keras", 100.0, 1.0), row("forward", "exported", 60.0, 0.6),
             row("forward", "exported_stream", 55.0, 0.55), row("forward", "ort_stream", 40.0, 0.4),
             row("gradient", "keras_grad", 300.0, 1.0), row("gradient", "exported_grad", 10.0, 0.03)]
     header, rule, line = summary(rows)
-    assert line == "| gru | 32 | 128 | 0.60 | 0.55 | 0.03 | ort_stream | 2.00 |", line
+    assert line == "| gru | 32 | 128 | 0.60 | 0.55 | 0.03 | ort_stream | 2.00 | 1.60 |", line
