@@ -157,6 +157,7 @@ def recurrent_products(model, unroll: int = 8) -> Callable:
         for size in halves:
             h = tf.zeros([size, 1], x.dtype)
             for recurrent in recurrents:
+                # `+ h[:, :1]`: a layer starts after the one below it, as in the model.
                 h = chain(tf.zeros([size, int(recurrent.shape[0])], x.dtype) + h[:, :1], recurrent, steps)
             outputs.append(h)
         return tf.concat(outputs, axis=0)
@@ -442,6 +443,7 @@ def run(config: BenchConfig, workdir: Path, progress: Callable[[str], None] = la
         model.save(model_file)
         numpy_loop = NumpyStepLoop(model, workdir)
         blas = numpy_loop.blas
+        bound = recurrent_products(model)
         try:
             for batch in config.batches:
                 for steps in config.steps:
@@ -453,7 +455,7 @@ def run(config: BenchConfig, workdir: Path, progress: Callable[[str], None] = la
                     forward["numpy_step_loop"] = numpy_loop
                     floor = flops_per_step(model, batch) / statistics.median(rates)
                     rows += _rows(model_name, batch, steps, "forward", forward, x, config, floor,
-                                  bound=recurrent_products(model))
+                                  bound=bound)
                     rows += _rows(model_name, batch, steps, "gradient", _gradient_variants(model, exported), x,
                                   config, 3 * floor)
         finally:
@@ -467,6 +469,9 @@ def run(config: BenchConfig, workdir: Path, progress: Callable[[str], None] = la
                            "blas_hints_unset_for_numpy": [k for k in _BLAS_HINTS if k in os.environ]},
                "versions": _versions()}
     return results
+
+
+_BOUND = "recurrent_products"
 
 
 def _rows(model_name, batch, steps, kind, variants, x, config, floor_seconds_per_step: float,
@@ -498,9 +503,6 @@ def _rows(model_name, batch, steps, kind, variants, x, config, floor_seconds_per
             row["ratio_vs_recurrent_products"] = value / bound_seconds
         rows.append(row)
     return rows
-
-
-_BOUND = "recurrent_products"
 
 
 _MEMORY_CHILD = """
