@@ -19,6 +19,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from exporter.artifact.specs import check_sequence_chunk
+
 # What `feed` and `Backend.stream` return: one array, or a dict by output name (several outputs).
 Outputs = np.ndarray | dict[str, np.ndarray]
 
@@ -90,15 +92,9 @@ def sequence_feed(names, sequences: Mapping[str, np.ndarray] | None, dtypes: Map
     sequences = dict(sequences or {})
     _check_names("sequence", names, sequences, "beside `inputs`, the same steps with every chunk; pass them to "
                  "feed: session.feed(chunk, sequences={{{}}}).", beside=" beside `inputs`")
-    feed = {}
-    for name in names:
-        array = np.asarray(sequences[name], dtype=dtypes[name])
-        if array.ndim < 2 or tuple(array.shape[:2]) != tuple(chunk_shape[:2]):
-            raise ValueError(
-                f"sequence input {name!r} has shape {list(array.shape)}; it needs the chunk's batch size and "
-                f"steps {list(chunk_shape[:2])} first (the chunk of `inputs` is {list(chunk_shape)})."
-            )
-        feed[name] = array
+    feed = {name: np.asarray(sequences[name], dtype=dtypes[name]) for name in names}
+    for name, array in feed.items():
+        check_sequence_chunk(name, array, chunk_shape)
     return feed
 
 

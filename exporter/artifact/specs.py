@@ -167,6 +167,16 @@ class InputSpec(_Keyed):
         return data
 
 
+def check_sequence_chunk(name: str, array, chunk_shape: tuple[int, ...]) -> None:
+    """Raises ValueError unless the other sequence input `name` (an array) starts with the chunk's batch
+    size and steps (`chunk_shape[:2]`): every sequence input of a call covers the same steps."""
+    if array.ndim < 2 or tuple(array.shape[:2]) != tuple(chunk_shape[:2]):
+        raise ValueError(
+            f"sequence input {name!r} has shape {list(array.shape)}; it needs the chunk's batch size and "
+            f"steps {list(chunk_shape[:2])} first (the chunk of `inputs` is {list(chunk_shape)})."
+        )
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SignatureSpec:
     """Inputs and outputs of one exported signature, by serving key."""

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from exporter.artifact.specs import check_sequence_chunk
+
 STATE_OUTPUT_SUFFIX = "_next"
 # Keys of the export's signatures that are not states (exporter.trace).
 NON_STATE_KEYS = frozenset({"x", "y", "inputs", "outputs", "lengths", "batch_size"})
@@ -271,9 +273,7 @@ def _sequences(model: _Model, names, sequences: Mapping[str, np.ndarray] | None,
         )
     arrays = {n: np.asarray(v) for n, v in sequences.items()}
     for name, array in arrays.items():
-        if array.ndim < 2 or tuple(array.shape[:2]) != tuple(chunk_shape[:2]):
-            raise ValueError(f"sequence input {name!r} has shape {list(array.shape)}; it needs the chunk's "
-                             f"batch size and steps {list(chunk_shape[:2])} first")
+        check_sequence_chunk(name, array, chunk_shape)
     return arrays
 
 

@@ -326,21 +326,17 @@ def _runtime_step_loops(plain_dir: Path, workdir: Path) -> dict[str, Callable]:
 
     ONNX Runtime runs without spin-waiting (`OrtModel(spinning=False)`): its spinning
     threads slow the variant timed after it."""
-    loops = {}
-    for target, file in (("tflite", "step.tflite"), ("onnx", "step.onnx")):
+    backends = {}
+    for target in ("tflite", "onnx"):
         out = workdir / f"{plain_dir.name}-{target}"
-        report = convert_export(plain_dir, target, out)
-        if not report.passed:
+        if not convert_export(plain_dir, target, out).passed:
             continue  # the JSON still lists every variant that ran; a failed conversion is not timed
         if target == "tflite":
-            backend = StepLoopBackend(LiteRTModel.load(out / file))
-            loops["litert_step_loop"] = functools.partial(_stream_from_zeros, backend)
-            continue
-        backend = StepLoopBackend(OrtModel.load(out / file, spinning=False))
-        loops["ort_step_loop"] = functools.partial(_stream_from_zeros, backend)
-        sequence = SequenceBackend(OrtModel.load(out / "stream.onnx", spinning=False))
-        loops["ort_stream"] = functools.partial(_stream_from_zeros, sequence)
-    return loops
+            backends["litert_step_loop"] = StepLoopBackend(LiteRTModel.load(out / "step.tflite"))
+        else:
+            backends["ort_step_loop"] = StepLoopBackend(OrtModel.load(out / "step.onnx", spinning=False))
+            backends["ort_stream"] = SequenceBackend(OrtModel.load(out / "stream.onnx", spinning=False))
+    return {name: functools.partial(_stream_from_zeros, backend) for name, backend in backends.items()}
 
 
 def _stream_from_zeros(backend, x):
@@ -567,8 +563,10 @@ def summary(rows: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|"]
     for key in dict.fromkeys((r["model"], r["batch"], r["steps"]) for r in rows):
         cell = {(r["kind"], r["variant"]): r for r in rows if (r["model"], r["batch"], r["steps"]) == key}
-        ratio = lambda kind, variant: (f"{cell[kind, variant]['ratio_vs_keras']:.2f}"  # noqa: E731
-                                       if (kind, variant) in cell else "-")
+
+        def ratio(kind, variant, cell=cell):
+            return f"{cell[kind, variant]['ratio_vs_keras']:.2f}" if (kind, variant) in cell else "-"
+
         fastest = min((r for (kind, _), r in cell.items() if kind == "forward"), key=lambda r: r["us_per_step"])
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {ratio('forward', 'exported')} | "
                      f"{ratio('forward', 'exported_stream')} | {ratio('gradient', 'exported_grad')} | "

@@ -435,10 +435,7 @@ def test_sequence_inputs_export_and_verify_in_a_fresh_process(sequence_input_exp
     export = sequence_input_exports[name]
     report = export.report
     _, sequences, static = real_models.SEQUENCE_INPUTS[name]
-    worst = max(report.checks, key=lambda c: c.max_abs if c.max_abs is not None else -1.0)
-    print(f"{name}: {report.summary()}; {len(report.checks)} checks; export (trace+goldens+save) "
-          f"{export.export_seconds:.2f} s; worst {worst.check} {worst.signature} {worst.tensor} {worst.max_abs:.2e}")
-    assert report.passed, report.failures
+    _assert_passed(name, export)
     checked = {(c.check, c.signature, c.tensor) for c in report.checks}
     steps = real_models.SEQUENCE_STEPS
     assert ("source", "serving_default", "outputs") in checked
