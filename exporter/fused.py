@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from exporter.recurrence import dense_upstream, in_halves, matmul_seq, outer_sum, previous_steps, scan
+from exporter.recurrence import dense_upstream, matmul_seq, outer_sum, previous_steps, scan
 
 
 def is_fusable_lstm(cell) -> bool:
@@ -99,24 +99,21 @@ def lstm_sequence(x_tm, h0, c0, kernel, recurrent, bias):
 
 
 def fused_lstm(cell) -> Callable:
-    """`(x [B, T, F], (h, c)) -> (h_seq [B, T, U], (h_T, c_T))` for a Keras LSTM cell, in BlockLSTM ops."""
+    """`(x_tm [T, B, F], (h, c)) -> (h_seq [T, B, U], (h_T, c_T))` for a Keras LSTM cell, in BlockLSTM ops.
+
+    Run it in two batch halves (`recurrence.in_halves`): the kernel alone kept one of two cores
+    busy, 1.6-1.75x slower at B=32. BlockLSTMGrad, which returned uninitialised weight gradients
+    on an empty batch or sequence (22.4 instead of 0), is not used.
+    """
     import tensorflow as tf
 
     units = int(cell.units)
 
-    def call(inputs, states):
-        h0, c0 = states
+    def call(x_tm, states):
         kernel = tf.convert_to_tensor(cell.kernel.value)
         recurrent = tf.convert_to_tensor(cell.recurrent_kernel.value)
-        bias = tf.convert_to_tensor(cell.bias.value) if cell.use_bias else tf.zeros([4 * units], inputs.dtype)
-
-        def run(time_major, h0, c0):
-            return lstm_sequence(time_major, h0, c0, kernel, recurrent, bias)
-
-        # In two batch halves (recurrence.in_halves): the kernel alone kept one of two cores busy,
-        # 1.6-1.75x slower at B=32. BlockLSTMGrad, which returned uninitialised weight gradients
-        # on an empty batch or sequence (22.4 instead of 0), is not used.
-        h_seq, h_last, c_last = in_halves(run, inputs, (h0, c0))
+        bias = tf.convert_to_tensor(cell.bias.value) if cell.use_bias else tf.zeros([4 * units], x_tm.dtype)
+        h_seq, h_last, c_last = lstm_sequence(x_tm, *states, kernel, recurrent, bias)
         return h_seq, (h_last, c_last)
 
     return call

@@ -17,7 +17,8 @@ from keras.src.models.functional import Functional
 from exporter.artifact.errors import SeqExportError, UnsupportedModel
 from exporter.artifact.specs import StateSpec
 from exporter.fused import fused_lstm, is_fusable_lstm
-from exporter.recurrence import hoisted_cell, is_hoistable_gru, is_hoistable_simple_rnn, simple_rnn_stack
+from exporter.recurrence import (hoisted_cell, in_halves, is_hoistable_gru, is_hoistable_simple_rnn,
+                                 simple_rnn_stack, wants_halves)
 from exporter.step_model import StepModel
 from exporter.time_probe import whole_call_traces, why_not_per_step
 
@@ -63,9 +64,14 @@ class _Stage:
     states: tuple[StateSpec, ...]
     call: Callable
     ends_sequence: bool = False  # an RNN without return_sequences
-    # `(x [B, T, ...], states) -> (y [B, T, ...], new_states)` over a whole sequence in one
-    # kernel, for a stage that has one (a stateless stage: its own call on [B, T, ...]).
+    # `(x [B, T, ...], states) -> (y [B, T, ...], new_states)` over a whole sequence at once
+    # (a stateless stage: its own call on [B, T, ...]).
     sequence_call: Callable | None = None
+    # `(x [T, B, ...], states) -> (y [T, B, ...], new_states)`: an RNN's whole-sequence kernel,
+    # time-major (a fused LSTM, a hoisted GRU or SimpleRNN loop); `split`: it runs faster in two
+    # batch halves (`recurrence.in_halves`).
+    kernel: Callable | None = None
+    split: bool = False
     # `x_t -> mask_t [B] bool` for a layer that computes the Keras mask from its input
     # (`Masking`, `Embedding(mask_zero=True)`): that mask reaches every later stage.
     mask_fn: Callable | None = None
@@ -79,6 +85,18 @@ class _Stage:
     def __post_init__(self):
         if self.sequence_call is None and not self.states and self.rank_agnostic:
             object.__setattr__(self, "sequence_call", lambda x, s: (self.call(x, (), None)[0], ()))
+
+    @property
+    def fusable(self) -> bool:
+        """It can run over a whole sequence at once (`_run_whole_sequence`)."""
+        return self.kernel is not None or self.sequence_call is not None
+
+    @property
+    def row_wise(self) -> bool:
+        """Known to compute each batch row alone, on any leading axes: an RNN kernel, or a stateless
+        stage that acts on the last axis (Dense, activations, normalisations, ...). Such stages run
+        time-major as they are, and in batch halves."""
+        return self.kernel is not None or (self.rank_agnostic and not self.states)
 
 
 def layer_refusal(index: int, layer, why: str) -> UnsupportedModel:
@@ -132,8 +150,9 @@ def rnn_stage(index: int, layer: keras.layers.RNN, masked: bool, emit: int = 0) 
             new = tuple(tf.where(keep, n, p) for n, p in zip(new, prev))
         return (output if emit == 0 else new[emit - 1]), new
 
+    kernel = _sequence_kernel(cell) if emit == 0 else None
     return _Stage(layer.name, states, call, ends_sequence=emit > 0 or not layer.return_sequences,
-                  sequence_call=_sequence_call(cell) if emit == 0 else None,
+                  kernel=kernel, split=kernel is not None and (is_fusable_lstm(cell) or wants_halves([cell])),
                   simple_rnn_cell=cell if emit == 0 and is_hoistable_simple_rnn(cell) else None)
 
 
@@ -145,8 +164,9 @@ def masked_rnn_refusal(index: int, layer: keras.layers.RNN) -> UnsupportedModel 
     return layer_refusal(index, layer, "masking is supported for SimpleRNN, GRU and LSTM cells only")
 
 
-def _sequence_call(cell) -> Callable | None:
-    """The cell over a whole sequence in one kernel (LSTM) or one hoisted loop (GRU, SimpleRNN).
+def _sequence_kernel(cell) -> Callable | None:
+    """The cell over a whole time-major sequence in one kernel (LSTM) or one hoisted loop (GRU,
+    SimpleRNN), or None.
 
     These bypass the cell's `__call__`, so the input is cast here as Keras casts it there
     (a float64 input into a float32 cell).
@@ -306,22 +326,69 @@ def _whole_sequence_groups(stages) -> list[list[_Stage]]:
     return groups
 
 
+def _segments(groups: list[list[_Stage]]) -> list[tuple[bool, list[list[_Stage]]]]:
+    """The groups cut into runs that go together: (split, groups). Consecutive row-wise groups
+    (`_Stage.row_wise`) are one run, split into two batch halves from its first group to its
+    last when one of its kernels gains from halves: the halves are split and joined once, not
+    around every kernel. Any other group is a run of its own, on the whole batch."""
+    runs: list[tuple[bool, list[list[_Stage]]]] = []
+    for group in groups:
+        row_wise = all(stage.row_wise for stage in group)
+        if row_wise and runs and runs[-1][0]:
+            runs[-1][1].append(group)
+        else:
+            runs.append((row_wise, [group]))
+    return [(row_wise and any(stage.split for group in run for stage in group), run) for row_wise, run in runs]
+
+
+def _swap_batch_and_time(x):
+    return tf.transpose(x, [1, 0, *range(2, len(x.shape))])
+
+
+def _run_group_time_major(group: list[_Stage], x, states):
+    """One group over `x [T, B, ...]`."""
+    if len(group) > 1:
+        cells = [stage.simple_rnn_cell for stage in group]
+        # Cast as `_sequence_kernel` does (Keras casts in the cell's `__call__`).
+        return simple_rnn_stack(cells)(tf.cast(x, cells[0].compute_dtype), states)
+    stage = group[0]
+    if stage.kernel is not None:
+        return stage.kernel(x, states)
+    if stage.row_wise:
+        return stage.call(x, (), None)
+    y, new = stage.sequence_call(_swap_batch_and_time(x), states)
+    return _swap_batch_and_time(y), new
+
+
 def _run_whole_sequence(stages, x, prev_states):
     """The stages over `x [B, T, ...]` at once, layer by layer as Keras runs them, except that a
-    group of consecutive SimpleRNN layers runs as one loop (`recurrence.simple_rnn_stack`)."""
-    new_states, offset = [], 0
-    for group in _whole_sequence_groups(stages):
-        count = sum(len(stage.states) for stage in group)
-        states = tuple(prev_states[offset : offset + count])
-        if len(group) > 1:
-            cells = [stage.simple_rnn_cell for stage in group]
-            # Cast as `_sequence_call` does (Keras casts in the cell's `__call__`).
-            x, new = simple_rnn_stack(cells)(tf.cast(x, cells[0].compute_dtype), states)
-        else:
-            x, new = group[0].sequence_call(x, states)
+    group of consecutive SimpleRNN layers runs as one loop (`recurrence.simple_rnn_stack`).
+
+    Time-major inside: the input is transposed once, every RNN kernel reads and writes
+    `[T, B, ...]` and so do the row-wise stages between them and after them (a Dense head),
+    and only the last output is transposed back. A run of row-wise stages whose kernels gain
+    from batch halves runs in halves from end to end (`_segments`): a GRU(128) and its Dense(8)
+    head join two `[T, B/2, 8]` halves, not two `[T, B/2, 128]` ones, and transpose `[T, B, 8]`.
+    """
+    x = _swap_batch_and_time(x)
+    states = tuple(prev_states)
+    new_states = []
+    for split, groups in _segments(_whole_sequence_groups(stages)):
+        count = sum(len(stage.states) for group in groups for stage in group)
+        segment_states, states = states[:count], states[count:]
+
+        def run(x, segment_states, groups=groups):
+            new = []
+            for group in groups:
+                taken = sum(len(stage.states) for stage in group)
+                x, group_new = _run_group_time_major(group, x, segment_states[:taken])
+                segment_states = segment_states[taken:]
+                new.extend(group_new)
+            return x, tuple(new)
+
+        x, new = in_halves(run, x, segment_states) if split else run(x, segment_states)
         new_states.extend(new)
-        offset += count
-    return x, tuple(new_states)
+    return _swap_batch_and_time(x), tuple(new_states)
 
 
 class NotAChain(UnsupportedModel):
@@ -575,10 +642,10 @@ def chain_step_model(model: keras.Model, description: str = "") -> StepModel:
     def step(x, prev_states):
         return masked_step(x, prev_states, None)
 
-    def fused_core(inputs, prev_states):
-        return _run_whole_sequence(core_stages, inputs, prev_states)
+    def fused(inputs, prev_states):
+        return _run_whole_sequence(stages, inputs, prev_states)
 
-    fusable = not masked and all(stage.sequence_call is not None for stage in core_stages)
+    fusable = not masked and all(stage.fusable for stage in stages)
 
     input_spec = model.inputs[0]
     if len(input_spec.shape) < 2:
@@ -605,7 +672,7 @@ def chain_step_model(model: keras.Model, description: str = "") -> StepModel:
         masked_step_fn=masked_step if masked else None,
         bind_step=step_binder(model, core_step if head_stages else masked_step),
         head=head if head_stages else None,
-        fused_unroll=fused_core if fusable else None,
+        fused_unroll=fused if fusable else None,
         core_output_shape=tuple(int(d) for d in core_y.shape[1:]) if head_stages else None,
         core_output_dtype=core_y.dtype.name if head_stages else None,
         input_shape=input_shape,

@@ -43,11 +43,13 @@ class StepModel:
             (and on `[B, *core]` by `step`); when set, `bind_step`'s step returns the core
             output of shape `core_output_shape` (dtype `core_output_dtype`, default
             `output_dtype`) and `head` turns it into `output_shape`.
-        fused_unroll: optional `(inputs [B, T, ...], states) -> (core outputs [B, T, ...],
+        fused_unroll: optional `(inputs [B, T, ...], states) -> (outputs [B, T, ...],
             new_states)`: the same maths as the unroll in whole-sequence runs (an LSTM
-            as TF's `BlockLSTM`, a GRU or SimpleRNN as one loop with its input product hoisted), used by `serving_default` and `stream` unless `--jit` or
-            `--no-fused`; never for masked models. Its outputs are `bind_step`'s (before
-            `head`). The while_loop stays as the `<name>_unfused` twins.
+            as TF's `BlockLSTM`, a GRU or SimpleRNN as one loop with its input product
+            hoisted), used by `serving_default` and `stream` unless `--jit` or `--no-fused`;
+            never for masked models. Its outputs are the model's, `head` included (it may run
+            the head inside, before its outputs leave the layout it computes in). The
+            while_loop stays as the `<name>_unfused` twins.
         last_step_only: `serving_default` returns only the last step's output.
         reference_fn: `(inputs [B,T,...], lengths or None) -> outputs`: the source model's
             own full-sequence call, the ground truth the export is checked against.

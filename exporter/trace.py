@@ -57,8 +57,8 @@ def unroll(model: StepModel, inputs, states: tuple, lengths=None, *, fused: bool
     (`[B, T, ...]` each, the same T), sliced per step like `inputs`.
     """
     if fused:
-        outputs, final = model.fused_unroll(inputs, tuple(states))
-        return model.apply_head(outputs), tuple(final)
+        outputs, final = model.fused_unroll(inputs, tuple(states))  # the head included
+        return outputs, tuple(final)
     rank = len(inputs.shape)
     time_major = tf.transpose(inputs, [1, 0, *range(2, rank)])
     steps = tf.shape(time_major)[0]

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from exporter.fused import fused_lstm, is_fusable_lstm
 from exporter.keras_model import step_model_from_keras
+from exporter.recurrence import in_halves
 from exporter.trace import trace
 from tests.exporter import models
 
@@ -41,11 +42,12 @@ def _outputs_and_grads(call, layer, x, h0, c0):
 
 
 def _fused_call(layer):
+    """The time-major kernel as the chain runs it: in two batch halves."""
     fused = fused_lstm(layer.cell)
 
     def call(x, h0, c0):
-        sequence, (h, c) = fused(x, (h0, c0))
-        return sequence, h, c
+        sequence, (h, c) = in_halves(fused, tf.transpose(x, [1, 0, 2]), (h0, c0))
+        return tf.transpose(sequence, [1, 0, 2]), h, c
 
     return call
 
@@ -161,7 +163,9 @@ def test_no_fusing_without_kernels_or_when_asked(case):
 
 def test_simple_rnn_pair_after_an_lstm_runs_as_one_wavefront_that_matches_its_twin_and_keras():
     """LSTM, SimpleRNN, SimpleRNN, Dense: BlockLSTM, then ONE loop for both SimpleRNNs (8 steps of
-    each and the second's input product per block: 17 MatMuls). `serving_default` gives Keras's
+    each and the second's input product per block: 17 MatMuls), all of it in two batch halves
+    (the LSTM runs in halves, and the row-wise layers after it stay in them, so one such loop per
+    half). `serving_default` gives Keras's
     numbers, and `stream` gives its `_unfused` twin's outputs, final states and gradients
     (the verification's twin check) over a chunk that fills, runs and drains the wavefront."""
     keras.utils.set_random_seed(6)
@@ -173,7 +177,7 @@ def test_simple_rnn_pair_after_an_lstm_runs_as_one_wavefront_that_matches_its_tw
     serving = traced.functions["serving_default"]
     assert "BlockLSTM" in _ops(serving)
     bodies = [f for f in serving.graph.as_graph_def().library.function if "body" in f.signature.name]
-    assert [sum(n.op == "MatMul" for n in f.node_def) for f in bodies] == [17]
+    assert [sum(n.op == "MatMul" for n in f.node_def) for f in bodies] == [17, 17]
     rng = np.random.default_rng(2)
     x = tf.constant(rng.normal(size=(3, 21, FEATURES)).astype(np.float32))
     np.testing.assert_allclose(serving(inputs=x)["outputs"], model(x), atol=1e-5, rtol=0)
@@ -194,4 +198,57 @@ def test_simple_rnn_pair_after_an_lstm_runs_as_one_wavefront_that_matches_its_tw
     for name in got:
         np.testing.assert_allclose(got[name], want[name], atol=1e-5, rtol=0, err_msg=name)
     for g, w in zip(got_grads, want_grads):  # sums over 63 steps, in another order: float32 rounding
+        np.testing.assert_allclose(g, w, atol=1e-4, rtol=1e-5)
+
+
+def _op_counts(function) -> dict[str, int]:
+    graph = function.graph.as_graph_def()
+    counts: dict[str, int] = {}
+    for node in [*graph.node, *(n for f in graph.library.function for n in f.node_def)]:
+        counts[node.op] = counts.get(node.op, 0) + 1
+    return counts
+
+
+def test_row_wise_layers_run_in_the_batch_halves_of_the_kernels_around_them():
+    """LSTM, Dense, causal Conv1D, LSTM, Dense: whole-sequence runs are time-major, and each run of
+    row-wise layers (RNN kernels, Dense) runs in two batch halves from end to end: the first LSTM
+    and the Dense after it in halves, the convolution (it needs the batch-major sequence) once on
+    the whole batch, then the second LSTM and the head in halves again (so the halves join the
+    head's 2 features, not the LSTM's 5). Numbers: Keras's, and the `_unfused` twin's outputs,
+    states and gradients."""
+    keras.utils.set_random_seed(7)
+    model = keras.Sequential([keras.Input((None, FEATURES)), keras.layers.LSTM(4, return_sequences=True),
+                              keras.layers.Dense(3), keras.layers.Conv1D(3, 2, padding="causal"),
+                              keras.layers.LSTM(5, return_sequences=True), keras.layers.Dense(2)])
+    step_model = step_model_from_keras(model)
+    traced = trace(step_model)
+    counts = _op_counts(traced.functions["serving_default"])
+    assert counts.get("BlockLSTM") == 4, counts
+    assert counts.get("Conv2D", 0) + counts.get("Conv1D", 0) == 1, counts
+    assert counts.get("MatMul") == 4, counts  # each Dense once per half
+    rng = np.random.default_rng(3)
+    for batch in (3, 1):  # B=1: one half empty
+        x = tf.constant(rng.normal(size=(batch, 11, FEATURES)).astype(np.float32))
+        got = traced.functions["serving_default"](inputs=x)["outputs"]
+        error = float(np.max(np.abs(got - model(x))))
+        print(f"B={batch}: serving_default vs Keras max abs {error:.2e} (tol 1e-5)")
+        assert error <= 1e-5
+
+    x = tf.constant(rng.normal(size=(3, 11, FEATURES)).astype(np.float32))
+    states = {s.name: tf.constant(rng.normal(size=(3, *s.shape)).astype(np.float32)) for s in step_model.states}
+    variables = list(traced.module.trainable_variables)
+
+    def run(function):
+        with tf.GradientTape() as tape:
+            tape.watch([x, *states.values()])
+            result = function(inputs=x, **states)
+            loss = sum(tf.reduce_sum(v * (k + 1.0)) for k, v in enumerate(result[n] for n in sorted(result)))
+        return result, tape.gradient(loss, [x, *states.values(), *variables])
+
+    got, got_grads = run(traced.functions["stream"])
+    want, want_grads = run(traced.functions["stream_unfused"])
+    assert sorted(got) == sorted(want) and len(got) == 1 + len(states)
+    for name in got:
+        np.testing.assert_allclose(got[name], want[name], atol=1e-5, rtol=0, err_msg=name)
+    for g, w in zip(got_grads, want_grads):
         np.testing.assert_allclose(g, w, atol=1e-4, rtol=1e-5)

@@ -37,15 +37,25 @@ def _loss_and_grads(call, layer, x, h0, weights):
     return [sequence, last], tape.gradient(loss, [x, h0, *layer.trainable_variables])
 
 
+def _batch_major(kernel, split: bool):
+    """A time-major kernel called on `[B, T, F]` as the chain calls it: in two batch halves if `split`."""
+
+    def call(x, states):
+        x_tm = tf.transpose(x, [1, 0, 2])
+        seq, final = recurrence.in_halves(kernel, x_tm, tuple(states)) if split else kernel(x_tm, tuple(states))
+        return tf.transpose(seq, [1, 0, 2]), final
+
+    return call
+
+
 @pytest.mark.parametrize("kind", sorted(LAYERS))
 @pytest.mark.parametrize("use_bias, split", [(True, False), (False, False), (True, True)])
-def test_hoisted_loop_matches_keras_layer_outputs_states_and_gradients(kind, use_bias, split, monkeypatch):
+def test_hoisted_loop_matches_keras_layer_outputs_states_and_gradients(kind, use_bias, split):
     """T=19 runs two unrolled blocks and three single steps; T=1 only the single-step loop;
     T=0 returns the state it was given and B=0 empty outputs, with zero weight gradients.
     `split`: in two batch halves (B=3: 1 + 2 rows; B=1: an empty half), as wide layers run."""
-    monkeypatch.setattr(recurrence, "SPLIT_MIN_COLUMNS", 0 if split else 10**9)
     layer = _layer(kind, use_bias)
-    hoisted = hoisted_cell(layer.cell)
+    hoisted = _batch_major(hoisted_cell(layer.cell), split)
     rng = np.random.default_rng(0)
 
     @tf.function
@@ -94,9 +104,10 @@ def test_gru_and_simple_rnn_stacks_keep_while_loop_twins_and_lose_per_step_input
     graph = traced.functions["serving_default"].graph.as_graph_def()
     bodies = [f for f in graph.library.function if "body" in f.signature.name]
     matmuls = [sum(n.op in ("MatMul", "BatchMatMulV2") for n in f.node_def) for f in bodies]
-    # Two layers, each an unrolled loop (8 steps) and a single-step loop: h @ U once per step;
-    # the GRU's input product once per iteration's block, the SimpleRNN's before its loops.
-    assert sorted(matmuls) == [1, 2, 8, 9], matmuls
+    # Two layers, each one unrolled loop (8 steps; T is padded to whole blocks, no single-step
+    # loop): h @ U once per step; the GRU's input product once per iteration's block, the
+    # SimpleRNN's before its loop.
+    assert sorted(matmuls) == [8, 9], matmuls
 
 
 STACK_UNITS = {2: (6, 4), 3: (6, 4, 5)}
@@ -117,14 +128,13 @@ def simple_rnn_stack_layers(request):
 
 @pytest.mark.parametrize("split", [False, True])
 def test_simple_rnn_stack_wavefront_matches_keras_layers_outputs_states_and_gradients(simple_rnn_stack_layers,
-                                                                                      split, monkeypatch):
+                                                                                      split):
     """2 and 3 layers (unequal widths) in one wavefront loop: the top sequence, every final state and the
     gradients of x, every initial state and every weight, as Keras's layers one after the other.
     T=7 and T=1 fit in one block, T=19 spans three (the stack fills and drains around them); T=0 returns
     the states it was given, B=0 empty outputs. `split`: in two batch halves (B=3: 1 + 2; B=1: one empty)."""
-    monkeypatch.setattr(recurrence, "SPLIT_MIN_COLUMNS", 0 if split else 10**9)
     layers = simple_rnn_stack_layers
-    stack = recurrence.simple_rnn_stack([layer.cell for layer in layers])
+    stack = _batch_major(recurrence.simple_rnn_stack([layer.cell for layer in layers]), split)
     variables = [v for layer in layers for v in layer.trainable_variables]
     rng = np.random.default_rng(1)
 
@@ -177,7 +187,7 @@ def _loop_matmuls(function) -> list[int]:
 def test_consecutive_simple_rnn_layers_share_one_loop_and_keep_keras_numbers():
     """SimpleRNN, SimpleRNN, Dense, SimpleRNN, GRU: only the first two are consecutive SimpleRNNs, so
     one wavefront loop runs them (per iteration 8 steps of each and the second's input product of one
-    block); the third SimpleRNN and the GRU run layer by layer (an unrolled and a single-step loop each)."""
+    block); the third SimpleRNN and the GRU run layer by layer (one unrolled loop each)."""
     keras.utils.set_random_seed(2)
     model = keras.Sequential([keras.Input((None, FEATURES)), keras.layers.SimpleRNN(4, return_sequences=True),
                               keras.layers.SimpleRNN(3, return_sequences=True), keras.layers.Dense(3),
@@ -188,7 +198,7 @@ def test_consecutive_simple_rnn_layers_share_one_loop_and_keep_keras_numbers():
     for name in ("serving_default", "stream"):
         assert traced.higher_order_function(name) is traced.functions[f"{name}_unfused"]
     matmuls = _loop_matmuls(traced.functions["serving_default"])
-    assert matmuls == [1, 2, 8, 9, 17], matmuls
+    assert matmuls == [8, 9, 17], matmuls
     x = tf.constant(np.random.default_rng(4).normal(size=(3, 13, FEATURES)).astype(np.float32))
     states = tuple(tf.zeros((3, *s.shape)) for s in step_model.states)
     outputs, final = step_model.fused_unroll(x, states)
