@@ -48,10 +48,19 @@ def _icfo(tensor):
     return tf.concat([i, c, f, o], axis=-1)
 
 
-def lstm_sequence(x_tm, h0, c0, kernel, recurrent, bias):
+def blocklstm_weights(kernel, recurrent, bias) -> tuple:
+    """(w, b) of `BlockLSTM` from Keras's weights: `[kernel; recurrent]` and the bias, gates reordered."""
+    import tensorflow as tf
+
+    return _icfo(tf.concat([kernel, recurrent], axis=0)), _icfo(bias)
+
+
+def lstm_sequence(x_tm, h0, c0, kernel, recurrent, bias, blocklstm: tuple | None = None):
     """Keras's LSTM over `x_tm [T, B, F]` in one `BlockLSTM` op, gradient by hand.
 
-    Weights in Keras's layout and gate order (i, f, c, o). Returns (h_seq [T, B, U], h_T, c_T).
+    Weights in Keras's layout and gate order (i, f, c, o); `blocklstm`: their
+    `blocklstm_weights`, when already made (once for both batch halves). Returns
+    (h_seq [T, B, U], h_T, c_T).
     """
     import tensorflow as tf
 
@@ -60,10 +69,12 @@ def lstm_sequence(x_tm, h0, c0, kernel, recurrent, bias):
     @tf.custom_gradient
     def run(x_tm, h0, c0, kernel, recurrent, bias):
         no_peephole = tf.zeros([units], x_tm.dtype)
+        # Captured, not an input: the gradient below is the weights' whole gradient.
+        w, b = blocklstm if blocklstm is not None else blocklstm_weights(kernel, recurrent, bias)
         gates = tf.raw_ops.BlockLSTM(
             seq_len_max=tf.cast(tf.shape(x_tm)[0], tf.int64), x=x_tm, cs_prev=c0, h_prev=h0,
-            w=_icfo(tf.concat([kernel, recurrent], axis=0)), wci=no_peephole, wcf=no_peephole, wco=no_peephole,
-            b=_icfo(bias), forget_bias=0.0, cell_clip=-1.0, use_peephole=False,
+            w=w, wci=no_peephole, wcf=no_peephole, wco=no_peephole,
+            b=b, forget_bias=0.0, cell_clip=-1.0, use_peephole=False,
         )
         # The last step, or the given state when T = 0 (an empty chunk leaves a stream where it was).
         h_last = tf.concat([h0[None], gates.h[-1:]], axis=0)[-1]
@@ -99,7 +110,9 @@ def lstm_sequence(x_tm, h0, c0, kernel, recurrent, bias):
 
 
 def fused_lstm(cell) -> Callable:
-    """`(x_tm [T, B, F], (h, c)) -> (h_seq [T, B, U], (h_T, c_T))` for a Keras LSTM cell, in BlockLSTM ops.
+    """`bind() -> (x_tm [T, B, F], (h, c)) -> (h_seq [T, B, U], (h_T, c_T))` for a Keras LSTM cell, in
+    BlockLSTM ops. `bind` reads the weights and reorders them for BlockLSTM once, for every call
+    of what it returns (both batch halves).
 
     Run it in two batch halves (`recurrence.in_halves`): the kernel alone kept one of two cores
     busy, 1.6-1.75x slower at B=32. BlockLSTMGrad, which returned uninitialised weight gradients
@@ -109,11 +122,16 @@ def fused_lstm(cell) -> Callable:
 
     units = int(cell.units)
 
-    def call(x_tm, states):
+    def bind():
         kernel = tf.convert_to_tensor(cell.kernel.value)
         recurrent = tf.convert_to_tensor(cell.recurrent_kernel.value)
-        bias = tf.convert_to_tensor(cell.bias.value) if cell.use_bias else tf.zeros([4 * units], x_tm.dtype)
-        h_seq, h_last, c_last = lstm_sequence(x_tm, *states, kernel, recurrent, bias)
-        return h_seq, (h_last, c_last)
+        bias = tf.convert_to_tensor(cell.bias.value) if cell.use_bias else tf.zeros([4 * units], kernel.dtype)
+        blocklstm = blocklstm_weights(kernel, recurrent, bias)
 
-    return call
+        def run(x_tm, states):
+            h_seq, h_last, c_last = lstm_sequence(x_tm, *states, kernel, recurrent, bias, blocklstm)
+            return h_seq, (h_last, c_last)
+
+        return run
+
+    return bind

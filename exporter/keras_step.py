@@ -67,9 +67,9 @@ class _Stage:
     # `(x [B, T, ...], states) -> (y [B, T, ...], new_states)` over a whole sequence at once
     # (a stateless stage: its own call on [B, T, ...]).
     sequence_call: Callable | None = None
-    # `(x [T, B, ...], states) -> (y [T, B, ...], new_states)`: an RNN's whole-sequence kernel,
-    # time-major (a fused LSTM, a hoisted GRU or SimpleRNN loop); `split`: it runs faster in two
-    # batch halves (`recurrence.in_halves`).
+    # `bind() -> (x [T, B, ...], states) -> (y [T, B, ...], new_states)`: an RNN's whole-sequence
+    # kernel, time-major (a fused LSTM, a hoisted GRU or SimpleRNN loop), its weights read by
+    # `bind` once per call; `split`: it runs faster in two batch halves (`recurrence.in_halves`).
     kernel: Callable | None = None
     split: bool = False
     # `x_t -> mask_t [B] bool` for a layer that computes the Keras mask from its input
@@ -177,7 +177,17 @@ def _sequence_kernel(cell) -> Callable | None:
         kernel = hoisted_cell(cell)
     else:
         return None
-    return lambda x, states: kernel(tf.cast(x, cell.compute_dtype), states)
+    return _casting(kernel, cell.compute_dtype)
+
+
+def _casting(kernel: Callable, dtype) -> Callable:
+    """A kernel's `bind` whose runs cast their input to the cell's dtype first."""
+
+    def bind():
+        run = kernel()
+        return lambda x, states: run(tf.cast(x, dtype), states)
+
+    return bind
 
 
 def _causal_conv_stage(index: int, layer) -> _Stage:
@@ -345,15 +355,20 @@ def _swap_batch_and_time(x):
     return tf.transpose(x, [1, 0, *range(2, len(x.shape))])
 
 
-def _run_group_time_major(group: list[_Stage], x, states):
-    """One group over `x [T, B, ...]`."""
+def _bind_group(group: list[_Stage]) -> Callable | None:
+    """The run of a group's kernel, its weights read now (once for both batch halves), or None."""
     if len(group) > 1:
         cells = [stage.simple_rnn_cell for stage in group]
         # Cast as `_sequence_kernel` does (Keras casts in the cell's `__call__`).
-        return simple_rnn_stack(cells)(tf.cast(x, cells[0].compute_dtype), states)
+        return _casting(simple_rnn_stack(cells), cells[0].compute_dtype)()
+    return group[0].kernel() if group[0].kernel is not None else None
+
+
+def _run_group_time_major(group: list[_Stage], run: Callable | None, x, states):
+    """One group over `x [T, B, ...]`; `run`: its bound kernel."""
+    if run is not None:
+        return run(x, states)
     stage = group[0]
-    if stage.kernel is not None:
-        return stage.kernel(x, states)
     if stage.row_wise:
         return stage.call(x, (), None)
     y, new = stage.sequence_call(_swap_batch_and_time(x), states)
@@ -377,11 +392,13 @@ def _run_whole_sequence(stages, x, prev_states):
         count = sum(len(stage.states) for group in groups for stage in group)
         segment_states, states = states[:count], states[count:]
 
-        def run(x, segment_states, groups=groups):
+        bound = [_bind_group(group) for group in groups]
+
+        def run(x, segment_states, groups=groups, bound=bound):
             new = []
-            for group in groups:
+            for group, kernel in zip(groups, bound):
                 taken = sum(len(stage.states) for stage in group)
-                x, group_new = _run_group_time_major(group, x, segment_states[:taken])
+                x, group_new = _run_group_time_major(group, kernel, x, segment_states[:taken])
                 segment_states = segment_states[taken:]
                 new.extend(group_new)
             return x, tuple(new)

@@ -43,10 +43,10 @@ def _outputs_and_grads(call, layer, x, h0, c0):
 
 def _fused_call(layer):
     """The time-major kernel as the chain runs it: in two batch halves."""
-    fused = fused_lstm(layer.cell)
+    bind = fused_lstm(layer.cell)
 
     def call(x, h0, c0):
-        sequence, (h, c) = in_halves(fused, tf.transpose(x, [1, 0, 2]), (h0, c0))
+        sequence, (h, c) = in_halves(bind(), tf.transpose(x, [1, 0, 2]), (h0, c0))
         return tf.transpose(sequence, [1, 0, 2]), h, c
 
     return call

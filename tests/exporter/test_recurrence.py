@@ -37,10 +37,12 @@ def _loss_and_grads(call, layer, x, h0, weights):
     return [sequence, last], tape.gradient(loss, [x, h0, *layer.trainable_variables])
 
 
-def _batch_major(kernel, split: bool):
-    """A time-major kernel called on `[B, T, F]` as the chain calls it: in two batch halves if `split`."""
+def _batch_major(bind, split: bool):
+    """A time-major kernel called on `[B, T, F]` as the chain calls it: bound at each call (the weights
+    read where the gradient tape sees them), in two batch halves if `split`."""
 
     def call(x, states):
+        kernel = bind()
         x_tm = tf.transpose(x, [1, 0, 2])
         seq, final = recurrence.in_halves(kernel, x_tm, tuple(states)) if split else kernel(x_tm, tuple(states))
         return tf.transpose(seq, [1, 0, 2]), final
