@@ -10,10 +10,14 @@ time. So, per layer:
   and read back, and held: most of the forward's peak memory); each step keeps only
   `h @ U` and the gates' element-wise maths;
 - the loop runs `UNROLL` steps per iteration (the loop's own bookkeeping, a few ops
-  per loop variable per iteration, is paid once per block), and a second loop runs
-  the `T mod UNROLL` steps left; an iteration slices its block of the inputs (a view);
+  per loop variable per iteration, is paid once per block); a forward loop pads T to
+  whole blocks (`state_scan`), a backward one runs the `T mod UNROLL` steps left in a
+  second loop (`scan`); an iteration slices its block of the inputs (a view);
+- everything is time-major (`[T, B, ...]`): the caller (exporter/keras_step.py)
+  transposes a model's input once, not each layer's;
 - a layer whose step product is wide (`SPLIT_MIN_COLUMNS`) runs as two batch halves
-  at once (`in_halves`), one per core;
+  at once (`in_halves`), one per core: the caller splits the batch once around every
+  run of such layers and the row-wise layers between and after them;
 - consecutive SimpleRNN layers share one loop, a wavefront of blocks
   (`simple_rnn_stack_sequence`);
 - the gradient (`tf.custom_gradient`) recomputes the gates of every step at once
@@ -392,24 +396,18 @@ def gru_sequence(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
         b_rn = bias[1][2 * units:] if reset_after else None
         folded = folded_bias(bias)  # once, outside the loop (not once per block)
 
-        if reset_after:
-            def forward(inputs, h):
-                x_zr_t, x_n_t = inputs
+        def forward(inputs, h):
+            x_zr_t, x_n_t = inputs
+            if reset_after:
                 h_zr, h_n = tf.split(h @ recurrent, [2 * units, units], axis=-1)
                 z, r = tf.split(tf.sigmoid(x_zr_t + h_zr), 2, axis=-1)
                 n = tf.tanh(x_n_t + r * (h_n + b_rn))
-                return n + z * (h - n)
+            else:
+                z, r = tf.split(tf.sigmoid(x_zr_t + h @ u_zr), 2, axis=-1)
+                n = tf.tanh(x_n_t + (r * h) @ u_n)
+            return n + z * (h - n)
 
-            hs, last = state_scan(forward, (x_tm,), h0, units, project=lambda x: projections(x[0], kernel, folded))
-        else:
-            # TF's GRUBlockCell is this cell's step in one op, the input product with it (its
-            # `[x, h] @ [W; U]`): no input product to hoist, 11 fewer ops per step.
-            block_weights = gru_block_cell_weights(kernel, recurrent, bias)
-
-            def forward(inputs, h):
-                return tf.raw_ops.GRUBlockCell(x=inputs[0], h_prev=h, **block_weights).h
-
-            hs, last = state_scan(forward, (x_tm,), h0, units)
+        hs, last = state_scan(forward, (x_tm,), h0, units, project=lambda x: projections(x[0], kernel, folded))
 
         def grad(d_hs, d_last):
             d_hs, d_last = dense_upstream(d_hs, hs), dense_upstream(d_last, last)
@@ -469,25 +467,6 @@ def gru_sequence(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
         return (hs, last), grad
 
     return run(x_tm, h0, kernel, recurrent, bias)
-
-
-def gru_block_cell_weights(kernel, recurrent, bias) -> dict:
-    """`GRUBlockCell`'s weights from a Keras `GRUCell(reset_after=False)`'s (gate blocks z, r, h):
-    `w_ru = [W; U]` for (r, z) in that op's order, `w_c = [W_h; U_h]`, and the biases to match.
-
-    Its step is Keras's: `r, u = sigmoid([x, h] @ w_ru + b_ru)`, `c = tanh([x, r * h] @ w_c + b_c)`,
-    `h' = u * h + (1 - u) * c`, with u Keras's z.
-    """
-    import tensorflow as tf
-
-    units = int(recurrent.shape[0])
-
-    def r_then_z(matrix):
-        return tf.concat([matrix[..., units:2 * units], matrix[..., :units]], axis=-1)
-
-    return {"w_ru": tf.concat([r_then_z(kernel), r_then_z(recurrent)], axis=0),
-            "w_c": tf.concat([kernel[:, 2 * units:], recurrent[:, 2 * units:]], axis=0),
-            "b_ru": r_then_z(bias), "b_c": bias[2 * units:]}
 
 
 def in_halves(run: Callable, inputs, states: tuple):
