@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from exporter.recurrence import dense_upstream, matmul_seq, outer_sum, previous_steps, scan
+from exporter.recurrence import dense_upstream, last_or_initial, matmul_seq, outer_sum, previous_steps, scan
 
 
 def is_fusable_lstm(cell) -> bool:
@@ -55,12 +55,11 @@ def blocklstm_weights(kernel, recurrent, bias) -> tuple:
     return _icfo(tf.concat([kernel, recurrent], axis=0)), _icfo(bias)
 
 
-def lstm_sequence(x_tm, h0, c0, kernel, recurrent, bias, blocklstm: tuple | None = None):
+def lstm_sequence(x_tm, h0, c0, kernel, recurrent, bias, blocklstm: tuple):
     """Keras's LSTM over `x_tm [T, B, F]` in one `BlockLSTM` op, gradient by hand.
 
     Weights in Keras's layout and gate order (i, f, c, o); `blocklstm`: their
-    `blocklstm_weights`, when already made (once for both batch halves). Returns
-    (h_seq [T, B, U], h_T, c_T).
+    `blocklstm_weights` (made once for both batch halves). Returns (h_seq [T, B, U], h_T, c_T).
     """
     import tensorflow as tf
 
@@ -70,15 +69,13 @@ def lstm_sequence(x_tm, h0, c0, kernel, recurrent, bias, blocklstm: tuple | None
     def run(x_tm, h0, c0, kernel, recurrent, bias):
         no_peephole = tf.zeros([units], x_tm.dtype)
         # Captured, not an input: the gradient below is the weights' whole gradient.
-        w, b = blocklstm if blocklstm is not None else blocklstm_weights(kernel, recurrent, bias)
+        w, b = blocklstm
         gates = tf.raw_ops.BlockLSTM(
             seq_len_max=tf.cast(tf.shape(x_tm)[0], tf.int64), x=x_tm, cs_prev=c0, h_prev=h0,
             w=w, wci=no_peephole, wcf=no_peephole, wco=no_peephole,
             b=b, forget_bias=0.0, cell_clip=-1.0, use_peephole=False,
         )
-        # The last step, or the given state when T = 0 (an empty chunk leaves a stream where it was).
-        h_last = tf.concat([h0[None], gates.h[-1:]], axis=0)[-1]
-        c_last = tf.concat([c0[None], gates.cs[-1:]], axis=0)[-1]
+        h_last, c_last = last_or_initial(h0, gates.h), last_or_initial(c0, gates.cs)
 
         def grad(d_hs, d_h_last, d_c_last):
             d_hs, d_h_last, d_c_last = dense_upstream(d_hs, gates.h), dense_upstream(d_h_last, h_last), dense_upstream(d_c_last, c_last)

@@ -18,7 +18,7 @@ from exporter.artifact.errors import SeqExportError, UnsupportedModel
 from exporter.artifact.specs import StateSpec
 from exporter.fused import fused_lstm, is_fusable_lstm
 from exporter.recurrence import (hoisted_cell, in_halves, is_hoistable_gru, is_hoistable_simple_rnn,
-                                 simple_rnn_stack, wants_halves)
+                                 simple_rnn_stack, swap_batch_and_time, wants_halves)
 from exporter.step_model import StepModel
 from exporter.time_probe import whole_call_traces, why_not_per_step
 
@@ -150,9 +150,9 @@ def rnn_stage(index: int, layer: keras.layers.RNN, masked: bool, emit: int = 0) 
             new = tuple(tf.where(keep, n, p) for n, p in zip(new, prev))
         return (output if emit == 0 else new[emit - 1]), new
 
-    kernel = _sequence_kernel(cell) if emit == 0 else None
+    kernel, split = _sequence_kernel(cell) if emit == 0 else (None, False)
     return _Stage(layer.name, states, call, ends_sequence=emit > 0 or not layer.return_sequences,
-                  kernel=kernel, split=kernel is not None and (is_fusable_lstm(cell) or wants_halves([cell])),
+                  kernel=kernel, split=split,
                   simple_rnn_cell=cell if emit == 0 and is_hoistable_simple_rnn(cell) else None)
 
 
@@ -164,20 +164,19 @@ def masked_rnn_refusal(index: int, layer: keras.layers.RNN) -> UnsupportedModel 
     return layer_refusal(index, layer, "masking is supported for SimpleRNN, GRU and LSTM cells only")
 
 
-def _sequence_kernel(cell) -> Callable | None:
-    """The cell over a whole time-major sequence in one kernel (LSTM) or one hoisted loop (GRU,
-    SimpleRNN), or None.
+def _sequence_kernel(cell) -> tuple[Callable | None, bool]:
+    """(the cell over a whole time-major sequence in one kernel (LSTM) or one hoisted loop (GRU,
+    SimpleRNN), or None; whether it runs in two batch halves: an LSTM always, a loop when its
+    step product is wide).
 
     These bypass the cell's `__call__`, so the input is cast here as Keras casts it there
     (a float64 input into a float32 cell).
     """
     if is_fusable_lstm(cell):
-        kernel = fused_lstm(cell)
-    elif is_hoistable_gru(cell) or is_hoistable_simple_rnn(cell):
-        kernel = hoisted_cell(cell)
-    else:
-        return None
-    return _casting(kernel, cell.compute_dtype)
+        return _casting(fused_lstm(cell), cell.compute_dtype), True
+    if is_hoistable_gru(cell) or is_hoistable_simple_rnn(cell):
+        return _casting(hoisted_cell(cell), cell.compute_dtype), wants_halves(cell)
+    return None, False
 
 
 def _casting(kernel: Callable, dtype) -> Callable:
@@ -351,10 +350,6 @@ def _segments(groups: list[list[_Stage]]) -> list[tuple[bool, list[list[_Stage]]
     return [(row_wise and any(stage.split for group in run for stage in group), run) for row_wise, run in runs]
 
 
-def _swap_batch_and_time(x):
-    return tf.transpose(x, [1, 0, *range(2, len(x.shape))])
-
-
 def _bind_group(group: list[_Stage]) -> Callable | None:
     """The run of a group's kernel, its weights read now (once for both batch halves), or None."""
     if len(group) > 1:
@@ -371,8 +366,8 @@ def _run_group_time_major(group: list[_Stage], run: Callable | None, x, states):
     stage = group[0]
     if stage.row_wise:
         return stage.call(x, (), None)
-    y, new = stage.sequence_call(_swap_batch_and_time(x), states)
-    return _swap_batch_and_time(y), new
+    y, new = stage.sequence_call(swap_batch_and_time(x), states)
+    return swap_batch_and_time(y), new
 
 
 def _run_whole_sequence(stages, x, prev_states):
@@ -385,7 +380,7 @@ def _run_whole_sequence(stages, x, prev_states):
     from batch halves runs in halves from end to end (`_segments`): a GRU(128) and its Dense(8)
     head join two `[T, B/2, 8]` halves, not two `[T, B/2, 128]` ones, and transpose `[T, B, 8]`.
     """
-    x = _swap_batch_and_time(x)
+    x = swap_batch_and_time(x)
     states = tuple(prev_states)
     new_states = []
     for split, groups in _segments(_whole_sequence_groups(stages)):
@@ -405,7 +400,7 @@ def _run_whole_sequence(stages, x, prev_states):
 
         x, new = in_halves(run, x, segment_states) if split else run(x, segment_states)
         new_states.extend(new)
-    return _swap_batch_and_time(x), tuple(new_states)
+    return swap_batch_and_time(x), tuple(new_states)
 
 
 class NotAChain(UnsupportedModel):

@@ -185,7 +185,22 @@ def state_scan(step: Callable, sequences: tuple, h0, width: int, *, unroll: int 
 
     (hs,), _ = _loop(carried, padded, (h0,), (width,), unroll, False, project)
     hs = hs[:steps]
-    return hs, tf.concat([h0[None], hs[-1:]], axis=0)[-1]
+    return hs, last_or_initial(h0, hs)
+
+
+def last_or_initial(initial, sequence):
+    """The last step of a time-major `sequence`, or `initial` when it has no step (T = 0: an
+    empty chunk leaves a stream where it was)."""
+    import tensorflow as tf
+
+    return tf.concat([initial[None], sequence[-1:]], axis=0)[-1]
+
+
+def swap_batch_and_time(x):
+    """`[B, T, ...]` as `[T, B, ...]`, or back."""
+    import tensorflow as tf
+
+    return tf.transpose(x, [1, 0, *range(2, len(x.shape))])
 
 
 def matmul_seq(seq, matrix, transpose_b: bool = False):
@@ -347,7 +362,7 @@ def simple_rnn_stack_sequence(x_tm, h0s: tuple, kernels: tuple, recurrents: tupl
             h = tf.concat(pieces[i], axis=0)[:steps]
             h.set_shape([None, None, units[i]])
             hs.append(h)
-        lasts = [tf.concat([h0s[i][None], hs[i][-1:]], axis=0)[-1] for i in range(count)]
+        lasts = [last_or_initial(h0s[i], hs[i]) for i in range(count)]
 
         def grad(d_top, *d_lasts):
             grads = [None] * (4 * count)
@@ -491,10 +506,10 @@ def in_halves(run: Callable, inputs, states: tuple):
     return joined, tuple(tf.concat(list(pair), axis=0) for pair in zip(*(final for _, final in runs)))
 
 
-def wants_halves(cells) -> bool:
-    """Whether a kernel running these cells (one, or a SimpleRNN stack) gains from two batch halves
-    (`in_halves`): its widest step product is at least `SPLIT_MIN_COLUMNS`."""
-    return max(int(cell.recurrent_kernel.shape[1]) for cell in cells) >= SPLIT_MIN_COLUMNS
+def wants_halves(cell) -> bool:
+    """Whether a SimpleRNN or GRU cell's loop gains from two batch halves (`in_halves`): its
+    step product is at least `SPLIT_MIN_COLUMNS` wide."""
+    return int(cell.recurrent_kernel.shape[1]) >= SPLIT_MIN_COLUMNS
 
 
 def hoisted_cell(cell) -> Callable:

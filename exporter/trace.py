@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from exporter.artifact.names import no_xla_name, unfused_name
 from exporter.artifact.specs import SignatureName, SignatureSpec, TensorDesc
+from exporter.recurrence import swap_batch_and_time
 from exporter.step_model import StepModel
 
 
@@ -59,8 +60,7 @@ def unroll(model: StepModel, inputs, states: tuple, lengths=None, *, fused: bool
     if fused:
         outputs, final = model.fused_unroll(inputs, tuple(states))  # the head included
         return outputs, tuple(final)
-    rank = len(inputs.shape)
-    time_major = tf.transpose(inputs, [1, 0, *range(2, rank)])
+    time_major = swap_batch_and_time(inputs)
     steps = tf.shape(time_major)[0]
     input_ta = tf.TensorArray(
         inputs.dtype, size=steps, element_shape=tf.TensorShape([None, *model.input_shape])
@@ -112,7 +112,7 @@ def _sequence_arrays(model: StepModel, sequences: tuple, inputs) -> tuple:
             tf.shape(sequence)[1], tf.shape(inputs)[1],
             message=f"input {spec.name!r} must have as many steps (axis 1) as 'inputs'")
         with tf.control_dependencies([steps]):
-            time_major = tf.transpose(sequence, [1, 0, *range(2, len(sequence.shape))])
+            time_major = swap_batch_and_time(sequence)
         arrays.append(tf.TensorArray(sequence.dtype, size=tf.shape(time_major)[0],
                                      element_shape=tf.TensorShape([None, *spec.shape])).unstack(time_major))
     return tuple(arrays)
@@ -132,7 +132,7 @@ def _stacked(output_ta, inputs, shape, dtype):
             num_elements=-1,
         )
         outputs.set_shape([None, None, *shape])
-    return tf.transpose(outputs, [1, 0, *range(2, len(shape) + 2)])
+    return swap_batch_and_time(outputs)
 
 
 def _zero_states(model: StepModel, batch) -> tuple:

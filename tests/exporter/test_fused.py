@@ -126,11 +126,18 @@ def test_only_lstm_cells_with_blocklstm_maths_fuse():
     assert not is_fusable_lstm(float64)
 
 
+def _op_counts(function) -> dict[str, int]:
+    """How many nodes of each op type `function` and every function it calls have."""
+    graph = function.graph.as_graph_def()
+    counts: dict[str, int] = {}
+    for node in [*graph.node, *(n for f in graph.library.function for n in f.node_def)]:
+        counts[node.op] = counts.get(node.op, 0) + 1
+    return counts
+
+
 def _ops(function) -> set[str]:
     """Op types of `function` and every function it calls; `While` stands for `StatelessWhile` too."""
-    graph = function.graph.as_graph_def()
-    ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
-    return {"While" if op == "StatelessWhile" else op for op in ops}
+    return {"While" if op == "StatelessWhile" else op for op in _op_counts(function)}
 
 
 def test_lstm_stack_signatures_are_fused_and_keep_while_loop_twins():
@@ -207,14 +214,6 @@ def _assert_stream_matches_its_twin(traced, step_model, x, rng):
         np.testing.assert_allclose(got[name], want[name], atol=1e-5, rtol=0, err_msg=name)
     for g, w in zip(got_grads, want_grads):
         np.testing.assert_allclose(g, w, atol=1e-4, rtol=1e-5)
-
-
-def _op_counts(function) -> dict[str, int]:
-    graph = function.graph.as_graph_def()
-    counts: dict[str, int] = {}
-    for node in [*graph.node, *(n for f in graph.library.function for n in f.node_def)]:
-        counts[node.op] = counts.get(node.op, 0) + 1
-    return counts
 
 
 def test_row_wise_layers_run_in_the_batch_halves_of_the_kernels_around_them():
