@@ -206,3 +206,37 @@ def test_consecutive_simple_rnn_layers_share_one_loop_and_keep_keras_numbers():
     outputs, final = step_model.fused_unroll(x, states)
     np.testing.assert_allclose(outputs, model(x), atol=OUT_TOL, rtol=0)
     assert [tuple(f.shape) for f in final] == [(3, 4), (3, 3), (3, 3), (3, 2)]
+
+
+def test_reset_before_gru_block_cell_loop_takes_first_derivatives_under_any_tape_and_refuses_second_ones():
+    """A GRU with reset_after=False steps with TF's `GRUBlockCell`, which has no registered gradient.
+    A persistent tape through a function makes what the hand-written gradient reads differentiable
+    in turn (through that loop): the first derivative must still run, and match the plain tape's;
+    a second derivative through the hand-written gradient fails, naming the twin to take it through."""
+    layer = _layer("gru_reset_before", use_bias=True)
+    hoisted = _batch_major(hoisted_cell(layer.cell), split=True)
+    function = tf.function(lambda x, h0: hoisted(x, (h0,))[0])
+    rng = np.random.default_rng(4)
+    x = tf.constant(rng.normal(size=(3, 11, FEATURES)).astype(np.float32))
+    h0 = tf.constant(rng.normal(size=(3, UNITS)).astype(np.float32))
+
+    def first_derivatives(persistent: bool):
+        with tf.GradientTape(persistent=persistent) as tape:
+            tape.watch([x, h0])
+            total = tf.reduce_sum(tf.sin(function(x, h0)))
+        return tape.gradient(total, [x, h0, *layer.trainable_variables])
+
+    plain, persistent = first_derivatives(False), first_derivatives(True)
+    for got, want in zip(persistent, plain):
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    assert float(tf.reduce_max(tf.abs(plain[0]))) > 0.0
+
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            total = tf.reduce_sum(tf.sin(function(x, h0)))
+        d_x = inner.gradient(total, x)
+        square = tf.reduce_sum(d_x * d_x)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="no second derivative here.*stream_unfused"):
+        outer.gradient(square, x)
