@@ -107,9 +107,9 @@ def test_gru_and_simple_rnn_stacks_keep_while_loop_twins_and_lose_per_step_input
     bodies = [f for f in graph.library.function if "body" in f.signature.name]
     matmuls = [sum(n.op in ("MatMul", "BatchMatMulV2") for n in f.node_def) for f in bodies]
     # Two layers, each one unrolled loop (8 steps; T is padded to whole blocks, no single-step
-    # loop): h @ U once per step; the GRU's input product once per iteration's block, the
-    # SimpleRNN's before its loop.
-    assert sorted(matmuls) == [8, 9], matmuls
+    # loop): h @ U once per step; the GRU's input products (z and r; n) once per iteration's
+    # block, the SimpleRNN's before its loop.
+    assert sorted(matmuls) == [8, 10], matmuls
 
 
 STACK_UNITS = {2: (6, 4), 3: (6, 4, 5)}
@@ -200,7 +200,7 @@ def test_consecutive_simple_rnn_layers_share_one_loop_and_keep_keras_numbers():
     for name in ("serving_default", "stream"):
         assert traced.higher_order_function(name) is traced.functions[f"{name}_unfused"]
     matmuls = _loop_matmuls(traced.functions["serving_default"])
-    assert matmuls == [8, 9, 17], matmuls
+    assert matmuls == [8, 10, 17], matmuls
     x = tf.constant(np.random.default_rng(4).normal(size=(3, 13, FEATURES)).astype(np.float32))
     states = tuple(tf.zeros((3, *s.shape)) for s in step_model.states)
     outputs, final = step_model.fused_unroll(x, states)
