@@ -540,11 +540,11 @@ def first_order_only(tensor, anchor, what: str):
     as zeros, and a non-zero value fails the call naming `what`.
 
     Why: a persistent or nested tape through a `tf.function` (reloaded or not) makes every
-    tensor a hand-written gradient reads differentiable in turn (TF's higher-order function gradients),
-    through the loop that made it; a loop of ops TF has no gradient for (`GRUBlockCell`) then
-    fails at the forward call, even for a first derivative. With this, a first derivative
-    runs (what flows back here is zero), and a second one fails instead of being silently
-    wrong.
+    tensor a hand-written gradient reads differentiable in turn (TF's higher-order function
+    gradients), through the loop that made it; a loop of ops TF has no gradient for
+    (`GRUBlockCell`) then fails at the forward call, even for a first derivative. With this,
+    a first derivative runs (what flows back here is zero), and a second one fails instead
+    of being silently wrong.
     """
     import tensorflow as tf
 
