@@ -450,10 +450,10 @@ def gru_sequence(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
         else:
             # TF's GRUBlockCell is this cell's step in one op, the input product with it.
             block_weights = gru_block_cell_weights(kernel, recurrent, bias)
-            hs, last = state_scan(lambda inputs, h: tf.raw_ops.GRUBlockCell(x=inputs[0], h_prev=h, **block_weights).h,
-                                  (x_tm,), h0, units)
-            what = "A GRU with reset_after=False"
-            hs, last = first_order_only(hs, h0, what), first_order_only(last, h0, what)
+            hs, _ = state_scan(lambda inputs, h: tf.raw_ops.GRUBlockCell(x=inputs[0], h_prev=h, **block_weights).h,
+                               (x_tm,), h0, units)
+            hs = first_order_only(hs, h0, "A GRU with reset_after=False")
+            last = last_or_initial(h0, hs)  # h_T read from the guarded outputs, so it needs no guard of its own
 
         def grad(d_hs, d_last):
             d_hs, d_last = dense_upstream(d_hs, hs), dense_upstream(d_last, last)
