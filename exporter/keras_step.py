@@ -18,7 +18,7 @@ from exporter.artifact.errors import SeqExportError, UnsupportedModel
 from exporter.artifact.specs import StateSpec
 from exporter.fused import fused_lstm, is_fusable_lstm
 from exporter.recurrence import (hoisted_cell, in_halves, is_hoistable_gru, is_hoistable_simple_rnn,
-                                 simple_rnn_stack, swap_batch_and_time, wants_halves)
+                                 simple_rnn_stack, swap_batch_and_time_bits, wants_halves)
 from exporter.step_model import StepModel
 from exporter.time_probe import whole_call_traces, why_not_per_step
 
@@ -366,8 +366,8 @@ def _run_group_time_major(group: list[_Stage], run: Callable | None, x, states):
     stage = group[0]
     if stage.row_wise:
         return stage.call(x, (), None)
-    y, new = stage.sequence_call(swap_batch_and_time(x), states)
-    return swap_batch_and_time(y), new
+    y, new = stage.sequence_call(swap_batch_and_time_bits(x), states)
+    return swap_batch_and_time_bits(y), new
 
 
 def _run_whole_sequence(stages, x, prev_states):
@@ -380,7 +380,7 @@ def _run_whole_sequence(stages, x, prev_states):
     from batch halves runs in halves from end to end (`_segments`): a GRU(128) and its Dense(8)
     head join two `[T, B/2, 8]` halves, not two `[T, B/2, 128]` ones, and transpose `[T, B, 8]`.
     """
-    x = swap_batch_and_time(x)
+    x = swap_batch_and_time_bits(x)
     states = tuple(prev_states)
     new_states = []
     for split, groups in _segments(_whole_sequence_groups(stages)):
@@ -400,7 +400,7 @@ def _run_whole_sequence(stages, x, prev_states):
 
         x, new = in_halves(run, x, segment_states) if split else run(x, segment_states)
         new_states.extend(new)
-    return swap_batch_and_time(x), tuple(new_states)
+    return swap_batch_and_time_bits(x), tuple(new_states)
 
 
 class NotAChain(UnsupportedModel):

@@ -238,3 +238,48 @@ def test_reset_before_gru_block_cell_loop_takes_first_derivatives_under_any_tape
         square = tf.reduce_sum(d_x * d_x)
     with pytest.raises(tf.errors.InvalidArgumentError, match="no second derivative here.*stream_unfused"):
         outer.gradient(square, x)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_batch_and_time_swapped_as_bits_match_the_plain_transpose_values_and_derivatives(dtype):
+    x = tf.cast(tf.random.stateless_normal([3, 5, 4], seed=[1, 2]), dtype)
+    weights = tf.cast(tf.random.stateless_normal([5, 3, 4], seed=[3, 4]), dtype)
+
+    def derivatives(swap):
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                loss = tf.reduce_sum(swap(x) ** 3 * weights)
+            first = inner.gradient(loss, x)
+            second_loss = tf.reduce_sum(first ** 2)
+        return swap(x), first, outer.gradient(second_loss, x)
+
+    got = derivatives(recurrence.swap_batch_and_time_bits)
+    want = derivatives(recurrence.swap_batch_and_time)
+    for g, w in zip(got, want):
+        assert g.dtype == tf.as_dtype(dtype) and g.shape == w.shape
+        np.testing.assert_array_equal(tf.cast(g, tf.float64).numpy(), tf.cast(w, tf.float64).numpy())
+
+
+def test_whole_sequence_runs_swap_batch_and_time_as_integer_bits_and_the_while_loop_twin_as_floats():
+    """oneDNN's `_MklTranspose` (what TF's CPU build runs for a float `Transpose`) costs more per call than
+    Eigen's for a chunk's small tensors; the twins that LiteRT and tf2onnx read keep the plain op."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((None, FEATURES)), keras.layers.GRU(UNITS, return_sequences=True),
+                              keras.layers.Dense(2)])
+    traced = trace(step_model_from_keras(model))
+
+    def moving_transposes(name):
+        """The dtype of every top-level `Transpose` by a constant permutation that moves an axis (Keras's
+        Dense on a sequence adds one by a computed permutation, the identity here)."""
+        nodes = {n.name: n for n in traced.functions[name].graph.as_graph_def().node}
+        dtypes = []
+        for node in (n for n in nodes.values() if n.op == "Transpose"):
+            perm = nodes[node.input[1].split(":")[0]]
+            if perm.op == "Const" and list(tf.make_ndarray(perm.attr["value"].tensor)) != [0, 1, 2]:
+                dtypes.append(tf.as_dtype(node.attr["T"].type).name)
+        return dtypes
+
+    assert moving_transposes("serving_default") == ["int32", "int32"]  # the input, and the output back
+    assert moving_transposes("serving_default_unfused") == ["float32", "float32"]
