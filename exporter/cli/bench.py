@@ -36,7 +36,8 @@ def bench(
 
 
 def bench_tables(results: dict) -> list:
-    """`bench.json` as tables (times per variant and config; peak memory; export cost), readable at 80 columns."""
+    """`bench.json` as tables (times per variant and config; the targets; peak memory; export cost), readable at
+    80 columns."""
     tables = []
     if results.get("export_cost"):
         cost = table(title="export cost: seqexport export (verification included) vs Keras model.export()")
@@ -61,13 +62,20 @@ def bench_tables(results: dict) -> list:
         times.add_row(escape(row["model"]), escape(row["kind"]), str(row["batch"]), str(row["steps"]),
                       escape(row["variant"]), f"{row['us_per_step']:.1f}", f"{row['throughput_steps_per_s']:.0f}",
                       f"{row['ratio_vs_keras']:.2f}", match)
+    targets = results.get("targets", [])
+    held = table(title=f"targets: {sum(t['holds'] for t in targets)} of {len(targets)} hold")
+    numbers = ("B", "T", "measured", "limit")
+    add_columns(held, ("model", "B", "T", "target", "measured", "limit", "holds"), right=numbers, no_wrap=numbers)
+    for row in targets:
+        held.add_row(escape(row["model"]), str(row["batch"]), str(row["steps"]), escape(row["target"]),
+                     f"{row['measured']:.3f}", f"{row['limit']:.2f}", "yes" if row["holds"] else "[bold red]no[/]")
     memory = table(title="peak memory of the first call, fresh process")
     add_columns(memory, ("model", "variant", "B", "T", "MB over baseline"), right=("B", "T", "MB over baseline"),
                 no_wrap=("B", "T", "MB over baseline"))
     for row in results["memory"]:
         memory.add_row(escape(row["model"]), escape(row["variant"]), str(row["batch"]), str(row["steps"]),
                        f"{row['peak_mb_over_baseline']:.0f}")
-    return [times, memory, *tables] if results["memory"] else [times, *tables]
+    return [times, *([held] if targets else []), *([memory] if results["memory"] else []), *tables]
 
 
 def register(app: typer.Typer) -> None:

@@ -45,7 +45,7 @@ from exporter.artifact.errors import SeqExportError
 from exporter.artifact.specs import ExportOptions
 from exporter.convert.runtimes import LiteRTModel, OrtModel, SequenceBackend, StepLoopBackend
 from exporter.convert.targets import convert_export
-from exporter.tools import export_cost
+from exporter.tools import bench_targets, export_cost
 from exporter.tools.timing import interleaved_medians
 from exporter.verification.run import fresh_process_env
 
@@ -464,6 +464,7 @@ def run(config: BenchConfig, workdir: Path, progress: Callable[[str], None] = la
                "machine": {"gemm_gflops": [r / 1e9 for r in rates], "numpy_blas": blas,
                            "blas_hints_unset_for_numpy": [k for k in _BLAS_HINTS if k in os.environ]},
                "versions": _versions()}
+    results["targets"] = [dict(dataclasses.asdict(c), holds=c.holds) for c in bench_targets.check(results)]
     return results
 
 
@@ -576,9 +577,9 @@ def summary(rows: list[dict]) -> list[str]:
 
 
 def markdown(results: dict) -> str:
-    """A summary per config, a table of µs/step (ratios vs keras and vs the arithmetic floor) per
+    """A summary per config, the targets (`bench_targets`), a table of µs/step (ratios vs keras and vs the arithmetic floor) per
     variant and config, peak memory, the machine's floor figures, then every section's part."""
-    lines = [*summary(results["timings"]), ""]
+    lines = [*summary(results["timings"]), "", *bench_targets.markdown(bench_targets.check(results)), ""]
     lines += ["| model | kind | B | T | variant | µs/step | steps/s | ratio vs keras | floor µs/step | "
              "ratio vs floor | matches keras |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

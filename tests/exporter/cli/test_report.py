@@ -278,11 +278,17 @@ def test_bench_tables_at_80_columns():
             for model in ("lstm", "srnn") for batch in (1, 32) for steps in (16, 1024) for i, v in enumerate(variants)]
     memory = [{"model": "lstm", "variant": v, "batch": 32, "steps": 1024, "peak_mb_over_baseline": 357.2}
               for v in ("keras", "exported", "keras_grad", "exported_grad")]
-    text = render(*bench_tables({"timings": rows, "memory": memory}), width=80)
+    targets = [{"model": "srnn", "batch": 32, "steps": 1024, "target": "fastest forward / floor", "measured": 4.354,
+                "limit": 1.5, "holds": False},
+               {"model": "lstm", "batch": 32, "steps": 1024, "target": "exported_stream / keras", "measured": 0.4,
+                "limit": 0.5, "holds": True}]
+    text = render(*bench_tables({"timings": rows, "memory": memory, "targets": targets}), width=80)
     print(text)
     assert_fits(text, 80)
-    assert_whole(text, *variants, "12345.7", "1234567", "0.11", "357")
-    assert len(text.splitlines()) == len(rows) + len(memory) + 6  # title, header, rule per table: no wrapped row
+    assert_whole(text, *variants, "12345.7", "1234567", "0.11", "357", "targets: 1 of 2 hold",
+                 "fastest forward / floor", "4.354")
+    # title, header, rule per table: no wrapped row
+    assert len(text.splitlines()) == len(rows) + len(targets) + len(memory) + 9
 
 
 def test_user_facing_tables_import_no_tensorflow():

@@ -45,6 +45,11 @@ def test_quick_bench(tmp_path):
     assert blas and all(b["num_threads"] == 1 for b in blas), blas
     assert all(g > 0 for g in results["machine"]["gemm_gflops"])
     assert results["memory"] and all("peak_mb_over_baseline" in m for m in results["memory"])
+    # Every model's targets are checked (whether they hold is the run's finding, not this test's).
+    targets = {(t["model"], t["target"]) for t in results["targets"]}
+    assert {("lstm", "exported / keras"), ("gru", "exported_grad / keras"), ("srnn", "fastest forward / floor"),
+            ("lstm", "gradient peak memory / keras")} <= targets, targets
+    assert "## Targets: " in (tmp_path / "bench.md").read_text()
 
     # The export-cost section: both tools timed, seqexport's phases and checks, the verifier's memory.
     (cost,) = results["export_cost"]

@@ -1,0 +1,86 @@
+"""The speed and memory targets the exports are held to, checked on one benchmark run's results.
+
+Why: a run's tables hold every figure, but whether a target holds must not depend on who reads
+them. Each check names its target, the figure measured, the limit and whether it holds; bench.md
+lists them. Nothing fails on them: speed is measured in the benchmark, never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+FORWARD_LIMIT = 0.5  # exported `serving_default` and `stream` vs the Keras call, B > 1
+FORWARD_LIMIT_B1 = 0.8  # the same at B=1, where a call's own cost weighs more
+GRADIENT_LIMIT = 0.7  # the gradient through `stream` vs Keras's, B > 1
+FLOOR_LIMIT = 1.5  # the fastest forward variant vs the arithmetic floor, largest B and T of the run
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TargetCheck:
+    model: str
+    batch: int
+    steps: int
+    target: str
+    measured: float
+    limit: float
+    note: str = ""
+
+    @property
+    def holds(self) -> bool:
+        return self.measured <= self.limit
+
+
+def check(results: dict) -> list[TargetCheck]:
+    """Every target that `results` (from `benchmark.run`) has the figures for, in the order of its rows."""
+    rows = results["timings"]
+    checks = []
+    largest = (max(r["batch"] for r in rows), max(r["steps"] for r in rows)) if rows else None
+    for key in dict.fromkeys((r["model"], r["batch"], r["steps"]) for r in rows):
+        cell = {(r["kind"], r["variant"]): r for r in rows if (r["model"], r["batch"], r["steps"]) == key}
+        model, batch, steps = key
+
+        def against_keras(kind, variant, limit, cell=cell, key=key):
+            if (kind, variant) in cell:
+                checks.append(TargetCheck(model=key[0], batch=key[1], steps=key[2], target=f"{variant} / keras",
+                                          measured=cell[kind, variant]["ratio_vs_keras"], limit=limit))
+
+        for variant in ("exported", "exported_stream"):
+            against_keras("forward", variant, FORWARD_LIMIT_B1 if batch == 1 else FORWARD_LIMIT)
+        if batch > 1:
+            against_keras("gradient", "exported_grad", GRADIENT_LIMIT)
+        forward = [r for (kind, _), r in cell.items() if kind == "forward"]
+        if (batch, steps) == largest and forward:
+            fastest = min(forward, key=lambda r: r["us_per_step"])
+            products = fastest.get("recurrent_products_us_per_step")
+            note = (f"{fastest['variant']}; the recurrent products alone: "
+                    f"{products / fastest['floor_us_per_step']:.2f} of the floor") if products else fastest["variant"]
+            checks.append(TargetCheck(model=model, batch=batch, steps=steps, target="fastest forward / floor",
+                                      measured=fastest["ratio_vs_floor"], limit=FLOOR_LIMIT, note=note))
+    checks += _memory_checks(results.get("memory", []))
+    return checks
+
+
+def _memory_checks(memory: list[dict]) -> list[TargetCheck]:
+    """The gradient through `stream` at most Keras's gradient in peak memory, per model."""
+    peaks = {(m["model"], m["variant"]): m for m in memory}
+    checks = []
+    for (model, variant), row in peaks.items():
+        keras = peaks.get((model, "keras_grad"))
+        if variant == "exported_grad" and keras is not None and keras["peak_mb_over_baseline"] > 0:
+            checks.append(TargetCheck(model=model, batch=row["batch"], steps=row["steps"],
+                                      target="gradient peak memory / keras",
+                                      measured=row["peak_mb_over_baseline"] / keras["peak_mb_over_baseline"],
+                                      limit=1.0, note=f"{row['peak_mb_over_baseline']:.0f} vs "
+                                                      f"{keras['peak_mb_over_baseline']:.0f} MB"))
+    return checks
+
+
+def markdown(checks: list[TargetCheck]) -> list[str]:
+    """bench.md's targets part: a count, then one line per check."""
+    held = sum(c.holds for c in checks)
+    lines = [f"## Targets: {held} of {len(checks)} hold", "",
+             "| model | B | T | target | measured | limit | holds | note |", "|---|---|---|---|---|---|---|---|"]
+    for c in checks:
+        lines.append(f"| {c.model} | {c.batch} | {c.steps} | {c.target} | {c.measured:.3f} | {c.limit:.2f} | "
+                     f"{'yes' if c.holds else '**no**'} | {c.note} |")
+    return lines
