@@ -36,18 +36,14 @@ def check(results: dict) -> list[TargetCheck]:
     checks = []
     largest = (max(r["batch"] for r in rows), max(r["steps"] for r in rows)) if rows else None
     for key in dict.fromkeys((r["model"], r["batch"], r["steps"]) for r in rows):
-        cell = {(r["kind"], r["variant"]): r for r in rows if (r["model"], r["batch"], r["steps"]) == key}
         model, batch, steps = key
-
-        def against_keras(kind, variant, limit, cell=cell, key=key):
-            if (kind, variant) in cell:
-                checks.append(TargetCheck(model=key[0], batch=key[1], steps=key[2], target=f"{variant} / keras",
-                                          measured=cell[kind, variant]["ratio_vs_keras"], limit=limit))
-
-        for variant in ("exported", "exported_stream"):
-            against_keras("forward", variant, FORWARD_LIMIT_B1 if batch == 1 else FORWARD_LIMIT)
-        if batch > 1:
-            against_keras("gradient", "exported_grad", GRADIENT_LIMIT)
+        cell = {(r["kind"], r["variant"]): r for r in rows if (r["model"], r["batch"], r["steps"]) == key}
+        forward_limit = FORWARD_LIMIT_B1 if batch == 1 else FORWARD_LIMIT
+        limits = {("forward", "exported"): forward_limit, ("forward", "exported_stream"): forward_limit,
+                  **({("gradient", "exported_grad"): GRADIENT_LIMIT} if batch > 1 else {})}
+        checks += [TargetCheck(model=model, batch=batch, steps=steps, target=f"{variant} / keras",
+                               measured=cell[kind, variant]["ratio_vs_keras"], limit=limit)
+                   for (kind, variant), limit in limits.items() if (kind, variant) in cell]
         forward = [r for (kind, _), r in cell.items() if kind == "forward"]
         if (batch, steps) == largest and forward:
             fastest = min(forward, key=lambda r: r["us_per_step"])
@@ -56,21 +52,20 @@ def check(results: dict) -> list[TargetCheck]:
                     f"{products / fastest['floor_us_per_step']:.2f} of the floor") if products else fastest["variant"]
             checks.append(TargetCheck(model=model, batch=batch, steps=steps, target="fastest forward / floor",
                                       measured=fastest["ratio_vs_floor"], limit=FLOOR_LIMIT, note=note))
-    checks += _memory_checks(results.get("memory", []))
-    return checks
+    return checks + _memory_checks(results.get("memory", []))
 
 
 def _memory_checks(memory: list[dict]) -> list[TargetCheck]:
     """The gradient through `stream` at most Keras's gradient in peak memory, per model."""
     peaks = {(m["model"], m["variant"]): m for m in memory}
     checks = []
-    for (model, variant), row in peaks.items():
-        keras = peaks.get((model, "keras_grad"))
-        if variant == "exported_grad" and keras is not None and keras["peak_mb_over_baseline"] > 0:
-            checks.append(TargetCheck(model=model, batch=row["batch"], steps=row["steps"],
+    for model in dict.fromkeys(m["model"] for m in memory):
+        ours, keras = peaks.get((model, "exported_grad")), peaks.get((model, "keras_grad"))
+        if ours is not None and keras is not None and keras["peak_mb_over_baseline"] > 0:
+            checks.append(TargetCheck(model=model, batch=ours["batch"], steps=ours["steps"],
                                       target="gradient peak memory / keras",
-                                      measured=row["peak_mb_over_baseline"] / keras["peak_mb_over_baseline"],
-                                      limit=1.0, note=f"{row['peak_mb_over_baseline']:.0f} vs "
+                                      measured=ours["peak_mb_over_baseline"] / keras["peak_mb_over_baseline"],
+                                      limit=1.0, note=f"{ours['peak_mb_over_baseline']:.0f} vs "
                                                       f"{keras['peak_mb_over_baseline']:.0f} MB"))
     return checks
 

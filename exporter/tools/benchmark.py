@@ -577,8 +577,9 @@ def summary(rows: list[dict]) -> list[str]:
 
 
 def markdown(results: dict) -> str:
-    """A summary per config, the targets (`bench_targets`), a table of µs/step (ratios vs keras and vs the arithmetic floor) per
-    variant and config, peak memory, the machine's floor figures, then every section's part."""
+    """A summary per config, the targets (`bench_targets`), a table of µs/step (ratios vs keras and
+    vs the arithmetic floor) per variant and config, peak memory, the machine's floor figures, then
+    every section's part."""
     lines = [*summary(results["timings"]), "", *bench_targets.markdown(bench_targets.check(results)), ""]
     lines += ["| model | kind | B | T | variant | µs/step | steps/s | ratio vs keras | floor µs/step | "
              "ratio vs floor | matches keras |",

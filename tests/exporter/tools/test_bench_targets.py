@@ -16,7 +16,8 @@ def test_every_target_is_checked_against_its_limit_and_the_ones_missed_say_so():
             _row("gru", 32, 1024, "forward", "exported", 0.45, us=18.0, floor_ratio=3.6),
             _row("gru", 32, 1024, "forward", "exported_stream", 0.55, us=22.0, floor_ratio=4.4),
             _row("gru", 32, 1024, "forward", "ort_stream", 0.3, us=7.0, floor_ratio=1.4),
-            _row("gru", 32, 1024, "gradient", "keras_grad", 1.0), _row("gru", 32, 1024, "gradient", "exported_grad", 0.71),
+            _row("gru", 32, 1024, "gradient", "keras_grad", 1.0),
+            _row("gru", 32, 1024, "gradient", "exported_grad", 0.71),
             _row("gru", 1, 128, "forward", "keras", 1.0), _row("gru", 1, 128, "forward", "exported", 0.79),
             _row("gru", 1, 128, "gradient", "exported_grad", 0.9)]  # no gradient target at B=1
     memory = [{"model": "gru", "variant": v, "batch": 32, "steps": 1024, "peak_mb_over_baseline": mb}
