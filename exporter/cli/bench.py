@@ -64,8 +64,8 @@ def bench_tables(results: dict) -> list:
                       f"{row['ratio_vs_keras']:.2f}", match)
     targets = results.get("targets", [])
     held = table(title=f"targets: {sum(t['holds'] for t in targets)} of {len(targets)} hold")
-    numbers = ("B", "T", "measured", "limit")
-    add_columns(held, ("model", "B", "T", "target", "measured", "limit", "holds"), right=numbers, no_wrap=numbers)
+    add_columns(held, ("model", "B", "T", "target", "measured", "limit", "holds"),
+                right=("B", "T", "measured", "limit"), no_wrap=("B", "T", "measured", "limit"))
     for row in targets:
         held.add_row(escape(row["model"]), str(row["batch"]), str(row["steps"]), escape(row["target"]),
                      f"{row['measured']:.3f}", f"{row['limit']:.2f}", "yes" if row["holds"] else "[bold red]no[/]")

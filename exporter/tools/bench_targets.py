@@ -70,12 +70,17 @@ def _memory_checks(memory: list[dict]) -> list[TargetCheck]:
     return checks
 
 
-def markdown(checks: list[TargetCheck]) -> list[str]:
-    """bench.md's targets part: a count, then one line per check."""
-    held = sum(c.holds for c in checks)
-    lines = [f"## Targets: {held} of {len(checks)} hold", "",
+def as_json(checks: list[TargetCheck]) -> list[dict]:
+    """The checks as `bench.json` keeps them (`holds` included), what bench.md and the CLI read."""
+    return [dict(dataclasses.asdict(c), holds=c.holds) for c in checks]
+
+
+def markdown(targets: list[dict]) -> list[str]:
+    """bench.md's targets part (from `as_json`'s rows): a count, then one line per check."""
+    held = sum(t["holds"] for t in targets)
+    lines = [f"## Targets: {held} of {len(targets)} hold", "",
              "| model | B | T | target | measured | limit | holds | note |", "|---|---|---|---|---|---|---|---|"]
-    for c in checks:
-        lines.append(f"| {c.model} | {c.batch} | {c.steps} | {c.target} | {c.measured:.3f} | {c.limit:.2f} | "
-                     f"{'yes' if c.holds else '**no**'} | {c.note} |")
+    for t in targets:
+        lines.append(f"| {t['model']} | {t['batch']} | {t['steps']} | {t['target']} | {t['measured']:.3f} | "
+                     f"{t['limit']:.2f} | {'yes' if t['holds'] else '**no**'} | {t['note']} |")
     return lines

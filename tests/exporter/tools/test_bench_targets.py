@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from exporter.tools.bench_targets import check, markdown
+from exporter.tools.bench_targets import as_json, check, markdown
 
 
 def _row(model, batch, steps, kind, variant, ratio, us=10.0, floor_ratio=2.0):
@@ -34,6 +34,6 @@ def test_every_target_is_checked_against_its_limit_and_the_ones_missed_say_so():
     }
     floor = next(c for c in checks if c.target == "fastest forward / floor")
     assert floor.note == "ort_stream; the recurrent products alone: 1.20 of the floor"
-    text = "\n".join(markdown(checks))
+    text = "\n".join(markdown(as_json(checks)))
     assert text.startswith("## Targets: 3 of 6 hold")
     assert "| gru | 32 | 1024 | exported_stream / keras | 0.550 | 0.50 | **no** |" in text
