@@ -3,9 +3,8 @@
 Why: a `tf.while_loop` pays the graph executor for every op of every step; TF's
 `BlockLSTM` kernel runs the whole sequence in C++, forward and backward (measured
 in scripts/bench.py). Used by `serving_default` and `stream` only: `step` keeps the
-cell, and every fused signature keeps an `<name>_unfused` twin (the while_loop),
-because TF defines no gradient of `BlockLSTMGrad` (no second derivatives) and
-neither LiteRT nor tf2onnx converts `BlockLSTM`.
+cell, and every fused signature keeps an `<name>_unfused` twin (the while_loop): neither
+LiteRT nor tf2onnx converts `BlockLSTM`, and the `fused` check compares the two.
 
 Why `BlockLSTM` and not `BlockLSTMV2`: on CPU, V2's forward uses Keras's gate order
 (i, f, c, o) but its registered gradient calls `BlockLSTMGrad`, which assumes
@@ -17,14 +16,18 @@ Its gradient is not `BlockLSTMGrad` (one op that does every step's weight produc
 small product at a time: slower than Keras's own loop at B=1): a `tf.custom_gradient`
 reads the gates `BlockLSTM` already returns, runs one backward loop of `dh @ U^T` and a
 few element-wise ops per step (exporter/recurrence.py's unrolled `scan`), and computes
-the weight gradients as one matrix product each after that loop.
+the weight gradients as one matrix product each after that loop. Second derivatives
+differentiate that gradient, and what it reads of `BlockLSTM` as `blocklstm_twin`
+(`recurrence.differentiable_as`): `BlockLSTMGrad` has no gradient, and `BlockLSTM`'s
+registered one ignores the gradients of the gates it returns.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from exporter.recurrence import dense_upstream, last_or_initial, matmul_seq, outer_sum, previous_steps, scan
+from exporter.recurrence import (dense_upstream, differentiable_as, last_or_initial, matmul_seq, outer_sum,
+                                 previous_steps, scan)
 
 
 def is_fusable_lstm(cell) -> bool:
@@ -55,6 +58,26 @@ def blocklstm_weights(kernel, recurrent, bias) -> tuple:
     return _icfo(tf.concat([kernel, recurrent], axis=0)), _icfo(bias)
 
 
+def blocklstm_twin(x_tm, h0, c0, w, b):
+    """What `BlockLSTM` (no peephole, `forget_bias=0`, no clip) returns over `x_tm [T, B, F]`, in plain
+    TF ops TF can differentiate: (i, cs, f, o, ci, co, h), each `[T, B, U]`."""
+    import tensorflow as tf
+
+    units = int(h0.shape[-1])
+
+    def step(inputs, state):
+        h, c = state
+        i, ci, f, o = tf.split(tf.concat([inputs[0], h], axis=-1) @ w + b, 4, axis=-1)
+        i, ci, f, o = tf.sigmoid(i), tf.tanh(ci), tf.sigmoid(f), tf.sigmoid(o)
+        cs = ci * i + c * f
+        co = tf.tanh(cs)
+        h = co * o
+        return (i, cs, f, o, ci, co, h), (h, cs)
+
+    outputs, _ = scan(step, (x_tm,), (h0, c0), (units,) * 7, unroll=1)
+    return tuple(outputs)
+
+
 def lstm_sequence(x_tm, h0, c0, kernel, recurrent, bias, blocklstm: tuple):
     """Keras's LSTM over `x_tm [T, B, F]` in one `BlockLSTM` op, gradient by hand.
 
@@ -75,17 +98,18 @@ def lstm_sequence(x_tm, h0, c0, kernel, recurrent, bias, blocklstm: tuple):
             w=w, wci=no_peephole, wcf=no_peephole, wco=no_peephole,
             b=b, forget_bias=0.0, cell_clip=-1.0, use_peephole=False,
         )
-        h_last, c_last = last_or_initial(h0, gates.h), last_or_initial(c0, gates.cs)
+        # What the gradient below reads of BlockLSTM, differentiable (second derivatives) as the twin.
+        i, cs, f, o, g, tanh_c, hs = differentiable_as(tuple(gates), (x_tm, h0, c0, w, b), blocklstm_twin)
+        h_last, c_last = last_or_initial(h0, hs), last_or_initial(c0, cs)
 
         def grad(d_hs, d_h_last, d_c_last):
-            d_hs, d_h_last, d_c_last = dense_upstream(d_hs, gates.h), dense_upstream(d_h_last, h_last), dense_upstream(d_c_last, c_last)
-            i, f, o, g, tanh_c = gates.i, gates.f, gates.o, gates.ci, gates.co
+            d_hs, d_h_last, d_c_last = dense_upstream(d_hs, hs), dense_upstream(d_h_last, h_last), dense_upstream(d_c_last, c_last)
             # SigmoidGrad(y, dy) = dy * y * (1 - y) and TanhGrad(y, dy) = dy * (1 - y^2): one op
             # over the sequence each, where the three ops each would be three passes over memory.
             d_c_from_h = tf.raw_ops.TanhGrad(y=tanh_c, dy=o)  # dc_t / dh_t
             # d(pre-activations, Keras order i, f, c, o) / (dc, dc, dc, dh) per step.
             coefficients = tf.concat([tf.raw_ops.SigmoidGrad(y=i, dy=g),
-                                      tf.raw_ops.SigmoidGrad(y=f, dy=previous_steps(c0, gates.cs)),
+                                      tf.raw_ops.SigmoidGrad(y=f, dy=previous_steps(c0, cs)),
                                       tf.raw_ops.TanhGrad(y=g, dy=i), tf.raw_ops.SigmoidGrad(y=o, dy=tanh_c)], axis=-1)
             u_t = tf.transpose(recurrent)
 
@@ -99,9 +123,9 @@ def lstm_sequence(x_tm, h0, c0, kernel, recurrent, bias, blocklstm: tuple):
             (d_pre,), (d_h0, d_c0) = scan(backward, (d_hs, d_c_from_h, coefficients, f), (d_h_last, d_c_last),
                                           (4 * units,), reverse=True)
             return (matmul_seq(d_pre, kernel, transpose_b=True), d_h0, d_c0, outer_sum(x_tm, d_pre),
-                    outer_sum(previous_steps(h0, gates.h), d_pre), tf.reduce_sum(d_pre, axis=[0, 1]))
+                    outer_sum(previous_steps(h0, hs), d_pre), tf.reduce_sum(d_pre, axis=[0, 1]))
 
-        return (gates.h, h_last, c_last), grad
+        return (hs, h_last, c_last), grad
 
     return run(x_tm, h0, c0, kernel, recurrent, bias)
 

@@ -6,7 +6,9 @@ Two kinds of reference, both checked later in a fresh process:
   every output by its key (`outputs`, or each name of a model with several outputs).
 
 Keys: `<sig>/in/<key>`, `<sig>/out/<key>`, `<sig>/w/<key>` (loss weights),
-`<sig>/grad/<key>`, `<sig>/grad_var/<i>`, `var/<i>` (trained weights).
+`<sig>/grad/<key>`, `<sig>/grad_var/<i>`, `var/<i>` (trained weights); `higher/...`: the
+source's second derivatives (`gradients.second_order`) on the `serving_default` probe, with
+its loss weights `higher/w/<key>` and vector `higher/v`, or `higher/error` where TF has none.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from exporter.artifact.specs import ExportOptions, SignatureName
-from exporter.gradients import hessian_vector_product, is_float, outputs_and_gradients
+from exporter.gradients import is_float, outputs_and_gradients, second_order
 from exporter.step_model import StepModel
 from exporter.trace import TracedExport
 
@@ -125,36 +127,42 @@ def capture(model: StepModel, traced: TracedExport, options: ExportOptions) -> d
         for key, value in outputs.items():
             golden[f"{spec.name}/out/{key}"] = value
 
-    if options.check_hvp:
-        golden.update(_hvp(traced, predict_feed, golden, rng))
     if model.reference_fn is not None:
         golden.update(_reference(model, predict_feed, rng))
+    if options.check_hvp:
+        golden.update(_higher_order(model, traced, predict_feed, golden, rng))
     return golden
 
 
-def _hvp(traced: TracedExport, feed: dict, golden: dict, rng) -> dict[str, np.ndarray]:
-    """A Hessian-vector product of the `serving_default` loss w.r.t. its inputs."""
-    name = SignatureName.PREDICT.value
-    spec = next(s for s in traced.specs if s.name == name)
-    names = [t.name for t in spec.inputs]
-    function = traced.higher_order_function(name)
-    weights = {k[len(f"{name}/w/"):]: v for k, v in golden.items() if k.startswith(f"{name}/w/")}
+def _higher_order(model: StepModel, traced: TracedExport, feed: dict, golden: dict, rng) -> dict[str, np.ndarray]:
+    """The source's second derivatives (`gradients.second_order`) on the `serving_default` probe: the
+    source model's own call where there is one, else the traced while_loop (a factory without one)."""
+    if model.reference_fn is not None:
+        prefix, call = "reference/w/", _reference_call(model)
+        variables = list(model.reference_variables or model.trainable_variables)
+    else:
+        name = SignatureName.PREDICT.value
+        spec = next(s for s in traced.specs if s.name == name)
+        prefix, call = f"{name}/w/", _caller(traced.higher_order_function(name), [t.name for t in spec.inputs])
+        variables = list(model.trainable_variables)
+    outputs = {o.name for o in model.outputs} or {"outputs"}
+    weights = {k[len(prefix):]: v for k, v in golden.items() if k.startswith(prefix) and k[len(prefix):] in outputs}
     vector = rng.normal(size=feed["inputs"].shape)
+    recorded = {"higher/v": vector, **{f"higher/w/{k}": v for k, v in weights.items()}}
     try:
-        hvp = hessian_vector_product(lambda f: function(*[f[n] for n in names]), feed, weights, vector)
+        derivatives = second_order(call, feed, weights, vector, variables)
     except (LookupError, TypeError, ValueError, tf.errors.OpError) as exc:
         # Some ops have no second derivative in TF: record why, the check reports it.
-        return {"hvp/v": vector, "hvp/error": np.array(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")}
-    return {"hvp/v": vector, "hvp/out": hvp}
+        return recorded | {"higher/error": np.array(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")}
+    return recorded | {f"higher/{k}": v for k, v in derivatives.items()}
 
 
 def _caller(function, names: list[str]):
     return lambda feed: function(*[feed[n] for n in names])
 
 
-def _reference(model: StepModel, feed: dict, rng) -> dict[str, np.ndarray]:
-    """The source model's own outputs and gradients on the probe inputs."""
-    variables = list(model.reference_variables or model.trainable_variables)
+def _reference_call(model: StepModel):
+    """The source model's own call on a feed of tensors, its outputs by key."""
 
     def call(tensors):
         if model.extra_inputs:
@@ -166,6 +174,13 @@ def _reference(model: StepModel, feed: dict, rng) -> dict[str, np.ndarray]:
             return {"outputs": outputs}
         return {o.name: outputs[o.name] for o in model.outputs}
 
+    return call
+
+
+def _reference(model: StepModel, feed: dict, rng) -> dict[str, np.ndarray]:
+    """The source model's own outputs and gradients on the probe inputs."""
+    variables = list(model.reference_variables or model.trainable_variables)
+    call = _reference_call(model)
     first = call({k: tf.constant(v) for k, v in feed.items()})
     weights = _loss_weights(rng, {k: v.numpy() for k, v in first.items()})
     outputs, input_grads, var_grads = outputs_and_gradients(call, feed, weights, variables)

@@ -26,23 +26,38 @@ time. So, per layer:
   as one matrix product each after that loop;
 - a GRU with `reset_after=False` steps with TF's `GRUBlockCell` instead, one op per step
   with its input product inside (GRU(128), B=32: 7-11% faster than its input product per
-  block and 11 ops per step); TF has no gradient for that op, so what the hand-written
-  gradient reads of that loop is `first_order_only`.
+  block and 11 ops per step); TF has no gradient for that op, so the hand-written gradient
+  reads that loop's outputs through `differentiable_as` (below).
 
 Used for `serving_default` and `stream` like the fused LSTM (exporter/fused.py):
-`step` keeps the Keras cell and the while_loop stays as the `_unfused` twins, which
-second derivatives go through (the hand-written gradient is not differentiated).
+`step` keeps the Keras cell and the while_loop stays as the `_unfused` twins.
+
+Second derivatives go through the default signatures too, after a reload in a fresh process:
+a hand-written gradient is made of ops TF can differentiate (no `tf.custom_gradient` inside
+one: SavedModel saves the custom gradients of a function's own ops, not those of the ops
+inside a gradient function, and a fresh process then fails with "No gradient defined for
+operation 'IdentityN'"), and what it reads of a kernel TF cannot differentiate (`BlockLSTM`,
+whose registered gradient drops the gates' gradients, `GRUBlockCell`, which has none) it reads
+through `differentiable_as`, whose derivative is a plain-TF twin's.
 The maths is the Keras cell's (`keras.layers.SimpleRNNCell`, `GRUCell` with either
 `reset_after`), reordered: e.g. `z * h + (1 - z) * n` is computed as `n + z * (h - n)`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 # Steps per loop iteration. GRU(128), B=32, T=128, interleaved on a loaded 2-core machine:
 # forward 187 / 121 / 138 / 109 µs/step and gradient 497 / 326 / 375 / 405 for 1 / 4 / 8 / 16.
 UNROLL = 8
+# Steps per iteration of the backward loops of the hand-written gradients (`scan(reverse=True)`):
+# fewer than forwards, because second derivatives differentiate these loops and TF builds that
+# graph in time that grows with the body (a reloaded GRU(8)'s first second derivative: 6-7 s
+# at 4, 11-13 s at 8). First derivatives, interleaved medians of 15, ms per call, 4 vs 8:
+# B=32 T=128 GRU(128) 23.4/24.1, LSTM(128) 24.0/22.2; B=1 T=256 GRU 6.5/6.5, LSTM 6.8/6.9.
+# The SimpleRNN's backward keeps `UNROLL` (B=1 T=256: 3.8 at 8, 4.4 at 4).
+BACKWARD_UNROLL = 4
 
 # A layer runs as two batch halves at once (`in_halves`) when its step's recurrent product is
 # at least this wide (gates x units). B=32, T=128/1024, interleaved on a quiet 2-core machine,
@@ -135,7 +150,7 @@ def _loop(step: Callable, sequences: tuple, carry: tuple, widths: tuple, unroll:
 
 
 def scan(step: Callable, sequences: tuple, carry: tuple, widths: tuple, *, reverse: bool = False,
-         unroll: int = UNROLL, project: Callable | None = None):
+         unroll: int | None = None, project: Callable | None = None):
     """`(outputs_t, carry) = step(inputs_t, carry)` over time-major `sequences` ([T, B, w] each).
 
     Args:
@@ -144,7 +159,7 @@ def scan(step: Callable, sequences: tuple, carry: tuple, widths: tuple, *, rever
         carry: the initial carry, a tuple of `[B, w]` tensors.
         widths: the last dimension of each output.
         reverse: run from the last step to the first (outputs still in time order).
-        unroll: steps per loop iteration.
+        unroll: steps per loop iteration (default: `UNROLL` forwards, `BACKWARD_UNROLL` in reverse).
         project: `(tuple of [k, B, w] blocks of sequences) -> tuple of [k, B, w'] step inputs`, run
             once per iteration (k = unroll or 1): e.g. the input product of a block, which then
             comes from cache instead of a whole-sequence `[T, B, w']` tensor in memory.
@@ -154,6 +169,10 @@ def scan(step: Callable, sequences: tuple, carry: tuple, widths: tuple, *, rever
     """
     import tensorflow as tf
 
+    if unroll is None:
+        unroll = BACKWARD_UNROLL if reverse else UNROLL
+    if unroll == 1:  # one loop does it all
+        return _loop(step, sequences, carry, widths, 1, reverse, project)
     steps = tf.shape(sequences[0])[0]
     # The `T mod unroll` steps left over run one step per iteration, last (at the end of
     # time forwards, at its start backwards).
@@ -232,7 +251,9 @@ def swap_batch_and_time_bits(x):
     @tf.custom_gradient
     def swapped(x):
         moved = tf.bitcast(swap_batch_and_time(tf.bitcast(x, bits)), x.dtype)
-        return moved, swap_batch_and_time_bits  # the gradient of a swap is the swap back
+        # The gradient of a swap is the swap back, as the plain op: a gradient function made of
+        # ops TF differentiates (a custom gradient inside one is lost from a SavedModel).
+        return moved, swap_batch_and_time
 
     return swapped(x)
 
@@ -290,7 +311,10 @@ def simple_rnn_sequence(x_tm, h0, kernel, recurrent, bias):
         # The input product as one whole-sequence product here: `[T, B, U]` is small next to a GRU's
         # `[T, B, 3U]`, and per block (as the GRU has it) it was slower at B=1 (0.20 -> 0.23 of Keras
         # at T=1024, no faster at B=32).
-        hs, last = state_scan(forward, (matmul_seq(x_tm, kernel) + bias,), h0, int(recurrent.shape[0]))
+        hs, _ = state_scan(forward, (matmul_seq(x_tm, kernel) + bias,), h0, int(recurrent.shape[0]))
+        # Second derivatives differentiate what the gradient reads: as a one-step loop, not this one.
+        (hs,) = differentiable_as((hs,), (x_tm, h0, kernel, recurrent, bias), simple_rnn_twin)
+        last = last_or_initial(h0, hs)
 
         def grad(d_hs, d_last):
             return simple_rnn_backward(x_tm, h0, hs, dense_upstream(d_hs, hs), dense_upstream(d_last, last),
@@ -314,7 +338,8 @@ def simple_rnn_backward(x_tm, h0, hs, d_hs, d_last, kernel, recurrent):
         d_pre = tf.raw_ops.TanhGrad(y=h_t, dy=upstream + state[0])
         return (d_pre,), (d_pre @ u_t,)
 
-    (d_pre,), (d_h0,) = scan(backward, (d_hs, hs), (d_last,), (int(recurrent.shape[0]),), reverse=True)
+    (d_pre,), (d_h0,) = scan(backward, (d_hs, hs), (d_last,), (int(recurrent.shape[0]),), reverse=True,
+                             unroll=UNROLL)
     return (matmul_seq(d_pre, kernel, transpose_b=True), d_h0, outer_sum(x_tm, d_pre),
             outer_sum(previous_steps(h0, hs), d_pre), tf.reduce_sum(d_pre, axis=[0, 1]))
 
@@ -406,6 +431,7 @@ def simple_rnn_stack_sequence(x_tm, h0s: tuple, kernels: tuple, recurrents: tupl
             h = tf.concat(pieces[i], axis=0)[:steps]
             h.set_shape([None, None, units[i]])
             hs.append(h)
+        hs = list(differentiable_as(tuple(hs), (x_tm, *weights), functools.partial(simple_rnn_stack_twin, count=count)))
         lasts = [last_or_initial(h0s[i], hs[i]) for i in range(count)]
 
         def grad(d_top, *d_lasts):
@@ -474,14 +500,17 @@ def gru_sequence(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
             def project(block):
                 return block_product(block[0], kernel_zr), block_product(block[0], kernel_n)
 
-            hs, last = state_scan(forward, (ones_column,), h0, units, project=project)
+            hs, _ = state_scan(forward, (ones_column,), h0, units, project=project)
         else:
             # TF's GRUBlockCell is this cell's step in one op, the input product with it.
             block_weights = gru_block_cell_weights(kernel, recurrent, bias)
             hs, _ = state_scan(lambda inputs, h: tf.raw_ops.GRUBlockCell(x=inputs[0], h_prev=h, **block_weights).h,
                                (x_tm,), h0, units)
-            hs = first_order_only(hs, h0, "A GRU with reset_after=False")
-            last = last_or_initial(h0, hs)  # h_T read from the guarded outputs, so it needs no guard of its own
+        # What the gradient reads, differentiable (second derivatives) as a one-step loop: TF has no
+        # gradient of `GRUBlockCell`, and the unrolled loop's would take long to build.
+        twin = functools.partial(gru_twin, reset_after=reset_after)
+        (hs,) = differentiable_as((hs,), (x_tm, h0, kernel, recurrent, bias), twin)
+        last = last_or_initial(h0, hs)  # h_T read from those outputs, so it needs no twin of its own
 
         def grad(d_hs, d_last):
             d_hs, d_last = dense_upstream(d_hs, hs), dense_upstream(d_last, last)
@@ -562,32 +591,83 @@ def gru_block_cell_weights(kernel, recurrent, bias) -> dict:
             "b_ru": r_then_z(bias), "b_c": bias[2 * units:]}
 
 
-def first_order_only(tensor, anchor, what: str):
-    """`tensor` as it is, for a hand-written gradient to read, with no gradient of its own: what
-    flows back through it goes to `anchor` (any differentiable tensor of the same function),
-    as zeros, and a non-zero value fails the call naming `what`.
+def differentiable_as(values: tuple, inputs: tuple, twin: Callable) -> tuple:
+    """`values` as they are, for a hand-written gradient to read; their derivative w.r.t. `inputs`
+    is that of `twin(*inputs)`, a plain-TF computation of the same values.
 
-    Why: a persistent or nested tape through a `tf.function` (reloaded or not) makes every
-    tensor a hand-written gradient reads differentiable in turn (TF's higher-order function
-    gradients), through the loop that made it; a loop of ops TF has no gradient for
-    (`GRUBlockCell`) then fails at the forward call, even for a first derivative. With this,
-    a first derivative runs (what flows back here is zero), and a second one fails instead
-    of being silently wrong.
+    Why: a hand-written gradient is differentiated in turn for second derivatives (a nested tape,
+    through a reloaded SavedModel too), and so is everything it reads. A fast kernel's outputs
+    may have no derivative in TF (`GRUBlockCell`) or a wrong one (`BlockLSTM`'s registered
+    gradient ignores the gradients of the gates it returns). Read through this, they are
+    differentiated as the twin: a loop of ops TF differentiates, run only for second
+    derivatives (a first derivative never differentiates what its gradient reads). This
+    custom gradient sits in the forward function, whose custom gradients a SavedModel keeps.
     """
     import tensorflow as tf
 
+    count = len(values)
+
     @tf.custom_gradient
-    def guarded(tensor, anchor):
-        def grad(upstream):
-            check = tf.debugging.Assert(tf.reduce_all(tf.equal(upstream, 0)), [
-                f"{what} has no second derivative here: take second derivatives through the "
-                "`serving_default_unfused` or `stream_unfused` signature"])
-            with tf.control_dependencies([check]):
-                return None, tf.zeros_like(anchor)
+    def read(*tensors):
+        kept, sources = tensors[:count], tensors[count:]
 
-        return tf.identity(tensor), grad
+        def grad(*upstream):
+            with tf.GradientTape() as tape:
+                tape.watch(sources)
+                recomputed = twin(*sources)
+            upstream = [dense_upstream(u, v) for u, v in zip(upstream, kept)]
+            grads = tape.gradient(list(recomputed), list(sources), output_gradients=upstream,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return (*(None for _ in kept), *grads)
 
-    return guarded(tensor, anchor)
+        return tuple(tf.identity(v) for v in kept), grad
+
+    return read(*values, *inputs)
+
+
+def gru_twin(x_tm, h0, kernel, recurrent, bias, *, reset_after: bool):
+    """Keras's `GRUCell` over `x_tm [T, B, F]` in plain TF ops, one step per iteration: (hs [T, B, U],)."""
+    import tensorflow as tf
+
+    units = int(recurrent.shape[0])
+    input_bias, recurrent_bias = (bias[0], bias[1]) if reset_after else (bias, None)
+
+    def step(inputs, state):
+        h = state[0]
+        x_z, x_r, x_n = tf.split(inputs[0] @ kernel + input_bias, 3, axis=-1)
+        if reset_after:
+            h_z, h_r, h_n = tf.split(h @ recurrent + recurrent_bias, 3, axis=-1)
+        else:
+            h_z, h_r = tf.split(h @ recurrent[:, : 2 * units], 2, axis=-1)
+        z, r = tf.sigmoid(x_z + h_z), tf.sigmoid(x_r + h_r)
+        n = tf.tanh(x_n + (r * h_n if reset_after else (r * h) @ recurrent[:, 2 * units:]))
+        h = n + z * (h - n)
+        return (h,), (h,)
+
+    (hs,), _ = scan(step, (x_tm,), (h0,), (units,), unroll=1)
+    return (hs,)
+
+
+def simple_rnn_twin(x_tm, h0, kernel, recurrent, bias):
+    """Keras's tanh `SimpleRNNCell` over `x_tm [T, B, F]` in plain TF ops, one step per iteration: (hs,)."""
+    import tensorflow as tf
+
+    def step(inputs, state):
+        h = tf.tanh(inputs[0] @ kernel + bias + state[0] @ recurrent)
+        return (h,), (h,)
+
+    (hs,), _ = scan(step, (x_tm,), (h0,), (int(recurrent.shape[0]),), unroll=1)
+    return (hs,)
+
+
+def simple_rnn_stack_twin(x_tm, *weights, count: int):
+    """`simple_rnn_stack_sequence`'s outputs, layer after layer as `simple_rnn_twin`: (hs of each layer)."""
+    h0s, kernels, recurrents, biases = (weights[i * count:(i + 1) * count] for i in range(4))
+    outputs, inputs = [], x_tm
+    for i in range(count):
+        (inputs,) = simple_rnn_twin(inputs, h0s[i], kernels[i], recurrents[i], biases[i])
+        outputs.append(inputs)
+    return tuple(outputs)
 
 
 def in_halves(run: Callable, inputs, states: tuple):

@@ -28,9 +28,9 @@ class TracedExport:
     """The module to save, its signature functions, and their specs.
 
     `gradient_functions` are the same functions without XLA (identical to `functions`
-    unless traced with `jit=True`): what gradients are taken through. `unfused_functions`
-    are the while_loop twins of fused signatures (empty when nothing is fused): what
-    second derivatives are taken through.
+    unless traced with `jit=True`): what gradients are taken through, second derivatives
+    included. `unfused_functions` are the while_loop twins of fused signatures (empty when
+    nothing is fused): what LiteRT and ONNX convert.
     """
 
     module: tf.Module
@@ -40,7 +40,8 @@ class TracedExport:
     unfused_functions: dict[str, tf.types.experimental.ConcreteFunction] = dataclasses.field(default_factory=dict)
 
     def higher_order_function(self, name: str):
-        """The function second derivatives of signature `name` go through."""
+        """The plainest function of signature `name`: its while_loop twin where it is fused (a golden
+        of second derivatives where there is no source model to take them from)."""
         return self.unfused_functions.get(name, self.gradient_functions[name])
 
 

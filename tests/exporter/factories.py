@@ -162,3 +162,27 @@ def wrong_fused() -> StepModel:
         return outputs + 1e-3, final
 
     return dataclasses.replace(model, fused_unroll=fused)
+
+
+def second_order_lost(step_model: StepModel) -> StepModel:
+    """`step_model` (with a whole-sequence kernel) whose kernel's gradient has a custom gradient of its own,
+    as seqexport's batch-time transpose had: a SavedModel keeps the custom gradients of a function's own
+    ops only, so after a reload second derivatives through `serving_default` fail with the seed's
+    "No gradient defined for operation 'IdentityN'", while in the exporting process they work."""
+    import dataclasses
+
+    @tf.custom_gradient
+    def passthrough(y):
+        @tf.custom_gradient
+        def back(dy):
+            return tf.identity(dy), tf.identity
+
+        return tf.identity(y), back
+
+    real = step_model.fused_unroll
+
+    def fused(inputs, states):
+        outputs, final = real(inputs, states)
+        return passthrough(outputs), final
+
+    return dataclasses.replace(step_model, fused_unroll=fused)

@@ -78,6 +78,36 @@ def test_batch_of_one_gradients_stay_right_over_repeated_calls():
     assert max(errors) <= GRAD_TOL
 
 
+def test_fused_lstm_second_derivatives_match_the_keras_layer():
+    """BlockLSTM's registered gradient ignores the gates' gradients, so what the hand-written gradient
+    reads of it is differentiated as a plain-TF twin: d/dx and d/dW of the input-gradient penalty, and a
+    Hessian-vector product, equal the Keras layer's."""
+    layer = _lstm_layer()
+    x, h0, c0 = _inputs()
+    fused = _fused_call(layer)
+    vector = tf.constant(np.random.default_rng(9).normal(size=x.shape).astype(np.float32))
+
+    def second_derivatives(call):
+        with tf.GradientTape(persistent=True) as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                sequence, h, c = call(x, h0, c0)
+                total = tf.reduce_sum(tf.sin(sequence)) + tf.reduce_sum(h * c)
+            d_x = inner.gradient(total, x)
+            square = tf.reduce_sum(d_x * d_x)
+            directional = tf.reduce_sum(d_x * vector)
+        return [*outer.gradient(square, [x, *layer.trainable_variables]), outer.gradient(directional, x)]
+
+    got = second_derivatives(tf.function(fused))
+    want = second_derivatives(lambda x, h0, c0: layer(x, initial_state=[h0, c0]))
+    errors = [float(np.max(np.abs(g - w))) for g, w in zip(got, want)]
+    print(f"penalty d/dx, d/dW and Hv: max abs {max(errors):.2e} (tol {GRAD_TOL} + 1e-3 relative)")
+    assert float(tf.reduce_max(tf.abs(want[0]))) > 1e-2
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=GRAD_TOL, rtol=1e-3)
+
+
 @pytest.mark.parametrize("shape", [(BATCH, 0), (0, STEPS)])
 def test_empty_sequence_or_batch_returns_the_state_and_zero_weight_gradients(shape):
     layer = _lstm_layer()

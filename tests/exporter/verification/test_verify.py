@@ -93,7 +93,12 @@ def broken_exports(demo_keras_file, several_output_exports, static_input_exports
         golden[key] = golden[key] + np.float32(1e-2)
         golden_io.save(golden, golden_path(dirs[name]))
 
-    from tests.exporter.factories import wrong_fused, wrong_reference
+    from tests.exporter.factories import second_order_lost, wrong_fused, wrong_reference
+
+    # Second derivatives on by default (as every export has them): a reload that loses them fails.
+    dirs["second_order_lost"] = base / "second_order_lost"
+    write_export(second_order_lost(step_model_from_keras(model)), dirs["second_order_lost"], name="demo",
+                 source={"kind": "test"})
 
     dirs["wrong_source"] = base / "wrong_source"
     write_export(wrong_reference(), dirs["wrong_source"], name="w", source={"kind": "test"}, options=NO_HVP)
@@ -192,6 +197,38 @@ def test_lost_custom_gradients_cli_exit_1(broken_exports):
     assert_fits(result.stdout, 80)  # failed rows stay rows; their messages are notes below the table
     assert "FAIL [1]" in result.stdout and "[1] " in result.stdout
     assert "experimental_custom_gradients=True" in " ".join(result.stdout.split())
+
+
+def test_higher_order_check_fails_when_second_derivatives_are_lost_on_reload(broken_exports):
+    """The seed's failure through the default signatures: the exporting process computes them, a fresh one
+    cannot. Each row names the signature it ran through (the fused `serving_default` itself, and `stream`
+    chained over two chunks); the failure is a failure even with the check on by default."""
+    rows = _failing(broken_exports["second_order_lost"], "higher order")
+    assert {r.signature for r in rows} == {"serving_default", "stream x2"}
+    for row in rows:
+        assert "No gradient defined for operation" in row.message and "IdentityN" in row.message, row.message
+    others = [c for c in broken_exports["second_order_lost"].failures if c.check != "higher order"]
+    assert not others, others  # first derivatives, outputs and the rest still hold
+
+
+def _load_warnings(export_dir) -> str:
+    import subprocess
+    import sys
+
+    from exporter.verification.run import fresh_process_env
+
+    loaded = subprocess.run([sys.executable, "-c", f"import tensorflow as tf; tf.saved_model.load({str(export_dir)!r})"],
+                            env=fresh_process_env(), capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr
+    return loaded.stderr
+
+
+def test_loading_a_fused_export_warns_of_no_unsaved_custom_gradients(demo_export, broken_exports):
+    """TF warns on load when a gradient function holds ops whose own custom gradients were not saved (the
+    second derivatives that then fail): never for our exports, and it does for the broken one."""
+    assert read_manifest(demo_export.path).options.fused
+    assert "unsaved custom gradients" not in _load_warnings(demo_export.path)
+    assert "unsaved custom gradients" in _load_warnings(broken_exports["second_order_lost"].export_dir)
 
 
 def test_weights_check_fails_on_changed_weight(broken_exports):
