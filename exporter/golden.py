@@ -6,7 +6,9 @@ Two kinds of reference, both checked later in a fresh process:
   every output by its key (`outputs`, or each name of a model with several outputs).
 
 Keys: `<sig>/in/<key>`, `<sig>/out/<key>`, `<sig>/w/<key>` (loss weights),
-`<sig>/grad/<key>`, `<sig>/grad_var/<i>`, `var/<i>` (trained weights); `higher/...`: the
+`<sig>/grad/<key>`, `<sig>/grad_var/<i>`, `var/<i>` (trained weights); `changed/<key>/in` and
+`changed/<key>/out/<output>`: the `serving_default` probe with input `<key>` alone changed, and
+what the source model computes on it (the `inputs` check); `higher/...`: the
 source's second derivatives (`gradients.second_order`) on the `serving_default` probe, with
 its loss weights `higher/w/<key>` and vector `higher/v`, or `higher/error` where TF has none.
 """
@@ -43,7 +45,7 @@ def probe_inputs(model: StepModel, options: ExportOptions) -> dict[str, np.ndarr
         inputs = rng.normal(size=shape).astype(model.input_dtype)
     feed = {"inputs": inputs}
     for spec in model.static_inputs:  # one value per example, seen at every step
-        if spec.dtype.startswith("int"):
+        if spec.dtype.startswith("int") or spec.dtype == "bool":
             feed[spec.name] = rng.integers(0, 2, size=(batch, *spec.shape)).astype(spec.dtype)
         else:
             feed[spec.name] = rng.normal(size=(batch, *spec.shape)).astype(spec.dtype)
@@ -63,12 +65,37 @@ def probe_inputs(model: StepModel, options: ExportOptions) -> dict[str, np.ndarr
     return feed
 
 
+def mask_probe(batch: int, steps: int, rng, shift: int = 0) -> np.ndarray:
+    """`[B, T]` bool with false steps where users have them: row 0 whole, row 1 false at the start,
+    row 2 false in the middle and at the end, further rows at random (each row keeps a true step).
+    `shift` moves the patterns one row down (another probe, as the `inputs` check needs)."""
+    rows = [np.ones(steps, bool)]
+    start = np.ones(steps, bool)
+    start[: max(1, steps // 3)] = False
+    rows.append(start)
+    holes = np.ones(steps, bool)
+    holes[[steps // 2, steps - 1]] = False
+    holes[0] = True
+    rows.append(holes)
+    while len(rows) < batch + shift:
+        row = rng.random(steps) < 0.7
+        row[rng.integers(steps)] = True
+        rows.append(row)
+    return np.stack(rows[shift:shift + batch])
+
+
 def _sequence_probes(model: StepModel, rng, batch: int, steps: int) -> dict[str, np.ndarray]:
-    """The other sequence inputs' probes, `[B, T, ...]` each (ids drawn from their vocabulary)."""
+    """The other sequence inputs' probes, `[B, T, ...]` each (ids drawn from their vocabulary; a mask given
+    as an input with false steps at the start, the middle and the end)."""
     feed = {}
     for spec in model.sequence_inputs:
-        shape = (batch, steps, *spec.shape)
-        if spec.dtype.startswith("int"):
+        own = spec.steps if spec.steps and spec.steps > 0 else steps  # a whole-sequence input's own fixed length
+        shape = (batch, own, *spec.shape)
+        if spec.mask:
+            feed[spec.name] = mask_probe(batch, own, rng).astype(spec.dtype)
+        elif spec.dtype == "bool":
+            feed[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
+        elif spec.dtype.startswith("int"):
             feed[spec.name] = rng.integers(1, spec.vocab or 2, size=shape).astype(spec.dtype)
         else:
             feed[spec.name] = rng.normal(size=shape).astype(spec.dtype)
@@ -129,6 +156,7 @@ def capture(model: StepModel, traced: TracedExport, options: ExportOptions) -> d
 
     if model.reference_fn is not None:
         golden.update(_reference(model, predict_feed, rng))
+        golden.update(_changed_inputs(model, predict_feed, rng))
     if options.check_hvp:
         golden.update(_higher_order(model, traced, predict_feed, golden, rng))
     return golden
@@ -188,4 +216,46 @@ def _reference(model: StepModel, feed: dict, rng) -> dict[str, np.ndarray]:
     golden.update({f"reference/w/{k}": v for k, v in weights.items()})
     golden.update({f"reference/grad/{k}": v for k, v in input_grads.items()})
     golden.update({f"reference/grad_var/{i}": v for i, v in enumerate(var_grads)})
+    return golden
+
+
+def changed_input(model: StepModel, key: str, value: np.ndarray, rng) -> np.ndarray:
+    """Another value of `serving_default`'s input `key` of the kind the model reads there, so that the
+    source's outputs move: new random values (padded steps of a model that masks its inputs kept
+    padded), new ids, another pattern of false steps for a mask, shorter `lengths`."""
+    spec = next((i for i in model.extra_inputs if i.name == key), None)
+    if key == "lengths":
+        return np.maximum(1, value - np.maximum(1, value // 3)).astype(value.dtype)
+    if spec is not None and spec.mask:
+        return mask_probe(value.shape[0], value.shape[1], rng, shift=1).astype(value.dtype)
+    if value.dtype == bool:
+        return ~value
+    vocab = model.input_vocab if key == "inputs" else (spec.vocab if spec is not None else None)
+    if np.issubdtype(value.dtype, np.integer):
+        new = rng.integers(1 if key == "inputs" or vocab else 0, max(2, vocab or 2), size=value.shape)
+        new = np.where(new == value, (new + 1) % max(2, vocab or 2), new)
+    else:
+        new = rng.normal(size=value.shape)
+    new = new.astype(value.dtype)
+    if key == "inputs" and model.masked:  # a padded step stays padded: the mask is another input's change
+        padded = np.all(value.reshape(*value.shape[:2], -1) == model.mask_pad_value, axis=-1)
+        new[padded] = value[padded]
+    return new
+
+
+def _changed_inputs(model: StepModel, feed: dict, rng) -> dict[str, np.ndarray]:
+    """For each input of `serving_default`: the probe with that input alone changed (`changed_input`),
+    and the source model's outputs on it."""
+    call = _reference_call(model)
+    golden = {}
+    for key in sorted(feed):
+        changed = changed_input(model, key, feed[key], rng)
+        values = {**feed, key: changed}
+        if key == "lengths":  # what shorter `lengths` mean: the source sees those steps as padding
+            values["inputs"] = feed["inputs"].copy()
+            for row, length in enumerate(changed):
+                values["inputs"][row, length:] = model.mask_pad_value
+        outputs = call({k: tf.constant(v) for k, v in values.items()})
+        golden[f"changed/{key}/in"] = changed
+        golden.update({f"changed/{key}/out/{k}": np.asarray(v) for k, v in outputs.items()})
     return golden

@@ -15,9 +15,22 @@ import tensorflow as tf
 from exporter.keras_step import layer_refusal, mask_source, masked_rnn_refusal, per_step_stage
 
 
-def mask_rule(index: int, node, sequence_id: int, pads: dict) -> Callable:
-    """`(inputs, their masks, lengths mask) -> (the mask the node's call takes, a mask per output)`:
-    Keras's own rule for the node, on one step (a mask is `[B]` bool, or None for none).
+def mask_inputs(model: keras.Model) -> list:
+    """The model inputs passed as a layer's `mask=` (`GRU(...)(frames, mask=mask_input)`, as keras.io's
+    video classifier does): `[B, T]`, bool or int, a sequence the step reads one step of."""
+    inputs = {id(t): t for t in model.inputs}
+    found = {}
+    for depth in model._nodes_by_depth.values():
+        for node in depth:
+            found.update((i, inputs[i]) for i in _mask_arguments(node) if i in inputs)
+    return [t for t in model.inputs if id(t) in found]
+
+
+def mask_rule(index: int, node, sequence_id: int, pads: dict, given: frozenset = frozenset()) -> Callable:
+    """`(inputs, their masks, lengths mask, values) -> (the mask the node's call takes, a mask per output)`:
+    Keras's own rule for the node, on one step (a mask is `[B]` bool, or None for none). `values`:
+    every tensor's value at this step by id, where a mask given as an input (`given`, ids of
+    `mask_inputs`) is read.
 
     `Masking` and `Embedding(mask_zero=True)` start a mask from the inputs (and `lengths`); an RNN
     takes its sequence's mask and passes it on when it returns sequences (its returned states
@@ -33,6 +46,9 @@ def mask_rule(index: int, node, sequence_id: int, pads: dict) -> Callable:
     """
     layer = node.operation
     count = len(node.outputs)
+    explicit = [i for i in _mask_arguments(node) if i in given]
+    if explicit:
+        return _given_mask_rule(index, node, explicit)
     starts, pad = mask_source([layer]) if isinstance(layer, keras.layers.Layer) else (False, 0.0)
     if starts:
         if [id(t) for t in data_tensors(node)] != [sequence_id]:
@@ -46,14 +62,14 @@ def mask_rule(index: int, node, sequence_id: int, pads: dict) -> Callable:
         pads.setdefault(pad, layer)
         computed = per_step_stage(index, layer).mask_fn
 
-        def source(inputs, masks, lengths):
+        def source(inputs, masks, lengths, values):
             mask = computed(inputs[0])
             mask = mask if lengths is None else tf.logical_and(mask, lengths)
             return mask, [mask]  # `Masking` zeroes the steps it masks
 
         return source
     if isinstance(layer, keras.layers.RNN):
-        def rnn(inputs, masks, lengths):
+        def rnn(inputs, masks, lengths, values):
             # Keras passes no mask to an RNN called with `initial_state=` (two tensor arguments),
             # which then steps through the padding; its sequence output keeps the sequence's mask.
             mask = masks[0] if len(inputs) == 1 else None
@@ -63,9 +79,9 @@ def mask_rule(index: int, node, sequence_id: int, pads: dict) -> Callable:
 
         return rnn
     if not isinstance(layer, keras.layers.Layer) or not layer.supports_masking:
-        return lambda inputs, masks, lengths: (None, [None] * count)
+        return lambda inputs, masks, lengths, values: (None, [None] * count)
     if getattr(layer.compute_mask, "_is_default", False) and len(data_tensors(node)) == 1:
-        return lambda inputs, masks, lengths: (None, [masks[0]] * count)  # the input's mask, passed on
+        return lambda inputs, masks, lengths, values: (None, [masks[0]] * count)  # the input's mask, passed on
     return _compute_mask_rule(index, node)
 
 
@@ -106,7 +122,7 @@ def _compute_mask_rule(index: int, node) -> Callable:
     keys = [id(t) for t in data_tensors(node)]
     count = len(node.outputs)
 
-    def rule(inputs, masks, lengths):
+    def rule(inputs, masks, lengths, values):
         if all(m is None for m in masks):
             return None, [None] * count
         args, _ = node.arguments.fill_in({k: v[:, None] for k, v in zip(keys, inputs)})
@@ -120,5 +136,31 @@ def _compute_mask_rule(index: int, node) -> Callable:
                              "step; seqexport carries masks of [batch, time]")
             out.append(None if mask is None else tf.cast(mask[:, 0], tf.bool))
         return None, out
+
+    return rule
+
+
+def _given_mask_rule(index: int, node, explicit: list[int]) -> Callable:
+    """A node called with a mask input as `mask=`: that input's step is its mask, and what it passes on
+    is what its own `compute_mask` makes of it (an RNN: the mask when it returns sequences)."""
+    layer = node.operation
+    count = len(node.outputs)
+    if len(explicit) > 1:
+        raise layer_refusal(index, layer, "it is given several mask inputs as `mask=`; give it one")
+    if isinstance(layer, keras.layers.RNN) and (refusal := masked_rnn_refusal(index, layer)) is not None:
+        raise refusal
+    (given,) = explicit
+    keys = [id(t) for t in data_tensors(node)]
+
+    def rule(inputs, masks, lengths, values):
+        mask = tf.cast(values[given], tf.bool)
+        if lengths is not None:
+            mask = tf.logical_and(mask, lengths)
+        if isinstance(layer, keras.layers.RNN):
+            return mask, [mask if layer.return_sequences else None] + [None] * (count - 1)
+        args, _ = node.arguments.fill_in({k: v[:, None] for k, v in zip(keys, inputs)})
+        result = layer.compute_mask(args[0], mask[:, None]) if layer.supports_masking else None
+        result = list(result) if isinstance(result, (list, tuple)) else [result] * count
+        return mask, [None if m is None else tf.cast(tf.reshape(m, [-1]), tf.bool) for m in result]
 
     return rule

@@ -27,9 +27,11 @@ import tensorflow as tf
 
 from exporter.artifact.errors import SeqExportError, UnsupportedModel
 from exporter.artifact.specs import InputSpec, OutputSpec, StateSpec
-from exporter.graph_masks import data_tensors, mask_only_nodes, mask_rule
+from exporter.graph_masks import data_tensors, mask_inputs, mask_only_nodes, mask_rule
 from exporter.keras_step import (
     STATE_NAMES,
+    cannot_stream,
+    fixed_steps,
     keras_reference,
     layer_refusal,
     mask_source,
@@ -152,12 +154,12 @@ def _reference_steps(model: keras.Model, x_tensor, layers) -> int | None:
     if not lengths:
         return None
     if len(lengths) > 1:
-        raise UnsupportedModel(f"Model {model.name!r} fixes its sequence length to several values "
-                               f"({sorted(lengths)}: the sequence Input and `RepeatVector` layers disagree).")
+        raise cannot_stream(model, f"fixes its sequence length to several values ({sorted(lengths)}: the sequence "
+                            "Input and `RepeatVector` layers disagree).")
     (steps,) = lengths
     if steps < 2:
-        raise UnsupportedModel(f"Model {model.name!r} takes sequences of {steps} step only; the verification "
-                               "streams the golden probe in two chunks, so it needs at least 2 steps.")
+        raise cannot_stream(model, f"takes sequences of {steps} step only; the verification streams the golden "
+                            "probe in two chunks, so it needs at least 2 steps.")
     return steps
 
 
@@ -225,7 +227,7 @@ def _why_not_per_step_node(node) -> str | None:
     return one_step_mismatch(call, [whole_in[k] for k in keys], whole)
 
 
-def _output_names(model: keras.Model) -> list[str]:
+def output_names(model: keras.Model) -> list[str]:
     """The serving key of each of several outputs, in `model.outputs` order: a dict's own keys; for
     a list, each output's layer name, and where several outputs come from one layer (an RNN's
     output and its returned states) `<layer>_final_<state>` or `<layer>_output<i>`."""
@@ -252,7 +254,7 @@ def _output_names(model: keras.Model) -> list[str]:
 
 def _output_specs(model: keras.Model, outputs, kinds: dict, states) -> tuple[OutputSpec, ...]:
     """One `OutputSpec` per model output (`outputs`: one probe step's values), named as Keras names them."""
-    names = _output_names(model)
+    names = output_names(model)
     taken = {"inputs", "lengths", "x", "batch_size"} | {s.name for s in states}
     clashes = sorted({n for n in names if names.count(n) > 1 or n in taken})
     if clashes:
@@ -271,11 +273,11 @@ def _output_specs(model: keras.Model, outputs, kinds: dict, states) -> tuple[Out
     return tuple(specs)
 
 
-def _named_reference(reference: Callable, outputs: tuple[OutputSpec, ...]) -> Callable:
+def named_reference(reference: Callable, outputs: tuple[OutputSpec, ...]) -> Callable:
     """The Keras call's list or dict of outputs as a dict by output name (what goldens record)."""
 
-    def call(inputs, lengths=None):
-        result = reference(inputs, lengths)
+    def call(inputs, lengths=None, *extras):  # `extras`: static and other sequence inputs, when the model has them
+        result = reference(inputs, lengths, *extras)
         if isinstance(result, dict):
             return {o.name: result[o.name] for o in outputs}
         return {o.name: value for o, value in zip(outputs, result)}
@@ -295,17 +297,19 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
     kinds = {id(x_tensor): PER_STEP, **{id(t): STATIC for t in static_tensors},
              **{id(t): PER_STEP for t in sequence_tensors}}
     nodes: list[_GraphNode] = []
-    masked = mask_source(layers)[0]
-    rules: list[Callable | None] = []  # each node's mask rule (masked models only)
+    masked = mask_source(layers)[0]  # a layer marks padding in the inputs: the export takes `lengths` too
+    given = frozenset(id(t) for t in mask_inputs(model))  # masks given as inputs (`mask=mask_input`)
+    uses_masks = masked or bool(given)
+    rules: list[Callable | None] = []  # each node's mask rule (models with masks only)
     pads: dict[float, object] = {}  # pad value -> the first layer that starts a mask with it
     ordered = [n for depth in sorted(model._nodes_by_depth, reverse=True) for n in model._nodes_by_depth[depth]]
-    mask_ops = mask_only_nodes(model, ordered) if masked else set()
+    mask_ops = mask_only_nodes(model, ordered) if uses_masks else set()
     for index, node in enumerate(n for n in ordered if not isinstance(n.operation, keras.layers.InputLayer)):
         if id(node) in mask_ops:
             continue
         try:
-            if masked:
-                rules.append(mask_rule(index, node, id(x_tensor), pads))
+            if uses_masks:
+                rules.append(mask_rule(index, node, id(x_tensor), pads, given))
             graph_node = _node(index, node, kinds)
         except SeqExportError:
             raise
@@ -315,15 +319,15 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
         kinds.update(zip(graph_node.outputs, graph_node.kinds))
         nodes.append(graph_node)
     output_ids = [id(t) for t in model.outputs]
-    for tensor, name in zip(model.outputs, _output_names(model) if len(output_ids) > 1 else ["outputs"]):
+    for tensor, name in zip(model.outputs, output_names(model) if len(output_ids) > 1 else ["outputs"]):
         if kinds[id(tensor)] == STATIC:
-            raise UnsupportedModel(f"Model {model.name!r}: output {name!r} is computed from static inputs "
-                                   "alone (no time axis); every output must come from the sequence.")
+            raise cannot_stream(model, f"computes its output {name!r} from static inputs alone (no time axis); "
+                                "every output must come from the sequence.")
     several = len(output_ids) > 1
     states = tuple(s for n in nodes for s in n.states)
     if not states:
-        raise UnsupportedModel(f"Model {model.name!r} has no recurrent layer and no causal convolution; "
-                               "seqexport exports models that carry a state from step to step.")
+        raise cannot_stream(model, "has no recurrent layer and no causal convolution; seqexport streams models "
+                            "that carry a state from step to step.")
 
     static_ids = [id(t) for t in static_tensors]
     rules = rules or [None] * len(nodes)
@@ -337,7 +341,7 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
             inputs = [values[i] for i in node.inputs]
             node_mask = None
             if rule is not None:
-                node_mask, out_masks = rule(inputs, [masks.get(i) for i in node.inputs], mask)
+                node_mask, out_masks = rule(inputs, [masks.get(i) for i in node.inputs], mask, values)
                 masks.update((i, m) for i, m in zip(node.outputs, out_masks) if m is not None)
             outputs, new = node.call(inputs, tuple(prev_states[offset: offset + count]), node_mask)
             values.update(zip(node.outputs, outputs))
@@ -351,7 +355,7 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
         return masked_step(x, prev_states, None, statics)
 
     static_specs = _static_specs(model, static_tensors)
-    sequence_specs = _sequence_specs(model, sequence_tensors)
+    sequence_specs = _sequence_specs(model, sequence_tensors, given)
     zero_statics = tuple(tf.zeros((1, *i.shape), i.dtype) for i in (*static_specs, *sequence_specs))
 
     input_shape = tuple(x_tensor.shape[2:])
@@ -362,7 +366,7 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
     first = y[0] if several else y
     reference = keras_reference(model, layers)
     if static_specs or sequence_specs:
-        reference = _reference_with_statics(model, reference, x_tensor, [*static_tensors, *sequence_tensors])
+        reference = reference_with_extras(model, reference, x_tensor, [*static_tensors, *sequence_tensors])
 
     return StepModel(
         step_fn=step,
@@ -379,10 +383,11 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
         trainable_variables=tuple(v.value for v in model.trainable_variables),
         trainable_names=tuple(v.path for v in model.trainable_variables),
         last_step_only=not several and kinds[output_ids[0]] == LAST_STEP,
-        reference_fn=_named_reference(reference, outputs) if several else reference,
+        reference_fn=named_reference(reference, outputs) if several else reference,
         reference_batch=stateful_batch(layers),
         reference_steps=_reference_steps(model, _timed(x_tensor, sequence_tensors), layers),
-        input_vocab=(_vocab_of(model, x_tensor) if sequence_tensors
+        fixed_steps=fixed_steps(model, _timed(x_tensor, sequence_tensors)),
+        input_vocab=(vocab_of(model, x_tensor) if sequence_tensors
                      else next((l.input_dim for l in layers if isinstance(l, keras.layers.Embedding)), None)),
         description=description or f"Keras model {model.name!r}",
         static_inputs=static_specs,
@@ -394,9 +399,14 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
 def _split_inputs(model: keras.Model):
     """The main sequence input (the first with a time axis: `[B, T, ...]`, or `[B, T]` token ids), the
     static ones (`[B, ...]`, no time axis: no unknown dimension after the batch) and the other sequence
-    inputs (stepped through with the main one, so they must share its time axis)."""
-    sequences = [t for t in model.inputs if _has_time_axis(model, t)]
+    inputs (stepped through with the main one, so they must share its time axis), masks given as
+    inputs among them (`[B, T]`, passed as a layer's `mask=`)."""
+    masks = {id(t) for t in mask_inputs(model)}
+    sequences = [t for t in model.inputs if id(t) in masks or has_time_axis(model, t)]
     static = [t for t in model.inputs if all(t is not s for s in sequences)]
+    if sequences and id(sequences[0]) in masks:  # the main input is the first that is not a mask
+        main = next((t for t in sequences if id(t) not in masks), None)
+        sequences = [main, *(t for t in sequences if t is not main)] if main is not None else []
     if not sequences:
         found = ", ".join(f"{t.name} {list(t.shape)}" for t in model.inputs)
         raise UnsupportedModel(
@@ -406,19 +416,24 @@ def _split_inputs(model: keras.Model):
     lengths = {t.name: int(t.shape[1]) for t in sequences if t.shape[1] is not None}
     if len(set(lengths.values())) > 1:
         fixed = ", ".join(f"{name} T={steps}" for name, steps in lengths.items())
-        raise UnsupportedModel(
-            f"Model {model.name!r} has sequence inputs of different time lengths ({fixed}); seqexport steps "
-            "through its sequence inputs together, so they must share one time axis. Inputs of different "
-            "lengths are not supported: write a step-model factory for those (see the README).")
+        raise cannot_stream(model, f"has sequence inputs of different time lengths ({fixed}); seqexport steps "
+                            "through its sequence inputs together, so they must share one time axis. Inputs of "
+                            "different lengths are not supported: write a step-model factory for those (see the README).")
     return sequences[0], static, sequences[1:]
 
 
-def _has_time_axis(model: keras.Model, tensor) -> bool:
+def has_time_axis(model: keras.Model, tensor) -> bool:
     """`[B, T, ...]`; or `[B, T]` token ids: T unknown, or fixed (`pad_sequences(maxlen=T)`) and the
-    ids read by an `Embedding`, which gives each of them a step."""
+    ids read by a layer that gives each of them a step (an `Embedding`, or one of your own that
+    embeds tokens and positions: `[B, T]` in, `[B, T, ...]` out)."""
     if len(tensor.shape) != 2:
         return len(tensor.shape) >= 3
-    return tensor.shape[1] is None or _vocab_of(model, tensor) is not None
+    if tensor.shape[1] is None or vocab_of(model, tensor) is not None:
+        return True
+    return "int" in str(tensor.dtype) and any(
+        len(out.shape) >= 3 and out.shape[1] == tensor.shape[1]
+        for depth in model._nodes_by_depth.values() for node in depth
+        if any(t is tensor for t in node.arguments.keras_tensors) for out in node.outputs)
 
 
 def _timed(x_tensor, sequence_tensors):
@@ -426,7 +441,7 @@ def _timed(x_tensor, sequence_tensors):
     return next((t for t in (x_tensor, *sequence_tensors) if t.shape[1] is not None), x_tensor)
 
 
-def _vocab_of(model: keras.Model, tensor) -> int | None:
+def vocab_of(model: keras.Model, tensor) -> int | None:
     """The `input_dim` of the `Embedding` that reads `tensor` (token ids), or None."""
     for depth in model._nodes_by_depth.values():
         for node in depth:
@@ -436,14 +451,17 @@ def _vocab_of(model: keras.Model, tensor) -> int | None:
     return None
 
 
-def _sequence_specs(model: keras.Model, sequence_tensors) -> tuple[InputSpec, ...]:
-    """The other sequence inputs, each by its Keras name with its per-step shape."""
+def _sequence_specs(model: keras.Model, sequence_tensors, masks: frozenset = frozenset()) -> tuple[InputSpec, ...]:
+    """The other sequence inputs, each by its Keras name with its per-step shape (`masks`: ids of those
+    given as a layer's `mask=`)."""
     specs = []
     for tensor in sequence_tensors:
         dtype = tf.as_dtype(tensor.dtype).name
+        is_mask = id(tensor) in masks
         try:
             specs.append(InputSpec(name=tensor.name, shape=tuple(int(d) for d in tensor.shape[2:]), dtype=dtype,
-                                   vocab=_vocab_of(model, tensor) if dtype.startswith("int") else None))
+                                   vocab=vocab_of(model, tensor) if dtype.startswith("int") and not is_mask else None,
+                                   mask=is_mask))
         except (TypeError, ValueError) as exc:
             raise UnsupportedModel(f"Model {model.name!r}: sequence input {tensor.name!r} cannot be a serving key, "
                                    f"or its per-step shape {list(tensor.shape[2:])} is not fully known ({exc}). "
@@ -464,7 +482,7 @@ def _static_specs(model: keras.Model, static_tensors) -> tuple[InputSpec, ...]:
     return tuple(specs)
 
 
-def _reference_with_statics(model: keras.Model, reference: Callable, x_tensor, static_tensors) -> Callable:
+def reference_with_extras(model: keras.Model, reference: Callable, x_tensor, static_tensors) -> Callable:
     """The Keras call with the sequence and the static inputs put back in the model's own input structure."""
 
     def call(inputs, lengths=None, statics=()):

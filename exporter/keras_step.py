@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 from keras.src.models.functional import Functional
 
-from exporter.artifact.errors import SeqExportError, UnsupportedModel
+from exporter.artifact.errors import CannotStream, SeqExportError, UnsupportedModel
 from exporter.artifact.specs import StateSpec
 from exporter.fused import fused_lstm, is_fusable_lstm
 from exporter.recurrence import (hoisted_cell, in_halves, is_hoistable_gru, is_hoistable_simple_rnn,
@@ -99,10 +99,14 @@ class _Stage:
         return self.kernel is not None or (self.rank_agnostic and not self.states)
 
 
-def layer_refusal(index: int, layer, why: str) -> UnsupportedModel:
-    return UnsupportedModel(
-        f"Layer {index} {layer.name!r} ({type(layer).__name__}) cannot run step by step: {why}. {_FIX}"
-    )
+def layer_refusal(index: int, layer, why: str) -> CannotStream:
+    where = f"layer {index} {layer.name!r} ({type(layer).__name__})"
+    return CannotStream(f"L{where[1:]} cannot run step by step: {why}. {_FIX}", why=f"{where}: {why}")
+
+
+def cannot_stream(model: keras.Model, why: str) -> CannotStream:
+    """A refusal of the whole model (no state to carry, a subclassed `call`, ...), not of one layer."""
+    return CannotStream(f"Model {model.name!r} {why}", why=f"model {model.name!r} {why.split('; ')[0]}")
 
 
 def _cell_states(layer: keras.layers.RNN) -> tuple[list, object]:
@@ -552,9 +556,9 @@ def probe_step(model: keras.Model, step: Callable, x, states):
     except SeqExportError:
         raise  # a refusal the step itself found (a mask reaching a custom cell, ...): already named
     except Exception as exc:  # noqa: BLE001
-        raise UnsupportedModel(
-            f"Model {model.name!r}: its rebuilt step failed on a probe step ({type(exc).__name__}: "
-            f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}). {_FIX}") from None
+        raise cannot_stream(model, f"cannot run step by step: its rebuilt step failed on a probe step "
+                            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}). "
+                            f"{_FIX}") from None
 
 
 def keras_reference(model: keras.Model, layers) -> Callable:
@@ -590,15 +594,22 @@ def _stage(index: int, layer, emit: int, masked: bool, ended_by: list) -> _Stage
     return per_step_stage(index, layer, after_sequence=bool(ended_by))
 
 
-def check_graph_model(model: keras.Model) -> None:
-    """A subclassed model's `call` is Python code: there are no layers to take apart."""
-    if isinstance(model, (keras.Sequential, Functional)):
-        return
-    raise UnsupportedModel(
-        f"Model {model.name!r} ({type(model).__name__}) is a subclassed keras.Model: its call() is Python code, "
-        "not a graph of layers seqexport can rebuild step by step. Rebuild it as a Sequential or functional "
-        "model, or write a step-model factory (`seqexport export package.module:factory`, see the README)."
-    )
+def is_graph_model(model: keras.Model) -> bool:
+    """A Sequential or functional model: a graph of layers to take apart (a subclassed one's `call` is code)."""
+    return isinstance(model, (keras.Sequential, Functional))
+
+
+def fixed_steps(model: keras.Model, tensor) -> int | None:
+    """The time length a sequence Input fixes (`keras.Input((T, F))`, `pad_sequences(maxlen=T)` ids), or None.
+
+    Raises:
+        UnsupportedModel: it is one step (the verification streams the probe in two chunks).
+    """
+    steps = tensor.shape[1] if len(tensor.shape) >= 2 else None
+    if steps is not None and steps < 2:
+        raise cannot_stream(model, f"takes sequences of {steps} step only (input {tensor.name!r}); the verification "
+                            "streams the golden probe in two chunks, so it needs at least 2 steps.")
+    return None if steps is None else int(steps)
 
 
 def chain_step_model(model: keras.Model, description: str = "") -> StepModel:
@@ -629,11 +640,9 @@ def chain_step_model(model: keras.Model, description: str = "") -> StepModel:
         stages.append(stage)
 
     if not any(stage.states for stage in stages):
-        raise UnsupportedModel(
-            f"Model {model.name!r} has no recurrent layer (SimpleRNN, GRU, LSTM, keras.layers.RNN) and no "
-            "causal convolution; seqexport exports models that carry a state from step to step (a custom "
-            "recurrence can be written as a step-model factory, see the README)."
-        )
+        raise cannot_stream(model, "has no recurrent layer (SimpleRNN, GRU, LSTM, keras.layers.RNN) and no causal "
+                            "convolution; seqexport streams models that carry a state from step to step (a custom "
+                            "recurrence can be written as a step-model factory, see the README).")
     states = tuple(spec for stage in stages for spec in stage.states)
     # Stateless per-step layers after the last RNN (a Dense head, say) run once on the whole
     # sequence after the loop instead of once per step: fewer ops per iteration.
@@ -699,6 +708,8 @@ def chain_step_model(model: keras.Model, description: str = "") -> StepModel:
         reference_fn=reference,
         mask_pad_value=pad_value,
         reference_batch=stateful_batch(layers),
+        reference_steps=fixed_steps(model, input_spec),
+        fixed_steps=fixed_steps(model, input_spec),
         input_vocab=next((l.input_dim for l in layers if isinstance(l, keras.layers.Embedding)), None),
         description=description or f"Keras model {model.name!r}",
     )

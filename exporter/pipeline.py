@@ -119,8 +119,10 @@ def write_export(
     save_saved_model(traced, export_dir, custom_gradients=custom_gradients)
     golden_io.save(golden, golden_path(export_dir))
     manifest = Manifest(
-        format_version=manifest_format_version(static_inputs=bool(step_model.static_inputs),
-                                               sequence_inputs=bool(step_model.sequence_inputs)),
+        format_version=manifest_format_version(
+            static_inputs=bool(step_model.static_inputs), sequence_inputs=bool(step_model.sequence_inputs),
+            fixed_steps_or_masks=(step_model.fixed_steps is not None or not step_model.streams
+                                  or any(i.mask or i.steps for i in step_model.sequence_inputs))),
         name=name,
         source=source,
         signatures=traced.specs,
@@ -130,6 +132,8 @@ def write_export(
         outputs=step_model.outputs,
         static_inputs=step_model.static_inputs,
         sequence_inputs=step_model.sequence_inputs,
+        fixed_steps=step_model.fixed_steps,
+        whole_sequence=step_model.whole_sequence_reason,
         trainable_variables=step_model.variable_names(),
         options=options,
         versions=_tool_versions(),
@@ -189,6 +193,9 @@ def export(
     with staged_version(base, name, version=version, overwrite=overwrite,
                         on_remove=lambda item: notice(str(item))) as staged:
         step_model, kind = _load(model_ref, options)
+        if not step_model.streams:
+            notice(f"whole-sequence export (serving_default only, no streaming signatures): "
+                   f"{step_model.whole_sequence_reason}; --require-stream refuses such a model instead")
         with _disk_errors(staged.path, base):
             source = source_info(model_ref, kind) | {"description": step_model.description}
             manifest = write_export(step_model, staged.path, name=name, source=source, options=options,
@@ -228,7 +235,7 @@ def export(
 
 
 def _load(model_ref, options: ExportOptions):
-    step_model, kind = load_step_model(model_ref, unsafe=options.unsafe)
+    step_model, kind = load_step_model(model_ref, unsafe=options.unsafe, fall_back=not options.require_stream)
     if options.with_input_gradients and not step_model.differentiable_inputs:
         raise BadInput(
             f"--with-input-gradients needs float inputs; this model takes {step_model.input_dtype} "

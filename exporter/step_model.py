@@ -60,7 +60,11 @@ class StepModel:
             for one), or None for any.
         reference_steps: sequence length `reference_fn` needs (a fixed-length Input, or a
             `RepeatVector(n)` that broadcasts a static input over n steps), or None for any.
-            The golden probes then have that many steps; the export itself takes any T.
+            The golden probes then have that many steps.
+        fixed_steps: the one sequence length the model's input takes (`keras.Input((T, F))`), or None:
+            `serving_default` and `input_gradients` then fail on any other T, naming it, as the
+            source model does; `stream` takes chunks of any length (a `RepeatVector(n)` alone fixes
+            `reference_steps`, not this: the export takes any T).
         trainable_names: readable, unique names of `trainable_variables` for reports
             (default: the variables' own names, numbered where they clash).
         input_vocab: for integer inputs (token ids), the number of ids; probes draw from it.
@@ -83,6 +87,17 @@ class StepModel:
         initial_states_fn: optional `(statics) -> states`: the states before the first step when
             they come from the static inputs (an RNN's `initial_state=`); `serving_default`
             starts from them and `initial_state` returns them. None: zeros.
+        sequence_fn: for a model that cannot run step by step: `(inputs [B, T, ...], lengths or None,
+            extras) -> outputs` over the whole sequence (`extras`: static, then other sequence inputs,
+            whole; several outputs as a tuple in `outputs` order). The export is then whole-sequence
+            only (`serving_default`, and `input_gradients` if asked): `step_fn` is None, no states.
+            An output with a time axis has `output_shape` (or `OutputSpec.shape`) per step; one without
+            (`last_step_only`, `OutputSpec.last_step`) its whole shape after the batch.
+        whole_sequence_reason: why the model cannot stream (the layer, and what its probe found):
+            set with `sequence_fn`, recorded in the manifest and said by every streaming check.
+        sequence_masked: a whole-sequence model marks padding in its inputs (`Masking`,
+            `Embedding(mask_zero=True)`): its export takes `lengths` too, the steps past a row's
+            length then padded with `mask_pad_value` before the call.
 
     Example:
         >>> import tensorflow as tf
@@ -115,6 +130,7 @@ class StepModel:
     mask_pad_value: float = 0.0
     reference_batch: int | None = None
     reference_steps: int | None = None
+    fixed_steps: int | None = None
     trainable_names: tuple[str, ...] | None = None
     input_vocab: int | None = None
     description: str = ""
@@ -122,9 +138,14 @@ class StepModel:
     static_inputs: tuple[InputSpec, ...] = ()
     sequence_inputs: tuple[InputSpec, ...] = ()
     initial_states_fn: Callable | None = None
+    sequence_fn: Callable | None = None
+    whole_sequence_reason: str = ""
+    sequence_masked: bool = False
 
     def __post_init__(self):
-        if not callable(self.step_fn):
+        if self.sequence_fn is not None:
+            self._check_whole_sequence()
+        elif not callable(self.step_fn):
             raise TypeError(f"`step_fn` must be callable. Got: {type(self.step_fn).__name__}")
         if not isinstance(self.states, Sequence) or not all(
             isinstance(s, StateSpec) for s in self.states
@@ -150,6 +171,17 @@ class StepModel:
             self.trainable_variables
         ):
             raise ValueError("`reference_variables` must match `trainable_variables` one to one.")
+
+    def _check_whole_sequence(self) -> None:
+        if not callable(self.sequence_fn) or not self.whole_sequence_reason:
+            raise TypeError("`sequence_fn` must be callable and `whole_sequence_reason` say why the model cannot stream.")
+        if self.step_fn is not None or self.states or self.fused_unroll is not None or self.head is not None:
+            raise ValueError("a whole-sequence model (`sequence_fn`) has no `step_fn`, states, `fused_unroll` or `head`.")
+
+    @property
+    def streams(self) -> bool:
+        """It runs step by step (`step_fn`); else whole-sequence only (`sequence_fn`)."""
+        return self.sequence_fn is None
 
     def _check_outputs(self, state_names: list[str]) -> None:
         if len(self.outputs) < 2 or not all(isinstance(o, OutputSpec) for o in self.outputs):
@@ -224,7 +256,8 @@ class StepModel:
 
     @property
     def masked(self) -> bool:
-        return self.masked_step_fn is not None
+        """The export takes `lengths`: a layer marks padding in the inputs."""
+        return self.masked_step_fn is not None or self.sequence_masked
 
     @property
     def differentiable_inputs(self) -> bool:

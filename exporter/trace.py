@@ -11,12 +11,16 @@ and exporter/recurrence.py say why).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import os
+import traceback
 from collections.abc import Callable
 
 import tensorflow as tf
 
+from exporter.artifact.errors import BadInput
 from exporter.artifact.names import no_xla_name, unfused_name
 from exporter.artifact.specs import SignatureName, SignatureSpec, TensorDesc
 from exporter.recurrence import swap_batch_and_time
@@ -84,6 +88,8 @@ def unroll(model: StepModel, inputs, states: tuple, lengths=None, *, fused: bool
         output_tas, state = carried[:count], carried[count:]
         x_t = input_ta.read(t)
         mask = None if lengths is None else t < lengths
+        if mask is not None:  # a step past a row's length is padding, as if the client had padded it
+            x_t = _padded_step(x_t, mask, model.mask_pad_value)
         extras = (*statics, *(ta.read(t) for ta in sequence_tas))
         y_t, new_state = step(x_t, tuple(state), mask, extras) if extras else step(x_t, tuple(state), mask)
         new_state = tuple(new_state)
@@ -103,6 +109,17 @@ def unroll(model: StepModel, inputs, states: tuple, lengths=None, *, fused: bool
     if several:
         return stacked, tuple(final)
     return model.apply_head(stacked[0]), tuple(final)
+
+
+def _padded_step(x_t, keep, pad_value):
+    """`x_t [B, ...]` where `keep [B]`, else `pad_value`: `lengths` then means what padding the inputs means to
+    the source model, even where its mask does not reach every layer (an `Embedding(mask_zero=True)` merged
+    with an unmasked input: Keras's merged mask keeps the step, and the pad id's embedding goes in)."""
+    keep = tf.reshape(keep, tf.concat([tf.shape(keep), tf.ones([tf.rank(x_t) - 1], tf.int32)], 0))
+    if not x_t.dtype.is_floating:
+        return tf.where(keep, x_t, tf.cast(pad_value, x_t.dtype))
+    # The pad value's derivative is the input's own there, as where the client padded (Keras's gradients).
+    return x_t + tf.stop_gradient(tf.where(keep, tf.zeros_like(x_t), tf.cast(pad_value, x_t.dtype) - x_t))
 
 
 def _sequence_arrays(model: StepModel, sequences: tuple, inputs) -> tuple:
@@ -136,6 +153,20 @@ def _stacked(output_ta, inputs, shape, dtype):
     return swap_batch_and_time(outputs)
 
 
+def _with_fixed_steps(model: StepModel, inputs):
+    """`inputs`, once the call is checked to have the model's fixed length (a whole-sequence signature of a
+    model whose Input fixes T fails on any other, naming it, as the source model does)."""
+    if model.fixed_steps is None:
+        return inputs
+    check = tf.debugging.assert_equal(
+        tf.shape(inputs)[1], tf.constant(model.fixed_steps),
+        message=f"'inputs' must have {model.fixed_steps} steps (axis 1): the model's input fixes its sequence "
+                f"length to {model.fixed_steps}; stream sequences of other lengths through the 'stream' signature "
+                "in chunks")
+    with tf.control_dependencies([check]):
+        return tf.identity(inputs)
+
+
 def _zero_states(model: StepModel, batch) -> tuple:
     return tuple(tf.zeros(tf.stack([batch, *s.shape]), dtype=s.dtype) for s in model.states)
 
@@ -163,6 +194,30 @@ _JIT_SIGNATURES = (SignatureName.PREDICT, SignatureName.STREAM, SignatureName.ST
 _FUSED_SIGNATURES = (SignatureName.PREDICT, SignatureName.STREAM)
 
 
+@contextlib.contextmanager
+def _untraceable(model: StepModel, signature: str):
+    """A whole-sequence model's own call that TF cannot trace (Python code that needs a concrete batch or
+    time length, data-dependent Python control flow): exit 2 naming the line, never a traceback."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001  the user's code can fail any way
+        if model.streams:
+            raise
+        frames = traceback.extract_tb(exc.__traceback__)
+        theirs = [f for f in frames if not any(part in f.filename for part in _LIBRARY_PATHS)]
+        where = f" at {theirs[-1].filename}:{theirs[-1].lineno} ({theirs[-1].name}: {theirs[-1].line})" if theirs else ""
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise BadInput(
+            f"{model.description}: TF cannot trace its call into the {signature!r} signature{where}: "
+            f"{type(exc).__name__}: {first}. TF traces it once, with an unknown batch size and sequence length, and "
+            "runs it as a graph: use tf.shape(x) (or keras.ops.shape) instead of x.shape, keras.ops/tf ops instead "
+            "of Python loops or branches over tensor values, and no side effects on tensors.") from None
+
+
+# Files of the libraries a traceback passes through on its way to the user's line.
+_LIBRARY_PATHS = ("site-packages", f"{os.sep}exporter{os.sep}", "<frozen")
+
+
 def will_fuse(model: StepModel, *, jit: bool, fused: bool) -> bool:
     """Whether `serving_default` and `stream` run the model's whole-sequence kernels (XLA has none)."""
     return fused and not jit and model.fused_unroll is not None  # StepModel refuses it with a mask
@@ -185,13 +240,16 @@ def trace(
     """
     state_descs = [_desc(s.name, (None, *s.shape), s.dtype) for s in model.states]
     x_desc = _desc("x", (None, *model.input_shape), model.input_dtype)
-    seq_desc = _desc("inputs", (None, None, *model.input_shape), model.input_dtype)
+    # A whole-sequence model of a fixed length is traced at it (its call may need it known).
+    steps = model.fixed_steps if not model.streams else None
+    seq_desc = _desc("inputs", (None, steps, *model.input_shape), model.input_dtype)
     lengths_desc = [_desc("lengths", (None,), "int32")] if model.masked else []
     out_seq = _desc("outputs", (None, None, *model.output_shape), model.output_dtype)
     out_last = _desc("outputs", (None, *model.output_shape), model.output_dtype)
     state_names = [s.name for s in model.states]
     static_descs = [_desc(i.name, (None, *i.shape), i.dtype) for i in model.static_inputs]
-    sequence_descs = [_desc(i.name, (None, None, *i.shape), i.dtype) for i in model.sequence_inputs]
+    sequence_descs = [_desc(i.name, (None, i.steps if i.steps and i.steps > 0 else None, *i.shape), i.dtype)
+                      for i in model.sequence_inputs]
     slice_descs = [_desc(i.name, (None, *i.shape), i.dtype) for i in model.sequence_inputs]
 
     def statics_of(feed) -> tuple:
@@ -210,8 +268,11 @@ def trace(
         return {o.name: (y[:, -1] if last and o.last_step else y) for o, y in zip(model.outputs, outputs)}
 
     def predict_outputs(feed, fused=False):
-        inputs = feed["inputs"]
+        inputs = _with_fixed_steps(model, feed["inputs"])
         statics = statics_of(feed)
+        if not model.streams:  # the model's own whole-sequence call: its outputs as they come, no state
+            outputs = model.sequence_fn(inputs, feed.get("lengths"), (*statics, *sequences_of(feed)))
+            return (named(outputs) if model.outputs else {"outputs": outputs}), ()
         outputs, final = unroll(
             model, inputs, _initial_states(model, tf.shape(inputs)[0], statics), feed.get("lengths"), fused=fused,
             statics=statics, sequences=sequences_of(feed),
@@ -275,6 +336,8 @@ def trace(
          [*step_outputs, *state_descs]),
         (SignatureName.INITIAL_STATE, [_desc("batch_size", (), "int32"), *static_descs], initial_state, state_descs),
     ]
+    if not model.streams:  # whole-sequence only: no state to stream, step or start
+        table = table[:1]
     if with_input_gradients:
         table.append(
             (SignatureName.INPUT_GRADIENTS, [seq_desc, *sequence_descs, *static_descs, *lengths_desc],
@@ -294,7 +357,8 @@ def trace(
             unfused_functions[name.value] = functions[unfused_name(name.value)] = unfused.get_concrete_function()
             body = functools.partial(body, fused=True)
         function = _signature(inputs, body)
-        gradient_functions[name.value] = function.get_concrete_function()
+        with _untraceable(model, name.value):
+            gradient_functions[name.value] = function.get_concrete_function()
         if jit and name in _JIT_SIGNATURES:
             # XLA cannot hand a TensorList to TF's backward pass, so gradients go through
             # the same function without XLA, kept beside it as `<name>_no_xla`.

@@ -267,8 +267,10 @@ class BatchingChoice:
           distinct shapes for the kernel caches, at most 2x padding. Padding
           rows are copies of a real row: harmless only because the model is batch
           independent, which is why batching needs that proof.
-        `pad_variable_length_inputs` stays false: padding the time axis would run
-        extra steps and change the final states.
+        `pad_variable_length_inputs` stays false: TF Serving pads the time axis with each
+        tensor's first element, not with a mask value, so the padded steps would run and
+        change the final states and, of a whole-sequence model, its outputs; clients send
+        equal lengths instead, padded with the model's mask value (and `lengths`).
         """
         flops_per_row = max(1, 2 * parameter_count)
         fit = BATCH_FLOP_BUDGET // flops_per_row
@@ -291,7 +293,9 @@ class BatchingChoice:
                 "then UNAVAILABLE so clients retry elsewhere",
                 "allowed_batch_sizes": "powers of two: few distinct shapes, at most 2x padding (padding rows "
                 "copy a real row; harmless only for batch-independent models)",
-                "pad_variable_length_inputs": "false: padding time steps would change the final states",
+                "pad_variable_length_inputs": "false: TF Serving pads time with each tensor's first element, not "
+                "the mask value, which changes final states and whole-sequence outputs; clients send equal lengths "
+                "(padded with the mask value, with `lengths` where the export takes them)",
             },
         )
 

@@ -22,7 +22,6 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from exporter.artifact import golden_io
 from exporter.artifact.errors import BadInput
 from exporter.artifact.manifest import read_manifest
 from exporter.artifact.names import check_name
@@ -85,6 +84,8 @@ class ServingConfigResult:
 
 def parameter_count(version_dir: Path) -> int:
     """Trainable parameters of an export, counted from the `var/<i>` arrays of its goldens."""
+    from exporter.artifact import golden_io  # numpy: only when sizing, not for the CLI's --help
+
     path = golden_path(version_dir)
     try:
         return int(sum(array.size for key, array in golden_io.load(path).items() if key.startswith("var/")))

@@ -127,8 +127,9 @@ class SequenceKeys:
         for needed in (SignatureName.STREAM.value, SignatureName.INITIAL_STATE.value):
             if needed not in views:
                 raise ValueError(
-                    f"signature {needed!r} is missing (found {sorted(views)}); "
-                    "streaming needs an export made by seqexport."
+                    f"signature {needed!r} is missing (found {sorted(views)}); streaming needs an export made by "
+                    "seqexport from a model that runs step by step. A whole-sequence export (`serving_default` "
+                    "only: the model mixes time steps) takes whole sequences: call `serving_default` with them."
                 )
         stream = views[SignatureName.STREAM.value]
         states = tuple(sorted(set(stream.inputs) & set(stream.outputs)))

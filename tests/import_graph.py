@@ -18,10 +18,11 @@ from tests import REPO_ROOT
 
 ROOT = REPO_ROOT
 PACKAGES = ("exporter", "serving")
-# Packages whose import costs seconds or hundreds of MB, or that are optional extras.
+# Packages whose import costs seconds or hundreds of MB, or that are optional extras; and numpy (with
+# ml_dtypes), which `seqexport --help` does without (a third of its time).
 HEAVY = frozenset({
     "tensorflow", "keras", "tensorflow_serving", "grpc", "aiohttp", "matplotlib", "onnx", "onnxruntime",
-    "tf2onnx", "ai_edge_litert", "tritonclient", "pytriton", "threadpoolctl",
+    "tf2onnx", "ai_edge_litert", "tritonclient", "pytriton", "threadpoolctl", "numpy", "ml_dtypes",
 })
 
 

@@ -30,6 +30,19 @@ class UnsupportedModel(BadInput):
     """The model has a layer that cannot run one step at a time (exit 2)."""
 
 
+class CannotStream(UnsupportedModel):
+    """The model cannot run step by step (a layer mixes time steps, it has no state to carry, ...): it
+    gets a whole-sequence export instead, unless streaming was required (`--require-stream`: exit 2).
+
+    Attributes:
+        why: the layer and what its probe found, for the report and the manifest.
+    """
+
+    def __init__(self, message: str, why: str):
+        super().__init__(message)
+        self.why = why
+
+
 class VerifyFailed(SeqExportError):
     """A check ran and the numbers did not match (exit 1).
 

@@ -18,15 +18,22 @@ import re
 #       Written only by exports that have static inputs; the others still write 3, key for key.
 #   Version 5, 2026-12-01: adds `sequence_inputs` (more inputs with the main input's time axis, sliced
 #       per step). Written only by exports that have them; the others still write 3 or 4, key for key.
-MANIFEST_FORMAT_VERSION = 5
+#   Version 6, 2026-12-06: adds `fixed_steps` (the one sequence length `serving_default` takes),
+#       `mask` and `steps` on a sequence input (a mask given as an input; an input's own length), and
+#       `whole_sequence` (why an export has `serving_default` only). Written only by exports that have one.
+MANIFEST_FORMAT_VERSION = 6
+FIXED_STEPS_OR_MASK_INPUTS_FORMAT_VERSION = 6
+SEQUENCE_INPUTS_FORMAT_VERSION = 5
 STATIC_INPUTS_FORMAT_VERSION = 4
 NO_STATIC_INPUTS_FORMAT_VERSION = 3
 
 
-def manifest_format_version(*, static_inputs: bool, sequence_inputs: bool) -> int:
+def manifest_format_version(*, static_inputs: bool, sequence_inputs: bool, fixed_steps_or_masks: bool = False) -> int:
     """The oldest format that holds what an export has (older readers keep reading the others)."""
+    if fixed_steps_or_masks:
+        return FIXED_STEPS_OR_MASK_INPUTS_FORMAT_VERSION
     if sequence_inputs:
-        return MANIFEST_FORMAT_VERSION
+        return SEQUENCE_INPUTS_FORMAT_VERSION
     return STATIC_INPUTS_FORMAT_VERSION if static_inputs else NO_STATIC_INPUTS_FORMAT_VERSION
 MIN_SUPPORTED_MANIFEST_VERSION = 1
 
@@ -153,17 +160,25 @@ class InputSpec(_Keyed):
         dtype: dtype name.
         vocab: for integer ids, the number of ids (probes draw from it); None otherwise. Written
             to JSON only when set.
+        mask: a sequence input `[B, T]` (bool, or int 0/1) that the model passes as a layer's
+            `mask=`: a step is skipped where it is false. Written to JSON only when true.
+        steps: a sequence input of a whole-sequence export with a time length of its own (an
+            encoder's source sentence beside the decoder's target): that fixed length, or -1 for
+            any; None: the main input's (every streaming export). Written to JSON only when set.
     """
 
     name: str
     shape: tuple[int, ...]
     dtype: str = "float32"
     vocab: int | None = None
+    mask: bool = False
+    steps: int | None = None
 
     def to_json(self) -> dict:
         data = super().to_json()
-        if self.vocab is None:
-            del data["vocab"]
+        for key, unset in (("vocab", None), ("mask", False), ("steps", None)):
+            if data[key] == unset:
+                del data[key]
         return data
 
 
@@ -219,7 +234,9 @@ class CheckResult:
 
     `max_abs`/`max_rel` are None when the check could not compute numbers (then
     `message` says why); `worst_index` is the element with the largest excess
-    over the tolerance.
+    over the tolerance. `not_applicable`: the check does not apply to this export (a
+    streaming check of a whole-sequence export: `message` says why); such a row did not
+    pass (`passed` is False) and is no failure either.
     """
 
     check: str
@@ -232,6 +249,13 @@ class CheckResult:
     rtol: float | None = None
     worst_index: tuple[int, ...] | None = None
     message: str = ""
+    not_applicable: bool = False
+
+    @classmethod
+    def inapplicable(cls, check: str, signature: str, why: str) -> "CheckResult":
+        """The row of a check that does not apply to this export, saying why."""
+        return cls(check=check, signature=signature, tensor="*", passed=False, not_applicable=True,
+                   message=f"not applicable: {why}")
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
@@ -269,11 +293,15 @@ class CheckRows:
 
     @property
     def passed(self) -> bool:
-        return bool(self.checks) and all(c.passed for c in self.checks)
+        return any(c.passed for c in self.checks) and not self.failures
 
     @property
     def failures(self) -> tuple[CheckResult, ...]:
-        return tuple(c for c in self.checks if not c.passed)
+        return tuple(c for c in self.checks if not c.passed and not c.not_applicable)
+
+    @property
+    def inapplicable(self) -> tuple[CheckResult, ...]:
+        return tuple(c for c in self.checks if c.not_applicable)
 
     def failure_summary(self, what: str = "checks") -> str:
         """`N of M <what> failed; first: <check> <signature> <tensor>: <why>`."""
@@ -308,6 +336,8 @@ class ExportOptions:
             to `assets.extra/seqexport/runtimes/<target>/`.
         hvp_auto: `check_hvp` was chosen by default, not asked for: a model whose ops have no
             second derivative in TF then gets a "not supported" row instead of a failure.
+        require_stream: refuse a model that cannot run step by step (exit 2) instead of exporting
+            it whole-sequence.
     """
 
     with_input_gradients: bool = False
@@ -322,6 +352,7 @@ class ExportOptions:
     fused: bool = True
     targets: tuple[str, ...] = ()
     hvp_auto: bool = False
+    require_stream: bool = False
 
     def __post_init__(self):
         unknown = [t for t in self.targets if t not in EXPORT_TARGETS]
@@ -382,7 +413,13 @@ class Manifest:
     each is an output key of `serving_default`, `stream` and `step`. `static_inputs` (none for
     a model with one input) are input keys of every signature, `initial_state` included.
     `sequence_inputs` (none for a model with one sequence input) are input keys `[B, T, ...]` of
-    `serving_default`, `stream` and `input_gradients` (the same T as `inputs`) and `[B, ...]` of `step`. DO NOT RELY on `checks` beyond
+    `serving_default`, `stream` and `input_gradients` (the same T as `inputs`) and `[B, ...]` of `step`
+    (one with `mask` set is a mask given as an input: a step is skipped where it is false).
+    `fixed_steps` (None: any) is the one sequence length `serving_default` and `input_gradients` take,
+    the model's input being of a fixed length; `stream` takes chunks of any length. `whole_sequence`, when
+    set, says why the model cannot run step by step: the export then has `serving_default` (and
+    `input_gradients`) only, no states, and an output without a time axis has `last_step` set (it is
+    returned whole). DO NOT RELY on `checks` beyond
     reading them: rows may be added. `batch_independent` is None until that check
     ran; only `True` allows server-side batching (`batch_offdiag_max` is the largest
     off-diagonal `(batch, batch)` Jacobian block magnitude found). `verify_timings`
@@ -408,6 +445,13 @@ class Manifest:
     outputs: tuple[OutputSpec, ...] = ()
     static_inputs: tuple[InputSpec, ...] = ()
     sequence_inputs: tuple[InputSpec, ...] = ()
+    fixed_steps: int | None = None
+    whole_sequence: str = ""
+
+    @property
+    def streams(self) -> bool:
+        """It has the streaming signatures (`stream`, `step`, `initial_state`)."""
+        return not self.whole_sequence
 
     def output_keys(self) -> tuple[tuple[str, str, bool], ...]:
         """(key in `serving_default`/`stream`, key in `step`, last step only) of each output."""
@@ -442,7 +486,9 @@ class Manifest:
             "verify_peak_rss_mb": self.verify_peak_rss_mb,
             "outputs": [o.to_json() for o in self.outputs],
         } | ({"static_inputs": [i.to_json() for i in self.static_inputs]} if self.static_inputs else {}) | (
-            {"sequence_inputs": [i.to_json() for i in self.sequence_inputs]} if self.sequence_inputs else {})
+            {"sequence_inputs": [i.to_json() for i in self.sequence_inputs]} if self.sequence_inputs else {}) | (
+            {"fixed_steps": self.fixed_steps} if self.fixed_steps is not None else {}) | (
+            {"whole_sequence": self.whole_sequence} if self.whole_sequence else {})
 
     @classmethod
     def from_json(cls, data: dict) -> "Manifest":
@@ -474,6 +520,8 @@ class Manifest:
             outputs=tuple(OutputSpec.from_json(o) for o in data.get("outputs", [])),
             static_inputs=tuple(InputSpec.from_json(i) for i in data.get("static_inputs", [])),
             sequence_inputs=tuple(InputSpec.from_json(i) for i in data.get("sequence_inputs", [])),
+            fixed_steps=data.get("fixed_steps"),
+            whole_sequence=data.get("whole_sequence", ""),
         )
 
 
@@ -489,7 +537,11 @@ class VerifyReport(CheckRows):
     peak_rss_mb: float | None = None
 
     def summary(self) -> str:
-        return f"all {len(self.checks)} checks passed" if self.passed else self.failure_summary()
+        if not self.passed:
+            return self.failure_summary()
+        skipped = len(self.inapplicable)
+        return (f"all {len(self.checks) - skipped} checks passed"
+                + (f", {skipped} not applicable" if skipped else ""))
 
     def to_json(self) -> dict:
         return {

@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
+from exporter.artifact.errors import EXIT_CHECK_FAILED
 from exporter.artifact.version import VERSION
 from exporter.cli import bench, check, convert, export, serve, serving_config, stress
-from exporter.cli.render import stdout
+from exporter.cli.render import internal_error, stderr, stdout
 
 app = typer.Typer(
     name="seqexport",
@@ -46,7 +48,11 @@ for _commands in (export, bench, check, convert, serve, serving_config, stress):
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001  a command that broke outside its own error boundary
+        stderr.print(f"[bold red]error:[/] {escape(internal_error(exc))}", soft_wrap=True)
+        raise SystemExit(EXIT_CHECK_FAILED) from None
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ from rich.markup import escape
 
 from exporter.cli.render import stderr, stdout
 from exporter.cli.report import add_columns, table
-from exporter.tools.benchmark import BenchConfig, run_and_write
-from exporter.tools.export_cost import ExportCostConfig, growth
 
 
 def bench(
@@ -24,6 +22,9 @@ def bench(
                                               "(long: about an hour on 2 cores; --quick: one tiny model).")] = True,
 ) -> None:
     """Time Keras vs the exported signatures (plain and XLA), gradients, peak memory and export cost."""
+    from exporter.tools.benchmark import BenchConfig, run_and_write  # numpy, TensorFlow: not for --help
+    from exporter.tools.export_cost import ExportCostConfig
+
     config = (BenchConfig.quick() if quick else BenchConfig()) if timings else None
     cost_config = (ExportCostConfig.quick() if quick else ExportCostConfig()) if export_cost else None
     with stderr.status("benchmark", spinner="dots") as status:
@@ -38,6 +39,8 @@ def bench(
 def bench_tables(results: dict) -> list:
     """`bench.json` as tables (times per variant and config; the targets; peak memory; export cost), readable at
     80 columns."""
+    from exporter.tools.export_cost import growth
+
     tables = []
     if results.get("export_cost"):
         cost = table(title="export cost: seqexport export (verification included) vs Keras model.export()")

@@ -13,8 +13,6 @@ from exporter.artifact.errors import EXIT_CHECK_FAILED
 from exporter.cli.options import AllRowsOption, JsonOption
 from exporter.cli.render import print_checks, stderr, stdout, user_errors
 from exporter.cli.report import TimingsLine
-from exporter.convert.triton_check import check_repository
-from serving.tfserving.check import check_tfserving
 
 check_app = typer.Typer(
     help="Prove an export runs in a serving runtime (its loader, or the real server where one installs).",
@@ -38,6 +36,8 @@ def tfserving(
     """Load PATH through TensorFlow's C API as TF Serving does; run signatures and warmup; parse configs."""
     with user_errors(as_json):
         with stderr.status("building/loading through the TF C API", spinner="dots"):
+            from serving.tfserving.check import check_tfserving  # not for --help
+
             report = check_tfserving(path, config_dir=config_dir, cache=cache_dir)
     if as_json:
         print(json.dumps({"ok": report.passed, **report.to_json()}, indent=2))
@@ -67,6 +67,8 @@ def triton_check(
     """Load REPO in the real tritonserver (nvidia-pytriton), stream the goldens through it over gRPC and HTTP."""
     with user_errors(as_json):
         with stderr.status("starting tritonserver and streaming the goldens", spinner="dots"):
+            from exporter.convert.triton_check import check_repository  # not for --help
+
             report = check_repository(repo, export=export, names=tuple(model or ()))
     if as_json:
         print(json.dumps({"ok": report.passed, **report.to_json()}, indent=2))

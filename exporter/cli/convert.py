@@ -20,8 +20,6 @@ from exporter.artifact.specs import RuntimeTarget, Tolerance
 from exporter.cli.options import AllRowsOption, JsonOption
 from exporter.cli.render import print_checks, stderr, stdout, user_errors
 from exporter.cli.report import add_columns, table
-from exporter.convert.targets import convert_export
-from exporter.convert.triton import Strategy, TritonOptions
 
 TRITON = "Triton"
 
@@ -92,6 +90,9 @@ def convert(
     all_rows: AllRowsOption = False,
 ) -> None:
     """Convert an existing export to LiteRT, ONNX Runtime or a Triton repository, checked against its goldens."""
+    from exporter.convert.targets import convert_export  # numpy and the runtimes: not for --help
+    from exporter.convert.triton import Strategy, TritonOptions
+
     with user_errors(as_json):
         if to not in {t.value for t in RuntimeTarget}:
             raise BadInput(f"--to {to!r} is not a target. Choose from: {', '.join(t.value for t in RuntimeTarget)}.")

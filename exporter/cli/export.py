@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,7 +17,7 @@ from exporter.cli.convert import print_conversion
 from exporter.cli.options import TOLERANCES, AllRowsOption, JsonOption, VerifyTimeoutOption
 from exporter.cli.render import notice, print_checks, progress_display, stderr, stdout, user_errors
 from exporter.cli.report import TimingsLine, manifest_tables, seconds_text
-from exporter.tools.demo import train_demo_model
+from exporter.load import import_user_module
 from exporter.verification.run import DEFAULT_TIMEOUT_S, verify_in_fresh_process
 from serving.serving_files import write_serving_config
 
@@ -31,7 +30,7 @@ def register(app: typer.Typer) -> None:
 def _import_modules(modules: list[str]) -> None:
     for module in modules:
         try:
-            importlib.import_module(module)
+            import_user_module(module)
         except Exception as exc:  # user code: any failure is a bad input
             raise BadInput(f"--import {module!r} failed: {type(exc).__name__}: {exc}") from None
 
@@ -65,6 +64,10 @@ def export(
         bool, typer.Option("--fused/--no-fused", help="Run serving_default and stream of LSTM stacks in TF's fused "
                            "BlockLSTM kernel (the while_loop stays as <name>_unfused signatures).")
     ] = True,
+    require_stream: Annotated[
+        bool, typer.Option("--require-stream", help="Refuse (exit 2) a model that cannot run step by step, instead of "
+                           "exporting it whole-sequence (serving_default only).")
+    ] = False,
     imports: Annotated[
         Optional[list[str]], typer.Option("--import", help="Import MODULE first (registers custom layers; runs its code).")
     ] = None,
@@ -104,6 +107,7 @@ def export(
                 unsafe=unsafe,
                 jit=jit,
                 fused=fused,
+                require_stream=require_stream,
                 targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
             )
         except ValueError as exc:
@@ -141,7 +145,9 @@ def _run_export(model: str, *, name, base, version, options, as_json: bool, all_
         print(json.dumps(payload, indent=2))
     else:
         verdict = f": {result.report.summary()}" if result.report.passed else ""
-        print_checks(result.report.checks, title=f"verification (fresh process) of {name}{verdict}", all_rows=all_rows)
+        whole = ", whole sequence only" if not result.manifest.streams else ""
+        print_checks(result.report.checks, title=f"verification (fresh process) of {name}{whole}{verdict}",
+                     all_rows=all_rows)
         if result.conversions:
             for conversion in result.conversions:
                 print_conversion(conversion, all_rows=all_rows)
@@ -239,6 +245,8 @@ def demo(
 ) -> None:
     """Train the built-in stateful LSTM+GRU model for a few seconds, export, verify, write serving files."""
     with user_errors(as_json):
+        from exporter.tools.demo import train_demo_model  # Keras: not for --help
+
         with stderr.status(f"training the demo model for {seconds:.0f} s", spinner="dots"):
             model_file = train_demo_model(out / "demo.keras", seconds=seconds)
         _run_export(str(model_file), name="demo", base=out / "models", version=None,

@@ -83,7 +83,7 @@ def fold(checks: tuple[CheckResult, ...], by: tuple[str, ...] = FOLD_CHECK) -> l
     groups: dict[tuple, list[CheckResult]] = {}
     rows: list[_Row] = []
     for check in checks:
-        if check.passed:
+        if check.passed or check.not_applicable:
             groups.setdefault(tuple(getattr(check, key) for key in by), []).append(check)
         else:
             rows.append(_Row(check, 1))
@@ -102,7 +102,7 @@ def where(check: CheckResult) -> str:
 def _shows_message(check: CheckResult) -> bool:
     """Failures always say why; a passing row only when it has no numbers or is a property."""
     return bool(check.message) and (not check.passed or check.max_abs is None
-                                    or check.check == "batch independence")
+                                    or check.check == "batch independence") and not check.not_applicable
 
 
 def _fold_gradient_checks(checks: list[str], every_gradient: set[str]) -> list[str]:
@@ -146,6 +146,8 @@ class ChecksView:
         return {check: values.pop() for check, values in found.items()}
 
     def _result(self, check: CheckResult, notes: dict[str, int] | None) -> str:
+        if check.not_applicable:
+            return "n/a"  # the note below the table says why, once for all such rows
         result = "[green]pass[/]" if check.passed else "[bold red]FAIL[/]"
         if _shows_message(check):
             result += f" {escape(check.message)}" if notes is None else f" {escape(f'[{notes[check.message]}]')}"
@@ -187,6 +189,12 @@ class ChecksView:
                                                         for value, checks in by_value.items()))]
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield from self._layout(console, options)
+        # Checks that do not apply (a whole-sequence export's streaming checks): why, once each.
+        for message in dict.fromkeys(r.check.message for r in self.rows if r.check.not_applicable):
+            yield Text(f"n/a: {message.removeprefix('not applicable: ')}")
+
+    def _layout(self, console: Console, options: ConsoleOptions) -> RenderResult:
         notes = self._notes()
         inline = self._table(split=True, tolerance_column=True, notes=None)
         if fits(console, options, inline):
@@ -287,7 +295,11 @@ def manifest_tables(manifest: Manifest) -> list:
             f"{i.name} {list(i.shape)} {i.dtype}" for i in manifest.static_inputs)))
     if manifest.sequence_inputs:
         facts.append(("sequence inputs (per step)", ", ".join(
-            f"{i.name} {list(i.shape)} {i.dtype}" for i in manifest.sequence_inputs)))
+            f"{i.name} {list(i.shape)} {i.dtype}{' (a mask)' if i.mask else ''}" for i in manifest.sequence_inputs)))
+    if not manifest.streams:
+        facts.append(("whole sequence only", f"serving_default only, no streaming: {manifest.whole_sequence}"))
+    if manifest.fixed_steps is not None:
+        facts.append(("fixed length (serving_default)", f"{manifest.fixed_steps} steps; stream takes any chunk"))
     if manifest.batch_independent is not None:
         facts.append(("batch independent", f"{manifest.batch_independent} (largest off-diagonal |J| "
                                            f"{compact(manifest.batch_offdiag_max)})"))

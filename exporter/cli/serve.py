@@ -14,15 +14,15 @@ from exporter.artifact.names import check_name
 from exporter.artifact.paths import version_folders
 from exporter.cli.render import stderr, stdout, user_errors
 from serving.config import LABEL_SYNTAX, VersionLabels
-from serving.server.registry import DEFAULT_LOAD_RETRY_INTERVAL_S, DEFAULT_MAX_NUM_LOAD_RETRIES, DEFAULT_POLL_SECONDS
-from serving.server.server import (
+from serving.server.defaults import (
     DEFAULT_GRPC_WORKERS,
     DEFAULT_HOST,
     DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_LOAD_RETRY_INTERVAL_S,
+    DEFAULT_MAX_NUM_LOAD_RETRIES,
+    DEFAULT_POLL_SECONDS,
     DEFAULT_REST_MAX_CONNECTIONS,
     DEFAULT_REST_WORKERS,
-    ModelServer,
-    ServerOptions,
 )
 
 LIMITS = "Limits"
@@ -92,6 +92,8 @@ def serve(
     """Serve every model under BASE over TF Serving's gRPC and REST APIs until Ctrl-C (development use)."""
     with user_errors(as_json):
         _check_base(base, names or [])
+        from serving.server.server import ModelServer, ServerOptions  # gRPC, aiohttp: not for --help
+
         options = ServerOptions(
             base=base, grpc_port=grpc_port, rest_port=rest_port, host=host, names=tuple(names or ()),
             versions=versions, labels=VersionLabels.parse(labels or []).by_model, poll_seconds=poll_seconds,

@@ -15,9 +15,6 @@ from rich.table import Table
 from exporter.artifact.errors import EXIT_CHECK_FAILED
 from exporter.cli.render import stderr, stdout, user_errors
 from exporter.cli.report import add_columns, compact, key_values, table
-from exporter.tools.demo import train_demo_model
-from exporter.tools.stress import StressConfig, run_stress
-from exporter.tools.stress_connections import ConnectionsConfig, run_connections
 
 
 def stress(
@@ -45,6 +42,8 @@ def stress(
         _connections_mode(base, name, connections, min_requests, chunks, seed, as_json)
         return
     with user_errors(as_json):
+        from exporter.tools.stress import StressConfig, run_stress  # the server and numpy: not for --help
+
         config = StressConfig.small() if small else StressConfig()
         changes = {k: v for k, v in {"sessions": sessions, "chunks": chunks, "min_requests": min_requests}.items()
                    if v is not None}
@@ -119,6 +118,8 @@ def _render(report) -> list:
 def _connections_mode(base, name, connections, requests, chunks, seed, as_json) -> None:
     with user_errors(as_json):
         changes = {k: v for k, v in {"requests": requests, "chunks": chunks}.items() if v is not None}
+        from exporter.tools.stress_connections import ConnectionsConfig, run_connections  # not for --help
+
         config = dataclasses.replace(ConnectionsConfig(connections=connections, seed=seed), **changes)
         report = _on_base(base, name, lambda b, n, progress: run_connections(b, n, config, progress=progress))
     if as_json:
@@ -165,6 +166,8 @@ def _demo_base(folder: Path, progress) -> tuple[Path, str]:
     from exporter.pipeline import export
 
     progress("training and exporting the demo model")
+    from exporter.tools.demo import train_demo_model  # Keras: not for --help
+
     model_file = train_demo_model(folder / "demo.keras", seconds=2.0)
     export(str(model_file), name="demo", base=folder / "models")
     return folder / "models", "demo"

@@ -237,7 +237,8 @@ class _Run:
     def report(self, started: float) -> ConversionReport:
         return ConversionReport(
             target=self.target.value,
-            export_dir=str(self.loaded.path),
+            # Absolute: `check triton REPO` finds the export from here, whatever folder it runs in.
+            export_dir=str(Path(self.loaded.path).resolve()),
             out_dir=str(self.out_dir),
             files=tuple(self.files),
             checks=tuple(self.checks),
@@ -248,7 +249,7 @@ class _Run:
 
 def _common_notes(loaded) -> list[str]:
     notes = [GRADIENTS_NOTE]
-    custom = custom_gradient_ops(loaded.signature("step"))
+    custom = custom_gradient_ops(loaded.signature("step" if loaded.manifest.streams else "serving_default"))
     if custom:
         notes.append(
             f"The export has a tf.custom_gradient ({', '.join(custom)}): converted for inference, "
@@ -300,6 +301,18 @@ def _onnx(run: _Run) -> None:
         content = run.convert(signature, f"{signature}.onnx", lambda s=signature: onnx.convert_signature(run.loaded, s))
         if content is not None:
             run.check(signature, lambda c=content: OrtModel(c), initial=initial)
+
+
+def _whole_sequence(run: _Run, suffix: str, convert, load, *, batch: int | None = None) -> None:
+    """A whole-sequence export: its `serving_default` converted, and checked on the golden probe."""
+    relative = f"serving_default{f'_b{batch}' if batch else ''}.{suffix}"
+    content = run.convert("serving_default", relative, lambda: convert(run.loaded, "serving_default", batch),
+                          batch=batch)
+    model = None if content is None else run.load("serving_default", lambda: load(content))
+    if model is not None:
+        run.checks.extend(model_checks(run.target.value, "serving_default", model, run.loaded.golden, run.tolerance))
+    run.notes.append(f"Whole-sequence export ({run.loaded.manifest.whole_sequence}): serving_default converted, "
+                     "one call per whole sequence.")
 
 
 def _triton(run: _Run, name: str, version: int, options) -> None:
@@ -405,6 +418,20 @@ def convert_export(
     run = _Run(loaded, target, out_dir, tolerance or loaded.manifest.options.tolerance)
     run.notes.extend(_common_notes(loaded))
     parity_dir = out_dir
+    if not loaded.manifest.streams:
+        if target in TRITON_TARGETS:
+            raise BadInput(f"Converting to {target.value}: this export is whole-sequence only "
+                           f"({loaded.manifest.whole_sequence}), and the Triton repositories seqexport writes stream "
+                           "(a sequence batcher keeps the state). Convert it with --to onnx or --to tflite, or serve "
+                           "its SavedModel (TF Serving, `seqexport serve`).")
+        if target is RuntimeTarget.TFLITE:
+            _whole_sequence(run, "tflite", lambda export, name, batch: tflite.convert_signature(export, name, batch=batch), LiteRTModel,
+                            batch=_predict_batch(loaded) if stream_batch is None else stream_batch)
+        else:
+            _whole_sequence(run, "onnx", lambda export, name, batch: onnx.convert_signature(export, name), OrtModel)
+        report = run.report(started)
+        _write(parity_dir / PARITY_FILE, json.dumps(report.to_json(), indent=2).encode())
+        return report
     if target is RuntimeTarget.TFLITE:
         _tflite(run, stream_batch)
     elif target is RuntimeTarget.ONNX:
@@ -418,6 +445,11 @@ def convert_export(
     report = run.report(started)
     _write(parity_dir / PARITY_FILE, json.dumps(report.to_json(), indent=2).encode())
     return report
+
+
+def _predict_batch(loaded) -> int:
+    """The batch of the golden `serving_default` probe (a whole-sequence LiteRT model is checked at it)."""
+    return int(loaded.golden["serving_default/in/inputs"].shape[0])
 
 
 def convert_in_export(export_dir: Path, targets: tuple[str, ...]) -> tuple[ConversionReport, ...]:

@@ -136,8 +136,12 @@ def find_export(model_folder: Path, export: Path | None = None) -> Path:
             recorded = Path(json.loads(parity.read_text())["export_dir"])
         except (ValueError, KeyError):
             recorded = None
-        if recorded is not None and recorded.is_absolute() and golden_path(recorded).is_file():
-            return recorded
+        # Relative in what older versions wrote: to the folder `convert` ran in, most likely this one.
+        candidates = [] if recorded is None else [recorded] if recorded.is_absolute() else [
+            Path.cwd() / recorded, model_folder / recorded]
+        for candidate in candidates:
+            if golden_path(candidate).is_file():
+                return candidate
     for folder in model_folder.resolve().parents:
         if golden_path(folder).is_file():
             return folder

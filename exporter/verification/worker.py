@@ -9,6 +9,7 @@ JSON to `--out`, and one JSON progress line per check started on stdout.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import sys
@@ -157,6 +158,44 @@ class _Checker:
                                           grad_call=grad_call)
         self.compare_many("source", "serving_default", outputs, want, self.tol)
 
+    def every_input(self):
+        """Each input of `serving_default` changed alone (a mask's false steps moved, `lengths` shortened,
+        a static input redrawn, ...): the export's outputs move as the source's do. An export that
+        ignores an input matches the source on one probe where that input does not matter, never here.
+
+        The tolerance of a row is the output tolerance, twice (a difference of two outputs), at the
+        scale of the outputs compared."""
+        keys = sorted({k.split("/")[1] for k in self.golden if k.startswith("changed/")})
+        if not keys:
+            return
+        name = SignatureName.PREDICT.value
+        predict = self.signature(name)
+        feed = _section(self.golden, f"{name}/in/")
+        want_base = _section(self.golden, "reference/out/")
+
+        def run(values: dict) -> dict:
+            outputs = predict(**{k: self.tf.constant(v) for k, v in values.items()})
+            return {k: outputs[k].numpy() for k in want_base}
+
+        got_base = run(feed)
+        for key in keys:
+            got = run({**feed, key: self.golden[f"changed/{key}/in"]})
+            for output in sorted(want_base):
+                want = self.golden[f"changed/{key}/out/{output}"]
+                scale = float(max(np.max(np.abs(want), initial=0.0), np.max(np.abs(want_base[output]), initial=0.0)))
+                tolerance = type(self.tol)(atol=2 * (self.tol.atol + self.tol.rtol * scale), rtol=0.0)
+                moved_export = got[output].astype(np.float64) - got_base[output]
+                moved_source = want.astype(np.float64) - want_base[output]
+                label = f"{key} -> {output}" if len(want_base) > 1 else key  # the changed input (-> the output)
+                row = compare("inputs", name, label, moved_export, moved_source, tolerance)
+                if not row.passed:
+                    row = dataclasses.replace(row, message=(
+                        f"changing {key!r} moved the source's {output!r} by up to "
+                        f"{np.max(np.abs(moved_source), initial=0.0):.3g} and the export's by up to "
+                        f"{np.max(np.abs(moved_export), initial=0.0):.3g}: the export does not use {key!r} as "
+                        f"the source does ({row.message})"))
+                self.add(row)
+
     def chained_stream(self, bounds, stream: Callable[[dict], dict]) -> Callable[[dict], dict]:
         """`serving_default`'s outputs and final states from `stream` over the chunks `bounds` cuts the
         sequences into, the states threaded from `initial_state` (under the caller's tape: they may come
@@ -190,6 +229,11 @@ class _Checker:
         return chained
 
     def chunking(self):
+        if not self.manifest.streams:  # whole-sequence only: there is nothing to chunk or step
+            why = f"a whole-sequence export ({self.manifest.whole_sequence})"
+            for signature in ("stream", "step"):
+                self.add(CheckResult.inapplicable("chunked", signature, why))
+            return
         tf = self.tf
         predict_name = SignatureName.PREDICT.value
         feed = _section(self.golden, f"{predict_name}/in/")
@@ -259,9 +303,10 @@ class _Checker:
         want = {k[len("higher/"):]: v for k, v in self.golden.items()
                 if k.startswith("higher/") and k.split("/")[1] not in ("v", "w", "error")}
         steps = feed["inputs"].shape[1]
-        callers = ((name, self.gradient_caller(name)),
-                   ("stream x2", self.chained_stream([0, steps // 2, steps],
-                                                     self.gradient_caller(SignatureName.STREAM.value))))
+        callers = [(name, self.gradient_caller(name))]
+        if self.manifest.streams:
+            callers.append(("stream x2", self.chained_stream([0, steps // 2, steps],
+                                                             self.gradient_caller(SignatureName.STREAM.value))))
         for label, call in callers:
             try:
                 got = second_order(call, feed, weights, self.golden["higher/v"], self.variables)
@@ -331,11 +376,13 @@ class _Checker:
         predict_in = _section(self.golden, f"{predict_name}/in/")
         step_in = _section(self.golden, f"{step_name}/in/")
         rng = np.random.default_rng(1234)
+        own = {i.name: i.steps for i in self.manifest.sequence_inputs if i.steps and i.steps > 0}
         probes = {
-            predict_name: _probe_batch(predict_in, rng, batch=3, steps=4,
-                                       static=[i.name for i in self.manifest.static_inputs]),
-            step_name: _probe_batch(step_in, rng, batch=3),
+            predict_name: _probe_batch(predict_in, rng, batch=3, steps=self.manifest.fixed_steps or 4,
+                                       static=[i.name for i in self.manifest.static_inputs], own_steps=own),
         }
+        if self.manifest.streams:
+            probes[step_name] = _probe_batch(step_in, rng, batch=3)
         for name, feed in probes.items():
             blocks = offdiagonal_blocks(self.gradient_caller(name), feed)
             self.properties_rows.append(blocks)
@@ -350,17 +397,18 @@ class _Checker:
         }
 
 
-def _probe_batch(feed: dict, rng, *, batch: int, steps: int | None = None, static=()) -> dict:
+def _probe_batch(feed: dict, rng, *, batch: int, steps: int | None = None, static=(), own_steps=None) -> dict:
     """Fresh probe rows shaped like `feed` (B rows; T steps for sequences, not for the `static`
-    inputs); ints stay in range."""
+    inputs, their own fixed length for `own_steps`); ints stay in range."""
     probe = {}
+    own_steps = own_steps or {}
     for key, value in feed.items():
         shape = (batch, *value.shape[1:])
         if key == "lengths":
             probe[key] = np.array([steps, max(1, steps - 1), steps][:batch], dtype=value.dtype)
             continue
         if steps is not None and value.ndim >= 2 and key not in static:
-            shape = (batch, steps, *value.shape[2:])
+            shape = (batch, own_steps.get(key, steps), *value.shape[2:])
         if np.issubdtype(value.dtype, np.integer):
             probe[key] = rng.integers(1, max(2, int(value.max()) + 1), size=shape).astype(value.dtype)
         else:
@@ -369,7 +417,7 @@ def _probe_batch(feed: dict, rng, *, batch: int, steps: int | None = None, stati
 
 
 # The checks in the order they run, by the name the progress display and the timings use.
-CHECK_ORDER = ("weights", "reload and gradients", "source", "chunked", "fused", "higher order",
+CHECK_ORDER = ("weights", "reload and gradients", "source", "inputs", "chunked", "fused", "higher order",
                "batch independence")
 
 
@@ -407,8 +455,8 @@ def run_checks(export_dir: Path, on_check=_report_progress) -> dict:
         return {"checks": [failed("reload", "-", "*", f"tf.saved_model.load failed: {explain(exc)}")],
                 "timings": {"load": time.monotonic() - started}, "properties": {}, "peak_rss_mb": _peak_rss_mb()}
     timings = {"load": time.monotonic() - started}
-    checks = (checker.weights, checker.reload_and_gradients, checker.ground_truth, checker.chunking,
-              checker.fused, checker.higher_order, checker.batch_independence)
+    checks = (checker.weights, checker.reload_and_gradients, checker.ground_truth, checker.every_input,
+              checker.chunking, checker.fused, checker.higher_order, checker.batch_independence)
     for done, (label, check) in enumerate(zip(CHECK_ORDER, checks)):
         on_check(export_dir, label, done)
         started = time.monotonic()

@@ -37,13 +37,11 @@ from exporter.artifact.paths import SAVED_MODEL_FILE, version_folders
 from serving.server.served import ServedVersion
 from serving.server.warmup_replay import replay
 from serving.signatures import views_from_signature_defs
+from serving.server.defaults import DEFAULT_LOAD_RETRY_INTERVAL_S, DEFAULT_MAX_NUM_LOAD_RETRIES, DEFAULT_POLL_SECONDS
 from serving.status import Code, ServingError, code_of, invalid, not_found
 
 log = logging.getLogger("seqexport.serve")
 
-DEFAULT_POLL_SECONDS = 1.0
-DEFAULT_MAX_NUM_LOAD_RETRIES = 5  # TF Serving's --max_num_load_retries (server.h)
-DEFAULT_LOAD_RETRY_INTERVAL_S = 60.0  # TF Serving's --load_retry_interval_micros, 1 minute (server.h)
 
 
 class State(enum.Enum):

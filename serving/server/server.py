@@ -39,19 +39,18 @@ from serving.server.registry import (
     ModelRegistry,
     State,
 )
+from serving.server.defaults import (  # noqa: F401  the server's defaults, importable from here too
+    DEFAULT_GRPC_WORKERS,
+    DEFAULT_HOST,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_REST_BACKLOG,
+    DEFAULT_REST_MAX_CONNECTIONS,
+    DEFAULT_REST_WORKERS,
+)
 from serving.server.rest import RestServer
 
 log = logging.getLogger("seqexport.serve")
 
-DEFAULT_HOST = "127.0.0.1"
-# Both front ends refuse a request body (gRPC message or HTTP body) larger than
-# this: 64 MiB carries a float32 chunk of 16M values, far above any streaming chunk.
-DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
-# TF Serving's --grpc_max_threads and --rest_api_num_threads default to 4 x the CPUs (server.h).
-DEFAULT_GRPC_WORKERS = 4 * (os.cpu_count() or 1)
-DEFAULT_REST_WORKERS = DEFAULT_GRPC_WORKERS
-DEFAULT_REST_MAX_CONNECTIONS = 1024
-DEFAULT_REST_BACKLOG = 1024
 STOP_GRACE_S = 2.0
 
 

@@ -336,7 +336,7 @@ def build(name: str) -> keras.Model:
 
 # --- constructs still refused: factories for `seqexport export tests.exporter.real_models:NAME` ----------
 
-class _Subclassed(keras.Model):
+class RecurrentLoop(keras.Model):
     def __init__(self):
         super().__init__()
         self.cell = L.LSTMCell(4)
@@ -349,7 +349,7 @@ class _Subclassed(keras.Model):
 
 
 def subclassed():
-    model = _Subclassed()
+    model = RecurrentLoop()
     model(np.zeros((1, 3, F), "float32"))
     return model
 
@@ -404,7 +404,7 @@ def no_recurrence():
 
 # function name: what the message must name
 REFUSED_CONSTRUCTS = {
-    "subclassed": "subclassed keras.Model",
+    "subclassed": "is subclassed and has no RNN layer to carry a state",
     "two_inputs": "merges a static input's tensor (no time axis) with a per-step or last-step one; a static "
                   "input may feed `RepeatVector`",
     "last_step_into_rnn": "merges a per-step tensor with a last-step one",

@@ -33,7 +33,7 @@ def test_unsupported_layer_exit_2_names_it(tmp_path, name):
     path = tmp_path / f"{name}.keras"
     models.build(name, models.UNSUPPORTED).save(path)
     base = tmp_path / "base"
-    result = _export(path, "--name", "m", "--base", base)
+    result = _export(path, "--name", "m", "--base", base, "--require-stream")  # else: a whole-sequence export
     _assert_bad_input(result, models.UNSUPPORTED[name][1], "Layer ", "cannot run step by step", base=base)
 
 
@@ -93,8 +93,8 @@ def test_factory_module_missing(tmp_path):
 
 
 def test_non_rnn_model(tmp_path, factory_module):
-    _assert_bad_input(_export(f"{factory_module}:dense_only", "--name", "m", "--base", tmp_path / "b"),
-                      "has no recurrent layer", base=tmp_path / "b")
+    _assert_bad_input(_export(f"{factory_module}:dense_only", "--name", "m", "--base", tmp_path / "b",
+                              "--require-stream"), "has no recurrent layer", base=tmp_path / "b")
 
 
 def test_base_that_cannot_be_written(tmp_path):
@@ -211,10 +211,11 @@ def test_help_says_which_inputs_run_code():
 
 @pytest.mark.parametrize("construct", sorted(real_models.REFUSED_CONSTRUCTS))
 def test_every_refused_construct_is_exit_2_with_a_json_error_and_no_traceback(tmp_path, construct):
-    """Models seqexport cannot take yet: a message naming what and why, pointing to the factory route."""
+    """Models seqexport cannot stream, streaming required: a message naming what and why, pointing to the
+    factory route (without --require-stream they export whole-sequence: tests/exporter/test_whole_sequence.py)."""
     base = tmp_path / "b"
     result = runner.invoke(app, ["export", f"tests.exporter.real_models:{construct}", "--name", "m",
-                                 "--base", str(base), "--json"])
+                                 "--base", str(base), "--json", "--require-stream"])
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     payload = json.loads(result.stdout)
@@ -268,3 +269,76 @@ def test_export_targets_triton_refuse_sequence_inputs_before_any_work(tmp_path):
     assert error.startswith("--targets triton-python supports exports with one sequence input; this one also has "
                             "1 other sequence input(s) (b)"), error
     assert not base.exists() or not any(base.iterdir())
+
+
+NO_KWARGS_LAYER = textwrap.dedent("""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="nokw")
+    class Scale(keras.layers.Layer):
+        def __init__(self, factor):  # as keras.io's miniature GPT layers: no **kwargs
+            super().__init__()
+            self.factor = factor
+
+        def call(self, x):
+            return x * self.factor
+""")
+
+
+def test_a_file_keras_cannot_load_says_keras_s_cause_first_then_what_helps(tmp_path, monkeypatch):
+    """keras.io's miniature GPT layers take no **kwargs: Keras itself cannot load the file. The message
+    carries Keras's innermost cause and says what to change (re-saving would not help)."""
+    import keras
+
+    (tmp_path / "nokw_layers.py").write_text(NO_KWARGS_LAYER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import nokw_layers
+
+    model = keras.Sequential([keras.Input((None, 3)), nokw_layers.Scale(2.0), keras.layers.GRU(2)])
+    path = tmp_path / "nokw.keras"
+    model.save(path)
+    base = tmp_path / "b"
+    result = _export(path, "--name", "m", "--base", base, "--import", "nokw_layers")
+    _assert_bad_input(result, "Scale.__init__() got an unexpected keyword argument", "**kwargs", base=base)
+    message = " ".join(result.output.split())
+    assert message.index("unexpected keyword argument") < message.index("**kwargs")  # the cause first
+    assert "Re-saving the model does not help" in message
+    keras.saving.get_custom_objects().pop("nokw>Scale", None)
+    sys.modules.pop("nokw_layers", None)
+
+
+def test_a_legacy_h5_model_file_exports(tmp_path):
+    """Keras 3 still loads the HDF5 files older TensorFlow saved (`model.save("m.h5")`)."""
+    path = tmp_path / "old.h5"
+    models.build("gru_reset_after").save(path)
+    base = tmp_path / "b"
+    result = runner.invoke(app, ["export", str(path), "--name", "m", "--base", str(base), "--skip", "hvp", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["verify"]["passed"] is True
+    _assert_bad_input(_export(tmp_path / "fake.h5", "--name", "n", "--base", base), "not found")
+    (tmp_path / "fake.h5").write_bytes(b"not hdf5 at all")
+    _assert_bad_input(_export(tmp_path / "fake.h5", "--name", "n", "--base", base), "not a valid HDF5 model file")
+
+
+def test_an_internal_error_is_one_line_naming_the_phase_and_the_traceback_file(tmp_path, monkeypatch):
+    """A bug of ours (here: the golden capture breaks) is never a traceback: exit 1, one line naming the
+    phase and the file holding the traceback, a JSON error object under --json, nothing published."""
+    import exporter.pipeline
+
+    def broken_capture(*args, **kwargs):
+        raise ZeroDivisionError("a bug in the capture")
+
+    monkeypatch.setattr(exporter.pipeline, "capture", broken_capture)
+    base = tmp_path / "b"
+    path = tmp_path / "m.keras"
+    models.build("lstm").save(path)
+    result = runner.invoke(app, ["export", str(path), "--name", "m", "--base", str(base), "--json"])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    payload = json.loads(result.stdout)
+    assert payload["ok"] is False and payload["exit_code"] == 1 and payload["internal"] is True
+    error = payload["error"]
+    assert error.startswith("internal error while golden (ZeroDivisionError: a bug in the capture)"), error
+    traceback_file = error.split("the traceback is in ")[1].split(";")[0]
+    assert "broken_capture" in open(traceback_file).read()
+    assert not (base / "m").exists() or not any((base / "m").iterdir())

@@ -519,6 +519,25 @@ def test_cli_python_backend_and_export_targets(kind_exports, tmp_path):
     assert checked.passed, checked.failures
 
 
+def test_a_repository_converted_with_relative_paths_finds_its_export_from_anywhere(kind_exports, tmp_path,
+                                                                                   monkeypatch):
+    """The README's two lines, run in one folder with relative paths: `convert models/m/1 ... --out
+    triton-repo`, then `check triton triton-repo` (which finds the export through parity.json)."""
+    import shutil
+
+    from exporter.convert.triton_check import find_export
+
+    shutil.copytree(kind_exports["lstm"], tmp_path / "models" / "m" / "1")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["convert", "models/m/1", "--to", "triton", "--backend", "python",
+                                      "--out", "triton-repo", "--json"])
+    assert result.exit_code == 0, result.output
+    model_folder = Path("triton-repo") / "lstm"
+    assert find_export(model_folder).resolve() == (tmp_path / "models" / "m" / "1").resolve()
+    monkeypatch.chdir(tmp_path / "models")  # elsewhere, and with the repository's absolute path
+    assert find_export(tmp_path / model_folder).resolve() == (tmp_path / "models" / "m" / "1").resolve()
+
+
 def test_a_killed_starter_takes_its_server_with_it(python_repo, tmp_path):
     """SIGKILL the process that started a server: the kernel kills the server too (no orphan)."""
     import os

@@ -95,6 +95,10 @@ def broken_exports(demo_keras_file, several_output_exports, static_input_exports
 
     from tests.exporter.factories import second_order_lost, wrong_fused, wrong_reference
 
+    dirs["static_input_ignored"] = base / "static_input_ignored"
+    write_export(_ignoring_its_static_input(), dirs["static_input_ignored"], name="s", source={"kind": "test"},
+                 options=NO_HVP)
+
     # Second derivatives on by default (as every export has them): a reload that loses them fails.
     dirs["second_order_lost"] = base / "second_order_lost"
     write_export(second_order_lost(step_model_from_keras(model)), dirs["second_order_lost"], name="demo",
@@ -137,6 +141,21 @@ def broken_exports(demo_keras_file, several_output_exports, static_input_exports
         golden[key] = golden[key] + np.float32(0.5)
         golden_io.save(golden, golden_path(dirs[name]))
     return dict(zip(dirs, verify_many_in_fresh_process(list(dirs.values()))))
+
+
+def _ignoring_its_static_input():
+    """A realistic bug: the export starts from the states the golden probe's static input sets, whatever
+    static input it is given (as a model that drops a mask given as an input would mask nothing). On that
+    probe it matches the source exactly; only a changed input shows the difference."""
+    import dataclasses
+
+    from exporter.golden import probe_inputs
+    from tests.exporter import real_models
+
+    step_model = step_model_from_keras(real_models.build("static_initial_state"))
+    probe = probe_inputs(step_model, NO_HVP)
+    frozen = step_model.initial_states_fn((tf.constant(probe["context"]),))
+    return dataclasses.replace(step_model, initial_states_fn=lambda statics: frozen)
 
 
 def _export_with_state_dropping_stream(step_model, export_dir):
@@ -231,6 +250,18 @@ def test_loading_a_fused_export_warns_of_no_unsaved_custom_gradients(demo_export
     assert "unsaved custom gradients" in _load_warnings(broken_exports["second_order_lost"].export_dir)
 
 
+def test_inputs_check_fails_when_the_export_ignores_an_input(broken_exports):
+    report = broken_exports["static_input_ignored"]
+    rows = _failing(report, "inputs")
+    assert [(r.signature, r.tensor) for r in rows] == [("serving_default", "context")]
+    print(rows[0].message)
+    assert "changing 'context' moved the source's 'outputs' by up to" in rows[0].message
+    assert rows[0].atol is not None and rows[0].max_abs > rows[0].atol
+    # On the golden probe itself the export is right: only the changed input shows it.
+    assert all(c.passed for c in report.checks if c.check == "source")
+    assert all(c.passed for c in report.checks if c.check == "inputs" and not c.tensor.startswith("context"))
+
+
 def test_weights_check_fails_on_changed_weight(broken_exports):
     rows = _failing(broken_exports["tampered_weight"], "weights")
     assert rows[0].max_abs == pytest.approx(1e-2, rel=1e-3) and rows[0].worst_index is not None
@@ -244,7 +275,9 @@ def test_reload_check_fails_and_names_tensor(broken_exports):
 
 def test_several_outputs_fail_on_the_one_output_whose_golden_was_altered(broken_exports):
     failing = {(c.check, c.signature, c.tensor) for c in broken_exports["tampered_lstm_c"].failures}
-    assert failing == {("source", "serving_default", "lstm_final_c")}
+    # The inputs check measures each input's effect from the same source outputs: it sees the change too.
+    assert failing == {("source", "serving_default", "lstm_final_c"),
+                       ("inputs", "serving_default", "inputs -> lstm_final_c")}
     failing = {(c.check, c.signature, c.tensor) for c in broken_exports["tampered_summary"].failures}
     # The reload of `serving_default`, and every chunking of `stream` checked against its golden
     # (`step` T times is checked against the reloaded `serving_default`, so it still passes).
@@ -270,17 +303,18 @@ def test_a_broken_sequence_input_fails_exactly_the_rows_that_read_it(broken_expo
     assert {(check, signature) for check, signature, _ in failing} <= {("reload", "step"), ("gradients", "step")}
     failing = {(c.check, c.signature, c.tensor) for c in broken_exports["tampered_sequence_predict_in"].failures}
     print(sorted(failing))
-    # `serving_default`'s inputs feed its reload, the source check, every chunking of `stream` (each
-    # chunk cut from them) and the Hessian-vector product; `step` x T is checked against the reloaded
-    # `serving_default` on the same inputs, the fused check compares two runs on them, so both pass.
+    # `serving_default`'s inputs feed its reload, the source check, the inputs check (each input changed from
+    # them), every chunking of `stream` (each chunk cut from them) and the Hessian-vector product; `step` x T
+    # is checked against the reloaded `serving_default` on the same inputs, the fused check compares two runs
+    # on them, so both pass.
     assert {("reload", "serving_default", "outputs"), ("gradients", "serving_default", "d/b"),
             ("source", "serving_default", "outputs"), ("source gradients", "serving_default", "d/b"),
             ("higher order", "serving_default", "Hv/inputs")} <= failing
     for label in ("stream x1", "stream x2", "stream x6"):
         assert ("chunked", label, "outputs") in failing and ("chunked gradients", label, "d/b") in failing
     assert {signature for _, signature, _ in failing} <= {"serving_default", "stream x1", "stream x2", "stream x6"}
-    assert {check for check, _, _ in failing} <= {"reload", "gradients", "source", "source gradients", "chunked",
-                                                  "chunked gradients", "higher order"}
+    assert {check for check, _, _ in failing} <= {"reload", "gradients", "source", "source gradients", "inputs",
+                                                  "chunked", "chunked gradients", "higher order"}
 
 
 def test_source_check_fails_when_export_differs_from_model(broken_exports):

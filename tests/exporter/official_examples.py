@@ -1,0 +1,315 @@
+"""Sequence models as the official Keras examples (keras.io) and TensorFlow tutorials build them.
+
+Each builder follows its example's own model code (layers, their order and options, how inputs,
+masks and states are wired), on smaller sizes so that the suite stays fast; its docstring names
+the example. They are what users bring, so the exporter is held to them (tests/exporter/
+test_official_examples.py).
+"""
+
+from __future__ import annotations
+
+import keras
+
+L = keras.layers
+
+
+def video_classifier() -> keras.Model:
+    """keras.io "Video Classification with a CNN-RNN Architecture": frame features and a boolean frame
+    mask, the mask given to the first GRU as `mask=` (20 frames x 2048 features there)."""
+    frame_features_input = keras.Input((8, 12), name="frame_features")
+    mask_input = keras.Input((8,), dtype="bool", name="frame_mask")
+    x = L.GRU(16, return_sequences=True)(frame_features_input, mask=mask_input)
+    x = L.GRU(8)(x)
+    x = L.Dropout(0.4)(x)
+    x = L.Dense(8, activation="relu")(x)
+    output = L.Dense(5, activation="softmax")(x)
+    return keras.Model([frame_features_input, mask_input], output)
+
+
+def weather_forecaster() -> keras.Model:
+    """keras.io "Timeseries forecasting for weather prediction": a fixed window `Input((120, 7))`, LSTM(32),
+    Dense(1) (24 steps here)."""
+    inputs = keras.Input(shape=(24, 7))
+    lstm_out = L.LSTM(32)(inputs)
+    outputs = L.Dense(1)(lstm_out)
+    return keras.Model(inputs=inputs, outputs=outputs)
+
+
+def character_lstm() -> keras.Model:
+    """keras.io "Character-level text generation with LSTM": one-hot characters of a fixed window
+    `Input((maxlen, len(chars)))`, LSTM(128), a softmax over the characters."""
+    return keras.Sequential([keras.Input(shape=(10, 15)), L.LSTM(32), L.Dense(15, activation="softmax")])
+
+
+def padded_review_classifier() -> keras.Model:
+    """keras.io "Bidirectional LSTM on IMDB" inputs (`pad_sequences(maxlen=200)`: token ids of a fixed
+    length, `Input((maxlen,), dtype="int32")`) into the one-direction stack of its LSTM examples."""
+    inputs = keras.Input(shape=(12,), dtype="int32")
+    x = L.Embedding(100, 16)(inputs)
+    x = L.LSTM(16, return_sequences=True)(x)
+    x = L.LSTM(16)(x)
+    outputs = L.Dense(1, activation="sigmoid")(x)
+    return keras.Model(inputs, outputs)
+
+
+LATENT_DIM, ENCODER_TOKENS, DECODER_TOKENS = 16, 11, 13
+
+
+def seq2seq_training() -> keras.Model:
+    """keras.io "Character-level recurrent sequence-to-sequence model" (lstm_seq2seq): the training model,
+    the decoder LSTM starting from the encoder's final `h, c`."""
+    encoder_inputs = keras.Input(shape=(None, ENCODER_TOKENS))
+    encoder = L.LSTM(LATENT_DIM, return_state=True)
+    encoder_outputs, state_h, state_c = encoder(encoder_inputs)
+    encoder_states = [state_h, state_c]
+    decoder_inputs = keras.Input(shape=(None, DECODER_TOKENS))
+    decoder_lstm = L.LSTM(LATENT_DIM, return_sequences=True, return_state=True)
+    decoder_outputs, _, _ = decoder_lstm(decoder_inputs, initial_state=encoder_states)
+    decoder_dense = L.Dense(DECODER_TOKENS, activation="softmax")
+    decoder_outputs = decoder_dense(decoder_outputs)
+    return keras.Model([encoder_inputs, decoder_inputs], decoder_outputs)
+
+
+def seq2seq_encoder(model: keras.Model | None = None) -> keras.Model:
+    """lstm_seq2seq's inference encoder, built by hand from the trained model's layers: the encoder's
+    final states."""
+    model = model or seq2seq_training()
+    encoder_inputs = model.input[0]
+    encoder_outputs, state_h_enc, state_c_enc = model.layers[2].output
+    return keras.Model(encoder_inputs, [state_h_enc, state_c_enc])
+
+
+def seq2seq_decoder(model: keras.Model | None = None) -> keras.Model:
+    """lstm_seq2seq's inference decoder, built by hand from the trained model's layers: the decoder
+    LSTM from state inputs, returning its softmax and its new `h, c`."""
+    model = model or seq2seq_training()
+    decoder_inputs = model.input[1]
+    decoder_state_input_h = keras.Input(shape=(LATENT_DIM,))
+    decoder_state_input_c = keras.Input(shape=(LATENT_DIM,))
+    decoder_states_inputs = [decoder_state_input_h, decoder_state_input_c]
+    decoder_lstm = model.layers[3]
+    decoder_outputs, state_h_dec, state_c_dec = decoder_lstm(decoder_inputs, initial_state=decoder_states_inputs)
+    decoder_states = [state_h_dec, state_c_dec]
+    decoder_dense = model.layers[4]
+    decoder_outputs = decoder_dense(decoder_outputs)
+    return keras.Model([decoder_inputs] + decoder_states_inputs, [decoder_outputs] + decoder_states)
+
+
+def forecast_lstm() -> keras.Model:
+    """TensorFlow tutorial "Time series forecasting": `lstm_model`, an output at every step."""
+    return keras.Sequential([keras.Input((None, 19)), L.LSTM(32, return_sequences=True), L.Dense(units=1)])
+
+
+@keras.saving.register_keras_serializable(package="seqexport_examples")
+class TokenAndPositionEmbedding(L.Layer):
+    """keras.io "Text generation with a miniature GPT": token and learned position embeddings (the
+    example's layers take no `**kwargs`, so Keras cannot load them back; this one can)."""
+
+    def __init__(self, maxlen, vocab_size, embed_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.maxlen, self.vocab_size, self.embed_dim = maxlen, vocab_size, embed_dim
+        self.token_emb = L.Embedding(input_dim=vocab_size, output_dim=embed_dim)
+        self.pos_emb = L.Embedding(input_dim=maxlen, output_dim=embed_dim)
+
+    def call(self, x):
+        maxlen = keras.ops.shape(x)[-1]
+        positions = keras.ops.arange(0, maxlen, 1)
+        return self.token_emb(x) + self.pos_emb(positions)
+
+    def get_config(self):
+        return {**super().get_config(), "maxlen": self.maxlen, "vocab_size": self.vocab_size,
+                "embed_dim": self.embed_dim}
+
+
+@keras.saving.register_keras_serializable(package="seqexport_examples")
+class CausalTransformerBlock(L.Layer):
+    """The miniature GPT's `TransformerBlock`: causal self-attention, then a feed-forward network."""
+
+    def __init__(self, embed_dim, num_heads, ff_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.embed_dim, self.num_heads, self.ff_dim = embed_dim, num_heads, ff_dim
+        self.att = L.MultiHeadAttention(num_heads, embed_dim)
+        self.ffn = keras.Sequential([L.Dense(ff_dim, activation="relu"), L.Dense(embed_dim)])
+        self.layernorm1 = L.LayerNormalization(epsilon=1e-6)
+        self.layernorm2 = L.LayerNormalization(epsilon=1e-6)
+
+    def call(self, inputs):
+        attention_output = self.att(inputs, inputs, use_causal_mask=True)
+        out1 = self.layernorm1(inputs + attention_output)
+        return self.layernorm2(out1 + self.ffn(out1))
+
+    def get_config(self):
+        return {**super().get_config(), "embed_dim": self.embed_dim, "num_heads": self.num_heads,
+                "ff_dim": self.ff_dim}
+
+
+def miniature_gpt() -> keras.Model:
+    """keras.io "Text generation with a miniature GPT" (its loadable variant): token ids of a fixed length
+    into token and position embeddings, a causal transformer block, logits over the vocabulary."""
+    inputs = keras.Input(shape=(16,), dtype="int32")
+    x = TokenAndPositionEmbedding(16, 50, 16)(inputs)
+    x = CausalTransformerBlock(16, 2, 16)(x)
+    outputs = L.Dense(50)(x)
+    return keras.Model(inputs=inputs, outputs=[outputs, x])
+
+
+def build(name: str) -> keras.Model:
+    """The example `name`, seeded, with nonzero biases (a bias that does not come over is noticed)."""
+    keras.utils.set_random_seed(11)
+    model = globals()[name]()
+    for variable in model.trainable_variables:
+        if "bias" in variable.path:
+            variable.assign(keras.random.normal(variable.shape, stddev=0.3, seed=5))
+    return model
+
+
+def bidirectional_imdb() -> keras.Model:
+    """keras.io "Bidirectional LSTM on IMDB": token ids of any length, `Embedding(20000, 128)`, two
+    `Bidirectional(LSTM(64))`, a sigmoid."""
+    inputs = keras.Input(shape=(None,), dtype="int32")
+    x = L.Embedding(100, 16)(inputs)
+    x = L.Bidirectional(L.LSTM(16, return_sequences=True))(x)
+    x = L.Bidirectional(L.LSTM(16))(x)
+    outputs = L.Dense(1, activation="sigmoid")(x)
+    return keras.Model(inputs, outputs)
+
+
+def addition_rnn() -> keras.Model:
+    """keras.io "Sequence to sequence learning for performing number addition": an LSTM encoder, its
+    last step repeated by `RepeatVector` for the LSTM decoder, a softmax per output digit."""
+    return keras.Sequential([keras.Input((7, 12)), L.LSTM(32), L.RepeatVector(4), L.LSTM(32, return_sequences=True),
+                             L.Dense(12, activation="softmax")])
+
+
+def fcn_classifier() -> keras.Model:
+    """keras.io "Timeseries classification from scratch": three `Conv1D(padding="same")` blocks with
+    batch normalization, global average pooling, a softmax."""
+    input_layer = keras.Input((None, 1))
+    x = input_layer
+    for _ in range(3):
+        x = L.Conv1D(filters=8, kernel_size=3, padding="same")(x)
+        x = L.BatchNormalization()(x)
+        x = L.ReLU()(x)
+    gap = L.GlobalAveragePooling1D()(x)
+    return keras.Model(input_layer, L.Dense(2, activation="softmax")(gap))
+
+
+def transformer_classifier() -> keras.Model:
+    """keras.io "Timeseries classification with a Transformer model": encoder blocks of
+    `MultiHeadAttention` and `Conv1D(kernel_size=1)` with residuals, pooled over time."""
+    inputs = keras.Input(shape=(20, 1))
+    x = inputs
+    for _ in range(2):
+        attended = L.MultiHeadAttention(key_dim=8, num_heads=2, dropout=0.25)(x, x)
+        attended = L.Dropout(0.25)(attended)
+        res = L.LayerNormalization(epsilon=1e-6)(attended + x)
+        y = L.Conv1D(filters=4, kernel_size=1, activation="relu")(res)
+        y = L.Dropout(0.25)(y)
+        y = L.Conv1D(filters=1, kernel_size=1)(y)
+        x = L.LayerNormalization(epsilon=1e-6)(y + res)
+    x = L.GlobalAveragePooling1D(data_format="channels_last")(x)
+    x = L.Dense(16, activation="relu")(x)
+    return keras.Model(inputs, L.Dense(2, activation="softmax")(x))
+
+
+def conv_lstm_next_frame() -> keras.Model:
+    """keras.io "Next-frame prediction with Conv-LSTM": `ConvLSTM2D` layers over frames, a
+    `Conv3D(padding="same")` over time and space, sigmoid frames out."""
+    inputs = keras.Input(shape=(None, 8, 8, 1))
+    x = L.ConvLSTM2D(filters=4, kernel_size=(3, 3), padding="same", return_sequences=True, activation="relu")(inputs)
+    x = L.BatchNormalization()(x)
+    x = L.ConvLSTM2D(filters=4, kernel_size=(1, 1), padding="same", return_sequences=True, activation="relu")(x)
+    x = L.Conv3D(filters=1, kernel_size=(3, 3, 3), activation="sigmoid", padding="same")(x)
+    return keras.Model(inputs, x)
+
+
+def conv1d_forecaster() -> keras.Model:
+    """TensorFlow tutorial "Time series forecasting": `conv_model`, a `Conv1D(kernel_size=3)` over a
+    window of 3 steps (padding "valid"), a Dense per output step."""
+    return keras.Sequential([keras.Input((3, 19)), L.Conv1D(filters=32, kernel_size=3, activation="relu"),
+                             L.Dense(units=32, activation="relu"), L.Dense(units=1)])
+
+
+class MyModel(keras.Model):
+    """TensorFlow tutorial "Text generation with an RNN": a subclassed GRU model over character ids,
+    its `call` threading the GRU's state when asked (no `get_config`: Keras cannot save it)."""
+
+    def __init__(self, vocab_size, embedding_dim, rnn_units):
+        super().__init__()
+        self.embedding = L.Embedding(vocab_size, embedding_dim)
+        self.gru = L.GRU(rnn_units, return_sequences=True, return_state=True)
+        self.dense = L.Dense(vocab_size)
+
+    def call(self, inputs, states=None, return_state=False, training=False):
+        x = inputs
+        x = self.embedding(x, training=training)
+        if states is None:
+            states = self.gru.get_initial_state(keras.ops.shape(x)[0])
+        x, states = self.gru(x, initial_state=states, training=training)
+        x = self.dense(x, training=training)
+        if return_state:
+            return x, states
+        return x
+
+
+def text_generation_gru() -> keras.Model:
+    """The tutorial's `MyModel`, called once on a batch of ids (as the tutorial does before training)."""
+    model = MyModel(vocab_size=30, embedding_dim=8, rnn_units=16)
+    model(keras.ops.zeros((2, 7), dtype="int32"))
+    return model
+
+
+class ResidualWrapper(keras.Model):
+    """TensorFlow tutorial "Time series forecasting": a model's output added to its input."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def call(self, inputs, *args, **kwargs):
+        delta = self.model(inputs, *args, **kwargs)
+        return inputs + delta
+
+
+def residual_lstm() -> keras.Model:
+    """The tutorial's `residual_lstm`: `ResidualWrapper` around an LSTM and a Dense, called once."""
+    model = ResidualWrapper(keras.Sequential([L.LSTM(16, return_sequences=True), L.Dense(5)]))
+    model(keras.ops.zeros((2, 7, 5)))
+    return model
+
+
+class FeedBack(keras.Model):
+    """TensorFlow tutorial "Time series forecasting": the autoregressive LSTM, its predictions fed back
+    as its next inputs for `out_steps` steps (a Python loop over time)."""
+
+    def __init__(self, units, out_steps, num_features):
+        super().__init__()
+        self.out_steps = out_steps
+        self.units = units
+        self.lstm_cell = L.LSTMCell(units)
+        self.lstm_rnn = L.RNN(self.lstm_cell, return_state=True)
+        self.dense = L.Dense(num_features)
+
+    def warmup(self, inputs):
+        x, *state = self.lstm_rnn(inputs)
+        prediction = self.dense(x)
+        return prediction, state
+
+    def call(self, inputs, training=None):
+        predictions = []
+        prediction, state = self.warmup(inputs)
+        predictions.append(prediction)
+        for _ in range(1, self.out_steps):
+            x = prediction
+            x, state = self.lstm_cell(x, states=state, training=training)
+            prediction = self.dense(x)
+            predictions.append(prediction)
+        predictions = keras.ops.stack(predictions)
+        return keras.ops.transpose(predictions, [1, 0, 2])
+
+
+def feedback_forecaster() -> keras.Model:
+    """The tutorial's `feedback_model`, called once on a window of inputs."""
+    model = FeedBack(units=16, out_steps=4, num_features=5)
+    model(keras.ops.zeros((2, 6, 5)))
+    return model

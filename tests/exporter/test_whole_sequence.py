@@ -1,0 +1,153 @@
+"""Models that cannot run step by step get a verified whole-sequence export (exporter/whole_sequence.py):
+`serving_default` under the streaming keys, every check that applies, the streaming ones "not applicable"."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from typer.testing import CliRunner
+
+from exporter.artifact.manifest import read_manifest
+from exporter.artifact.specs import ExportOptions
+from exporter.cli.app import app
+from exporter.keras_model import step_model_from_keras
+from tests.exporter import official_examples, real_models
+from tests.fixtures import export_then_verify_together
+
+pytestmark = pytest.mark.slow
+
+# Each official example that cannot stream, and the layer its probe names.
+WHOLE = {
+    "bidirectional_imdb": "(Bidirectional): it reads the sequence backwards",
+    "addition_rnn": "(LSTM): it comes after 'lstm",
+    "fcn_classifier": "(Conv1D): out[t] depends on in[t-1], in[t+1]",
+    "transformer_classifier": "(MultiHeadAttention)",
+    "conv_lstm_next_frame": "(Conv3D): out[t] depends on in[t-1], in[t+1]",
+    "conv1d_forecaster": "(Conv1D): it does not keep the time axis",
+    "feedback_forecaster": "(FeedBack) is subclassed and returns",
+}
+
+
+def _whole(name):
+    return step_model_from_keras(official_examples.build(name), fall_back=True)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return export_then_verify_together(tmp_path_factory.mktemp("whole"), WHOLE,
+                                       lambda name: ExportOptions(check_hvp=name in {"bidirectional_imdb", "fcn_classifier"}),
+                                       builders=official_examples.build, fall_back=True)
+
+
+@pytest.mark.parametrize("name", sorted(WHOLE))
+def test_a_model_that_cannot_stream_exports_whole_sequence_and_verifies(exported, name):
+    report = exported[name].report
+    assert report.passed, report.failures
+    print(f"{name}: {report.summary()}, export {exported[name].export_seconds:.1f} s")
+    manifest = read_manifest(exported[name].path)
+    assert WHOLE[name] in manifest.whole_sequence
+    assert {s.name for s in manifest.signatures} == {"serving_default"} and not manifest.states
+    # The streaming checks are listed, as not applicable and why; never as passed.
+    inapplicable = [c for c in report.checks if c.not_applicable]
+    assert {(c.check, c.signature) for c in inapplicable} == {("chunked", "stream"), ("chunked", "step")}
+    assert all(not c.passed and manifest.whole_sequence in c.message for c in inapplicable)
+    assert report.summary().endswith(", 2 not applicable")
+    checks = {c.check for c in report.checks if not c.not_applicable}
+    assert {"weights", "reload", "gradients", "source", "source gradients", "inputs", "batch independence"} <= checks
+
+
+def _new_inputs(model, rng, steps):
+    values = []
+    for tensor in model.inputs:
+        shape = [3, *(steps if d is None else d for d in tensor.shape[1:])]
+        values.append(rng.integers(1, 20, size=shape).astype("int32") if "int" in str(tensor.dtype)
+                      else rng.normal(size=shape).astype("float32"))
+    return values
+
+
+@pytest.mark.parametrize("name", sorted(WHOLE))
+def test_the_reloaded_whole_sequence_export_matches_keras_on_new_data(exported, name):
+    """Another draw, of another length where the model's is free (the probes had 6 steps)."""
+    model = official_examples.build(name)
+    loaded = tf.saved_model.load(str(exported[name].path))
+    if name == "feedback_forecaster":  # subclassed: no `inputs` to read the shapes from
+        values = [np.random.default_rng(1).normal(size=(3, 11, 5)).astype("float32")]
+    else:
+        values = _new_inputs(model, np.random.default_rng(1), steps=11)
+    got = loaded.signatures["serving_default"](inputs=tf.constant(values[0]))["outputs"].numpy()
+    want = np.asarray(model(values[0]))
+    worst = float(np.max(np.abs(got - want)))
+    print(f"{name}: new data {list(values[0].shape)}, max abs vs Keras {worst:.2e}")
+    assert got.shape == want.shape and worst <= 1e-5
+
+
+def test_require_stream_refuses_what_would_export_whole_sequence(tmp_path):
+    path = tmp_path / "bi.keras"
+    official_examples.build("bidirectional_imdb").save(path)
+    base = tmp_path / "b"
+    result = CliRunner().invoke(app, ["export", str(path), "--name", "bi", "--base", str(base), "--require-stream",
+                                      "--json"])
+    assert result.exit_code == 2, result.output
+    assert "(Bidirectional) cannot run step by step" in json.loads(result.stdout)["error"]
+    assert not base.exists() or not any(base.iterdir())
+
+
+def test_the_cli_says_first_that_an_export_is_whole_sequence_and_why(tmp_path):
+    path = tmp_path / "fcn.keras"
+    official_examples.build("fcn_classifier").save(path)
+    result = CliRunner().invoke(app, ["export", str(path), "--name", "fcn", "--base", str(tmp_path / "b"),
+                                      "--skip", "hvp"])
+    assert result.exit_code == 0, result.output
+    # As soon as it is known (the load: stderr, between the phases a log shows).
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    assert notes[0].startswith("note: whole-sequence export (serving_default only"), result.stderr
+    assert "(Conv1D): out[t] depends on in[t-1], in[t+1]" in " ".join(result.stderr.split())
+    assert result.stdout.startswith("verification (fresh process) of fcn, whole sequence only: all ")
+    assert "n/a: a whole-sequence export" in " ".join(result.stdout.split())
+    inspected = CliRunner().invoke(app, ["inspect", str(tmp_path / "b" / "fcn" / "1")], env={"COLUMNS": "200"})
+    assert "whole sequence only" in inspected.stdout
+
+
+UNTRACEABLE = '''
+import keras
+import tensorflow as tf
+
+
+class Branchy(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(2)
+
+    def call(self, x):
+        if tf.reduce_sum(x) > 0:  # a Python branch on a tensor's value
+            return self.dense(x)
+        return -self.dense(x)
+
+
+def make():
+    model = Branchy()
+    model(tf.ones((2, 3, 4)))
+    return model
+'''
+
+
+def test_a_model_that_cannot_be_traced_is_exit_2_saying_what_to_change(tmp_path, monkeypatch):
+    (tmp_path / "branchy.py").write_text(UNTRACEABLE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = tmp_path / "b"
+    result = CliRunner().invoke(app, ["export", "branchy:make", "--name", "m", "--base", str(base), "--json"])
+    assert result.exit_code == 2, result.output
+    error = json.loads(result.stdout)["error"]
+    print(error)
+    # Keras itself traces `call` symbolically on the first call, fails, and records no input shape.
+    assert "whose input shape Keras did not record" in error and "Python control flow on tensor values" in error
+    assert not (base / "m").exists() or not any((base / "m").iterdir())
+
+
+def test_a_subclassed_loop_over_a_known_length_keeps_that_length():
+    """A `call` that loops over `x.shape[1]` in Python needs the length known: it keeps its first call's."""
+    step_model = step_model_from_keras(real_models.subclassed(), fall_back=True)
+    assert not step_model.streams and step_model.fixed_steps == 3
