@@ -39,6 +39,8 @@ def probe_inputs(model: StepModel, options: ExportOptions) -> dict[str, np.ndarr
     batch = model.reference_batch or options.probe_batch
     steps = options.probe_steps
     shape = (batch, steps, *model.input_shape)
+    if model.text_input:
+        return {"inputs": text_probe(model, (batch, *model.input_shape), rng, steps)}
     if model.input_dtype.startswith("int"):
         inputs = rng.integers(1, model.input_vocab or 2, size=shape).astype(model.input_dtype)
     else:
@@ -63,6 +65,16 @@ def probe_inputs(model: StepModel, options: ExportOptions) -> dict[str, np.ndarr
             inputs[row, length:] = pad
         feed["lengths"] = lengths
     return feed
+
+
+def text_probe(model: StepModel, shape: tuple, rng, words: int) -> np.ndarray:
+    """Sentences of 1 to `words` words of the model's vocabulary (and an unknown one), one per element:
+    rows of other lengths, so the padding and the mask it makes are exercised."""
+    vocabulary = [*model.text_vocabulary, "zyzzyva"]
+    count = int(np.prod(shape))
+    lengths = [words, 1, max(1, words // 2), *rng.integers(1, words + 1, size=max(0, count - 3))][:count]
+    sentences = [" ".join(rng.choice(vocabulary, size=n)) for n in lengths]
+    return np.array([s.encode() for s in sentences], dtype=object).reshape(shape)
 
 
 def mask_probe(batch: int, steps: int, rng, shift: int = 0) -> np.ndarray:
@@ -230,6 +242,8 @@ def changed_input(model: StepModel, key: str, value: np.ndarray, rng) -> np.ndar
         return mask_probe(value.shape[0], value.shape[1], rng, shift=1).astype(value.dtype)
     if value.dtype == bool:
         return ~value
+    if value.dtype == object:  # text: other sentences
+        return text_probe(model, value.shape, rng, words=max(len(v.split()) for v in value.ravel()))
     vocab = model.input_vocab if key == "inputs" else (spec.vocab if spec is not None else None)
     if np.issubdtype(value.dtype, np.integer):
         new = rng.integers(1 if key == "inputs" or vocab else 0, max(2, vocab or 2), size=value.shape)

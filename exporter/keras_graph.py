@@ -407,6 +407,10 @@ def _split_inputs(model: keras.Model):
     if sequences and id(sequences[0]) in masks:  # the main input is the first that is not a mask
         main = next((t for t in sequences if id(t) not in masks), None)
         sequences = [main, *(t for t in sequences if t is not main)] if main is not None else []
+    text = next((t for t in model.inputs if str(t.dtype) == "string"), None)
+    if not sequences and text is not None:
+        raise cannot_stream(model, f"takes raw text ({text.name!r} {list(text.shape)}, a string): the sequence is "
+                            "made from the whole text (a `TextVectorization`), so there is no step to stream.")
     if not sequences:
         found = ", ".join(f"{t.name} {list(t.shape)}" for t in model.inputs)
         raise UnsupportedModel(

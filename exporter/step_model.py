@@ -98,6 +98,11 @@ class StepModel:
         sequence_masked: a whole-sequence model marks padding in its inputs (`Masking`,
             `Embedding(mask_zero=True)`): its export takes `lengths` too, the steps past a row's
             length then padded with `mask_pad_value` before the call.
+        text_vocabulary: a whole-sequence model whose main input is raw text (`input_dtype`
+            "string", `[B, *input_shape]` with no time axis: a `TextVectorization` makes the
+            sequence): the words its probes are made of.
+        trackables: objects the traced functions read besides the variables (the lookup tables
+            of a `TextVectorization`): the SavedModel must track them.
 
     Example:
         >>> import tensorflow as tf
@@ -141,6 +146,8 @@ class StepModel:
     sequence_fn: Callable | None = None
     whole_sequence_reason: str = ""
     sequence_masked: bool = False
+    text_vocabulary: tuple[str, ...] = ()
+    trackables: tuple = ()
 
     def __post_init__(self):
         if self.sequence_fn is not None:
@@ -177,6 +184,11 @@ class StepModel:
             raise TypeError("`sequence_fn` must be callable and `whole_sequence_reason` say why the model cannot stream.")
         if self.step_fn is not None or self.states or self.fused_unroll is not None or self.head is not None:
             raise ValueError("a whole-sequence model (`sequence_fn`) has no `step_fn`, states, `fused_unroll` or `head`.")
+
+    @property
+    def text_input(self) -> bool:
+        """The main input is raw text `[B, *input_shape]` (no time axis)."""
+        return self.input_dtype == "string"
 
     @property
     def streams(self) -> bool:

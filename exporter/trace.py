@@ -242,7 +242,7 @@ def trace(
     x_desc = _desc("x", (None, *model.input_shape), model.input_dtype)
     # A whole-sequence model of a fixed length is traced at it (its call may need it known).
     steps = model.fixed_steps if not model.streams else None
-    seq_desc = _desc("inputs", (None, steps, *model.input_shape), model.input_dtype)
+    seq_desc = _desc("inputs", (None, *(() if model.text_input else (steps,)), *model.input_shape), model.input_dtype)
     lengths_desc = [_desc("lengths", (None,), "int32")] if model.masked else []
     out_seq = _desc("outputs", (None, None, *model.output_shape), model.output_dtype)
     out_last = _desc("outputs", (None, *model.output_shape), model.output_dtype)
@@ -349,6 +349,7 @@ def trace(
     module = tf.__internal__.tracking.AutoTrackable()
     module.variables = list(model.variables)
     module.trainable_variables = list(model.trainable_variables)
+    module.resources = list(model.trackables)  # lookup tables the functions read
     functions, gradient_functions, unfused_functions, specs = {}, {}, {}, []
     fuse = will_fuse(model, jit=jit, fused=fused)
     for name, inputs, body, outputs in table:

@@ -39,6 +39,7 @@ def whole_sequence_model(model: keras.Model, why: str, description: str = "") ->
     layers = _all_layers(model)
     graph = getattr(model, "_functional", None) or model  # a Sequential's layers as a functional graph
     main, statics, sequences = _split_inputs(graph)
+    text = str(main.dtype) == "string"
     masked, pad_value = mask_source(layers)
     given = {id(t) for t in mask_inputs(graph)}
     main_steps = main.shape[1]
@@ -66,10 +67,12 @@ def whole_sequence_model(model: keras.Model, why: str, description: str = "") ->
         step_fn=None,
         sequence_fn=sequence_fn,
         whole_sequence_reason=why,
-        sequence_masked=masked,
+        sequence_masked=masked and not text,  # raw text has no steps to count
         mask_pad_value=pad_value,
-        input_shape=tuple(int(d) for d in main.shape[2:]),
+        input_shape=tuple(int(d) for d in main.shape[1 if text else 2:]),
         input_dtype=tf.as_dtype(main.dtype).name,
+        text_vocabulary=_vocabulary(layers) if text else (),
+        trackables=tuple(l for l in layers if ".preprocessing." in type(l).__module__),
         output_shape=first.shape,
         output_dtype=first.dtype,
         last_step_only=not several and first.last_step,
@@ -80,13 +83,23 @@ def whole_sequence_model(model: keras.Model, why: str, description: str = "") ->
         trainable_names=tuple(v.path for v in model.trainable_variables),
         reference_fn=reference,
         reference_batch=stateful_batch(layers),
-        reference_steps=fixed_steps(model, main),
-        fixed_steps=fixed_steps(model, main),
+        reference_steps=None if text else fixed_steps(model, main),
+        fixed_steps=None if text else fixed_steps(model, main),
         input_vocab=vocab_of(graph, main) if "int" in str(main.dtype) else None,
         description=description or f"Keras model {model.name!r}",
         static_inputs=static_specs,
         sequence_inputs=sequence_specs,
     )
+
+
+def _vocabulary(layers) -> tuple[str, ...]:
+    """The words of the first `TextVectorization` (or `StringLookup`): what text probes are made of."""
+    for layer in layers:
+        if isinstance(layer, (keras.layers.TextVectorization, keras.layers.StringLookup)):
+            words = [w for w in layer.get_vocabulary() if w and not w.startswith("[")]
+            if words:
+                return tuple(words)
+    return ("a",)
 
 
 def _all_layers(model: keras.Model) -> list:
@@ -106,6 +119,9 @@ def _split_inputs(model: keras.Model):
     masks = {id(t) for t in mask_inputs(model)}
     timed = [t for t in model.inputs if id(t) in masks or has_time_axis(model, t)]
     main = next((t for t in timed if id(t) not in masks), None)
+    if main is None:  # raw text: a `TextVectorization` inside makes the sequence
+        main = next((t for t in model.inputs if str(t.dtype) == "string"), None)
+        timed = [] if main is None else [main]
     if main is None:
         found = ", ".join(f"{t.name} {list(t.shape)}" for t in model.inputs)
         raise UnsupportedModel(

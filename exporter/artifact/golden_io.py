@@ -15,6 +15,8 @@ def save(golden: dict[str, np.ndarray], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     bfloat16 = sorted(k for k, v in golden.items() if np.asarray(v).dtype.name == "bfloat16")
     arrays = {k: (np.asarray(v, np.float32) if k in bfloat16 else v) for k, v in golden.items()}
+    # Text (an object array of bytes, as TF hands strings over) as fixed-width bytes: npz without pickles.
+    arrays = {k: (np.asarray(v, dtype=bytes) if np.asarray(v).dtype == object else v) for k, v in arrays.items()}
     if bfloat16:
         arrays[_BFLOAT16_KEYS] = np.array(bfloat16)
     with open(path, "wb") as handle:

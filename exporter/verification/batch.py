@@ -192,19 +192,32 @@ def _split(block: np.ndarray, batch: int) -> tuple[float, float]:
     return float(np.max(np.where(eye, 0.0, magnitude))), float(np.max(np.where(eye, magnitude, 0.0)))
 
 
+def _changed_row(values: np.ndarray, row: int) -> np.ndarray:
+    """`values` with row `row` changed: ids rolled and moved up (within range), a mask flipped, text taken
+    from another row."""
+    changed = values.copy()
+    if values.dtype == bool:
+        changed[row] = ~values[row]
+    elif values.dtype.kind in "SO":
+        changed[row] = values[(row + 1) % len(values)] if len(values) > 1 else values[row] + b" a"
+    else:
+        changed[row] = np.roll(values[row], 1) + 1 if values[row].size > 1 else values[row] + 1
+        changed = np.minimum(changed, values.max())
+    return changed
+
+
 def _from_integer_changes(call: Callable[[dict], dict], feed: dict[str, np.ndarray], base: dict) -> BatchBlocks:
-    """Token ids have no derivative: change one row's ids and watch the other rows' outputs."""
+    """Token ids, masks and text have no derivative: change one row's values and watch the other rows' outputs."""
     import tensorflow as tf
 
     batch = next(iter(feed.values())).shape[0]
-    int_keys = [k for k, v in feed.items() if np.issubdtype(v.dtype, np.integer) and v.ndim >= 2]
+    int_keys = [k for k, v in feed.items() if (np.issubdtype(v.dtype, np.integer) or v.dtype.kind in "bSO")
+                and v.ndim >= 2]
     offdiag, diag, worst, passes = 0.0, 0.0, "none", 0
     for in_key in int_keys:
         for row in range(batch):
             changed = dict(feed)
-            ids = feed[in_key].copy()
-            ids[row] = np.roll(ids[row], 1) + 1 if ids[row].size > 1 else ids[row] + 1
-            changed[in_key] = np.minimum(ids, feed[in_key].max())
+            changed[in_key] = _changed_row(feed[in_key], row)
             moved = {k: v.numpy() for k, v in call({k: tf.constant(v) for k, v in changed.items()}).items()}
             passes += 1
             for out_key, value in moved.items():

@@ -376,13 +376,10 @@ class _Checker:
         predict_in = _section(self.golden, f"{predict_name}/in/")
         step_in = _section(self.golden, f"{step_name}/in/")
         rng = np.random.default_rng(1234)
-        own = {i.name: i.steps for i in self.manifest.sequence_inputs if i.steps and i.steps > 0}
-        probes = {
-            predict_name: _probe_batch(predict_in, rng, batch=3, steps=self.manifest.fixed_steps or 4,
-                                       static=[i.name for i in self.manifest.static_inputs], own_steps=own),
-        }
+        probes = {predict_name: _probe_batch(predict_in, self.manifest.signature(predict_name).inputs, rng, batch=3,
+                                             steps=self.manifest.fixed_steps or 4)}
         if self.manifest.streams:
-            probes[step_name] = _probe_batch(step_in, rng, batch=3)
+            probes[step_name] = _probe_batch(step_in, self.manifest.signature(step_name).inputs, rng, batch=3)
         for name, feed in probes.items():
             blocks = offdiagonal_blocks(self.gradient_caller(name), feed)
             self.properties_rows.append(blocks)
@@ -397,19 +394,21 @@ class _Checker:
         }
 
 
-def _probe_batch(feed: dict, rng, *, batch: int, steps: int | None = None, static=(), own_steps=None) -> dict:
-    """Fresh probe rows shaped like `feed` (B rows; T steps for sequences, not for the `static`
-    inputs, their own fixed length for `own_steps`); ints stay in range."""
+def _probe_batch(feed: dict, descs, rng, *, batch: int, steps: int | None = None) -> dict:
+    """Fresh probe rows shaped like `feed` as its signature takes them (`descs`): B rows, T steps on each
+    time axis (a dimension the signature leaves open after the batch), every other dimension as it is;
+    ints stay in range, text is drawn from the feed's own strings."""
     probe = {}
-    own_steps = own_steps or {}
+    shapes = {d.name: d.shape for d in descs}
     for key, value in feed.items():
-        shape = (batch, *value.shape[1:])
         if key == "lengths":
             probe[key] = np.array([steps, max(1, steps - 1), steps][:batch], dtype=value.dtype)
             continue
-        if steps is not None and value.ndim >= 2 and key not in static:
-            shape = (batch, own_steps.get(key, steps), *value.shape[2:])
-        if np.issubdtype(value.dtype, np.integer):
+        open_dims = shapes.get(key, (None, *value.shape[1:]))[1:]
+        shape = (batch, *(steps if d is None and steps is not None else n for d, n in zip(open_dims, value.shape[1:])))
+        if value.dtype.kind in "SO":
+            probe[key] = rng.choice(value.ravel(), size=shape).astype(value.dtype)
+        elif np.issubdtype(value.dtype, np.integer):
             probe[key] = rng.integers(1, max(2, int(value.max()) + 1), size=shape).astype(value.dtype)
         else:
             probe[key] = rng.normal(size=shape).astype(value.dtype)

@@ -313,3 +313,34 @@ def feedback_forecaster() -> keras.Model:
     model = FeedBack(units=16, out_steps=4, num_features=5)
     model(keras.ops.zeros((2, 6, 5)))
     return model
+
+
+REVIEWS = ["the movie was great", "a terrible and boring film", "i loved the acting", "the plot made no sense",
+           "great film great cast", "boring"]
+
+
+def text_classifier() -> keras.Model:
+    """TensorFlow tutorial "Text classification with an RNN": `TextVectorization` on raw strings, an
+    `Embedding(mask_zero=True)`, `Bidirectional(LSTM)`, two Dense layers."""
+    encoder = L.TextVectorization(max_tokens=40)
+    encoder.adapt(REVIEWS)
+    inputs = keras.Input(shape=(1,), dtype="string")
+    x = encoder(inputs)
+    x = L.Embedding(input_dim=len(encoder.get_vocabulary()), output_dim=8, mask_zero=True)(x)
+    x = L.Bidirectional(L.LSTM(8))(x)
+    x = L.Dense(8, activation="relu")(x)
+    return keras.Model(inputs, L.Dense(1)(x))
+
+
+def speech_ctc() -> keras.Model:
+    """keras.io "Automatic Speech Recognition using CTC" (DeepSpeech2-like): a spectrogram, `Conv2D` over
+    time and frequency, `Bidirectional(GRU)`, a softmax per frame over the characters."""
+    input_spectrogram = keras.Input((None, 16), name="input")
+    x = L.Reshape((-1, 16, 1))(input_spectrogram)
+    x = L.Conv2D(filters=4, kernel_size=[11, 5], strides=[1, 2], padding="same", use_bias=False)(x)
+    x = L.BatchNormalization()(x)
+    x = L.ReLU()(x)
+    x = L.Reshape((-1, x.shape[-2] * x.shape[-1]))(x)
+    x = L.Bidirectional(L.GRU(units=8, return_sequences=True, reset_after=True))(x)
+    x = L.Dense(units=16, activation="relu")(x)
+    return keras.Model(input_spectrogram, L.Dense(units=12, activation="softmax")(x))

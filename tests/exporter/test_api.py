@@ -30,6 +30,6 @@ def test_api_raises_what_the_cli_turns_into_exit_codes(tmp_path):
         exporter.verify(tmp_path)
     with pytest.raises(exporter.UnsupportedModel, match="Bidirectional"):
         exporter.export(keras.Sequential([keras.Input((None, 3)), keras.layers.Bidirectional(keras.layers.LSTM(2))]),
-                        name="b", base=tmp_path)
+                        name="b", base=tmp_path, options=exporter.ExportOptions(require_stream=True))
     with pytest.raises(exporter.BadInput, match="Expected a keras.Model"):
         exporter.export(object(), name="o", base=tmp_path)

@@ -28,6 +28,7 @@ WHOLE = {
     "conv_lstm_next_frame": "(Conv3D): out[t] depends on in[t-1], in[t+1]",
     "conv1d_forecaster": "(Conv1D): it does not keep the time axis",
     "feedback_forecaster": "(FeedBack) is subclassed and returns",
+    "text_classifier": "takes raw text",
 }
 
 
@@ -75,6 +76,8 @@ def test_the_reloaded_whole_sequence_export_matches_keras_on_new_data(exported, 
     loaded = tf.saved_model.load(str(exported[name].path))
     if name == "feedback_forecaster":  # subclassed: no `inputs` to read the shapes from
         values = [np.random.default_rng(1).normal(size=(3, 11, 5)).astype("float32")]
+    elif name == "text_classifier":
+        values = [np.array([[b"great acting and a great cast"], [b"boring"], [b"the film made sense"]])]
     else:
         values = _new_inputs(model, np.random.default_rng(1), steps=11)
     got = loaded.signatures["serving_default"](inputs=tf.constant(values[0]))["outputs"].numpy()
@@ -151,3 +154,32 @@ def test_a_subclassed_loop_over_a_known_length_keeps_that_length():
     """A `call` that loops over `x.shape[1]` in Python needs the length known: it keeps its first call's."""
     step_model = step_model_from_keras(real_models.subclassed(), fall_back=True)
     assert not step_model.streams and step_model.fixed_steps == 3
+
+
+def test_a_text_model_is_served_on_strings_over_rest_and_grpc(exported):
+    """The TF text-classification tutorial's model takes raw strings `[B, 1]`: plain JSON strings and
+    `{"b64": ...}` over REST, `string_val` over gRPC, as TF Serving takes them; the vocabulary travels in
+    the SavedModel. Each equals Keras on the same sentences."""
+    import base64
+
+    from serving.client import GrpcClient, RestClient
+    from serving.server.server import ModelServer, ServerOptions
+
+    manifest = read_manifest(exported["text_classifier"].path)
+    assert manifest.signature("serving_default").inputs[0].dtype == "string"
+    sentences = [b"the acting was great", b"a boring plot", b"zyzzyva"]
+    want = np.asarray(official_examples.build("text_classifier")(np.array(sentences)[:, None]))
+    base = exported["text_classifier"].path.parents[1]
+    with ModelServer(ServerOptions(base=base, poll_seconds=0.2, names=("text_classifier",))) as server:
+        server.wait_until_available("text_classifier", timeout=60)
+        with GrpcClient(server.grpc_target) as grpc_client:
+            by_grpc = grpc_client.predict("text_classifier", {"inputs": np.array(sentences, dtype=object)[:, None]})
+        with RestClient(server.rest_url) as rest:
+            plain = rest.request("POST", "/v1/models/text_classifier:predict",
+                                 {"inputs": {"inputs": [[s.decode()] for s in sentences]}})
+            b64 = rest.request("POST", "/v1/models/text_classifier:predict",
+                               {"inputs": {"inputs": [[{"b64": base64.b64encode(s).decode()}] for s in sentences]}})
+    for label, got in (("gRPC", by_grpc["outputs"]), ("REST", plain["outputs"]), ("REST b64", b64["outputs"])):
+        worst = float(np.max(np.abs(np.asarray(got, np.float32) - want)))
+        print(f"{label}: max abs vs Keras {worst:.2e}")
+        assert worst <= 1e-5

@@ -52,7 +52,9 @@ def test_quick_bench(tmp_path):
     assert "## Targets: " in (tmp_path / "bench.md").read_text()
 
     # The export-cost section: both tools timed, seqexport's phases and checks, the verifier's memory.
-    (cost,) = results["export_cost"]
+    cost, whole = results["export_cost"]  # an LSTM stack, and a Bidirectional(LSTM) text classifier
+    assert (cost["kind"], whole["kind"]) == ("lstm", "bilstm")
+    assert whole["passed"] and whole["whole_sequence"] and not cost["whole_sequence"]
     assert cost["passed"] and cost["keras_export_s"] > 0 and cost["seqexport_s"] > 0
     assert {"load", "trace", "golden", "save", "verify", "publish"} <= set(cost["phases_s"])
     assert {"reload and gradients", "batch independence", "higher order"} <= set(cost["verify_checks_s"])
