@@ -52,6 +52,7 @@ def probe_inputs(model: StepModel, options: ExportOptions) -> dict[str, np.ndarr
         else:
             feed[spec.name] = rng.normal(size=(batch, *spec.shape)).astype(spec.dtype)
     feed.update(_sequence_probes(model, rng, batch, steps))
+    feed.update(_context_probes(model, rng, batch, steps))
     if model.masked:
         pad = model.mask_pad_value
         lengths = rng.integers(1, steps + 1, size=batch).astype(np.int32)
@@ -114,6 +115,31 @@ def _sequence_probes(model: StepModel, rng, batch: int, steps: int) -> dict[str,
     return feed
 
 
+def context_steps(spec, steps: int) -> int:
+    """A context's probe length: its own fixed length, else longer than the decoder's `steps` (an
+    encoder and a decoder of different lengths are the common case)."""
+    return spec.steps if spec.steps > 0 else steps + 3
+
+
+def _context_probes(model: StepModel, rng, batch: int, steps: int) -> dict[str, np.ndarray]:
+    """The context inputs' probes, `[B, S, ...]` each: ids drawn from the vocabulary with rows post-padded
+    with 0 (a padded source sentence: `Embedding(mask_zero=True)` masks it), floats at random."""
+    feed = {}
+    for spec in model.context_inputs:
+        own = context_steps(spec, steps)
+        shape = (batch, own, *spec.shape)
+        if spec.mask:
+            feed[spec.name] = mask_probe(batch, own, rng).astype(spec.dtype)
+        elif spec.dtype.startswith("int"):
+            ids = rng.integers(1, spec.vocab or 2, size=shape).astype(spec.dtype)
+            for row in range(1, batch):
+                ids[row, max(1, own - row):] = 0
+            feed[spec.name] = ids
+        else:
+            feed[spec.name] = rng.normal(size=shape).astype(spec.dtype)
+    return feed
+
+
 def _loss_weights(rng, outputs: dict) -> dict[str, np.ndarray]:
     return {k: rng.normal(size=np.shape(v)) for k, v in outputs.items() if is_float(v)}
 
@@ -126,13 +152,14 @@ def _feed_for(signature: SignatureName, model: StepModel, predict_feed: dict, rn
     }
     if signature is SignatureName.PREDICT or signature is SignatureName.INPUT_GRADIENTS:
         return dict(predict_feed)
+    contexts = {i.name for i in model.context_inputs}  # read by `initial_state` only
     if signature is SignatureName.STREAM:
-        return {**predict_feed, **states}
+        return {**{k: v for k, v in predict_feed.items() if k not in contexts}, **states}
     statics = {i.name: predict_feed[i.name] for i in model.static_inputs}
     if signature is SignatureName.STEP:
         slices = {i.name: predict_feed[i.name][:, 0] for i in model.sequence_inputs}
         return {"x": inputs[:, 0], **slices, **statics, **states}
-    return {"batch_size": np.int32(batch), **statics}
+    return {"batch_size": np.int32(batch), **statics, **{k: predict_feed[k] for k in contexts}}
 
 
 def capture(model: StepModel, traced: TracedExport, options: ExportOptions) -> dict[str, np.ndarray]:

@@ -24,9 +24,11 @@ from collections.abc import Callable
 import keras
 import numpy as np
 import tensorflow as tf
+from keras.src.backend import set_keras_mask  # how Keras hands a mask between layers: no public API
 
 from exporter.artifact.errors import SeqExportError, UnsupportedModel
 from exporter.artifact.specs import InputSpec, OutputSpec, StateSpec
+from exporter.context import find_context
 from exporter.graph_masks import data_tensors, mask_inputs, mask_only_nodes, mask_rule
 from exporter.keras_step import (
     STATE_NAMES,
@@ -42,6 +44,7 @@ from exporter.keras_step import (
     step_binder,
 )
 from exporter.step_model import StepModel
+from exporter.subclassed import variables_read_once
 from exporter.time_probe import PROBE_STEPS, one_step_mismatch
 
 PER_STEP, LAST_STEP, STATIC = "per step", "last step", "static"
@@ -124,8 +127,9 @@ def _rnn_with_initial_state(index: int, node, kinds: dict[int, str], node_index:
     if kinds[sequence] != PER_STEP:
         raise _error(index, layer, "it reads a last-step or static tensor, so there is no sequence to step through")
     if any(kinds[i] != STATIC for i in initial):
-        raise _error(index, layer, "its `initial_state=` is not computed from static inputs alone (the final "
-                     "state of another RNN, say); only states set from static inputs are supported")
+        raise _error(index, layer, "its `initial_state=` is computed from the sequence it steps through (the "
+                     "final state of an RNN over the same sequence, say); states are set from static inputs, or "
+                     "from context inputs with a time axis of their own (an encoder's source sequence)")
     stage = rnn_stage(index, layer, masked=False)
     if len(initial) != len(stage.states):
         raise _error(index, layer, f"its `initial_state=` has {len(initial)} tensors for {len(stage.states)} states")
@@ -138,6 +142,43 @@ def _rnn_with_initial_state(index: int, node, kinds: dict[int, str], node_index:
     out_kinds = (PER_STEP if layer.return_sequences else LAST_STEP,) + (LAST_STEP,) * (len(outputs) - 1)
     return _GraphNode(layer, (sequence, *initial), outputs, out_kinds, _renamed(stage.states, layer, node_index),
                       rnn_call, initial=initial)
+
+
+def _memory_attention(index: int, node, kinds: dict[int, str], split) -> _GraphNode:
+    """An attention layer whose query is per step and whose `value`/`key` are the encoder's outputs: the
+    memory (and its Keras mask, a padded source's) is a state that `initial_state` sets and every step
+    passes on unchanged; each step calls the layer on a query of one step, the memory's mask set on it
+    as Keras sets it between layers."""
+    layer = node.operation
+    tensors = node.arguments.keras_tensors
+    memory = [t for t in tensors if id(t) in split.memory]
+    queries = [t for t in tensors if id(t) not in split.memory]
+    if any(kinds[id(t)] != PER_STEP for t in queries):
+        raise _error(index, layer, "its query is not per step (a last step or a static tensor)")
+    masks = [split.memory_masks.get(id(t)) for t in memory]
+    names = ["memory"] if len(memory) == 1 else [f"memory{j}" for j in range(len(memory))]
+    states = [StateSpec(name=f"{layer.name}_{name}", layer=layer.name, index=j,
+                        shape=tuple(int(d) for d in t.shape[1:]), dtype=str(t.dtype))
+              for j, (name, t) in enumerate(zip(names, memory))]
+    masked = [(j, m) for j, m in enumerate(masks) if m is not None]
+    states += [StateSpec(name=f"{layer.name}_{names[j]}_mask", layer=layer.name, index=len(states) + k,
+                         shape=tuple(int(d) for d in m.shape[1:]), dtype="float32")  # 1.0 where not padded
+               for k, (j, m) in enumerate(masked)]
+    mask_state = {j: len(memory) + k for k, (j, _) in enumerate(masked)}
+
+    def call(values, carried, mask):
+        feed = {id(t): v[:, None] for t, v in zip(queries, values)}
+        for j, t in enumerate(memory):
+            value = tf.identity(carried[j])
+            if j in mask_state:
+                set_keras_mask(value, tf.cast(carried[mask_state[j]], tf.bool))
+            feed[id(t)] = value
+        args, kwargs = node.arguments.fill_in(feed)
+        return [layer(*args, **kwargs)[:, 0]], tuple(carried)
+
+    initial = tuple(id(t) for t in memory) + tuple(id(m) for _, m in masked)
+    return _GraphNode(layer, tuple(id(t) for t in queries), tuple(id(t) for t in node.outputs), (PER_STEP,),
+                      tuple(states), call, initial=initial)
 
 
 def _reference_steps(model: keras.Model, x_tensor, layers) -> int | None:
@@ -292,25 +333,32 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
     Raises:
         UnsupportedModel: naming the node that cannot run step by step.
     """
-    layers = [l for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
-    x_tensor, static_tensors, sequence_tensors = _split_inputs(model)
+    ordered = [n for depth in sorted(model._nodes_by_depth, reverse=True) for n in model._nodes_by_depth[depth]]
+    x_tensor, static_tensors, sequence_tensors, split = _split_with_context(model, ordered)
+    skipped = split.encoder_nodes if split is not None else frozenset()  # run once, by `initial_state`
+    context_tensors = split.contexts if split is not None else ()
+    layers = _layers_of(n for n in ordered if id(n) not in skipped and not isinstance(n.operation, keras.layers.InputLayer))
     kinds = {id(x_tensor): PER_STEP, **{id(t): STATIC for t in static_tensors},
-             **{id(t): PER_STEP for t in sequence_tensors}}
+             **{id(t): PER_STEP for t in sequence_tensors},
+             **({id(t): STATIC for t in split.boundary} if split is not None else {})}
     nodes: list[_GraphNode] = []
     masked = mask_source(layers)[0]  # a layer marks padding in the inputs: the export takes `lengths` too
     given = frozenset(id(t) for t in mask_inputs(model))  # masks given as inputs (`mask=mask_input`)
     uses_masks = masked or bool(given)
     rules: list[Callable | None] = []  # each node's mask rule (models with masks only)
     pads: dict[float, object] = {}  # pad value -> the first layer that starts a mask with it
-    ordered = [n for depth in sorted(model._nodes_by_depth, reverse=True) for n in model._nodes_by_depth[depth]]
     mask_ops = mask_only_nodes(model, ordered) if uses_masks else set()
     for index, node in enumerate(n for n in ordered if not isinstance(n.operation, keras.layers.InputLayer)):
-        if id(node) in mask_ops:
+        if id(node) in mask_ops or id(node) in skipped:
             continue
         try:
+            attends = split is not None and id(node) in split.attention_nodes
             if uses_masks:
+                if attends:
+                    raise _error(index, node.operation, "it attends over the encoder's outputs from a masked decoder "
+                                 "sequence; a mask on the decoder side is not supported with attention yet")
                 rules.append(mask_rule(index, node, id(x_tensor), pads, given))
-            graph_node = _node(index, node, kinds)
+            graph_node = _memory_attention(index, node, kinds, split) if attends else _node(index, node, kinds)
         except SeqExportError:
             raise
         except Exception as exc:  # noqa: BLE001  any layer can fail any way: name it, no traceback
@@ -338,7 +386,8 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
         masks: dict[int, object] = {}  # each per-step tensor's Keras mask at this step, [B] bool (absent: none)
         for node, rule in zip(nodes, rules):
             count = len(node.states)
-            inputs = [values[i] for i in node.inputs]
+            inputs = [values.get(i) if i in node.initial else values[i] for i in node.inputs]  # an initial
+            # state from the context is set once, by `initial_state`: the step does not see it
             node_mask = None
             if rule is not None:
                 node_mask, out_masks = rule(inputs, [masks.get(i) for i in node.inputs], mask, values)
@@ -356,6 +405,7 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
 
     static_specs = _static_specs(model, static_tensors)
     sequence_specs = _sequence_specs(model, sequence_tensors, given)
+    context_specs = _context_specs(model, context_tensors, given)
     zero_statics = tuple(tf.zeros((1, *i.shape), i.dtype) for i in (*static_specs, *sequence_specs))
 
     input_shape = tuple(x_tensor.shape[2:])
@@ -365,8 +415,9 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
     outputs = _output_specs(model, y, kinds, states) if several else ()
     first = y[0] if several else y
     reference = keras_reference(model, layers)
-    if static_specs or sequence_specs:
-        reference = reference_with_extras(model, reference, x_tensor, [*static_tensors, *sequence_tensors])
+    if static_specs or sequence_specs or context_specs:
+        reference = reference_with_extras(model, reference, x_tensor,
+                                          [*static_tensors, *context_tensors, *sequence_tensors])
 
     return StepModel(
         step_fn=step,
@@ -392,8 +443,21 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
         description=description or f"Keras model {model.name!r}",
         static_inputs=static_specs,
         sequence_inputs=sequence_specs,
-        initial_states_fn=_initial_states_fn(nodes, static_ids) if any(n.initial for n in nodes) else None,
+        context_inputs=context_specs,
+        initial_states_fn=(_initial_states_fn(nodes, static_ids, split) if any(n.initial for n in nodes)
+                           else None),
     )
+
+
+def _split_with_context(model: keras.Model, ordered: list):
+    """`_split_inputs`, or where the other time-axis inputs are an encoder's (exporter/context.py) the
+    main one, the static ones, no other sequence input, and the `ContextSplit` (else None)."""
+    masks = {id(t) for t in mask_inputs(model)}
+    sequences = [t for t in model.inputs if id(t) in masks or has_time_axis(model, t)]
+    split = find_context(model, sequences, masks, ordered)
+    if split is None:
+        return (*_split_inputs(model), None)
+    return split.main, [t for t in model.inputs if all(t is not s for s in sequences)], [], split
 
 
 def _split_inputs(model: keras.Model):
@@ -424,6 +488,15 @@ def _split_inputs(model: keras.Model):
                             "through its sequence inputs together, so they must share one time axis. Inputs of "
                             "different lengths are not supported: write a step-model factory for those (see the README).")
     return sequences[0], static, sequences[1:]
+
+
+def _layers_of(nodes) -> list:
+    """The layers the nodes call, each once, in order."""
+    layers = []
+    for node in nodes:
+        if all(node.operation is not l for l in layers):
+            layers.append(node.operation)
+    return layers
 
 
 def has_time_axis(model: keras.Model, tensor) -> bool:
@@ -474,6 +547,14 @@ def _sequence_specs(model: keras.Model, sequence_tensors, masks: frozenset = fro
     return tuple(specs)
 
 
+def _context_specs(model: keras.Model, context_tensors, masks: frozenset) -> tuple[InputSpec, ...]:
+    """The context inputs, each by its Keras name: its per-step shape and its own time length (`steps`:
+    the fixed one, or -1 for any)."""
+    specs = _sequence_specs(model, context_tensors, masks)
+    return tuple(dataclasses.replace(spec, steps=int(t.shape[1]) if t.shape[1] is not None else -1)
+                 for spec, t in zip(specs, context_tensors))
+
+
 def _static_specs(model: keras.Model, static_tensors) -> tuple[InputSpec, ...]:
     specs = []
     for tensor in static_tensors:
@@ -497,13 +578,19 @@ def reference_with_extras(model: keras.Model, reference: Callable, x_tensor, sta
     return call
 
 
-def _initial_states_fn(nodes: list[_GraphNode], static_ids: list[int]) -> Callable:
+def _initial_states_fn(nodes: list[_GraphNode], static_ids: list[int], split) -> Callable:
     """The states before the first step: what each RNN's `initial_state=` computes from the static
-    inputs, zeros for the others (the static nodes run once here, outside the loop)."""
+    inputs (`statics`, then the context inputs), zeros for the others (the static nodes and the
+    encoder run once here, outside the loop)."""
+    input_ids = [*static_ids, *(id(t) for t in (split.contexts if split is not None else ()))]
 
     def initial(statics):
-        values = dict(zip(static_ids, statics))
+        values = dict(zip(input_ids, statics))
         batch = tf.shape(statics[0])[0]
+        if split is not None:
+            with variables_read_once(split.encoder):  # a loop that reads a variable has no second derivative
+                encoded = split.encoder([values[id(t)] for t in split.encoder_inputs], training=False)
+            values.update(zip((id(t) for t in split.boundary), keras.tree.flatten(encoded)))
         states = []
         for node in nodes:
             if all(i in values for i in node.inputs) and not node.states:

@@ -15,7 +15,7 @@ import numpy
 import tensorflow as tf
 
 from exporter.artifact import golden_io
-from exporter.artifact.errors import BadInput, VerifyFailed, refuse_extra_inputs
+from exporter.artifact.errors import BadInput, VerifyFailed, refuse_context_inputs, refuse_extra_inputs
 from exporter.artifact.manifest import write_manifest
 from exporter.artifact.paths import golden_path
 from exporter.artifact.specs import (
@@ -122,7 +122,8 @@ def write_export(
         format_version=manifest_format_version(
             static_inputs=bool(step_model.static_inputs), sequence_inputs=bool(step_model.sequence_inputs),
             fixed_steps_or_masks=(step_model.fixed_steps is not None or not step_model.streams
-                                  or any(i.mask or i.steps for i in step_model.sequence_inputs))),
+                                  or any(i.mask or i.steps for i in step_model.sequence_inputs)),
+            context_inputs=bool(step_model.context_inputs)),
         name=name,
         source=source,
         signatures=traced.specs,
@@ -132,6 +133,7 @@ def write_export(
         outputs=step_model.outputs,
         static_inputs=step_model.static_inputs,
         sequence_inputs=step_model.sequence_inputs,
+        context_inputs=step_model.context_inputs,
         fixed_steps=step_model.fixed_steps,
         whole_sequence=step_model.whole_sequence_reason,
         trainable_variables=step_model.variable_names(),
@@ -242,6 +244,8 @@ def _load(model_ref, options: ExportOptions):
             "(token ids have no gradient)."
         )
     names = [getattr(t, "value", t) for t in options.targets]  # RuntimeTarget or its value
+    if names and step_model.context_inputs:
+        refuse_context_inputs(f"--targets {','.join(names)}", [i.name for i in step_model.context_inputs])
     triton = [n for n in names if n in {t.value for t in TRITON_TARGETS}]
     if triton:  # only triton-python is a --targets name: it takes several outputs and static inputs
         refuse_extra_inputs(f"--targets {','.join(triton)}",

@@ -56,6 +56,7 @@ def step_model_from_saved_model(path: Path) -> StepModel:
     several = tuple(OutputSpec.from_json(o) for o in manifest.get("outputs", []))
     statics = tuple(InputSpec.from_json(i) for i in manifest.get("static_inputs", []))
     sequences = tuple(InputSpec.from_json(i) for i in manifest.get("sequence_inputs", []))
+    contexts = tuple(InputSpec.from_json(i) for i in manifest.get("context_inputs", []))
     output_keys = [o.name for o in several] or ["y"]
     static_names = [i.name for i in statics]
     sequence_names = [i.name for i in sequences]
@@ -92,19 +93,21 @@ def step_model_from_saved_model(path: Path) -> StepModel:
 
     initial_states_fn = None
     initial = loaded.signatures.get("initial_state")
-    if statics and initial is not None:
-        def initial_states_fn(static_values, _keep_alive=loaded):
-            batch = tf.shape(static_values[0])[0]
-            result = initial(batch_size=batch, **dict(zip(static_names, static_values)))
+    initial_names = [*static_names, *(i.name for i in contexts)]  # an encoder's inputs: `initial_state` only
+    if initial_names and initial is not None:
+        def initial_states_fn(values, _keep_alive=loaded):
+            batch = tf.shape(values[0])[0]
+            result = initial(batch_size=batch, **dict(zip(initial_names, values)))
             return tuple(result[n] for n in state_names)
 
     trainable = tuple(getattr(loaded, "trainable_variables", ()))
     predict = loaded.signatures.get("serving_default")
     reference = None
-    if predict is not None and set(predict.structured_input_signature[1]) == {"inputs", *extra_names}:
+    reference_names = [*initial_names, *sequence_names]  # `StepModel.extra_inputs` order
+    if predict is not None and set(predict.structured_input_signature[1]) == {"inputs", *reference_names}:
         def reference(inputs, lengths=None, extra_values=()):
-            # `extra_values`: the static values, then each other sequence input whole.
-            result = predict(inputs=inputs, **dict(zip(extra_names, extra_values)))
+            # `extra_values`: the static values, the contexts, then each other sequence input whole.
+            result = predict(inputs=inputs, **dict(zip(reference_names, extra_values)))
             return {o.name: result[o.name] for o in several} if several else result["outputs"]
 
     first = outputs[output_keys[0]]
@@ -123,5 +126,6 @@ def step_model_from_saved_model(path: Path) -> StepModel:
         outputs=several,
         static_inputs=statics,
         sequence_inputs=sequences,
+        context_inputs=contexts,
         initial_states_fn=initial_states_fn,
     )

@@ -84,9 +84,15 @@ class StepModel:
             `step_fn(x_t, states, (*statics, *slices_t))` and the bound step `(x_t, states, mask_t,
             (*statics, *slices_t))`; `reference_fn(inputs, lengths, (*statics, *sequences))` gets them
             whole. Not with `head` or `fused_unroll`; a mask comes from the main input.
-        initial_states_fn: optional `(statics) -> states`: the states before the first step when
-            they come from the static inputs (an RNN's `initial_state=`); `serving_default`
-            starts from them and `initial_state` returns them. None: zeros.
+        context_inputs: inputs with a time axis of their own (`[B, S, *shape]`, `steps` the fixed S or
+            -1) that reach the step only through `initial_states_fn`: an encoder's source sequence
+            (exporter/context.py). `serving_default`, `input_gradients` and `initial_state` take them;
+            `stream` and `step` do not (the states carry what the encoder computed).
+            `reference_fn(inputs, lengths, (*statics, *contexts, *sequences))` gets them whole.
+        initial_states_fn: optional `(values) -> states`: the states before the first step when
+            they come from the static or context inputs (an RNN's `initial_state=`; `values`: the
+            statics, then the contexts); `serving_default` starts from them and `initial_state`
+            returns them. None: zeros.
         sequence_fn: for a model that cannot run step by step: `(inputs [B, T, ...], lengths or None,
             extras) -> outputs` over the whole sequence (`extras`: static, then other sequence inputs,
             whole; several outputs as a tuple in `outputs` order). The export is then whole-sequence
@@ -142,6 +148,7 @@ class StepModel:
     outputs: tuple[OutputSpec, ...] = ()
     static_inputs: tuple[InputSpec, ...] = ()
     sequence_inputs: tuple[InputSpec, ...] = ()
+    context_inputs: tuple[InputSpec, ...] = ()
     initial_states_fn: Callable | None = None
     sequence_fn: Callable | None = None
     whole_sequence_reason: str = ""
@@ -170,10 +177,11 @@ class StepModel:
             raise ValueError("`fused_unroll` is for models without a mask; drop it or `masked_step_fn`.")
         if self.outputs:
             self._check_outputs(names)
-        if self.static_inputs or self.sequence_inputs:
+        if self.extra_inputs:
             self._check_extra_inputs(names)
-        if not self.static_inputs and self.initial_states_fn is not None:
-            raise ValueError("`initial_states_fn` computes states from `static_inputs`; this model has none.")
+        if not self.initial_inputs and self.initial_states_fn is not None:
+            raise ValueError("`initial_states_fn` computes states from `static_inputs` or `context_inputs`; this "
+                             "model has none.")
         if self.reference_variables is not None and len(self.reference_variables) != len(
             self.trainable_variables
         ):
@@ -209,8 +217,9 @@ class StepModel:
 
     def _check_extra_inputs(self, state_names: list[str]) -> None:
         """Static and sequence inputs alike: InputSpecs, their names unique and free."""
-        if not all(isinstance(i, InputSpec) for i in (*self.static_inputs, *self.sequence_inputs)):
-            raise TypeError("`static_inputs` and `sequence_inputs` must be tuples of exporter.InputSpec.")
+        if not all(isinstance(i, InputSpec) for i in self.extra_inputs):
+            raise TypeError("`static_inputs`, `context_inputs` and `sequence_inputs` must be tuples of "
+                            "exporter.InputSpec.")
         names = [i.name for i in self.extra_inputs]
         taken = {"inputs", "outputs", "lengths", "x", "y", "batch_size", *state_names, *(o.name for o in self.outputs)}
         clashes = sorted({n for n in names if names.count(n) > 1} | (taken & set(names)))
@@ -221,8 +230,14 @@ class StepModel:
 
     @property
     def extra_inputs(self) -> tuple[InputSpec, ...]:
-        """Every input besides the main sequence, in the order the step sees them: statics, then sequences."""
-        return (*self.static_inputs, *self.sequence_inputs)
+        """Every input besides the main sequence, in the order `reference_fn` takes them: statics,
+        contexts, then sequences (the step sees the statics and the sequences' slices)."""
+        return (*self.static_inputs, *self.context_inputs, *self.sequence_inputs)
+
+    @property
+    def initial_inputs(self) -> tuple[InputSpec, ...]:
+        """What `initial_states_fn` and the `initial_state` signature take: statics, then contexts."""
+        return (*self.static_inputs, *self.context_inputs)
 
     def variable_names(self) -> tuple[str, ...]:
         if self.trainable_names is not None:

@@ -251,9 +251,14 @@ def trace(
     sequence_descs = [_desc(i.name, (None, i.steps if i.steps and i.steps > 0 else None, *i.shape), i.dtype)
                       for i in model.sequence_inputs]
     slice_descs = [_desc(i.name, (None, *i.shape), i.dtype) for i in model.sequence_inputs]
+    context_descs = [_desc(i.name, (None, i.steps if i.steps > 0 else None, *i.shape), i.dtype)
+                     for i in model.context_inputs]
 
     def statics_of(feed) -> tuple:
         return tuple(feed[i.name] for i in model.static_inputs)
+
+    def initial_of(feed) -> tuple:  # what the initial states are computed from: statics, then contexts
+        return tuple(feed[i.name] for i in model.initial_inputs)
 
     def sequences_of(feed) -> tuple:
         return tuple(feed[i.name] for i in model.sequence_inputs)
@@ -274,7 +279,7 @@ def trace(
             outputs = model.sequence_fn(inputs, feed.get("lengths"), (*statics, *sequences_of(feed)))
             return (named(outputs) if model.outputs else {"outputs": outputs}), ()
         outputs, final = unroll(
-            model, inputs, _initial_states(model, tf.shape(inputs)[0], statics), feed.get("lengths"), fused=fused,
+            model, inputs, _initial_states(model, tf.shape(inputs)[0], initial_of(feed)), feed.get("lengths"), fused=fused,
             statics=statics, sequences=sequences_of(feed),
         )
         return named(outputs, last=True), final
@@ -300,11 +305,18 @@ def trace(
         return {"y": y, **state_outputs(new)}
 
     def initial_state(feed):
-        return state_outputs(_initial_states(model, feed["batch_size"], statics_of(feed)))
+        values = initial_of(feed)
+        checks = [tf.debugging.assert_equal(
+            tf.shape(value)[0], feed["batch_size"],
+            message=f"input {spec.name} must have batch_size rows (axis 0): the states start from it, one row each")
+            for spec, value in zip(model.initial_inputs, values)]
+        with tf.control_dependencies(checks):
+            return state_outputs(tuple(tf.identity(s) for s in _initial_states(model, feed["batch_size"], values)))
 
     def input_gradients(feed):
         inputs = feed["inputs"]
-        others = [(i.name, feed[i.name]) for i in model.sequence_inputs if i.dtype.startswith("float")]
+        others = [(i.name, feed[i.name]) for i in (*model.sequence_inputs, *model.context_inputs)
+                  if i.dtype.startswith("float")]
         with tf.GradientTape() as tape:
             tape.watch(inputs)
             for _, tensor in others:
@@ -328,22 +340,24 @@ def trace(
         predict_descs = [out_last if model.last_step_only else out_seq]
         step_outputs = [_desc("y", (None, *model.output_shape), model.output_dtype)]
     table = [
-        (SignatureName.PREDICT, [seq_desc, *sequence_descs, *static_descs, *lengths_desc], predict,
+        (SignatureName.PREDICT, [seq_desc, *sequence_descs, *static_descs, *context_descs, *lengths_desc], predict,
          [*predict_descs, *state_descs]),
         (SignatureName.STREAM, [seq_desc, *sequence_descs, *static_descs, *state_descs, *lengths_desc], stream,
          [*seq_outputs, *state_descs]),
         (SignatureName.STEP, [x_desc, *slice_descs, *static_descs, *state_descs], step,
          [*step_outputs, *state_descs]),
-        (SignatureName.INITIAL_STATE, [_desc("batch_size", (), "int32"), *static_descs], initial_state, state_descs),
+        (SignatureName.INITIAL_STATE, [_desc("batch_size", (), "int32"), *static_descs, *context_descs],
+         initial_state, state_descs),
     ]
     if not model.streams:  # whole-sequence only: no state to stream, step or start
         table = table[:1]
     if with_input_gradients:
         table.append(
-            (SignatureName.INPUT_GRADIENTS, [seq_desc, *sequence_descs, *static_descs, *lengths_desc],
+            (SignatureName.INPUT_GRADIENTS, [seq_desc, *sequence_descs, *static_descs, *context_descs,
+                                             *lengths_desc],
              input_gradients, [_desc("input_gradients", seq_desc.shape, seq_desc.dtype),
-                               *(_desc(f"input_gradients_{d.name}", d.shape, d.dtype) for d in sequence_descs
-                                 if d.dtype.startswith("float"))])
+                               *(_desc(f"input_gradients_{d.name}", d.shape, d.dtype)
+                                 for d in (*sequence_descs, *context_descs) if d.dtype.startswith("float"))])
         )
 
     module = tf.__internal__.tracking.AutoTrackable()

@@ -35,7 +35,7 @@ from google.protobuf import json_format
 from exporter.artifact.specs import SignatureName
 from serving.server import predict
 from serving.server.registry import State, VersionStatus, load_version
-from serving.session import sequence_feed, static_feed
+from serving.session import context_feed, sequence_feed, static_feed
 from serving.signatures import SequenceKeys, SignatureView, views_from_signature_defs
 from serving.status import Code, ServingError
 
@@ -437,11 +437,11 @@ class RemoteBackend:
         self.keys = SequenceKeys.from_views(views)
         self.version = version
         stream = views[SignatureName.STREAM.value]
-        self._dtypes = {key: np.dtype(sig.dtype) for key, sig in stream.inputs.items()}
+        self._dtypes = _input_dtypes(views)
         self._state_shapes = {key: stream.inputs[key].shape[1:] for key in self.keys.states}
 
-    def initial_state(self, batch_size: int, statics: Mapping[str, np.ndarray] | None = None
-                      ) -> dict[str, np.ndarray]:
+    def initial_state(self, batch_size: int, statics: Mapping[str, np.ndarray] | None = None,
+                      context: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Zeros built here from the `stream` signature's state specs, not asked of the server:
         with batching on, TF Serving rejects `initial_state`'s scalar `batch_size` (every
         batched input needs a batch dimension), and the zero state needs no round trip.
@@ -451,11 +451,13 @@ class RemoteBackend:
         the scalar, so serve such a model without batching (`serving-config --no-batching`)."""
         if batch_size < 0:
             raise ValueError(f"`batch_size` must be >= 0. Got: {batch_size}")
-        if self.keys.statics:
-            feed = static_feed(self.keys.statics, statics, self._dtypes, batch_size)
+        if self.keys.statics or self.keys.contexts:
+            feed = {**static_feed(self.keys.statics, statics, self._dtypes, batch_size),
+                    **context_feed(self.keys.contexts, context, self._dtypes, batch_size)}
             out = self._call(SignatureName.INITIAL_STATE.value, {self.keys.batch_size: np.int32(batch_size), **feed})
             return {key: out[key] for key in self.keys.states}
         static_feed((), statics, self._dtypes, batch_size)  # none expected: names any given
+        context_feed((), context, self._dtypes, batch_size)
         return {key: np.zeros((batch_size, *shape), dtype=self._dtypes[key])
                 for key, shape in self._state_shapes.items()}
 
@@ -497,17 +499,17 @@ class SavedModelBackend:
         version = int(export_dir.name) if export_dir.name.isdigit() else 0
         self.served = load_version(export_dir.parent.name, version, export_dir)
         self.keys = SequenceKeys.from_views(self.served.views)
-        stream = self.served.views[SignatureName.STREAM.value]
-        self._dtypes = {key: np.dtype(sig.dtype) for key, sig in stream.inputs.items()}
+        self._dtypes = _input_dtypes(self.served.views)
 
     def predict(self, inputs: Mapping[str, np.ndarray], *, signature: str = SignatureName.PREDICT.value
                 ) -> dict[str, np.ndarray]:
         _, outputs = predict.run(self.served, signature, {k: np.asarray(v) for k, v in inputs.items()})
         return outputs
 
-    def initial_state(self, batch_size: int, statics: Mapping[str, np.ndarray] | None = None
-                      ) -> dict[str, np.ndarray]:
-        feed = static_feed(self.keys.statics, statics, self._dtypes, batch_size)
+    def initial_state(self, batch_size: int, statics: Mapping[str, np.ndarray] | None = None,
+                      context: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        feed = {**static_feed(self.keys.statics, statics, self._dtypes, batch_size),
+                **context_feed(self.keys.contexts, context, self._dtypes, batch_size)}
         out = self.predict({self.keys.batch_size: np.int32(batch_size), **feed},
                            signature=SignatureName.INITIAL_STATE.value)
         return {key: out[key] for key in self.keys.states}
@@ -515,6 +517,12 @@ class SavedModelBackend:
     def stream(self, inputs, states, lengths=None, statics=None, sequences=None):
         return _stream(lambda signature, feed: self.predict(feed, signature=signature),
                        self.keys, self._dtypes, inputs, states, lengths, statics, sequences)
+
+
+def _input_dtypes(views: Mapping[str, SignatureView]) -> dict[str, np.dtype]:
+    """The dtype of each input key of `stream` and `initial_state` (an encoder's context is in the latter only)."""
+    return {key: np.dtype(sig.dtype) for name in (SignatureName.INITIAL_STATE.value, SignatureName.STREAM.value)
+            for key, sig in views[name].inputs.items()}
 
 
 def _wait(status: Callable[[], list[VersionStatus]], model: str, version: int | None, timeout: float) -> int:

@@ -35,9 +35,11 @@ class Backend(Protocol):
     """
 
     def initial_state(
-        self, batch_size: int, statics: Mapping[str, np.ndarray] | None = None
+        self, batch_size: int, statics: Mapping[str, np.ndarray] | None = None,
+        context: Mapping[str, np.ndarray] | None = None,
     ) -> dict[str, np.ndarray]:
-        """The state `batch_size` sequences start from (zeros, or what the static inputs set), by state name."""
+        """The state `batch_size` sequences start from (zeros, or what the static inputs set, or what an
+        encoder computes from the `context` inputs), by state name."""
 
     def stream(
         self, inputs: np.ndarray, states: Mapping[str, np.ndarray], lengths: np.ndarray | None = None,
@@ -81,6 +83,21 @@ def static_feed(names, statics: Mapping[str, np.ndarray] | None, dtypes: Mapping
     return feed
 
 
+def context_feed(names, context: Mapping[str, np.ndarray] | None, dtypes: Mapping[str, np.dtype],
+                 batch_size: int) -> dict[str, np.ndarray]:
+    """`context` checked against the export's context input `names` (an encoder's `[B, S, ...]`) and
+    cast to their dtypes. Raises ValueError naming what is missing, unknown or batched differently."""
+    context = dict(context or {})
+    _check_names("context", names, context, "once per sequence, to `initial_state`; pass them to the session: "
+                 "StreamingSession(backend, batch_size, context={{{}}}).")
+    feed = {name: np.asarray(context[name], dtype=dtypes[name]) for name in names}
+    for name, array in feed.items():
+        if array.ndim < 2 or array.shape[0] != batch_size:
+            raise ValueError(f"context input {name!r} has shape {list(array.shape)}; it needs the batch size "
+                             f"{batch_size} first, then its own steps.")
+    return feed
+
+
 def sequence_feed(names, sequences: Mapping[str, np.ndarray] | None, dtypes: Mapping[str, np.dtype],
                   chunk_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
     """`sequences` checked against the export's other sequence input `names` and cast to their dtypes.
@@ -106,6 +123,8 @@ class StreamingSession:
     `initial_state` and to every `stream` call, and keeps them in `save()`. To stream other
     static values, start another session. An export with several sequence inputs takes the
     others with EACH chunk, `feed(chunk, sequences={name: [B, T, ...] array})`, `T` the chunk's.
+    An encoder-decoder export takes its context inputs (the source sequence) ONCE per session,
+    `context={name: [B, S, ...] array}`: `initial_state` encodes them, the states carry the rest.
 
     Example:
         >>> session = StreamingSession(backend, batch_size=1)
@@ -116,7 +135,7 @@ class StreamingSession:
     """
 
     def __init__(self, backend: Backend, batch_size: int, states: Mapping[str, np.ndarray] | None = None, *,
-                 statics: Mapping[str, np.ndarray] | None = None):
+                 statics: Mapping[str, np.ndarray] | None = None, context: Mapping[str, np.ndarray] | None = None):
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be positive. Got: {batch_size}")
         self.backend = backend
@@ -127,13 +146,15 @@ class StreamingSession:
             if array.ndim == 0 or array.shape[0] != batch_size:
                 raise ValueError(f"static input {name!r} has shape {list(array.shape)}; "
                                  f"it needs the session batch size {batch_size} first.")
+        self.context = {k: np.asarray(v) for k, v in (context or {}).items()}
         self.states = dict(states) if states is not None else self._initial_state()
 
     def _static_kwargs(self) -> dict:
         return {"statics": self.statics} if self.statics else {}
 
     def _initial_state(self) -> dict[str, np.ndarray]:
-        return self.backend.initial_state(self.batch_size, **self._static_kwargs())
+        context = {"context": self.context} if self.context else {}
+        return self.backend.initial_state(self.batch_size, **self._static_kwargs(), **context)
 
     def feed(self, chunk: np.ndarray, lengths: np.ndarray | None = None, *,
              sequences: Mapping[str, np.ndarray] | None = None) -> Outputs:
@@ -161,17 +182,18 @@ class StreamingSession:
         return outputs
 
     def reset(self) -> None:
-        """Back to the initial state (from the same static inputs)."""
+        """Back to the initial state (from the same static and context inputs)."""
         self.states = self._initial_state()
         self.steps_seen = 0
 
     def save(self) -> bytes:
-        """The session's state and static inputs as bytes (npz with a JSON header), to resume elsewhere."""
+        """The session's state, static and context inputs as bytes (npz with a JSON header), to resume elsewhere."""
         buffer = io.BytesIO()
         header = json.dumps({"batch_size": self.batch_size, "steps_seen": self.steps_seen})
         np.savez(buffer, __header__=np.frombuffer(header.encode(), dtype=np.uint8),
                  **{f"state/{k}": v for k, v in self.states.items()},
-                 **{f"static/{k}": v for k, v in self.statics.items()})
+                 **{f"static/{k}": v for k, v in self.statics.items()},
+                 **{f"context/{k}": v for k, v in self.context.items()})
         return buffer.getvalue()
 
     @classmethod
@@ -180,6 +202,7 @@ class StreamingSession:
             header = json.loads(data["__header__"].tobytes().decode())
             states = {k[len("state/"):]: data[k] for k in data.files if k.startswith("state/")}
             statics = {k[len("static/"):]: data[k] for k in data.files if k.startswith("static/")}
-        session = cls(backend, header["batch_size"], states=states, statics=statics)
+            context = {k[len("context/"):]: data[k] for k in data.files if k.startswith("context/")}
+        session = cls(backend, header["batch_size"], states=states, statics=statics, context=context)
         session.steps_seen = header["steps_seen"]
         return session

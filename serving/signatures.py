@@ -100,6 +100,8 @@ class SequenceKeys:
             `stream`, fed with every call; empty for most exports.
         sequences: the other sequence inputs `[B, T, ...]` beside `sequence` (`inputs`), sorted,
             fed with every chunk (the chunk's `T`); empty for most exports.
+        contexts: the context inputs (an encoder's `[B, S, ...]`), sorted: inputs of `initial_state`
+            only, given once per sequence; empty for most exports.
     """
 
     sequence: str
@@ -110,6 +112,7 @@ class SequenceKeys:
     outputs: tuple[str, ...] = ()
     statics: tuple[str, ...] = ()
     sequences: tuple[str, ...] = ()
+    contexts: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.outputs and self.output is not None:  # one output: `outputs` is `(output,)`
@@ -141,7 +144,9 @@ class SequenceKeys:
         lengths = [t.key for t in rest_in if _is_lengths(t)]
         sequence = [t.key for t in rest_in if t.key not in lengths]
         outputs = tuple(sorted(k for k in stream.outputs if k not in states))
-        batch_size = [k for k in initial.inputs if k not in statics]
+        rest = [k for k in initial.inputs if k not in statics]
+        batch_size = [k for k in rest if initial.inputs[k].shape == ()]
+        contexts = tuple(sorted(k for k in rest if k not in batch_size))  # an encoder's inputs
         others: tuple[str, ...] = ()
         if len(sequence) > 1 and "inputs" in sequence:  # several sequence inputs: `inputs` is the main one
             others, sequence = tuple(sorted(k for k in sequence if k != "inputs")), ["inputs"]
@@ -153,7 +158,7 @@ class SequenceKeys:
         if len(batch_size) != 1:
             raise ValueError(
                 f"signature 'initial_state' takes {sorted(initial.inputs)}; expected one scalar "
-                f"(plus the static inputs {list(statics)})."
+                f"(plus the static inputs {list(statics)} and any context inputs)."
             )
         return cls(
             sequence=sequence[0],
@@ -164,6 +169,7 @@ class SequenceKeys:
             batch_size=batch_size[0],
             statics=statics,
             sequences=others,
+            contexts=contexts,
         )
 
 

@@ -87,6 +87,14 @@ def refuse_extra_inputs(what: str, static_inputs=(), *, sequence_inputs=(), advi
         raise BadInput(static_inputs_unsupported(what, static_inputs) + advice)
 
 
+def refuse_context_inputs(what: str, names) -> None:
+    """Raises the `BadInput` of a consumer that does not take an encoder's context inputs yet."""
+    raise BadInput(
+        f"{what} does not support exports with context inputs yet ({', '.join(names)}: an encoder's inputs, "
+        "which `initial_state` encodes into the decoder's states). Serve the SavedModel instead (TF Serving, "
+        "`seqexport serve`): a client session encodes once (`context=`) and streams the decoder.")
+
+
 def static_inputs_unsupported(what: str, names) -> str:
     """The message of a `BadInput` where `what` cannot take an export with static inputs yet."""
     names = list(names)

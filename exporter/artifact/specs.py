@@ -21,15 +21,21 @@ import re
 #   Version 6, 2026-12-06: adds `fixed_steps` (the one sequence length `serving_default` takes),
 #       `mask` and `steps` on a sequence input (a mask given as an input; an input's own length), and
 #       `whole_sequence` (why an export has `serving_default` only). Written only by exports that have one.
-MANIFEST_FORMAT_VERSION = 6
+#   Version 7, 2026-12-06: adds `context_inputs` (an encoder's inputs, each with a time axis of its own,
+#       taken by `serving_default` and `initial_state` only). Written only by exports that have them.
+MANIFEST_FORMAT_VERSION = 7
+CONTEXT_INPUTS_FORMAT_VERSION = 7
 FIXED_STEPS_OR_MASK_INPUTS_FORMAT_VERSION = 6
 SEQUENCE_INPUTS_FORMAT_VERSION = 5
 STATIC_INPUTS_FORMAT_VERSION = 4
 NO_STATIC_INPUTS_FORMAT_VERSION = 3
 
 
-def manifest_format_version(*, static_inputs: bool, sequence_inputs: bool, fixed_steps_or_masks: bool = False) -> int:
+def manifest_format_version(*, static_inputs: bool, sequence_inputs: bool, fixed_steps_or_masks: bool = False,
+                            context_inputs: bool = False) -> int:
     """The oldest format that holds what an export has (older readers keep reading the others)."""
+    if context_inputs:
+        return CONTEXT_INPUTS_FORMAT_VERSION
     if fixed_steps_or_masks:
         return FIXED_STEPS_OR_MASK_INPUTS_FORMAT_VERSION
     if sequence_inputs:
@@ -419,7 +425,9 @@ class Manifest:
     the model's input being of a fixed length; `stream` takes chunks of any length. `whole_sequence`, when
     set, says why the model cannot run step by step: the export then has `serving_default` (and
     `input_gradients`) only, no states, and an output without a time axis has `last_step` set (it is
-    returned whole). DO NOT RELY on `checks` beyond
+    returned whole). `context_inputs` (an encoder's inputs, `[B, S, ...]` with a time length of their own:
+    `steps`, -1 for any) are input keys of `serving_default`, `input_gradients` and `initial_state` only:
+    the states `initial_state` returns carry what the encoder computed. DO NOT RELY on `checks` beyond
     reading them: rows may be added. `batch_independent` is None until that check
     ran; only `True` allows server-side batching (`batch_offdiag_max` is the largest
     off-diagonal `(batch, batch)` Jacobian block magnitude found). `verify_timings`
@@ -447,6 +455,7 @@ class Manifest:
     sequence_inputs: tuple[InputSpec, ...] = ()
     fixed_steps: int | None = None
     whole_sequence: str = ""
+    context_inputs: tuple[InputSpec, ...] = ()
 
     @property
     def streams(self) -> bool:
@@ -488,7 +497,8 @@ class Manifest:
         } | ({"static_inputs": [i.to_json() for i in self.static_inputs]} if self.static_inputs else {}) | (
             {"sequence_inputs": [i.to_json() for i in self.sequence_inputs]} if self.sequence_inputs else {}) | (
             {"fixed_steps": self.fixed_steps} if self.fixed_steps is not None else {}) | (
-            {"whole_sequence": self.whole_sequence} if self.whole_sequence else {})
+            {"whole_sequence": self.whole_sequence} if self.whole_sequence else {}) | (
+            {"context_inputs": [i.to_json() for i in self.context_inputs]} if self.context_inputs else {})
 
     @classmethod
     def from_json(cls, data: dict) -> "Manifest":
@@ -522,6 +532,7 @@ class Manifest:
             sequence_inputs=tuple(InputSpec.from_json(i) for i in data.get("sequence_inputs", [])),
             fixed_steps=data.get("fixed_steps"),
             whole_sequence=data.get("whole_sequence", ""),
+            context_inputs=tuple(InputSpec.from_json(i) for i in data.get("context_inputs", [])),
         )
 
 

@@ -36,6 +36,7 @@ from exporter.artifact.compare import failed
 from exporter.artifact.errors import (
     BadInput,
     ConversionFailed,
+    refuse_context_inputs,
     refuse_extra_inputs,
 )
 from exporter.artifact.names import check_name
@@ -410,6 +411,8 @@ def convert_export(
     if stream_batch is not None and (target is not RuntimeTarget.TFLITE or stream_batch < 1):
         raise BadInput(f"A stream batch size (got {stream_batch}) is for --to tflite only, and must be positive.")
     loaded = loaded or load_export(Path(export_dir))
+    if loaded.manifest.context_inputs:
+        refuse_context_inputs(f"Converting to {target.value}", [i.name for i in loaded.manifest.context_inputs])
     if target in TRITON_TARGETS:  # LiteRT and ONNX take them all
         statics = [i.name for i in loaded.manifest.static_inputs] if target is RuntimeTarget.TRITON else []
         refuse_extra_inputs(f"Converting to {target.value}", statics,

@@ -203,12 +203,13 @@ class _Checker:
         tf = self.tf
         state_names = [s.name for s in self.manifest.states]
         static_names = [i.name for i in self.manifest.static_inputs]
+        initial_names = [*static_names, *(i.name for i in self.manifest.context_inputs)]  # a context: here only
         sequence_names = ["inputs", *(i.name for i in self.manifest.sequence_inputs)]
         initial_state = self.signature(SignatureName.INITIAL_STATE.value)
 
         def chained(tensors):
             batch = tf.shape(tensors["inputs"])[0]
-            states = dict(initial_state(batch_size=batch, **{n: tensors[n] for n in static_names}))
+            states = dict(initial_state(batch_size=batch, **{n: tensors[n] for n in initial_names}))
             pieces = {key: [] for key, _, _ in self.manifest.output_keys()}
             for start, stop in zip(bounds[:-1], bounds[1:]):
                 chunk = {**{n: tensors[n][:, start:stop] for n in sequence_names},
@@ -243,9 +244,10 @@ class _Checker:
         forward = lambda f: signature(**f)  # noqa: E731
         backward = self.gradient_caller(SignatureName.STREAM.value)
         static_names = [i.name for i in self.manifest.static_inputs]
+        contexts = {i.name: feed[i.name] for i in self.manifest.context_inputs}
         initial_state = self.signature(SignatureName.INITIAL_STATE.value)
         initial = dict(initial_state(batch_size=tf.constant(batch, tf.int32),
-                                     **{n: tf.constant(feed[n]) for n in static_names}))
+                                     **{n: tf.constant(feed[n]) for n in [*static_names, *contexts]}))
         weights = _section(self.golden, f"{predict_name}/w/")
         want = _section(self.golden, f"{predict_name}/out/")
         for chunks in sorted({1, 2, steps}):
@@ -257,14 +259,16 @@ class _Checker:
             )
             self.compare_many("chunked", label, outputs, want, self.tol)
         self._step_loop(inputs, initial, [s.name for s in self.manifest.states], {n: feed[n] for n in static_names},
-                        {i.name: feed[i.name] for i in self.manifest.sequence_inputs})
+                        {i.name: feed[i.name] for i in self.manifest.sequence_inputs}, contexts)
 
-    def _step_loop(self, inputs, initial, state_names, statics, sequences):
+    def _step_loop(self, inputs, initial, state_names, statics, sequences, contexts):
+        """`step` T times from `initial` (the contexts went to `initial_state`) against `serving_default`."""
         tf = self.tf
         step = self.signature(SignatureName.STEP.value)
         predict = self.signature(SignatureName.PREDICT.value)
         statics = {k: tf.constant(v) for k, v in statics.items()}
-        feed = {"inputs": tf.constant(inputs), **{k: tf.constant(v) for k, v in sequences.items()}, **statics}
+        feed = {"inputs": tf.constant(inputs), **{k: tf.constant(v) for k, v in sequences.items()}, **statics,
+                **{k: tf.constant(v) for k, v in contexts.items()}}
         if self.manifest.masked:
             feed["lengths"] = tf.fill([inputs.shape[0]], inputs.shape[1])
         want = {k: v.numpy() for k, v in predict(**feed).items()}

@@ -344,3 +344,83 @@ def speech_ctc() -> keras.Model:
     x = L.Bidirectional(L.GRU(units=8, return_sequences=True, reset_after=True))(x)
     x = L.Dense(units=16, activation="relu")(x)
     return keras.Model(input_spectrogram, L.Dense(units=12, activation="softmax")(x))
+
+
+# --- encoder-decoders: the encoder's result starts the decoder (exporter/context.py) -----------------
+
+SOURCE_VOCAB, TARGET_VOCAB, SOURCE_STEPS = 30, 24, 9
+
+
+def gru_translator() -> keras.Model:
+    """A word-level GRU encoder-decoder as keras.io's "English-to-Spanish translation" data feeds one:
+    source ids padded with 0 to a fixed length (`Embedding(mask_zero=True)`), the encoder GRU's final
+    state the decoder GRU's `initial_state`, target ids of any length (teacher forcing)."""
+    source = keras.Input((SOURCE_STEPS,), dtype="int32", name="source")
+    target = keras.Input((None,), dtype="int32", name="target")
+    encoded = L.GRU(16)(L.Embedding(SOURCE_VOCAB, 8, mask_zero=True)(source))
+    decoded = L.GRU(16, return_sequences=True)(L.Embedding(TARGET_VOCAB, 8)(target), initial_state=encoded)
+    return keras.Model([source, target], L.Dense(TARGET_VOCAB)(decoded))
+
+
+def bidirectional_gru_translator() -> keras.Model:
+    """The TensorFlow "NMT with attention" tutorial's encoder without its attention: a `Bidirectional`
+    GRU over masked source ids, its forward and backward final states concatenated to start a GRU
+    decoder of twice the units over masked target ids."""
+    source = keras.Input((None,), dtype="int32", name="source")
+    target = keras.Input((None,), dtype="int32", name="target")
+    embedded = L.Embedding(SOURCE_VOCAB, 8, mask_zero=True)(source)
+    _, forward, backward = L.Bidirectional(L.GRU(8, return_state=True))(embedded)
+    state = L.Concatenate()([forward, backward])
+    decoded = L.GRU(16, return_sequences=True)(L.Embedding(TARGET_VOCAB, 8, mask_zero=True)(target),
+                                               initial_state=state)
+    return keras.Model([source, target], L.Dense(TARGET_VOCAB, activation="softmax")(decoded))
+
+
+def context_every_step() -> keras.Model:
+    """Not an encoder-decoder seqexport streams: the source's summary is repeated and concatenated to
+    every decoder step (`RepeatVector`, as keras.io's `addition_rnn` does), not given as a state."""
+    source = keras.Input((None, 4), name="source")
+    target = keras.Input((6, 3), name="target")
+    summary = L.RepeatVector(6)(L.LSTM(8)(source))
+    decoded = L.LSTM(8, return_sequences=True)(L.Concatenate()([target, summary]))
+    return keras.Model([source, target], L.Dense(2)(decoded))
+
+
+def luong_attention_translator() -> keras.Model:
+    """A GRU encoder-decoder with Luong attention (`Attention`, `use_scale=True`) from each decoder step
+    over the encoder's outputs of a padded source (its mask honoured), the context vector concatenated
+    to the decoder's output before the softmax layer."""
+    source = keras.Input((SOURCE_STEPS,), dtype="int32", name="source")
+    target = keras.Input((None,), dtype="int32", name="target")
+    memory, state = L.GRU(16, return_sequences=True, return_state=True)(
+        L.Embedding(SOURCE_VOCAB, 8, mask_zero=True)(source))
+    decoded = L.GRU(16, return_sequences=True)(L.Embedding(TARGET_VOCAB, 8)(target), initial_state=state)
+    context = L.Attention(use_scale=True)([decoded, memory])
+    return keras.Model([source, target], L.Dense(TARGET_VOCAB)(L.Concatenate()([decoded, context])))
+
+
+def bahdanau_translator() -> keras.Model:
+    """The TensorFlow "NMT with attention" tutorial's shape: a `Bidirectional` GRU encoder over padded
+    source ids (`merge_mode="sum"`), a GRU decoder, and Bahdanau attention (`AdditiveAttention`) from
+    each decoder step over the encoder's outputs, then `Concatenate` and a `Dense(tanh)` and the logits."""
+    source = keras.Input((SOURCE_STEPS,), dtype="int32", name="source")
+    target = keras.Input((None,), dtype="int32", name="target")
+    memory = L.Bidirectional(L.GRU(16, return_sequences=True), merge_mode="sum")(
+        L.Embedding(SOURCE_VOCAB, 8, mask_zero=True)(source))
+    decoded = L.GRU(16, return_sequences=True)(L.Embedding(TARGET_VOCAB, 8)(target))
+    context = L.AdditiveAttention()([decoded, memory])
+    attended = L.Dense(16, activation="tanh", use_bias=False)(L.Concatenate()([context, decoded]))
+    return keras.Model([source, target], L.Dense(TARGET_VOCAB)(attended))
+
+
+def cross_attention_translator() -> keras.Model:
+    """The NMT tutorial's current `CrossAttention`: `MultiHeadAttention(query=decoder, value=memory)`, then
+    `Add` and `LayerNormalization`, over an LSTM encoder's outputs that also start the LSTM decoder."""
+    source = keras.Input((SOURCE_STEPS,), dtype="int32", name="source")
+    target = keras.Input((None,), dtype="int32", name="target")
+    memory, h, c = L.LSTM(16, return_sequences=True, return_state=True)(
+        L.Embedding(SOURCE_VOCAB, 8, mask_zero=True)(source))
+    decoded = L.LSTM(16, return_sequences=True)(L.Embedding(TARGET_VOCAB, 8)(target), initial_state=[h, c])
+    attended = L.MultiHeadAttention(num_heads=2, key_dim=8)(query=decoded, value=memory)
+    normed = L.LayerNormalization()(L.Add()([decoded, attended]))
+    return keras.Model([source, target], L.Dense(TARGET_VOCAB)(normed))

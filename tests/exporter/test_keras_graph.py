@@ -225,7 +225,7 @@ def _initial_state_from_another_rnn():
                                           r"T=7\); .* Inputs of different lengths are not supported"),
     (_static_merged_without_repeat, r"merges a static input's tensor \(no time axis\) with a per-step or last-step "
                                     r"one; a static input may feed `RepeatVector`"),
-    (_initial_state_from_another_rnn, r"its `initial_state=` is not computed from static inputs alone"),
+    (_initial_state_from_another_rnn, r"its `initial_state=` is computed from the sequence it steps through"),
 ])
 def test_what_static_inputs_do_not_cover_is_refused_with_what_is_supported(build, message):
     with pytest.raises(UnsupportedModel, match=message):

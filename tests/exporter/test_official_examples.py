@@ -1,5 +1,6 @@
 """The official examples' sequence models (tests/exporter/official_examples.py) export, verify, and
-match Keras on new data; the ones that cannot stream yet are refused naming the layer."""
+match Keras on new data; the ones that cannot stream yet are refused naming the layer (the
+encoder-decoders: tests/exporter/test_context.py)."""
 
 from __future__ import annotations
 
@@ -100,7 +101,6 @@ def test_the_hand_built_seq2seq_decoder_takes_its_states_as_inputs_and_returns_t
 
 
 @pytest.mark.parametrize("name, layer, why", [
-    ("seq2seq_training", "LSTM", "`initial_state=` is not computed from static inputs alone"),
     ("miniature_gpt", "TokenAndPositionEmbedding", "run on one step alone it gives other numbers"),
 ])
 def test_models_that_cannot_stream_yet_are_refused_naming_the_layer(name, layer, why):
