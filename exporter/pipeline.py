@@ -244,9 +244,10 @@ def _load(model_ref, options: ExportOptions):
             "(token ids have no gradient)."
         )
     names = [getattr(t, "value", t) for t in options.targets]  # RuntimeTarget or its value
-    if names and step_model.context_inputs:
-        refuse_context_inputs(f"--targets {','.join(names)}", [i.name for i in step_model.context_inputs])
     triton = [n for n in names if n in {t.value for t in TRITON_TARGETS}]
+    unsupported = [n for n in names if n != "onnx"]  # ONNX converts an encoder's `initial_state` too
+    if unsupported and step_model.context_inputs:
+        refuse_context_inputs(f"--targets {','.join(unsupported)}", [i.name for i in step_model.context_inputs])
     if triton:  # only triton-python is a --targets name: it takes several outputs and static inputs
         refuse_extra_inputs(f"--targets {','.join(triton)}",
                             sequence_inputs=[i.name for i in step_model.sequence_inputs])

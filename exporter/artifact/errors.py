@@ -87,11 +87,12 @@ def refuse_extra_inputs(what: str, static_inputs=(), *, sequence_inputs=(), advi
         raise BadInput(static_inputs_unsupported(what, static_inputs) + advice)
 
 
-def refuse_context_inputs(what: str, names) -> None:
+def refuse_context_inputs(what: str, names, why: str = "") -> None:
     """Raises the `BadInput` of a consumer that does not take an encoder's context inputs yet."""
     raise BadInput(
         f"{what} does not support exports with context inputs yet ({', '.join(names)}: an encoder's inputs, "
-        "which `initial_state` encodes into the decoder's states). Serve the SavedModel instead (TF Serving, "
+        f"which `initial_state` encodes into the decoder's states){why}. Convert it with --to onnx (an "
+        "`initial_state` model that encodes beside the step model), or serve the SavedModel (TF Serving, "
         "`seqexport serve`): a client session encodes once (`context=`) and streams the decoder.")
 
 

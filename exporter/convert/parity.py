@@ -85,6 +85,8 @@ def driver_checks(
     inputs, lengths = feed["inputs"], feed.get("lengths")
     statics = {i.name: feed[i.name] for i in manifest.static_inputs}
     static_kwargs = {"statics": statics} if statics else {}
+    context = {i.name: feed[i.name] for i in manifest.context_inputs}  # an encoder's: `initial_state` only
+    initial_kwargs = {**static_kwargs, **({"context": context} if context else {})}
     others = {i.name: feed[i.name] for i in manifest.sequence_inputs}  # cut into the same chunks
     rows_batch, steps = inputs.shape[:2]
     state_names = [s.name for s in manifest.states]
@@ -93,7 +95,7 @@ def driver_checks(
         signature = f"{label} x{chunks}"
         bounds = np.linspace(0, steps, chunks + 1).astype(int)
         try:
-            states = backend.initial_state(rows_batch, **static_kwargs)
+            states = backend.initial_state(rows_batch, **initial_kwargs)
             pieces = []
             for start, stop in zip(bounds[:-1], bounds[1:]):
                 chunk_lengths = None if lengths is None else np.clip(lengths - start, 0, stop - start).astype(np.int32)

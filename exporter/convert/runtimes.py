@@ -285,8 +285,11 @@ def _check_sequence_names(model: _Model, sequences) -> tuple[str, ...]:
     return sequences
 
 
-def _initial(model: _Model, initial: _Model | None, batch_size: int, statics, sequences=()) -> dict[str, np.ndarray]:
-    feed = _statics(model, statics, sequences)
+def _initial(model: _Model, initial: _Model | None, batch_size: int, statics, sequences=(),
+             context: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The states from the converted `initial_state` model, fed the static inputs and the context inputs
+    (an encoder's, which the step model does not take); zeros without either."""
+    feed = {**_statics(model, statics, sequences), **{n: np.asarray(v) for n, v in (context or {}).items()}}
     if initial is None or not feed:
         return model.zero_states(batch_size)
     result = initial({"batch_size": np.int32(batch_size), **feed})
@@ -319,8 +322,9 @@ class StepLoopBackend:
         self.sequences = _check_sequence_names(model, sequences)
         self._outputs = {n: model.outputs[n] for n in model.output_names}
 
-    def initial_state(self, batch_size: int, statics: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        return _initial(self.model, self.initial, batch_size, statics, self.sequences)
+    def initial_state(self, batch_size: int, statics: Mapping[str, np.ndarray] | None = None,
+                      context: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        return _initial(self.model, self.initial, batch_size, statics, self.sequences, context)
 
     def stream(
         self, inputs: np.ndarray, states: Mapping[str, np.ndarray], lengths: np.ndarray | None = None,
@@ -370,8 +374,9 @@ class SequenceBackend:
     def masked(self) -> bool:
         return "lengths" in self.model.inputs
 
-    def initial_state(self, batch_size: int, statics: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        return _initial(self.model, self.initial, batch_size, statics, self.sequences)
+    def initial_state(self, batch_size: int, statics: Mapping[str, np.ndarray] | None = None,
+                      context: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        return _initial(self.model, self.initial, batch_size, statics, self.sequences, context)
 
     def stream(
         self, inputs: np.ndarray, states: Mapping[str, np.ndarray], lengths: np.ndarray | None = None,

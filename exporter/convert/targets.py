@@ -265,9 +265,10 @@ def _common_notes(loaded) -> list[str]:
 
 
 def _initial_model(run: _Run, relative: str, convert, load):
-    """An export with static inputs: its `initial_state` converted and checked (the states may start
-    from the static inputs), for the drivers to start from; None otherwise, or when it failed."""
-    if not run.loaded.manifest.static_inputs:
+    """An export with static or context inputs: its `initial_state` converted and checked (the states
+    may start from them: an encoder's run there), for the drivers to start from; None otherwise, or
+    when it failed."""
+    if not run.loaded.manifest.static_inputs and not run.loaded.manifest.context_inputs:
         return None
     content = run.convert("initial_state", relative, lambda: convert(run.loaded, "initial_state"))
     model = None if content is None else run.load("initial_state", lambda: load(content))
@@ -411,8 +412,10 @@ def convert_export(
     if stream_batch is not None and (target is not RuntimeTarget.TFLITE or stream_batch < 1):
         raise BadInput(f"A stream batch size (got {stream_batch}) is for --to tflite only, and must be positive.")
     loaded = loaded or load_export(Path(export_dir))
-    if loaded.manifest.context_inputs:
-        refuse_context_inputs(f"Converting to {target.value}", [i.name for i in loaded.manifest.context_inputs])
+    if loaded.manifest.context_inputs and target is not RuntimeTarget.ONNX:  # ONNX converts the encoder too
+        why = ("; LiteRT has no kernel for the TensorList ops of the encoder's loop at a dynamic batch"
+               if target is RuntimeTarget.TFLITE else "")
+        refuse_context_inputs(f"Converting to {target.value}", [i.name for i in loaded.manifest.context_inputs], why)
     if target in TRITON_TARGETS:  # LiteRT and ONNX take them all
         statics = [i.name for i in loaded.manifest.static_inputs] if target is RuntimeTarget.TRITON else []
         refuse_extra_inputs(f"Converting to {target.value}", statics,

@@ -133,11 +133,26 @@ def test_exporting_again_from_the_saved_model_keeps_the_context(context_exports,
     assert [i.name for i in read_manifest(result.path).context_inputs] == ["source"]
 
 
-def test_conversions_refuse_a_context_export_naming_it(context_exports, tmp_path):
+@pytest.mark.parametrize("name", ["gru_translator", "luong_attention_translator"])
+def test_onnx_converts_the_encoder_beside_the_step_model(context_exports, tmp_path, name):
+    """`initial_state.onnx` encodes the context (its parity row on the golden), and the step and stream
+    models driven from it match `serving_default` (outputs, states, the attention memory included)."""
     from exporter.convert.targets import convert_export
 
-    with pytest.raises(exporter.BadInput, match=r"context inputs yet \(source: an encoder's inputs"):
-        convert_export(context_exports["gru_translator"].path, "onnx", tmp_path / "onnx")
+    report = convert_export(context_exports[name].path, "onnx", tmp_path / "onnx")
+    assert report.passed, report.failures
+    assert {f.path for f in report.files} == {"initial_state.onnx", "step.onnx", "stream.onnx"}
+    rows = {(c.signature.split(" x")[0], c.tensor) for c in report.checks}
+    assert ("initial_state", next(s.name for s in read_manifest(context_exports[name].path).states)) in rows
+    assert ("step driver", "outputs") in rows
+
+
+@pytest.mark.parametrize("target", ["tflite", "triton-python"])
+def test_other_conversions_refuse_a_context_export_naming_it(context_exports, tmp_path, target):
+    from exporter.convert.targets import convert_export
+
+    with pytest.raises(exporter.BadInput, match=r"context inputs yet \(source: an encoder's inputs.*--to onnx"):
+        convert_export(context_exports["gru_translator"].path, target, tmp_path / target)
 
 
 def test_context_mixed_into_every_step_falls_back_to_a_whole_sequence_export(tmp_path):
