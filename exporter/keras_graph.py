@@ -337,7 +337,8 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
     x_tensor, static_tensors, sequence_tensors, split = _split_with_context(model, ordered)
     skipped = split.encoder_nodes if split is not None else frozenset()  # run once, by `initial_state`
     context_tensors = split.contexts if split is not None else ()
-    layers = _layers_of(n for n in ordered if id(n) not in skipped and not isinstance(n.operation, keras.layers.InputLayer))
+    layers = _layers_of(n for n in ordered
+                        if id(n) not in skipped and not isinstance(n.operation, keras.layers.InputLayer))
     kinds = {id(x_tensor): PER_STEP, **{id(t): STATIC for t in static_tensors},
              **{id(t): PER_STEP for t in sequence_tensors},
              **({id(t): STATIC for t in split.boundary} if split is not None else {})}
@@ -486,7 +487,8 @@ def _split_inputs(model: keras.Model):
         fixed = ", ".join(f"{name} T={steps}" for name, steps in lengths.items())
         raise cannot_stream(model, f"has sequence inputs of different time lengths ({fixed}); seqexport steps "
                             "through its sequence inputs together, so they must share one time axis. Inputs of "
-                            "different lengths are not supported: write a step-model factory for those (see the README).")
+                            "different lengths are not supported: write a step-model factory for those (see the "
+                            "README).")
     return sequences[0], static, sequences[1:]
 
 

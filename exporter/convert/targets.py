@@ -431,8 +431,9 @@ def convert_export(
                            "(a sequence batcher keeps the state). Convert it with --to onnx or --to tflite, or serve "
                            "its SavedModel (TF Serving, `seqexport serve`).")
         if target is RuntimeTarget.TFLITE:
-            _whole_sequence(run, "tflite", lambda export, name, batch: tflite.convert_signature(export, name, batch=batch), LiteRTModel,
-                            batch=_predict_batch(loaded) if stream_batch is None else stream_batch)
+            _whole_sequence(run, "tflite",
+                            lambda export, name, batch: tflite.convert_signature(export, name, batch=batch),
+                            LiteRTModel, batch=_predict_batch(loaded) if stream_batch is None else stream_batch)
         else:
             _whole_sequence(run, "onnx", lambda export, name, batch: onnx.convert_signature(export, name), OrtModel)
         report = run.report(started)

@@ -183,3 +183,17 @@ def test_a_text_model_is_served_on_strings_over_rest_and_grpc(exported):
         worst = float(np.max(np.abs(np.asarray(got, np.float32) - want)))
         print(f"{label}: max abs vs Keras {worst:.2e}")
         assert worst <= 1e-5
+
+
+@pytest.mark.parametrize("target", ["onnx", "tflite"])
+def test_a_bidirectional_whole_sequence_export_converts_with_parity(exported, tmp_path, target):
+    """`serving_default` of the Bidirectional-LSTM text classifier converted (Keras's own ONNX export skips
+    Bidirectional on TensorFlow) and checked on the goldens."""
+    from exporter.convert.targets import convert_export
+
+    report = convert_export(exported["bidirectional_imdb"].path, target, tmp_path / target)
+    assert report.passed, report.failures
+    assert [f.signature for f in report.files] == ["serving_default"]
+    rows = [c for c in report.checks if c.signature == "serving_default" and c.max_abs is not None]
+    print(target, [(c.tensor, c.max_abs) for c in rows])
+    assert rows and all(c.max_abs <= c.atol for c in rows)
