@@ -298,7 +298,7 @@ def manifest_tables(manifest: Manifest) -> list:
             f"{i.name} {list(i.shape)} {i.dtype}{' (a mask)' if i.mask else ''}" for i in manifest.sequence_inputs)))
     if manifest.context_inputs:
         facts.append(("context inputs (initial_state)", ", ".join(
-            f"{i.name} [{'S' if i.steps < 0 else i.steps}, {', '.join(map(str, i.shape))}] {i.dtype}"
+            f"{i.name} [{', '.join(map(str, ['S' if i.steps < 0 else i.steps, *i.shape]))}] {i.dtype}"
             for i in manifest.context_inputs) + ": encoded once, the decoder streams"))
     if not manifest.streams:
         facts.append(("whole sequence only", f"serving_default only, no streaming: {manifest.whole_sequence}"))

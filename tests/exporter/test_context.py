@@ -219,3 +219,14 @@ def test_checks_fail_when_the_encoder_is_dropped_or_its_states_swapped(tmp_path)
     failing = {c.check for c in swapped.checks if not c.passed and not c.not_applicable}
     print(swapped.summary(), sorted(failing))
     assert {"source", "source gradients"} <= failing
+
+
+def test_inspect_shows_the_context_inputs(context_exports):
+    from typer.testing import CliRunner
+
+    from exporter.cli.app import app
+
+    result = CliRunner().invoke(app, ["inspect", str(context_exports["gru_translator"].path)])
+    assert result.exit_code == 0, result.output
+    assert "context inputs (initial_state)" in result.output
+    assert f"source [{examples.SOURCE_STEPS}] int32" in result.output
