@@ -134,6 +134,7 @@ def write_export(
         static_inputs=step_model.static_inputs,
         sequence_inputs=step_model.sequence_inputs,
         context_inputs=step_model.context_inputs,
+        mask_pad_value=step_model.mask_pad_value,
         fixed_steps=step_model.fixed_steps,
         whole_sequence=step_model.whole_sequence_reason,
         trainable_variables=step_model.variable_names(),

@@ -427,7 +427,9 @@ class Manifest:
     `input_gradients`) only, no states, and an output without a time axis has `last_step` set (it is
     returned whole). `context_inputs` (an encoder's inputs, `[B, S, ...]` with a time length of their own:
     `steps`, -1 for any) are input keys of `serving_default`, `input_gradients` and `initial_state` only:
-    the states `initial_state` returns carry what the encoder computed. DO NOT RELY on `checks` beyond
+    the states `initial_state` returns carry what the encoder computed. `mask_pad_value` (masked exports) is
+    the value that marks a padded step in `inputs`: a step past a row's `lengths` is that padding. DO NOT
+    RELY on `checks` beyond
     reading them: rows may be added. `batch_independent` is None until that check
     ran; only `True` allows server-side batching (`batch_offdiag_max` is the largest
     off-diagonal `(batch, batch)` Jacobian block magnitude found). `verify_timings`
@@ -456,6 +458,7 @@ class Manifest:
     fixed_steps: int | None = None
     whole_sequence: str = ""
     context_inputs: tuple[InputSpec, ...] = ()
+    mask_pad_value: float = 0.0
 
     @property
     def streams(self) -> bool:
@@ -498,7 +501,8 @@ class Manifest:
             {"sequence_inputs": [i.to_json() for i in self.sequence_inputs]} if self.sequence_inputs else {}) | (
             {"fixed_steps": self.fixed_steps} if self.fixed_steps is not None else {}) | (
             {"whole_sequence": self.whole_sequence} if self.whole_sequence else {}) | (
-            {"context_inputs": [i.to_json() for i in self.context_inputs]} if self.context_inputs else {})
+            {"context_inputs": [i.to_json() for i in self.context_inputs]} if self.context_inputs else {}) | (
+            {"mask_pad_value": self.mask_pad_value} if self.masked else {})
 
     @classmethod
     def from_json(cls, data: dict) -> "Manifest":
@@ -533,6 +537,7 @@ class Manifest:
             fixed_steps=data.get("fixed_steps"),
             whole_sequence=data.get("whole_sequence", ""),
             context_inputs=tuple(InputSpec.from_json(i) for i in data.get("context_inputs", [])),
+            mask_pad_value=float(data.get("mask_pad_value", 0.0)),
         )
 
 

@@ -299,9 +299,11 @@ def _initial(model: _Model, initial: _Model | None, batch_size: int, statics, se
 class StepLoopBackend:
     """A `Backend` over a converted step model: one call per time step, state threaded in Python.
 
-    `lengths` (masked exports) hold each sequence's state once `t >= lengths[b]`,
-    as the export's `stream` does. Outputs at those padded steps are zeros: Keras
-    repeats the last valid output there, which a step model cannot know across
+    `lengths` (masked exports): a step at `t >= lengths[b]` is padding, as the export's `stream`
+    takes it: the row's input there becomes `pad_value` (the manifest's `mask_pad_value`) and the
+    step model's own masks decide, as Keras's do (a masked RNN holds its state; one called with
+    `initial_state=`, which Keras does not mask, steps on). Outputs at those padded steps are
+    zeros: Keras repeats the last valid output there, which a step model cannot know across
     chunk boundaries; mask them out (the parity checks compare valid steps only).
 
     An export with several outputs gives a dict of them by name (each `[B, T, ...]`). One with
@@ -311,7 +313,7 @@ class StepLoopBackend:
     then takes each chunk of them as `sequences` and feeds step t's slice of each at step t.
     """
 
-    def __init__(self, model: _Model, initial: _Model | None = None, *, sequences=()):
+    def __init__(self, model: _Model, initial: _Model | None = None, *, sequences=(), pad_value: float = 0.0):
         if "x" not in model.inputs or not model.output_names:
             raise ValueError(
                 f"{model.runtime} model takes {list(model.inputs)} and returns {list(model.outputs)}; "
@@ -320,6 +322,7 @@ class StepLoopBackend:
         self.model = model
         self.initial = initial
         self.sequences = _check_sequence_names(model, sequences)
+        self.pad_value = pad_value
         self._outputs = {n: model.outputs[n] for n in model.output_names}
 
     def initial_state(self, batch_size: int, statics: Mapping[str, np.ndarray] | None = None,
@@ -340,19 +343,17 @@ class StepLoopBackend:
         outputs = {n: np.zeros((batch, steps, *info.shape[1:]), dtype=info.dtype) for n, info in self._outputs.items()}
         lengths = None if lengths is None else np.asarray(lengths).reshape(batch)
         for t in range(steps):
-            result = model({"x": inputs[:, t], **fixed, **{n: v[:, t] for n, v in others.items()}, **carried})
-            if lengths is None or bool(np.all(lengths > t)):
-                for n in outputs:
-                    outputs[n][:, t] = result[n]
-                carried = {n: result[n] for n in model.state_names}
-                continue
-            live = lengths > t
+            x_t, live = inputs[:, t], (None if lengths is None else lengths > t)
+            if live is not None and not live.all():
+                x_t = x_t.copy()
+                x_t[~live] = self.pad_value  # padding, whatever the client sent there
+            result = model({"x": x_t, **fixed, **{n: v[:, t] for n, v in others.items()}, **carried})
             for n in outputs:
-                outputs[n][live, t] = result[n][live]
-            carried = {
-                n: np.where(live.reshape(-1, *([1] * (carried[n].ndim - 1))), result[n], carried[n])
-                for n in model.state_names
-            }
+                if live is None:
+                    outputs[n][:, t] = result[n]
+                else:
+                    outputs[n][live, t] = result[n][live]
+            carried = {n: result[n] for n in model.state_names}
         return (outputs["y"] if list(outputs) == ["y"] else outputs), carried
 
 

@@ -229,7 +229,8 @@ class _Run:
         self.checks.extend(model_checks(name, signature, model, golden, self.tolerance))
         sequences = [i.name for i in manifest.sequence_inputs]
         if signature == "step":
-            backend, label, exact = StepLoopBackend(model, initial, sequences=sequences), STEP_DRIVER, False
+            backend = StepLoopBackend(model, initial, sequences=sequences, pad_value=manifest.mask_pad_value)
+            label, exact = STEP_DRIVER, False
         else:
             backend, label, exact = SequenceBackend(model, initial, sequences=sequences), STREAM_DRIVER, True
         self.checks.extend(driver_checks(name, label, backend, manifest, golden, self.tolerance,
