@@ -6,10 +6,8 @@ own package), so nothing registered by the exporting process can help it.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +18,8 @@ from pathlib import Path
 
 from exporter.artifact.errors import VerificationIncomplete
 from exporter.artifact.specs import CheckResult, VerifyReport
+
+PARENT_PID_VARIABLE = "SEQEXPORT_PARENT_PID"  # the worker dies with the process it names (worker.die_with_parent)
 
 # Generous: a 12.7 M-parameter LSTM stack verified in under a minute on 2 shared cores.
 DEFAULT_TIMEOUT_S = 3600.0
@@ -32,14 +32,6 @@ def fresh_process_env() -> dict[str, str]:
     env.update(PYTHONPATH=package_root, TF_CPP_MIN_LOG_LEVEL="3", PYTHONHASHSEED="0",
                CUDA_VISIBLE_DEVICES="-1", PYTHONNOUSERSITE="1")
     return env
-
-
-def _die_with_parent():
-    """Linux: the child gets SIGKILL when the exporting process dies (e.g. is killed)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def _no_progress(_: str) -> None:
@@ -104,8 +96,10 @@ def verify_many_in_fresh_process(
         errors = Path(tmp) / "stderr.txt"
         command = [sys.executable, "-m", "exporter.verification.worker", *map(str, dirs), "--out", str(out)]
         with open(errors, "w+") as stderr:
-            proc = subprocess.Popen(command, env=fresh_process_env(), stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                    preexec_fn=_die_with_parent, cwd=tmp)
+            # The child dies with this process (the worker arms PR_SET_PDEATHSIG itself, after exec: code
+            # between fork and exec, a `preexec_fn`, is unsafe in a process with threads; gRPC's aborted so).
+            env = {**fresh_process_env(), PARENT_PID_VARIABLE: str(os.getpid())}
+            proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tmp)
             reader = _ProgressReader(proc.stdout, progress)
             reader.start()
             try:

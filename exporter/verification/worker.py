@@ -9,9 +9,12 @@ JSON to `--out`, and one JSON progress line per check started on stdout.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import json
+import os
 import resource
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +29,7 @@ from exporter.artifact.names import no_xla_name, unfused_name
 from exporter.artifact.paths import golden_path, manifest_path
 from exporter.artifact.specs import CheckResult, Manifest, SignatureName
 from exporter.verification.batch import offdiagonal_blocks
+from exporter.verification.run import PARENT_PID_VARIABLE
 from exporter.verification.explain import explain
 from exporter.verification.foreign import generic_checks
 
@@ -472,7 +476,22 @@ def run_checks(export_dir: Path, on_check=_report_progress) -> dict:
             "peak_rss_mb": _peak_rss_mb()}
 
 
+def die_with_parent() -> None:
+    """Linux: SIGKILL when the process that started this one dies (`PR_SET_PDEATHSIG`), so a killed export
+    never leaves a verification behind; exits at once when that process is already gone."""
+    parent = os.environ.get(PARENT_PID_VARIABLE)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() != int(parent):  # it died before the signal was armed
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("export_dirs", type=Path, nargs="+")
     parser.add_argument("--out", type=Path, required=True)
