@@ -259,8 +259,9 @@ def _common_notes(loaded) -> list[str]:
         )
     if loaded.manifest.masked:
         notes.append(
-            "Masked export: the step driver holds each sequence's state past its length; its outputs "
-            "at padded steps are zeros (checked: valid steps and final states)."
+            "Masked export: the step driver feeds the pad value past each sequence's length (the export "
+            "treats those steps as padding, each layer's mask decides); its outputs at padded steps are "
+            "zeros (checked: valid steps and final states)."
         )
     return notes
 
