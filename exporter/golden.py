@@ -100,19 +100,8 @@ def mask_probe(batch: int, steps: int, rng, shift: int = 0) -> np.ndarray:
 def _sequence_probes(model: StepModel, rng, batch: int, steps: int) -> dict[str, np.ndarray]:
     """The other sequence inputs' probes, `[B, T, ...]` each (ids drawn from their vocabulary; a mask given
     as an input with false steps at the start, the middle and the end)."""
-    feed = {}
-    for spec in model.sequence_inputs:
-        own = spec.steps if spec.steps and spec.steps > 0 else steps  # a whole-sequence input's own fixed length
-        shape = (batch, own, *spec.shape)
-        if spec.mask:
-            feed[spec.name] = mask_probe(batch, own, rng).astype(spec.dtype)
-        elif spec.dtype == "bool":
-            feed[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
-        elif spec.dtype.startswith("int"):
-            feed[spec.name] = rng.integers(1, spec.vocab or 2, size=shape).astype(spec.dtype)
-        else:
-            feed[spec.name] = rng.normal(size=shape).astype(spec.dtype)
-    return feed
+    return {spec.name: _timed_probe(spec, rng, batch, spec.steps if spec.steps and spec.steps > 0 else steps)
+            for spec in model.sequence_inputs}  # a whole-sequence input may have its own fixed length
 
 
 def context_steps(spec, steps: int) -> int:
@@ -122,22 +111,26 @@ def context_steps(spec, steps: int) -> int:
 
 
 def _context_probes(model: StepModel, rng, batch: int, steps: int) -> dict[str, np.ndarray]:
-    """The context inputs' probes, `[B, S, ...]` each: ids drawn from the vocabulary with rows post-padded
-    with 0 (a padded source sentence: `Embedding(mask_zero=True)` masks it), floats at random."""
-    feed = {}
-    for spec in model.context_inputs:
-        own = context_steps(spec, steps)
-        shape = (batch, own, *spec.shape)
-        if spec.mask:
-            feed[spec.name] = mask_probe(batch, own, rng).astype(spec.dtype)
-        elif spec.dtype.startswith("int"):
-            ids = rng.integers(1, spec.vocab or 2, size=shape).astype(spec.dtype)
-            for row in range(1, batch):
-                ids[row, max(1, own - row):] = 0
-            feed[spec.name] = ids
-        else:
-            feed[spec.name] = rng.normal(size=shape).astype(spec.dtype)
-    return feed
+    """The context inputs' probes, `[B, S, ...]` each, id rows post-padded with 0 (a padded source
+    sentence: `Embedding(mask_zero=True)` masks it)."""
+    return {spec.name: _timed_probe(spec, rng, batch, context_steps(spec, steps), padded=True)
+            for spec in model.context_inputs}
+
+
+def _timed_probe(spec, rng, batch: int, steps: int, *, padded: bool = False) -> np.ndarray:
+    """`[B, steps, *spec.shape]` of the input's kind: a mask's false steps, bools, ids drawn from its
+    vocabulary (rows after the first post-padded with 0 when `padded`), floats at random."""
+    shape = (batch, steps, *spec.shape)
+    if spec.mask:
+        return mask_probe(batch, steps, rng).astype(spec.dtype)
+    if spec.dtype == "bool":
+        return rng.integers(0, 2, size=shape).astype(bool)
+    if spec.dtype.startswith("int"):
+        ids = rng.integers(1, spec.vocab or 2, size=shape).astype(spec.dtype)
+        for row in range(1, batch if padded else 0):
+            ids[row, max(1, steps - row):] = 0
+        return ids
+    return rng.normal(size=shape).astype(spec.dtype)
 
 
 def _loss_weights(rng, outputs: dict) -> dict[str, np.ndarray]:
