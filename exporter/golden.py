@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from exporter.artifact.specs import ExportOptions, SignatureName
+from exporter.artifact.specs import POSITION_STATE, ExportOptions, SignatureName
 from exporter.gradients import is_float, outputs_and_gradients, second_order
 from exporter.step_model import StepModel
 from exporter.trace import TracedExport
@@ -140,8 +140,10 @@ def _loss_weights(rng, outputs: dict) -> dict[str, np.ndarray]:
 def _feed_for(signature: SignatureName, model: StepModel, predict_feed: dict, rng) -> dict:
     inputs = predict_feed["inputs"]
     batch = inputs.shape[0]
-    states = {
-        s.name: (0.5 * rng.normal(size=(batch, *s.shape))).astype(s.dtype) for s in model.states
+    room = min(3, (model.max_length or inputs.shape[1] + 3) - inputs.shape[1])  # positions left for the probe
+    states = {  # a step count as whole numbers, each row its own (a row's cache ahead of another's)
+        s.name: (rng.integers(0, max(1, room), size=(batch, *s.shape)) if s.name == POSITION_STATE
+                 else 0.5 * rng.normal(size=(batch, *s.shape))).astype(s.dtype) for s in model.states
     }
     if signature is SignatureName.PREDICT or signature is SignatureName.INPUT_GRADIENTS:
         return dict(predict_feed)

@@ -28,6 +28,7 @@ from keras.src.backend import set_keras_mask  # how Keras hands a mask between l
 
 from exporter.artifact.errors import SeqExportError, UnsupportedModel
 from exporter.artifact.specs import InputSpec, OutputSpec, StateSpec
+from exporter.causal import Clock, cached_attention, clocked
 from exporter.context import find_context
 from exporter.graph_masks import data_tensors, mask_inputs, mask_only_nodes, mask_rule
 from exporter.keras_step import (
@@ -42,10 +43,11 @@ from exporter.keras_step import (
     rnn_stage,
     stateful_batch,
     step_binder,
+    with_position,
 )
 from exporter.step_model import StepModel
 from exporter.subclassed import variables_read_once
-from exporter.time_probe import PROBE_STEPS, one_step_mismatch
+from exporter.time_probe import PROBE_STEPS, one_step_mismatch, probe_input
 
 PER_STEP, LAST_STEP, STATIC = "per step", "last step", "static"
 # A static input (no time axis) and what is computed from it alone: the same at every step.
@@ -76,7 +78,7 @@ def _renamed(states: tuple[StateSpec, ...], layer, node_index: int) -> tuple[Sta
     return tuple(dataclasses.replace(s, name=f"{layer.name}_{node_index}_{s.name[len(prefix):]}") for s in states)
 
 
-def _node(index: int, node, kinds: dict[int, str]) -> _GraphNode:
+def _node(index: int, node, kinds: dict[int, str], clock: Clock) -> _GraphNode:
     layer = node.operation
     inputs = tuple(id(t) for t in data_tensors(node))
     outputs = tuple(id(t) for t in node.outputs)
@@ -102,6 +104,8 @@ def _node(index: int, node, kinds: dict[int, str]) -> _GraphNode:
         # A returned state is the state after each step: to a later node, the last step's.
         kinds = (PER_STEP if layer.return_sequences else LAST_STEP,) + (LAST_STEP,) * (len(outputs) - 1)
         return _GraphNode(layer, inputs, outputs, kinds, _renamed(stage.states, layer, node_index), rnn_call)
+    if in_kind == PER_STEP and isinstance(layer, keras.layers.MultiHeadAttention):
+        return _cached_attention_node(index, node, clock, node_index)
     if len(inputs) > 1 or not isinstance(layer, keras.layers.Layer):
         # A merge (`Add`, `Concatenate`, ...) or a Keras op (`a + b`, `x[:, :, :2]`): its own call,
         # on tensors of one step given a time axis of 1, once a probe shows that is the same.
@@ -110,7 +114,8 @@ def _node(index: int, node, kinds: dict[int, str]) -> _GraphNode:
             if why is not None:
                 raise _error(index, layer, why)
         return _GraphNode(layer, inputs, outputs, (in_kind,), (), _op_call(node, per_step=in_kind == PER_STEP))
-    stage = per_step_stage(index, layer, after_sequence=in_kind == LAST_STEP)  # causal convs included
+    stage = per_step_stage(index, layer, after_sequence=in_kind == LAST_STEP, clock=clock)  # causal convs,
+    # causal attention and position layers included
 
     def call(values, states, mask, stage=stage):
         output, new = stage.call(values[0], states, mask)
@@ -142,6 +147,34 @@ def _rnn_with_initial_state(index: int, node, kinds: dict[int, str], node_index:
     out_kinds = (PER_STEP if layer.return_sequences else LAST_STEP,) + (LAST_STEP,) * (len(outputs) - 1)
     return _GraphNode(layer, (sequence, *initial), outputs, out_kinds, _renamed(stage.states, layer, node_index),
                       rnn_call, initial=initial)
+
+
+def _cached_attention_node(index: int, node, clock: Clock, node_index: int) -> _GraphNode:
+    """`MultiHeadAttention` called on per-step tensors (self-attention: `mha(h, h, use_causal_mask=True)`):
+    stepped on its key/value cache once a probe shows it is causal (exporter/causal.py)."""
+    layer = node.operation
+    tensors = list({id(t): t for t in node.arguments.keras_tensors}.values())
+    keys = [id(t) for t in tensors]
+
+    def call_step(l, values):
+        args, kwargs = node.arguments.fill_in(dict(zip(keys, values)))
+        return l(*args, **kwargs)
+
+    def probe(seed):
+        return [probe_input(tuple(t.shape[2:]), str(t.dtype), t.shape[1] or PROBE_STEPS, None, seed) for t in tensors]
+
+    where = f"layer {index} {layer.name!r} ({type(layer).__name__})"
+    found = cached_attention(layer, where, clock, call_step, probe)
+    if isinstance(found, str):
+        raise _error(index, layer, found)
+    specs, step = found
+
+    def call(values, states, mask):
+        output, new = step(values, states)
+        return [output], new
+
+    return _GraphNode(layer, tuple(keys), tuple(id(t) for t in node.outputs), (PER_STEP,),
+                      _renamed(specs, layer, node_index), call)
 
 
 def _memory_attention(index: int, node, kinds: dict[int, str], split) -> _GraphNode:
@@ -326,7 +359,7 @@ def named_reference(reference: Callable, outputs: tuple[OutputSpec, ...]) -> Cal
     return call
 
 
-def graph_step_model(model: keras.Model, description: str) -> StepModel:
+def graph_step_model(model: keras.Model, description: str, *, max_length: int | None = None) -> StepModel:
     """The step model of a functional model with one sequence input and one or several outputs
     (a list or dict: its step then returns one per-step tensor each), any graph between.
 
@@ -349,6 +382,7 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
     rules: list[Callable | None] = []  # each node's mask rule (models with masks only)
     pads: dict[float, object] = {}  # pad value -> the first layer that starts a mask with it
     mask_ops = mask_only_nodes(model, ordered) if uses_masks else set()
+    clock = Clock(max_length or fixed_steps(model, _timed(x_tensor, sequence_tensors)))
     for index, node in enumerate(n for n in ordered if not isinstance(n.operation, keras.layers.InputLayer)):
         if id(node) in mask_ops or id(node) in skipped:
             continue
@@ -359,7 +393,8 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
                     raise _error(index, node.operation, "it attends over the encoder's outputs from a masked decoder "
                                  "sequence; a mask on the decoder side is not supported with attention yet")
                 rules.append(mask_rule(index, node, id(x_tensor), pads, given))
-            graph_node = _memory_attention(index, node, kinds, split) if attends else _node(index, node, kinds)
+            graph_node = (_memory_attention(index, node, kinds, split) if attends
+                          else _node(index, node, kinds, clock))
         except SeqExportError:
             raise
         except Exception as exc:  # noqa: BLE001  any layer can fail any way: name it, no traceback
@@ -373,7 +408,7 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
             raise cannot_stream(model, f"computes its output {name!r} from static inputs alone (no time axis); "
                                 "every output must come from the sequence.")
     several = len(output_ids) > 1
-    states = tuple(s for n in nodes for s in n.states)
+    states = with_position(model, clock, tuple(s for n in nodes for s in n.states), uses_masks)
     if not states:
         raise cannot_stream(model, "has no recurrent layer and no causal convolution; seqexport streams models "
                             "that carry a state from step to step.")
@@ -400,6 +435,9 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
         if several:
             return tuple(values[i] for i in output_ids), tuple(new_states)
         return values[output_ids[0]], tuple(new_states)
+
+    if clock.used:
+        masked_step = clocked(clock, masked_step)
 
     def step(x, prev_states, statics=()):
         return masked_step(x, prev_states, None, statics)
@@ -445,8 +483,9 @@ def graph_step_model(model: keras.Model, description: str) -> StepModel:
         static_inputs=static_specs,
         sequence_inputs=sequence_specs,
         context_inputs=context_specs,
-        initial_states_fn=(_initial_states_fn(nodes, static_ids, split) if any(n.initial for n in nodes)
+        initial_states_fn=(_initial_states_fn(nodes, static_ids, split, clock.used) if any(n.initial for n in nodes)
                            else None),
+        max_length=clock.max_length if clock.caches else None,
     )
 
 
@@ -580,7 +619,7 @@ def reference_with_extras(model: keras.Model, reference: Callable, x_tensor, sta
     return call
 
 
-def _initial_states_fn(nodes: list[_GraphNode], static_ids: list[int], split) -> Callable:
+def _initial_states_fn(nodes: list[_GraphNode], static_ids: list[int], split, position: bool) -> Callable:
     """The states before the first step: what each RNN's `initial_state=` computes from the static
     inputs (`statics`, then the context inputs), zeros for the others (the static nodes and the
     encoder run once here, outside the loop)."""
@@ -601,6 +640,8 @@ def _initial_states_fn(nodes: list[_GraphNode], static_ids: list[int], split) ->
                 states.extend(tf.cast(values[i], s.dtype) for i, s in zip(node.initial, node.states))
             else:
                 states.extend(tf.zeros(tf.stack([batch, *s.shape]), s.dtype) for s in node.states)
+        if position:
+            states.append(tf.zeros(tf.reshape(batch, [1]), tf.float32))
         return tuple(states)
 
     return initial

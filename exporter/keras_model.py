@@ -21,7 +21,8 @@ from exporter.subclassed import subclassed_step_model
 from exporter.whole_sequence import whole_sequence_model
 
 
-def step_model_from_keras(model: keras.Model, description: str = "", *, fall_back: bool = False) -> StepModel:
+def step_model_from_keras(model: keras.Model, description: str = "", *, fall_back: bool = False,
+                          max_length: int | None = None) -> StepModel:
     """Builds the step model of a Keras model made of RNN and per-step layers.
 
     Also takes a functional step model `Model([x_t, *states], [y_t, *new_states])`.
@@ -30,6 +31,8 @@ def step_model_from_keras(model: keras.Model, description: str = "", *, fall_bac
         fall_back: a model that cannot run step by step (`CannotStream`: a layer mixes time steps,
             nothing to carry, a subclassed `call`) gets a whole-sequence model instead
             (exporter/whole_sequence.py), which says why.
+        max_length: positions of a causal attention's key/value cache (exporter/causal.py); None: the
+            model's fixed input length, where it has one.
 
     Raises:
         UnsupportedModel: naming the first layer (or graph node) that cannot run step by step
@@ -43,9 +46,9 @@ def step_model_from_keras(model: keras.Model, description: str = "", *, fall_bac
         if is_step_model(model):
             return from_step_model(model, description)
         try:
-            return chain_step_model(model, description)
+            return chain_step_model(model, description, max_length=max_length)
         except NotAChain:
-            return graph_step_model(model, description)
+            return graph_step_model(model, description, max_length=max_length)
     except CannotStream as exc:
         if not fall_back:
             raise

@@ -16,11 +16,12 @@ from keras.src.models.functional import Functional
 
 from exporter.artifact.errors import CannotStream, SeqExportError, UnsupportedModel
 from exporter.artifact.specs import StateSpec
+from exporter.causal import Clock, attention_layers, cached_attention, clocked, positional
 from exporter.fused import fused_lstm, is_fusable_lstm
 from exporter.recurrence import (hoisted_cell, in_halves, is_hoistable_gru, is_hoistable_simple_rnn,
                                  simple_rnn_stack, swap_batch_and_time_bits, wants_halves)
 from exporter.step_model import StepModel
-from exporter.time_probe import whole_call_traces, why_not_per_step
+from exporter.time_probe import PROBE_STEPS, probe_input, whole_call_traces, why_not_per_step
 
 STATE_NAMES = {"LSTMCell": ("h", "c"), "GRUCell": ("h",), "SimpleRNNCell": ("h",)}
 _BUILTIN_CELLS = tuple(STATE_NAMES)
@@ -238,9 +239,11 @@ def _one_step(layer):
     return lambda x, s, m: (layer(x[:, None], training=False)[:, 0], ())
 
 
-def per_step_stage(index: int, layer, *, after_sequence: bool = False) -> _Stage:
+def per_step_stage(index: int, layer, *, after_sequence: bool = False, clock: Clock | None = None) -> _Stage:
     """A layer without state. `after_sequence`: it follows an RNN that returns its last step only,
-    so it sees `[B, ...]` without a time axis and runs as it is."""
+    so it sees `[B, ...]` without a time axis and runs as it is. `clock`: the export's position
+    state, for causal attention on a key/value cache and layers that read the position
+    (exporter/causal.py); None: refused."""
     known = isinstance(layer, _PER_STEP) or getattr(layer, "seqexport_per_step", False)
     whole = lambda x, s: (layer(x, training=False), ())  # noqa: E731  over [B, T, ...]
     if after_sequence:
@@ -266,6 +269,8 @@ def per_step_stage(index: int, layer, *, after_sequence: bool = False) -> _Stage
     if known:
         return _Stage(layer.name, (), lambda x, s, m: (layer(x, training=False), ()), rank_agnostic=True)
     kind = type(layer).__name__
+    if clock is not None and attention_layers(layer) and not after_sequence:
+        return _cached_attention_stage(index, layer, clock)
     if kind in _WHOLE_SEQUENCE:
         raise layer_refusal(index, layer, _WHOLE_SEQUENCE[kind])
     if isinstance(layer, keras.layers.Conv1D) and layer.padding == "causal":
@@ -273,13 +278,40 @@ def per_step_stage(index: int, layer, *, after_sequence: bool = False) -> _Stage
     shape = tuple(layer.input.shape)
     if len(shape) < 2 or any(d is None for d in shape[2:]):
         raise layer_refusal(index, layer, f"its input shape {shape} is not [batch, time, static features...]")
-    why = why_not_per_step(layer, shape[2:], tf.as_dtype(layer.input.dtype).name, steps=shape[1])
+    dtype = tf.as_dtype(layer.input.dtype).name
+    why = why_not_per_step(layer, shape[2:], dtype, steps=shape[1])
+    if why is not None and clock is not None:
+        step = positional(layer, clock, lambda seed: probe_input(shape[2:], dtype, shape[1] or PROBE_STEPS,
+                                                                 _vocab(layer), seed))
+        if callable(step):
+            return _Stage(layer.name, (), lambda x, s, m: (step(x), ()))
     if why is not None:
         if not type(layer).__module__.startswith("keras."):
             why += " (a custom layer that is per-step after all can declare `seqexport_per_step = True`)"
         raise layer_refusal(index, layer, why)
     traces = whole_call_traces(layer, shape[2:], tf.as_dtype(layer.input.dtype).name, steps=shape[1])
     return _Stage(layer.name, (), _one_step(layer), sequence_call=whole if traces else _time_folded(layer, steps=1))
+
+
+def _vocab(layer) -> int | None:
+    """The ids a layer that reads token ids takes (its `Embedding`'s input_dim), for probes."""
+    return next((int(l.input_dim) for l in layer._flatten_layers(include_self=True)
+                 if isinstance(l, keras.layers.Embedding)), None)
+
+
+def _cached_attention_stage(index: int, layer, clock: Clock) -> _Stage:
+    """A layer that is or holds causal `MultiHeadAttention`: stepped on key/value caches (exporter/causal.py)."""
+    shape = tuple(layer.input.shape)
+    if len(shape) < 3 or any(d is None for d in shape[2:]):
+        raise layer_refusal(index, layer, f"its input shape {shape} is not [batch, time, static features...]")
+    dtype = tf.as_dtype(layer.input.dtype).name
+    where = f"layer {index} {layer.name!r} ({type(layer).__name__})"
+    found = cached_attention(layer, where, clock, lambda l, inputs: l(inputs[0], training=False),
+                             lambda seed: [probe_input(shape[2:], dtype, shape[1] or PROBE_STEPS, None, seed)])
+    if isinstance(found, str):
+        raise layer_refusal(index, layer, found)
+    specs, step = found
+    return _Stage(layer.name, specs, lambda x, s, m: step([x], s))
 
 
 def _time_folded(layer, *, steps: int | None = None) -> Callable:
@@ -580,7 +612,7 @@ def keras_reference(model: keras.Model, layers) -> Callable:
     return reference
 
 
-def _stage(index: int, layer, emit: int, masked: bool, ended_by: list) -> _Stage:
+def _stage(index: int, layer, emit: int, masked: bool, ended_by: list, clock: Clock | None = None) -> _Stage:
     """`ended_by`: the RNN that returned its last step only, then the layers after it."""
     if emit and not isinstance(layer, keras.layers.RNN):
         raise layer_refusal(index, layer, f"its output {emit} is used, and only RNN layers have several outputs here")
@@ -591,7 +623,17 @@ def _stage(index: int, layer, emit: int, masked: bool, ended_by: list) -> _Stage
                         f"returns its last step only (no return_sequences){between}: there is no sequence "
                         "left to step through")
         return rnn_stage(index, layer, masked, emit)
-    return per_step_stage(index, layer, after_sequence=bool(ended_by))
+    return per_step_stage(index, layer, after_sequence=bool(ended_by), clock=clock)
+
+
+def with_position(model: keras.Model, clock: Clock, states: tuple, masked: bool) -> tuple:
+    """The states with the position last, where a layer reads it (exporter/causal.py)."""
+    if not clock.used:
+        return states
+    if masked:
+        raise cannot_stream(model, "has a Keras mask (padding) and a layer that reads the position or attends on a "
+                            "key/value cache; the position of a padded step is not defined, so it does not stream")
+    return (*states, Clock.spec())
 
 
 def is_graph_model(model: keras.Model) -> bool:
@@ -612,7 +654,7 @@ def fixed_steps(model: keras.Model, tensor) -> int | None:
     return None if steps is None else int(steps)
 
 
-def chain_step_model(model: keras.Model, description: str = "") -> StepModel:
+def chain_step_model(model: keras.Model, description: str = "", *, max_length: int | None = None) -> StepModel:
     """Builds the step model of a Keras model that is a chain of RNN and per-step layers.
 
     `exporter.keras_model.step_model_from_keras` is the entry point: it sends a step model,
@@ -625,11 +667,12 @@ def chain_step_model(model: keras.Model, description: str = "") -> StepModel:
     chain = _sequence_layers(model)
     layers = [layer for layer, _ in chain]
     masked, pad_value = mask_source(layers)
+    clock = Clock(max_length or fixed_steps(model, model.inputs[0]))
     stages: list[_Stage] = []
     ended_by: list = []  # the RNN that returns its last step only, and the layers after it
     for index, (layer, emit) in enumerate(chain):
         try:
-            stage = _stage(index, layer, emit, masked, ended_by)
+            stage = _stage(index, layer, emit, masked, ended_by, clock)
         except SeqExportError:
             raise
         except Exception as exc:  # noqa: BLE001  any layer can fail any way: name it, no traceback
@@ -643,7 +686,7 @@ def chain_step_model(model: keras.Model, description: str = "") -> StepModel:
         raise cannot_stream(model, "has no recurrent layer (SimpleRNN, GRU, LSTM, keras.layers.RNN) and no causal "
                             "convolution; seqexport streams models that carry a state from step to step (a custom "
                             "recurrence can be written as a step-model factory, see the README).")
-    states = tuple(spec for stage in stages for spec in stage.states)
+    states = with_position(model, clock, tuple(spec for stage in stages for spec in stage.states), masked)
     # Stateless per-step layers after the last RNN (a Dense head, say) run once on the whole
     # sequence after the loop instead of once per step: fewer ops per iteration.
     last_core = max(i for i, stage in enumerate(stages) if stage.states or not stage.rank_agnostic)
@@ -654,6 +697,9 @@ def chain_step_model(model: keras.Model, description: str = "") -> StepModel:
 
     def core_step(x, prev_states, mask=None):
         return _run_stages(core_stages, x, prev_states, mask)
+
+    if clock.used:
+        masked_step, core_step = clocked(clock, masked_step), clocked(clock, core_step)
 
     def head(y):
         for stage in head_stages:
@@ -712,4 +758,5 @@ def chain_step_model(model: keras.Model, description: str = "") -> StepModel:
         fixed_steps=fixed_steps(model, input_spec),
         input_vocab=next((l.input_dim for l in layers if isinstance(l, keras.layers.Embedding)), None),
         description=description or f"Keras model {model.name!r}",
+        max_length=clock.max_length if clock.caches else None,
     )

@@ -65,7 +65,8 @@ def source_info(model_ref, kind: SourceKind) -> dict:
     return info
 
 
-def load_step_model(model_ref, *, unsafe: bool = False, fall_back: bool = False) -> tuple[StepModel, SourceKind]:
+def load_step_model(model_ref, *, unsafe: bool = False, fall_back: bool = False,
+                    max_length: int | None = None) -> tuple[StepModel, SourceKind]:
     """Loads MODEL (a reference string, or an in-memory `keras.Model` / `StepModel`) as a step model.
 
     `fall_back`: a Keras model that cannot run step by step gets a whole-sequence model instead
@@ -86,19 +87,19 @@ def load_step_model(model_ref, *, unsafe: bool = False, fall_back: bool = False)
         from exporter.keras_model import step_model_from_keras
 
         return step_model_from_keras(model_ref, description=f"in-memory Keras model {model_ref.name!r}",
-                                     fall_back=fall_back), SourceKind.IN_MEMORY
+                                     fall_back=fall_back, max_length=max_length), SourceKind.IN_MEMORY
     model_ref = str(model_ref)
     kind = classify(model_ref)
     if kind is SourceKind.KERAS_FILE:
-        return _from_keras_file(Path(model_ref), unsafe=unsafe, fall_back=fall_back), kind
+        return _from_keras_file(Path(model_ref), unsafe=unsafe, fall_back=fall_back, max_length=max_length), kind
     if kind is SourceKind.SAVED_MODEL:
         from exporter.saved_step import step_model_from_saved_model
 
         return step_model_from_saved_model(Path(model_ref)), kind
-    return _from_factory(model_ref, fall_back=fall_back), kind
+    return _from_factory(model_ref, fall_back=fall_back, max_length=max_length), kind
 
 
-def _from_keras_file(path: Path, *, unsafe: bool, fall_back: bool) -> StepModel:
+def _from_keras_file(path: Path, *, unsafe: bool, fall_back: bool, max_length: int | None) -> StepModel:
     if not path.is_file():
         raise BadInput(f"Keras file {str(path)!r} not found.")
     if path.suffix == ".keras" and not zipfile.is_zipfile(path):
@@ -119,7 +120,8 @@ def _from_keras_file(path: Path, *, unsafe: bool, fall_back: bool) -> StepModel:
         raise BadInput(keras_load_error(path, exc)) from None
     from exporter.keras_model import step_model_from_keras
 
-    return step_model_from_keras(model, description=f"Keras file {path.name}", fall_back=fall_back)
+    return step_model_from_keras(model, description=f"Keras file {path.name}", fall_back=fall_back,
+                                 max_length=max_length)
 
 
 def _is_hdf5(path: Path) -> bool:
@@ -186,7 +188,7 @@ def import_user_module(module_name: str):
     return importlib.import_module(module_name)
 
 
-def _from_factory(ref: str, *, fall_back: bool) -> StepModel:
+def _from_factory(ref: str, *, fall_back: bool, max_length: int | None = None) -> StepModel:
     module_name, _, function_name = ref.partition(":")
     try:
         module = import_user_module(module_name)
@@ -208,7 +210,8 @@ def _from_factory(ref: str, *, fall_back: bool) -> StepModel:
     if isinstance(result, keras.Model):
         from exporter.keras_model import step_model_from_keras
 
-        return step_model_from_keras(result, description=f"factory {ref}", fall_back=fall_back)
+        return step_model_from_keras(result, description=f"factory {ref}", fall_back=fall_back,
+                                     max_length=max_length)
     raise UnsupportedModel(
         f"Factory {ref!r} returned {type(result).__name__}; it must return an exporter.StepModel "
         "(a step function with its specs) or a Keras model."

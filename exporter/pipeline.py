@@ -123,7 +123,7 @@ def write_export(
             static_inputs=bool(step_model.static_inputs), sequence_inputs=bool(step_model.sequence_inputs),
             fixed_steps_or_masks=(step_model.fixed_steps is not None or not step_model.streams
                                   or any(i.mask or i.steps for i in step_model.sequence_inputs)),
-            context_inputs=bool(step_model.context_inputs)),
+            context_inputs=bool(step_model.context_inputs), key_value_cache=step_model.max_length is not None),
         name=name,
         source=source,
         signatures=traced.specs,
@@ -136,6 +136,7 @@ def write_export(
         context_inputs=step_model.context_inputs,
         mask_pad_value=step_model.mask_pad_value,
         fixed_steps=step_model.fixed_steps,
+        max_length=step_model.max_length,
         whole_sequence=step_model.whole_sequence_reason,
         trainable_variables=step_model.variable_names(),
         options=options,
@@ -238,7 +239,8 @@ def export(
 
 
 def _load(model_ref, options: ExportOptions):
-    step_model, kind = load_step_model(model_ref, unsafe=options.unsafe, fall_back=not options.require_stream)
+    step_model, kind = load_step_model(model_ref, unsafe=options.unsafe, fall_back=not options.require_stream,
+                                       max_length=options.max_length)
     if options.with_input_gradients and not step_model.differentiable_inputs:
         raise BadInput(
             f"--with-input-gradients needs float inputs; this model takes {step_model.input_dtype} "

@@ -152,6 +152,7 @@ class StepModel:
     initial_states_fn: Callable | None = None
     sequence_fn: Callable | None = None
     whole_sequence_reason: str = ""
+    max_length: int | None = None
     sequence_masked: bool = False
     text_vocabulary: tuple[str, ...] = ()
     trackables: tuple = ()

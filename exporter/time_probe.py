@@ -27,8 +27,9 @@ def _offset(delta: int) -> str:
     return "in[t]" if delta == 0 else f"in[t{delta:+d}]"
 
 
-def _probe_input(feature_shape: tuple, dtype: str, steps: int, vocab: int | None):
-    rng = np.random.default_rng(PROBE_SEED)
+def probe_input(feature_shape: tuple, dtype: str, steps: int, vocab: int | None, seed: int = PROBE_SEED):
+    """A `[PROBE_BATCH, steps, *feature_shape]` probe: ids in 1..vocab-1, or Gaussian floats."""
+    rng = np.random.default_rng(seed)
     shape = (PROBE_BATCH, steps, *feature_shape)
     if np.issubdtype(np.dtype(dtype), np.integer):
         return rng.integers(1, max(2, vocab or 10), size=shape).astype(dtype)
@@ -77,7 +78,7 @@ def why_not_per_step(layer, feature_shape: tuple, dtype: str, *, steps: int | No
         vocab: for integer inputs, the ids to draw from.
     """
     steps = steps or PROBE_STEPS
-    x = _probe_input(feature_shape, dtype, steps, vocab)
+    x = probe_input(feature_shape, dtype, steps, vocab)
 
     def call(inputs):
         return layer(inputs, training=False)
@@ -134,7 +135,7 @@ def whole_call_traces(layer, feature_shape: tuple, dtype: str, *, steps: int | N
     import tensorflow as tf
 
     steps = steps or PROBE_STEPS
-    x = _probe_input(feature_shape, dtype, steps, vocab)
+    x = probe_input(feature_shape, dtype, steps, vocab)
     try:
         eager = _numpy(layer(x, training=False))
         spec = tf.TensorSpec([None, None, *feature_shape], tf.as_dtype(dtype))

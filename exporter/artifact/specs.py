@@ -23,7 +23,10 @@ import re
 #       `whole_sequence` (why an export has `serving_default` only). Written only by exports that have one.
 #   Version 7, 2026-12-06: adds `context_inputs` (an encoder's inputs, each with a time axis of its own,
 #       taken by `serving_default` and `initial_state` only). Written only by exports that have them.
-MANIFEST_FORMAT_VERSION = 7
+#   Version 8, 2026-12-06: adds `max_length` (the positions of a causal attention's key/value cache, the
+#       longest sequence a session streams). Written only by exports that have one.
+MANIFEST_FORMAT_VERSION = 8
+KEY_VALUE_CACHE_FORMAT_VERSION = 8
 CONTEXT_INPUTS_FORMAT_VERSION = 7
 FIXED_STEPS_OR_MASK_INPUTS_FORMAT_VERSION = 6
 SEQUENCE_INPUTS_FORMAT_VERSION = 5
@@ -32,8 +35,10 @@ NO_STATIC_INPUTS_FORMAT_VERSION = 3
 
 
 def manifest_format_version(*, static_inputs: bool, sequence_inputs: bool, fixed_steps_or_masks: bool = False,
-                            context_inputs: bool = False) -> int:
+                            context_inputs: bool = False, key_value_cache: bool = False) -> int:
     """The oldest format that holds what an export has (older readers keep reading the others)."""
+    if key_value_cache:
+        return KEY_VALUE_CACHE_FORMAT_VERSION
     if context_inputs:
         return CONTEXT_INPUTS_FORMAT_VERSION
     if fixed_steps_or_masks:
@@ -344,6 +349,8 @@ class ExportOptions:
             second derivative in TF then gets a "not supported" row instead of a failure.
         require_stream: refuse a model that cannot run step by step (exit 2) instead of exporting
             it whole-sequence.
+        max_length: positions of a causal attention's key/value cache (streaming past them fails);
+            None: the model's fixed input length, where it has one (else such a model is refused).
     """
 
     with_input_gradients: bool = False
@@ -359,6 +366,7 @@ class ExportOptions:
     targets: tuple[str, ...] = ()
     hvp_auto: bool = False
     require_stream: bool = False
+    max_length: int | None = None
 
     def __post_init__(self):
         unknown = [t for t in self.targets if t not in EXPORT_TARGETS]
@@ -371,6 +379,8 @@ class ExportOptions:
             raise ValueError(f"`probe_batch` must be at least 2 (batch independence needs 2 rows). Got: {self.probe_batch}")
         if self.probe_steps < 2:
             raise ValueError(f"`probe_steps` must be at least 2 (chunking needs 2 chunks). Got: {self.probe_steps}")
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"`max_length` must be at least 2 (chunking needs 2 chunks). Got: {self.max_length}")
 
     def resolved(self, *, dtype: str, float_inputs: bool) -> "ExportOptions":
         """These options with every None replaced by the default for this model."""
@@ -428,7 +438,10 @@ class Manifest:
     returned whole). `context_inputs` (an encoder's inputs, `[B, S, ...]` with a time length of their own:
     `steps`, -1 for any) are input keys of `serving_default`, `input_gradients` and `initial_state` only:
     the states `initial_state` returns carry what the encoder computed. `mask_pad_value` (masked exports) is
-    the value that marks a padded step in `inputs`: a step past a row's `lengths` is that padding. DO NOT
+    the value that marks a padded step in `inputs`: a step past a row's `lengths` is that padding.
+    `max_length` (None: no cache) is the number of positions of the key/value caches of causal
+    attention (states `<layer>_key`, `<layer>_value`, and `position`): a session streams at most that many
+    steps. DO NOT
     RELY on `checks` beyond
     reading them: rows may be added. `batch_independent` is None until that check
     ran; only `True` allows server-side batching (`batch_offdiag_max` is the largest
@@ -459,11 +472,19 @@ class Manifest:
     whole_sequence: str = ""
     context_inputs: tuple[InputSpec, ...] = ()
     mask_pad_value: float = 0.0
+    max_length: int | None = None
 
     @property
     def streams(self) -> bool:
         """It has the streaming signatures (`stream`, `step`, `initial_state`)."""
         return not self.whole_sequence
+
+    def cache_bytes(self) -> int:
+        """Bytes per sequence of the key/value caches (0: none): what a session carries for them."""
+        if self.max_length is None:
+            return 0
+        return sum(state_bytes(s) for s in self.states if s.shape[:1] == (self.max_length,)
+                   and s.name.endswith(("_key", "_value")))
 
     def output_keys(self) -> tuple[tuple[str, str, bool], ...]:
         """(key in `serving_default`/`stream`, key in `step`, last step only) of each output."""
@@ -502,7 +523,8 @@ class Manifest:
             {"fixed_steps": self.fixed_steps} if self.fixed_steps is not None else {}) | (
             {"whole_sequence": self.whole_sequence} if self.whole_sequence else {}) | (
             {"context_inputs": [i.to_json() for i in self.context_inputs]} if self.context_inputs else {}) | (
-            {"mask_pad_value": self.mask_pad_value} if self.masked else {})
+            {"mask_pad_value": self.mask_pad_value} if self.masked else {}) | (
+            {"max_length": self.max_length} if self.max_length is not None else {})
 
     @classmethod
     def from_json(cls, data: dict) -> "Manifest":
@@ -538,7 +560,22 @@ class Manifest:
             whole_sequence=data.get("whole_sequence", ""),
             context_inputs=tuple(InputSpec.from_json(i) for i in data.get("context_inputs", [])),
             mask_pad_value=float(data.get("mask_pad_value", 0.0)),
+            max_length=data.get("max_length"),
         )
+
+
+# The state that counts each row's steps where a layer reads the position (exporter/causal.py): a whole number.
+POSITION_STATE = "position"
+
+_ITEM_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1}
+
+
+def state_bytes(state: StateSpec) -> int:
+    """Bytes of one row of `state`."""
+    count = 1
+    for d in state.shape:
+        count *= d
+    return count * _ITEM_BYTES.get(state.dtype, 4)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -68,6 +68,10 @@ def export(
         bool, typer.Option("--require-stream", help="Refuse (exit 2) a model that cannot run step by step, instead of "
                            "exporting it whole-sequence (serving_default only).")
     ] = False,
+    max_length: Annotated[
+        Optional[int], typer.Option("--max-length", min=2, help="Positions of a causal attention's key/value cache: "
+                                    "the longest sequence a session streams (default: the model's fixed input length).")
+    ] = None,
     imports: Annotated[
         Optional[list[str]], typer.Option("--import", help="Import MODULE first (registers custom layers; runs its code).")
     ] = None,
@@ -108,6 +112,7 @@ def export(
                 jit=jit,
                 fused=fused,
                 require_stream=require_stream,
+                max_length=max_length,
                 targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
             )
         except ValueError as exc:

@@ -300,6 +300,11 @@ def manifest_tables(manifest: Manifest) -> list:
         facts.append(("context inputs (initial_state)", ", ".join(
             f"{i.name} [{', '.join(map(str, ['S' if i.steps < 0 else i.steps, *i.shape]))}] {i.dtype}"
             for i in manifest.context_inputs) + ": encoded once, the decoder streams"))
+    if manifest.max_length is not None:
+        cache = manifest.cache_bytes()
+        facts.append(("key/value cache", f"max_length {manifest.max_length}: {cache:,} bytes per sequence "
+                                         f"({cache / 2**20:.2f} MiB); streaming past {manifest.max_length} positions "
+                                         "fails"))
     if not manifest.streams:
         facts.append(("whole sequence only", f"serving_default only, no streaming: {manifest.whole_sequence}"))
     if manifest.fixed_steps is not None:

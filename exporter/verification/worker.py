@@ -27,7 +27,7 @@ from exporter.artifact.golden_io import load as load_golden
 from exporter.artifact.manifest import read_manifest
 from exporter.artifact.names import no_xla_name, unfused_name
 from exporter.artifact.paths import golden_path, manifest_path
-from exporter.artifact.specs import CheckResult, Manifest, SignatureName
+from exporter.artifact.specs import POSITION_STATE, CheckResult, Manifest, SignatureName
 from exporter.verification.batch import offdiagonal_blocks
 from exporter.verification.run import PARENT_PID_VARIABLE
 from exporter.verification.explain import explain
@@ -414,7 +414,9 @@ def _probe_batch(feed: dict, descs, rng, *, batch: int, steps: int | None = None
             continue
         open_dims = shapes.get(key, (None, *value.shape[1:]))[1:]
         shape = (batch, *(steps if d is None and steps is not None else n for d, n in zip(open_dims, value.shape[1:])))
-        if value.dtype.kind in "SO":
+        if key == POSITION_STATE:  # a step count: whole numbers the golden reached, not noise
+            probe[key] = rng.integers(0, int(value.max()) + 1, size=shape).astype(value.dtype)
+        elif value.dtype.kind in "SO":
             probe[key] = rng.choice(value.ravel(), size=shape).astype(value.dtype)
         elif np.issubdtype(value.dtype, np.integer):
             probe[key] = rng.integers(1, max(2, int(value.max()) + 1), size=shape).astype(value.dtype)

@@ -153,6 +153,103 @@ def miniature_gpt() -> keras.Model:
     return keras.Model(inputs=inputs, outputs=[outputs, x])
 
 
+def causal_attention_mask(batch_size, n_dest, n_src, dtype):
+    """The miniature GPT's mask: ones in the lower triangle, counting from the lower right corner (broadcast to
+    the batch where the example tiles it: Keras 3.15's `ops.tile` takes no symbolic repeats)."""
+    i = keras.ops.arange(n_dest)[:, None]
+    j = keras.ops.arange(n_src)
+    mask = keras.ops.reshape(keras.ops.cast(i >= j - n_src + n_dest, dtype), [1, n_dest, n_src])
+    return keras.ops.broadcast_to(mask, keras.ops.stack([batch_size, n_dest, n_src]))
+
+
+@keras.saving.register_keras_serializable(package="seqexport_examples")
+class TransformerBlock(L.Layer):
+    """The miniature GPT's `TransformerBlock` as the example writes it: the causal mask built by
+    `causal_attention_mask` and given as `attention_mask=`, dropout, post-norm residuals."""
+
+    def __init__(self, embed_dim, num_heads, ff_dim, rate=0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.embed_dim, self.num_heads, self.ff_dim, self.rate = embed_dim, num_heads, ff_dim, rate
+        self.att = L.MultiHeadAttention(num_heads, embed_dim)
+        self.ffn = keras.Sequential([L.Dense(ff_dim, activation="relu"), L.Dense(embed_dim)])
+        self.layernorm1 = L.LayerNormalization(epsilon=1e-6)
+        self.layernorm2 = L.LayerNormalization(epsilon=1e-6)
+        self.dropout1 = L.Dropout(rate)
+        self.dropout2 = L.Dropout(rate)
+
+    def call(self, inputs):
+        input_shape = keras.ops.shape(inputs)
+        batch_size, seq_len = input_shape[0], input_shape[1]
+        causal_mask = causal_attention_mask(batch_size, seq_len, seq_len, "bool")
+        attention_output = self.dropout1(self.att(inputs, inputs, attention_mask=causal_mask))
+        out1 = self.layernorm1(inputs + attention_output)
+        return self.layernorm2(out1 + self.dropout2(self.ffn(out1)))
+
+    def get_config(self):
+        return {**super().get_config(), "embed_dim": self.embed_dim, "num_heads": self.num_heads,
+                "ff_dim": self.ff_dim, "rate": self.rate}
+
+
+def gpt_two_blocks(maxlen: int = 16) -> keras.Model:
+    """keras.io "Text generation with a miniature GPT" with two of its `TransformerBlock`s: learned positions,
+    logits and the last block's output, as the example returns them."""
+    inputs = keras.Input(shape=(maxlen,), dtype="int32")
+    x = TokenAndPositionEmbedding(maxlen, 50, 16)(inputs)
+    x = TransformerBlock(16, 2, 16)(x)
+    x = TransformerBlock(16, 2, 16)(x)
+    outputs = L.Dense(50)(x)
+    return keras.Model(inputs=inputs, outputs=[outputs, x])
+
+
+@keras.saving.register_keras_serializable(package="seqexport_examples")
+class SinusoidalPosition(L.Layer):
+    """Adds the sinusoidal position encoding of "Attention is all you need" over `ops.arange(T)`."""
+
+    def call(self, x):
+        steps, dim = keras.ops.shape(x)[1], x.shape[-1]
+        positions = keras.ops.cast(keras.ops.arange(steps), x.dtype)[:, None]
+        rates = keras.ops.exp(keras.ops.arange(0, dim, 2, dtype=x.dtype) * (-9.2 / dim))[None, :]
+        angles = positions * rates
+        encoding = keras.ops.reshape(keras.ops.stack([keras.ops.sin(angles), keras.ops.cos(angles)], -1),
+                                     [steps, dim])
+        return x + encoding
+
+
+def prenorm_gpt() -> keras.Model:
+    """A pre-norm decoder block in functional form (GPT-2's layout): residuals around causal self-attention
+    and the feed-forward network, sinusoidal positions, any length (the cache's set by --max-length)."""
+    inputs = keras.Input(shape=(None,), dtype="int32")
+    x = SinusoidalPosition()(L.Embedding(40, 16)(inputs))
+    h = L.LayerNormalization(epsilon=1e-5)(x)
+    x = L.Add()([x, L.MultiHeadAttention(4, 4)(h, h, use_causal_mask=True)])
+    h = L.LayerNormalization(epsilon=1e-5)(x)
+    x = L.Add()([x, L.Dense(16)(L.Dense(32, activation="gelu")(h))])
+    return keras.Model(inputs, L.Dense(40)(L.LayerNormalization(epsilon=1e-5)(x)))
+
+
+def lstm_causal_attention() -> keras.Model:
+    """An LSTM then causal self-attention over its outputs (`mha(h, h, use_causal_mask=True)`), a residual
+    and a per-step head: float features of any length."""
+    inputs = keras.Input(shape=(None, 6))
+    h = L.LSTM(12, return_sequences=True)(inputs)
+    attended = L.MultiHeadAttention(2, 6)(h, h, use_causal_mask=True)
+    return keras.Model(inputs, L.Dense(3)(L.Add()([h, attended])))
+
+
+def lstm_causal_attention_float16() -> keras.Model:
+    """`lstm_causal_attention` under Keras's `mixed_float16` policy (float32 logits, as the mixed-precision
+    guide advises)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        inputs = keras.Input(shape=(None, 6))
+        h = L.LSTM(12, return_sequences=True)(inputs)
+        attended = L.MultiHeadAttention(2, 6)(h, h, use_causal_mask=True)
+        return keras.Model(inputs, L.Dense(3, dtype="float32")(L.Add()([h, attended])))
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def build(name: str) -> keras.Model:
     """The example `name`, seeded, with nonzero biases (a bias that does not come over is noticed)."""
     keras.utils.set_random_seed(11)

@@ -1,6 +1,6 @@
 """The official examples' sequence models (tests/exporter/official_examples.py) export, verify, and
-match Keras on new data; the ones that cannot stream yet are refused naming the layer (the
-encoder-decoders: tests/exporter/test_context.py)."""
+match Keras on new data (the encoder-decoders: tests/exporter/test_context.py; causal transformers:
+tests/exporter/test_causal_attention.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from exporter.artifact.errors import UnsupportedModel
 from exporter.artifact.manifest import read_manifest
 from exporter.artifact.specs import ExportOptions
 from exporter.keras_model import step_model_from_keras
@@ -99,10 +98,3 @@ def test_the_hand_built_seq2seq_decoder_takes_its_states_as_inputs_and_returns_t
     assert [i.shape for i in manifest.static_inputs] == [(official_examples.LATENT_DIM,)] * 2
     assert [o.last_step for o in manifest.outputs] == [False, True, True]
 
-
-@pytest.mark.parametrize("name, layer, why", [
-    ("miniature_gpt", "TokenAndPositionEmbedding", "run on one step alone it gives other numbers"),
-])
-def test_models_that_cannot_stream_yet_are_refused_naming_the_layer(name, layer, why):
-    with pytest.raises(UnsupportedModel, match=f"\\({layer}\\) cannot run step by step: .*{why}"):
-        step_model_from_keras(official_examples.build(name))
