@@ -298,7 +298,7 @@ def positional(layer, clock: Clock, probe_input: Callable) -> Callable | str:
     def step(x):
         position = clock.rows()
         steps = tf.reduce_max(position) + 1
-        at = tf.one_hot(position, steps, on_value=True, off_value=False, dtype=tf.bool)  # [B, steps]
+        at = tf.equal(tf.range(steps)[None, :], position[:, None])  # [B, steps]: each row's t
         at = tf.reshape(at, tf.concat([tf.shape(at), tf.ones([len(x.shape) - 1], tf.int32)], 0))
         sequence = tf.where(at, x[:, None], tf.zeros_like(x[:, None]))  # [B, steps, ...]: x at each row's t
         return tf.gather(layer(sequence, training=False), position, batch_dims=1)

@@ -20,16 +20,21 @@ def bench(
     export_cost: Annotated[bool, typer.Option("--export-cost/--no-export-cost", help="Time `seqexport export` against "
                                               "Keras's model.export() for LSTM/GRU/SimpleRNN stacks of 64..1024 units "
                                               "(long: about an hour on 2 cores; --quick: one tiny model).")] = True,
+    kv_cache: Annotated[bool, typer.Option("--kv-cache/--no-kv-cache", help="Time generating N positions one `step` "
+                                           "at a time on a causal transformer's key/value cache against re-running "
+                                           "the growing prefix (N = 128, 512; --quick: 32).")] = True,
 ) -> None:
-    """Time Keras vs the exported signatures (plain and XLA), gradients, peak memory and export cost."""
+    """Time Keras vs the exported signatures (plain and XLA), gradients, peak memory, export cost, the kv cache."""
     from exporter.tools.benchmark import BenchConfig, run_and_write  # numpy, TensorFlow: not for --help
+    from exporter.tools.cache_bench import CacheBenchConfig
     from exporter.tools.export_cost import ExportCostConfig
 
     config = (BenchConfig.quick() if quick else BenchConfig()) if timings else None
     cost_config = (ExportCostConfig.quick() if quick else ExportCostConfig()) if export_cost else None
+    cache_config = (CacheBenchConfig.quick() if quick else CacheBenchConfig()) if kv_cache else None
     with stderr.status("benchmark", spinner="dots") as status:
         paths = run_and_write(config, out, progress=lambda p: status.update(f"[bold]{p}[/] ..."),
-                              export_cost_config=cost_config)
+                              export_cost_config=cost_config, cache_config=cache_config)
 
     for section in bench_tables(json.loads(paths["json"].read_text())):
         stdout.print(section)
@@ -53,6 +58,15 @@ def bench_tables(results: dict) -> list:
                          f"{row['keras_export_s']:.1f}", f"{row['seqexport_s']:.1f}", f"{row['ratio_vs_keras']:.1f}",
                          "-" if g is None else f"{g:.2f}", f"{row['verify_peak_rss_mb']:.0f}")
         tables.append(cost)
+    if results.get("kv_cache"):
+        cache = table(title="kv cache, B=1: N positions by `step` vs re-running the growing prefix (medians)")
+        numbers = ("N", "step s", "serving_default s", "keras s", "vs serving_default", "vs keras", "cache bytes")
+        add_columns(cache, numbers, right=numbers, no_wrap=numbers)
+        for row in results["kv_cache"]:
+            cache.add_row(str(row["positions"]), f"{row['step_s']:.2f}", f"{row['serving_default_prefix_s']:.2f}",
+                          f"{row['keras_prefix_s']:.2f}", f"{row['ratio_vs_serving_default']:.3f}",
+                          f"{row['ratio_vs_keras']:.3f}", f"{row['cache_bytes_per_sequence']:,}")
+        tables.append(cache)
     if not results.get("timings"):
         return tables
 

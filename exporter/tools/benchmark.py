@@ -45,7 +45,7 @@ from exporter.artifact.errors import SeqExportError
 from exporter.artifact.specs import ExportOptions
 from exporter.convert.runtimes import LiteRTModel, OrtModel, SequenceBackend, StepLoopBackend
 from exporter.convert.targets import convert_export
-from exporter.tools import bench_targets, export_cost
+from exporter.tools import bench_targets, cache_bench, export_cost
 from exporter.tools.timing import interleaved_medians
 from exporter.verification.run import fresh_process_env
 
@@ -652,12 +652,15 @@ def write(results: dict, out_dir: Path) -> dict[str, Path]:
 
 
 def run_and_write(config: BenchConfig | None, out_dir: Path, progress=lambda _: None, *,
-                  export_cost_config=None) -> dict[str, Path]:
-    """Runs the timing section (`config`, None: skipped) and the export-cost section
-    (`export_cost_config`, an `exporter.tools.export_cost.ExportCostConfig`; None: skipped)."""
+                  export_cost_config=None, cache_config=None) -> dict[str, Path]:
+    """Runs the timing section (`config`, None: skipped), the export-cost section
+    (`export_cost_config`, an `exporter.tools.export_cost.ExportCostConfig`; None: skipped) and the
+    key/value cache section (`cache_config`, an `exporter.tools.cache_bench.CacheBenchConfig`)."""
     with tempfile.TemporaryDirectory(prefix="seqexport-bench-") as tmp:
         results = run(config, Path(tmp), progress) if config is not None else {"versions": _versions()}
         if export_cost_config is not None:
             results["export_cost_config"] = dataclasses.asdict(export_cost_config)
             results["export_cost"] = export_cost.run(export_cost_config, Path(tmp), progress)
+        if cache_config is not None:
+            results["kv_cache"] = cache_bench.run(cache_config, Path(tmp), progress)
     return write(results, out_dir)

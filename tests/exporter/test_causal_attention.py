@@ -116,3 +116,16 @@ def test_inspect_reports_the_cache_bytes_per_sequence(exported):
     assert result.exit_code == 0, result.output
     # 1024 positions x 4 heads x 4 dims x float32, a key and a value: 131,072 bytes.
     assert "max_length 1024: 131,072 bytes per sequence" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("name", ["gpt_two_blocks", "lstm_causal_attention"])
+@pytest.mark.parametrize("target", ["onnx", "tflite"])
+def test_runtimes_take_the_cache_as_named_inputs_and_outputs(exported, tmp_path, name, target):
+    """The step model (and ONNX's stream model) converted with the caches and the position as named states;
+    parity rows against the goldens, the step driver chaining them from zeros."""
+    from exporter.convert.targets import convert_export
+
+    report = convert_export(exported[name].path, target, tmp_path / target)
+    print(report.summary())
+    assert report.passed, report.failures
+    assert any(c.signature.startswith("step driver") for c in report.checks)
