@@ -11,6 +11,8 @@ import pytest
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_stream import TestStream
+
+TestStream.__test__ = False  # a Beam source, not a test class
 from apache_beam.transforms.window import TimestampedValue
 
 from serving.beam import DEAD_LETTER, OUTPUTS, Reason, StreamSessions, StreamSessionsFn
