@@ -22,7 +22,9 @@ def bench(
                                               "(long: about an hour on 2 cores; --quick: one tiny model).")] = True,
     kv_cache: Annotated[bool, typer.Option("--kv-cache/--no-kv-cache", help="Time generating N positions one `step` "
                                            "at a time on a causal transformer's key/value cache against re-running "
-                                           "the growing prefix (N = 128, 512; --quick: 32).")] = True,
+                                           "the growing prefix (N = 128, 512; --quick: 32).")] = False,
+    beam: Annotated[bool, typer.Option("--beam/--no-beam", help="Chunks/s and keys/s of serving.beam.StreamSessions "
+                                       "at 100..10,000 keys vs the session client over gRPC (needs the beam extra).")] = False,
 ) -> None:
     """Time Keras vs the exported signatures (plain and XLA), gradients, peak memory, export cost, the kv cache."""
     from exporter.tools.benchmark import BenchConfig, run_and_write  # numpy, TensorFlow: not for --help
@@ -32,9 +34,14 @@ def bench(
     config = (BenchConfig.quick() if quick else BenchConfig()) if timings else None
     cost_config = (ExportCostConfig.quick() if quick else ExportCostConfig()) if export_cost else None
     cache_config = (CacheBenchConfig.quick() if quick else CacheBenchConfig()) if kv_cache else None
+    beam_config = None
+    if beam:
+        from exporter.tools.beam_bench import BeamBenchConfig
+
+        beam_config = BeamBenchConfig.quick() if quick else BeamBenchConfig()
     with stderr.status("benchmark", spinner="dots") as status:
         paths = run_and_write(config, out, progress=lambda p: status.update(f"[bold]{p}[/] ..."),
-                              export_cost_config=cost_config, cache_config=cache_config)
+                              export_cost_config=cost_config, cache_config=cache_config, beam_config=beam_config)
 
     for section in bench_tables(json.loads(paths["json"].read_text())):
         stdout.print(section)
@@ -67,6 +74,8 @@ def bench_tables(results: dict) -> list:
                           f"{row['keras_prefix_s']:.2f}", f"{row['ratio_vs_serving_default']:.3f}",
                           f"{row['ratio_vs_keras']:.3f}", f"{row['cache_bytes_per_sequence']:,}")
         tables.append(cache)
+    if results.get("beam"):
+        tables.append(_beam_table(results["beam"]))
     if not results.get("timings"):
         return tables
 
@@ -93,6 +102,20 @@ def bench_tables(results: dict) -> list:
         memory.add_row(escape(row["model"]), escape(row["variant"]), str(row["batch"]), str(row["steps"]),
                        f"{row['peak_mb_over_baseline']:.0f}")
     return [times, *([held] if targets else []), *([memory] if results["memory"] else []), *tables]
+
+
+def _beam_table(rows: list[dict]):
+    """StreamSessions on the in-process runner vs the session client over gRPC (medians)."""
+    beam = table(title="serving.beam.StreamSessions (in-process runner) vs StreamingSession over gRPC, per chunk")
+    numbers = ("keys", "chunks", "state MB", "beam chunks/s", "beam keys/s", "client chunks/s", "vs client",
+               "beam s/10k chunks", "client s/10k chunks")
+    add_columns(beam, numbers, right=numbers, no_wrap=numbers)
+    for row in rows:
+        beam.add_row(f"{row['keys']:,}", f"{row['chunks']:,}", f"{row['state_mb']:.2f}",
+                     f"{row['beam_chunks_per_s']:.0f}", f"{row['beam_keys_per_s']:.0f}",
+                     f"{row['client_chunks_per_s']:.0f}", f"{row['ratio_vs_client']:.2f}",
+                     f"{row['beam_s_per_10k_chunks']:.1f}", f"{row['client_s_per_10k_chunks']:.1f}")
+    return beam
 
 
 def register(app: typer.Typer) -> None:

@@ -652,10 +652,11 @@ def write(results: dict, out_dir: Path) -> dict[str, Path]:
 
 
 def run_and_write(config: BenchConfig | None, out_dir: Path, progress=lambda _: None, *,
-                  export_cost_config=None, cache_config=None) -> dict[str, Path]:
+                  export_cost_config=None, cache_config=None, beam_config=None) -> dict[str, Path]:
     """Runs the timing section (`config`, None: skipped), the export-cost section
-    (`export_cost_config`, an `exporter.tools.export_cost.ExportCostConfig`; None: skipped) and the
-    key/value cache section (`cache_config`, an `exporter.tools.cache_bench.CacheBenchConfig`)."""
+    (`export_cost_config`, an `exporter.tools.export_cost.ExportCostConfig`; None: skipped), the
+    key/value cache section (`cache_config`, an `exporter.tools.cache_bench.CacheBenchConfig`) and the
+    Beam section (`beam_config`, an `exporter.tools.beam_bench.BeamBenchConfig`; None: skipped)."""
     with tempfile.TemporaryDirectory(prefix="seqexport-bench-") as tmp:
         results = run(config, Path(tmp), progress) if config is not None else {"versions": _versions()}
         if export_cost_config is not None:
@@ -663,4 +664,14 @@ def run_and_write(config: BenchConfig | None, out_dir: Path, progress=lambda _: 
             results["export_cost"] = export_cost.run(export_cost_config, Path(tmp), progress)
         if cache_config is not None:
             results["kv_cache"] = cache_bench.run(cache_config, Path(tmp), progress)
+        if beam_config is not None:
+            from exporter.pipeline import export
+            from exporter.tools import beam_bench
+            from exporter.tools.demo import train_demo_model
+
+            progress("beam: the demo export")
+            export(str(train_demo_model(Path(tmp) / "beam" / "demo.keras", seconds=2.0)), name="demo",
+                   base=Path(tmp) / "beam" / "models")
+            results["beam_config"] = dataclasses.asdict(beam_config)
+            results["beam"] = beam_bench.run(beam_config, Path(tmp) / "beam" / "models", progress=progress)
     return write(results, out_dir)
