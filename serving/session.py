@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
@@ -115,6 +116,10 @@ def sequence_feed(names, sequences: Mapping[str, np.ndarray] | None, dtypes: Map
     return feed
 
 
+# A session whose states pass this many bytes gets a note: its requests carry them both ways.
+LARGE_STATE_BYTES = 2**20
+
+
 class StreamingSession:
     """A batch of sequences fed chunk by chunk, its state carried between calls.
 
@@ -148,6 +153,19 @@ class StreamingSession:
                                  f"it needs the session batch size {batch_size} first.")
         self.context = {k: np.asarray(v) for k, v in (context or {}).items()}
         self.states = dict(states) if states is not None else self._initial_state()
+        if self.state_bytes > LARGE_STATE_BYTES:
+            warnings.warn(f"{self}: each request sends these states and gets them back; past "
+                          f"{LARGE_STATE_BYTES // 2**20} MiB (a long key/value cache) keep the state server-side "
+                          "instead (Triton's sequence batcher, `convert --to triton`)", stacklevel=2)
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of the states the session carries (a key/value cache included): what each request sends."""
+        return sum(np.asarray(v).nbytes for v in self.states.values())
+
+    def __repr__(self) -> str:
+        return (f"StreamingSession(batch_size={self.batch_size}, steps_seen={self.steps_seen}, "
+                f"{len(self.states)} states of {self.state_bytes:,} bytes)")
 
     def _static_kwargs(self) -> dict:
         return {"statics": self.statics} if self.statics else {}

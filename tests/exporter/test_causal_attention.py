@@ -129,3 +129,15 @@ def test_runtimes_take_the_cache_as_named_inputs_and_outputs(exported, tmp_path,
     print(report.summary())
     assert report.passed, report.failures
     assert any(c.signature.startswith("step driver") for c in report.checks)
+
+
+def test_a_session_says_what_its_cache_costs_and_notes_a_large_one(exported):
+    """131,072 cache bytes per sequence (+ 4 for the position): 8 sequences stay under 1 MiB, 9 pass it."""
+    from serving.client import SavedModelBackend
+    from serving.session import StreamingSession
+
+    backend = SavedModelBackend(exported["prenorm_gpt"].path)
+    small = StreamingSession(backend, batch_size=8)
+    assert small.state_bytes == 8 * (131_072 + 4) and "1,048,608 bytes" in repr(small)
+    with pytest.warns(UserWarning, match="keep the state server-side"):
+        StreamingSession(backend, batch_size=9)
