@@ -46,6 +46,7 @@ class Clock:
         self.position = None
         self.used = False
         self.caches: list[str] = []  # layers that keep a key/value cache
+        self.findings: list[str] = []  # what the probes found, one line per layer, for the user
 
     @staticmethod
     def spec() -> StateSpec:
@@ -248,6 +249,8 @@ def cached_attention(layer, where: str, clock: Clock, call_step: Callable, probe
             "Python), the longest sequence a session will stream.")
     clock.used = True
     clock.caches.append(layer.name)
+    clock.findings.append(f"{where}: causal attention, stepped on a key/value cache of {clock.max_length} positions "
+                          f"(its probe gives its whole call's numbers to {worst:.1e}; its masks are lower-triangular)")
     real = KeyValueCache(layers, clock)
     return real.specs(lambda: call_step(layer, [tf.constant(a[:, :1]) for a in first])), stepping(real)
 
@@ -276,7 +279,7 @@ def _non_causal_masks(masks: list, steps: int) -> str | None:
     return None
 
 
-def positional(layer, clock: Clock, probe_input: Callable) -> Callable | str:
+def positional(layer, where: str, clock: Clock, probe_input: Callable) -> Callable | str:
     """`layer`'s step at each row's position, once a probe shows its output at t depends on in[t] and on t
     alone (else why not): a sequence of t+1 steps, the input at t, zeros before it.
 
@@ -294,6 +297,8 @@ def positional(layer, clock: Clock, probe_input: Callable) -> Callable | str:
     if worst > _probe_rtol(str(whole.dtype)):
         return f"out[t] depends on in[t] and on earlier steps (max relative difference {worst:.2e} with other filler)"
     clock.used = True
+    clock.findings.append(f"{where}: out[t] depends on in[t] and on t alone (other steps before t change nothing, "
+                          f"to {worst:.1e}): it runs at each row's position")
 
     def step(x):
         position = clock.rows()

@@ -486,6 +486,7 @@ def graph_step_model(model: keras.Model, description: str, *, max_length: int | 
         initial_states_fn=(_initial_states_fn(nodes, static_ids, split, clock.used) if any(n.initial for n in nodes)
                            else None),
         max_length=clock.max_length if clock.caches else None,
+        findings=tuple(clock.findings),
     )
 
 

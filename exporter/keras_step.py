@@ -281,8 +281,9 @@ def per_step_stage(index: int, layer, *, after_sequence: bool = False, clock: Cl
     dtype = tf.as_dtype(layer.input.dtype).name
     why = why_not_per_step(layer, shape[2:], dtype, steps=shape[1])
     if why is not None and clock is not None:
-        step = positional(layer, clock, lambda seed: probe_input(shape[2:], dtype, shape[1] or PROBE_STEPS,
-                                                                 _vocab(layer), seed))
+        where = f"layer {index} {layer.name!r} ({type(layer).__name__})"
+        step = positional(layer, where, clock,
+                          lambda seed: probe_input(shape[2:], dtype, shape[1] or PROBE_STEPS, _vocab(layer), seed))
         if callable(step):
             return _Stage(layer.name, (), lambda x, s, m: (step(x), ()))
     if why is not None:
@@ -759,4 +760,5 @@ def chain_step_model(model: keras.Model, description: str = "", *, max_length: i
         input_vocab=next((l.input_dim for l in layers if isinstance(l, keras.layers.Embedding)), None),
         description=description or f"Keras model {model.name!r}",
         max_length=clock.max_length if clock.caches else None,
+        findings=tuple(clock.findings),
     )

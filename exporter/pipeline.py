@@ -197,6 +197,8 @@ def export(
     with staged_version(base, name, version=version, overwrite=overwrite,
                         on_remove=lambda item: notice(str(item))) as staged:
         step_model, kind = _load(model_ref, options)
+        for finding in step_model.findings:
+            notice(finding)
         if not step_model.streams:
             notice(f"whole-sequence export (serving_default only, no streaming signatures): "
                    f"{step_model.whole_sequence_reason}; --require-stream refuses such a model instead")

@@ -99,6 +99,10 @@ class StepModel:
             only (`serving_default`, and `input_gradients` if asked): `step_fn` is None, no states.
             An output with a time axis has `output_shape` (or `OutputSpec.shape`) per step; one without
             (`last_step_only`, `OutputSpec.last_step`) its whole shape after the batch.
+        max_length: the positions of a causal attention's key/value caches (exporter/causal.py), None
+            without one: a session streams at most that many steps.
+        findings: what the probes found that the user should read (a layer stepped on a key/value
+            cache, a layer that reads the position), one line each; the export prints them.
         whole_sequence_reason: why the model cannot stream (the layer, and what its probe found):
             set with `sequence_fn`, recorded in the manifest and said by every streaming check.
         sequence_masked: a whole-sequence model marks padding in its inputs (`Masking`,
@@ -153,6 +157,7 @@ class StepModel:
     sequence_fn: Callable | None = None
     whole_sequence_reason: str = ""
     max_length: int | None = None
+    findings: tuple[str, ...] = ()
     sequence_masked: bool = False
     text_vocabulary: tuple[str, ...] = ()
     trackables: tuple = ()

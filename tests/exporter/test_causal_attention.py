@@ -141,3 +141,25 @@ def test_a_session_says_what_its_cache_costs_and_notes_a_large_one(exported):
     assert small.state_bytes == 8 * (131_072 + 4) and "1,048,608 bytes" in repr(small)
     with pytest.warns(UserWarning, match="keep the state server-side"):
         StreamingSession(backend, batch_size=9)
+
+
+def test_the_probes_findings_are_said_layer_by_layer():
+    findings = step_model_from_keras(examples.build("gpt_two_blocks")).findings
+    print(*findings, sep="\n")
+    assert len(findings) == 3
+    assert "(TokenAndPositionEmbedding): out[t] depends on in[t] and on t alone" in findings[0]
+    assert all("(TransformerBlock): causal attention, stepped on a key/value cache of 16 positions" in f
+               for f in findings[1:])
+
+
+def test_the_cli_refuses_a_model_of_any_length_without_max_length_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from exporter.cli.app import app
+
+    examples.build("prenorm_gpt").save(tmp_path / "gpt.keras")
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "gpt.keras"), "--name", "gpt", "--base",
+                                      str(tmp_path / "models"), "--import", "tests.exporter.official_examples"])
+    assert result.exit_code == 2, result.output
+    assert "attends causally" in result.output and "--max-length" in result.output
+    assert not (tmp_path / "models" / "gpt").exists() or not any((tmp_path / "models" / "gpt").iterdir())
