@@ -359,8 +359,11 @@ def python_model_config(name: str, model, options: TritonOptions = TritonOptions
                                             dims=_dims((one, None, *info.shape[1:]), batched)))
     for state in states:
         info = model.inputs[state]
-        config.output.append(pb.ModelOutput(name=state, data_type=data_type(info.dtype),
-                                            dims=_dims((one, *info.shape[1:]), batched)))
+        dims = _dims((one, *info.shape[1:]), batched)
+        config.output.append(pb.ModelOutput(name=state, data_type=data_type(info.dtype), dims=dims or [1],
+                                            # one number per sequence (a position): Triton needs dims, the
+                                            # model gives [B]
+                                            reshape=None if dims else pb.ModelTensorReshape(shape=[])))
     batching = _sequence_batching(config, options)
     for input_name, kind in ((START, control.CONTROL_SEQUENCE_START), (END, control.CONTROL_SEQUENCE_END),
                              (READY, control.CONTROL_SEQUENCE_READY)):

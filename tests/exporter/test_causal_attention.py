@@ -163,3 +163,24 @@ def test_the_cli_refuses_a_model_of_any_length_without_max_length_exit_2(tmp_pat
     assert result.exit_code == 2, result.output
     assert "attends causally" in result.output and "--max-length" in result.output
     assert not (tmp_path / "models" / "gpt").exists() or not any((tmp_path / "models" / "gpt").iterdir())
+
+
+def test_triton_python_backend_keeps_the_cache_per_sequence_on_the_real_server(exported, tmp_path):
+    """`convert --to triton --backend python`, then `check triton` on the real server: each sequence's caches and
+    position kept by correlation id, streamed in 1, 2 and T chunks over gRPC and HTTP, equal the goldens."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from exporter.cli.app import app
+    from exporter.convert.targets import convert_export
+
+    report = convert_export(exported["gpt_two_blocks"].path, "triton-python", tmp_path / "repo")
+    assert report.passed, report.failures
+    result = CliRunner().invoke(app, ["check", "triton", str(tmp_path / "repo"), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    rows = [r for r in data["checks"] if r["max_abs"] is not None]
+    print(f"{len(rows)} rows, worst {max(r['max_abs'] for r in rows):.1e}")
+    tensors = {r["tensor"] for r in rows}
+    assert causal.POSITION_STATE in tensors and any(t.endswith("_key") for t in tensors)
