@@ -250,7 +250,8 @@ def _load(model_ref, options: ExportOptions):
         )
     names = [getattr(t, "value", t) for t in options.targets]  # RuntimeTarget or its value
     triton = [n for n in names if n in {t.value for t in TRITON_TARGETS}]
-    unsupported = [n for n in names if n != "onnx"]  # ONNX converts an encoder's `initial_state` too
+    unsupported = [n for n in names if n not in ("onnx", "triton-python")]  # they convert an encoder's
+    # `initial_state` too (Triton's Python backend runs it on START)
     if unsupported and step_model.context_inputs:
         refuse_context_inputs(f"--targets {','.join(unsupported)}", [i.name for i in step_model.context_inputs])
     if triton:  # only triton-python is a --targets name: it takes several outputs and static inputs

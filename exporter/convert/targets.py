@@ -339,8 +339,8 @@ def _triton(run: _Run, name: str, version: int, options) -> None:
 def _triton_python(run: _Run, name: str, version: int, options) -> None:
     relative = f"{name}/{version}/{triton.PYTHON_INITIAL_FILE}"
     initial = _initial_model(run, relative, onnx.convert_signature, OrtModel)
-    if run.loaded.manifest.static_inputs and initial is None:
-        return  # its failed row says why; without it no sequence could start from the static inputs
+    if (run.loaded.manifest.static_inputs or run.loaded.manifest.context_inputs) and initial is None:
+        return  # its failed row says why; without it no sequence could start from the static or context inputs
     initial_bytes = None if initial is None else (run.out_dir / relative).read_bytes()
 
     def make() -> bytes:
@@ -357,10 +357,14 @@ def _triton_python(run: _Run, name: str, version: int, options) -> None:
     if content is None:
         return
     run.check("step", lambda: OrtModel(content), initial=initial)
-    if initial is not None:
+    if initial is not None and run.loaded.manifest.static_inputs:
         run.notes.append(
             f"Static inputs {[i.name for i in run.loaded.manifest.static_inputs]}: an input of every request "
             f"([1, ...]); a sequence's state starts from {triton.PYTHON_INITIAL_FILE} of the START request's values.")
+    if initial is not None and run.loaded.manifest.context_inputs:
+        run.notes.append(
+            f"Context inputs {[i.name for i in run.loaded.manifest.context_inputs]}: inputs of the START request "
+            f"only ([1, S, ...]); {triton.PYTHON_INITIAL_FILE} encodes them there into the sequence's first states.")
     run.notes.append(
         "Triton Python backend: model.py keeps each sequence's state by correlation id (created on START, "
         "dropped on END, after max_sequence_idle_microseconds idle, and past max_sequences live ones); one "
@@ -414,7 +418,8 @@ def convert_export(
     if stream_batch is not None and (target is not RuntimeTarget.TFLITE or stream_batch < 1):
         raise BadInput(f"A stream batch size (got {stream_batch}) is for --to tflite only, and must be positive.")
     loaded = loaded or load_export(Path(export_dir))
-    if loaded.manifest.context_inputs and target is not RuntimeTarget.ONNX:  # ONNX converts the encoder too
+    if loaded.manifest.context_inputs and target not in (RuntimeTarget.ONNX, RuntimeTarget.TRITON_PYTHON):
+        # ONNX converts the encoder too; Triton's Python backend runs it on each sequence's START request
         why = ("; LiteRT has no kernel for the TensorList ops of the encoder's loop at a dynamic batch"
                if target is RuntimeTarget.TFLITE else "")
         refuse_context_inputs(f"Converting to {target.value}", [i.name for i in loaded.manifest.context_inputs], why)

@@ -351,6 +351,11 @@ def python_model_config(name: str, model, options: TritonOptions = TritonOptions
         info = model.inputs[static]
         config.input.append(pb.ModelInput(name=static, data_type=data_type(info.dtype),
                                           dims=_dims((one, *info.shape[1:]), batched)))
+    contexts = _context_inputs(initial, statics)
+    for context in contexts:  # an encoder's input, with a time axis of its own: in the START request only
+        info = initial.inputs[context]
+        config.input.append(pb.ModelInput(name=context, data_type=data_type(info.dtype),
+                                          dims=_dims((one, None, *info.shape[2:]), batched), optional=True))
     states = sorted(model.state_names)
     outputs = chunk_outputs(model)
     for served, step_key in outputs:
@@ -381,6 +386,7 @@ def python_model_config(name: str, model, options: TritonOptions = TritonOptions
                     "dtype": np.dtype(model.inputs[s].dtype).name} for s in states],
         "state_output_suffix": STATE_OUTPUT_SUFFIX,
         "statics": statics,
+        "contexts": contexts,
         "initial_model": None if initial is None else PYTHON_INITIAL_FILE,
         # the `initial_state` model's scalar batch input and its outputs, `[onnx name, state name]` each
         "initial_batch_input": None if initial is None else _initial_batch_input(initial, statics),
@@ -418,11 +424,18 @@ def chunk_outputs(model) -> list[tuple[str, str]]:
     return [(n, n) for n in names]
 
 
+def _context_inputs(initial, statics) -> list[str]:
+    """The `initial_state` model's inputs with a time axis (an encoder's context inputs), by name."""
+    if initial is None:
+        return []
+    return sorted(n for n in initial.inputs if n not in statics and len(initial.inputs[n].shape) >= 2)
+
+
 def _initial_batch_input(initial, statics) -> dict:
-    others = [n for n in initial.inputs if n not in statics]
+    others = [n for n in initial.inputs if n not in statics and n not in _context_inputs(initial, statics)]
     if len(others) != 1 or initial.inputs[others[0]].shape != ():
         raise ConversionFailed(f"the initial_state model takes {list(initial.inputs)}; expected one scalar batch "
-                               f"size beside the static inputs {statics}")
+                               f"size beside the static inputs {statics} and the context inputs")
     return {"name": others[0], "dtype": np.dtype(initial.inputs[others[0]].dtype).name}
 
 

@@ -172,7 +172,7 @@ def sequence_slots(config) -> int:
 
 def stream_sequences(client, model: str, inputs: np.ndarray, lengths, *, chunks: int, first_id: int,
                      slots: int | None = None, outputs: tuple[str, ...] = (triton.CHUNK_OUTPUT,),
-                     statics: dict[str, np.ndarray] | None = None,
+                     statics: dict[str, np.ndarray] | None = None, contexts: dict[str, np.ndarray] | None = None,
                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Streams every row of `inputs` `[B, T, F]` as its own sequence, in `chunks` pieces each.
 
@@ -181,9 +181,10 @@ def stream_sequences(client, model: str, inputs: np.ndarray, lengths, *, chunks:
     per-step tensors, `[B, T, ...]`, zeros past a row's length) by name, and every other
     tensor of the response (the states) after each row's last chunk, stacked `[B, ...]`.
     `statics` (`{name: [B, ...]}`, an export's static inputs): row b's values go with every request
-    of sequence b.
+    of sequence b; `contexts` (an encoder-decoder's context inputs, `{name: [B, S, ...]}`) row b's with its
+    START request only.
     """
-    statics = statics or {}
+    statics, contexts = statics or {}, contexts or {}
     batch, steps = inputs.shape[:2]
     slots = slots or batch
     plans = [_chunks(steps if lengths is None else int(lengths[b]), chunks) for b in range(batch)]
@@ -196,7 +197,8 @@ def stream_sequences(client, model: str, inputs: np.ndarray, lengths, *, chunks:
             continue
         start, stop = plans[b][k]
         out = client.infer(model, inputs[b:b + 1, start:stop], sequence_id=first_id + b, start=k == 0,
-                           end=k == len(plans[b]) - 1, statics={n: v[b:b + 1] for n, v in statics.items()})
+                           end=k == len(plans[b]) - 1,
+                           statics={n: v[b:b + 1] for n, v in (statics | (contexts if k == 0 else {})).items()})
         missing = [n for n in outputs if n not in out]
         if missing:
             raise ValueError(f"the response has no output {', '.join(map(repr, missing))}; it has {sorted(out)}")
@@ -266,6 +268,7 @@ def _python_rows(server, model: _Model, export: Path | None, tolerance: Toleranc
     inputs = golden["serving_default/in/inputs"]
     lengths = golden.get("serving_default/in/lengths")
     statics = {i.name: golden[f"serving_default/in/{i.name}"] for i in manifest.static_inputs}
+    contexts = {i.name: golden[f"serving_default/in/{i.name}"] for i in manifest.context_inputs}
     rows: list[CheckResult] = []
     first_id = 1
     for protocol in PROTOCOLS:
@@ -276,7 +279,8 @@ def _python_rows(server, model: _Model, export: Path | None, tolerance: Toleranc
                 try:
                     outputs, states = stream_sequences(client, model.name, inputs, lengths, chunks=chunks,
                                                        first_id=first_id, slots=sequence_slots(model.config),
-                                                       outputs=served_outputs(manifest), statics=statics)
+                                                       outputs=served_outputs(manifest), statics=statics,
+                                                       contexts=contexts)
                 except Exception as exc:  # noqa: BLE001  the server's refusal is the finding
                     rows.append(failed(CHECK, label, "*", f"{type(exc).__name__}: {exc}"))
                 else:

@@ -92,6 +92,9 @@ class TritonPythonModel:
         # Static inputs (no time axis): an input of every request, fed to every step; a sequence's
         # state starts from the `initial_state` model run on the START request's values.
         self.statics = list(spec.get("statics") or [])
+        # Context inputs (an encoder's, with a time axis of their own): in the START request only, encoded
+        # there by the `initial_state` model into the sequence's first states.
+        self.contexts = list(spec.get("contexts") or [])
         self.initial = None
         if spec.get("initial_model"):
             self.initial = ort.InferenceSession(os.path.join(folder, spec["initial_model"]), options,
@@ -135,21 +138,32 @@ class TritonPythonModel:
             values[name] = np.array(value)  # a copy: the request's memory is Triton's
         return values
 
-    def _start_states(self, statics):
+    def _context_values(self, request):
+        values = {}
+        for name in self.contexts:
+            value = _from_triton(request, name)
+            if value is None:
+                raise SequenceError(f"the START request has no context input {name!r}: send {self.contexts} with "
+                                    "the first request of a sequence (the encoder runs once, there)")
+            values[name] = np.array(value)
+        return values
+
+    def _start_states(self, statics, request):
         if self.initial is None:
             return {name: np.zeros((1, *shape), dtype) for name, shape, dtype in self.states}
-        feed = {self.initial_batch["name"]: np.array(1, np.dtype(self.initial_batch["dtype"])), **statics}
+        feed = {self.initial_batch["name"]: np.array(1, np.dtype(self.initial_batch["dtype"])), **statics,
+                **self._context_values(request)}
         values = self.initial.run([o for o, _ in self.initial_outputs], feed)
         return {state: value for (_, state), value in zip(self.initial_outputs, values)}
 
-    def _states_for(self, key, start, now, statics):
+    def _states_for(self, key, start, now, statics, request):
         if start:
             self.live.pop(key, None)
             while len(self.live) >= self.max_sequences:
                 dropped, _ = self.live.popitem(last=False)
                 self.logger.log_warn(f"seqexport: dropped the state of sequence {dropped}: "
                                      f"more than {self.max_sequences} live sequences")
-            return self._start_states(statics)
+            return self._start_states(statics, request)
         if key not in self.live:
             raise SequenceError(f"sequence {key} has no state: its first request had no START flag, or its state was "
                            f"dropped (idle for over {self.idle_seconds:g} s, or more than {self.max_sequences} "
@@ -189,7 +203,7 @@ class TritonPythonModel:
                         continue
                     key = self._correlation_id(request)
                     statics = self._static_values(request)
-                    states = self._states_for(key, self._flag(request, "start") == 1, now, statics)
+                    states = self._states_for(key, self._flag(request, "start") == 1, now, statics, request)
                     chunk = np.array(_from_triton(request, "inputs"))  # a copy: the request's memory is Triton's
                     outputs, states = self._run(chunk, states, statics)
                     if self._flag(request, "end") == 1:

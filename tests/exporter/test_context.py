@@ -149,12 +149,33 @@ def test_onnx_converts_the_encoder_beside_the_step_model(context_exports, tmp_pa
     assert any(signature == "step driver" and tensor.startswith("outputs") for signature, tensor in rows)
 
 
-@pytest.mark.parametrize("target", ["tflite", "triton-python"])
-def test_other_conversions_refuse_a_context_export_naming_it(context_exports, tmp_path, target):
+def test_litert_refuses_a_context_export_naming_it(context_exports, tmp_path):
     from exporter.convert.targets import convert_export
 
     with pytest.raises(exporter.BadInput, match=r"context inputs yet \(source: an encoder's inputs.*--to onnx"):
-        convert_export(context_exports["gru_translator"].path, target, tmp_path / target)
+        convert_export(context_exports["gru_translator"].path, "tflite", tmp_path / "tflite")
+
+
+def test_triton_python_backend_encodes_the_context_on_start(context_exports, tmp_path):
+    """`convert --to triton --backend python`: the START request carries the source, `initial_state.onnx` encodes
+    it into the sequence's first states (the attention memory and its mask included); `check triton` streams
+    every golden row in 1, 2 and T chunks over gRPC and HTTP on the real server."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from exporter.cli.app import app
+    from exporter.convert.targets import convert_export
+
+    for name in ("gru_translator", "luong_attention_translator"):
+        report = convert_export(context_exports[name].path, "triton-python", tmp_path / "repo")
+        assert report.passed, report.failures
+    result = CliRunner().invoke(app, ["check", "triton", str(tmp_path / "repo"), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [r for r in json.loads(result.stdout)["checks"] if r["max_abs"] is not None]
+    print(f"{len(rows)} rows, worst {max(r['max_abs'] for r in rows):.1e}")
+    tensors = {r["tensor"] for r in rows if r["signature"].startswith("luong")}
+    assert "outputs" in tensors and any(t.endswith("_memory") for t in tensors), tensors
 
 
 def test_context_mixed_into_every_step_falls_back_to_a_whole_sequence_export(tmp_path):
