@@ -23,7 +23,10 @@ import re
 #       `whole_sequence` (why an export has `serving_default` only). Written only by exports that have one.
 #   Version 7, 2026-12-06: adds `context_inputs` (an encoder's inputs, each with a time axis of its own,
 #       taken by `serving_default` and `initial_state` only). Written only by exports that have them.
-MANIFEST_FORMAT_VERSION = 7
+#   Version 8, 2026-12-08: adds `generate` (what the `generate` signature feeds back, its bound on
+#       `max_new_tokens`) and the options `generate` and `max_new_tokens`. Written only by exports that have it.
+MANIFEST_FORMAT_VERSION = 8
+GENERATE_FORMAT_VERSION = 8
 CONTEXT_INPUTS_FORMAT_VERSION = 7
 FIXED_STEPS_OR_MASK_INPUTS_FORMAT_VERSION = 6
 SEQUENCE_INPUTS_FORMAT_VERSION = 5
@@ -32,8 +35,10 @@ NO_STATIC_INPUTS_FORMAT_VERSION = 3
 
 
 def manifest_format_version(*, static_inputs: bool, sequence_inputs: bool, fixed_steps_or_masks: bool = False,
-                            context_inputs: bool = False) -> int:
+                            context_inputs: bool = False, generate: bool = False) -> int:
     """The oldest format that holds what an export has (older readers keep reading the others)."""
+    if generate:
+        return GENERATE_FORMAT_VERSION
     if context_inputs:
         return CONTEXT_INPUTS_FORMAT_VERSION
     if fixed_steps_or_masks:
@@ -55,6 +60,7 @@ class SignatureName(str, enum.Enum):
     STEP = "step"
     INITIAL_STATE = "initial_state"
     INPUT_GRADIENTS = "input_gradients"
+    GENERATE = "generate"
 
 
 class RuntimeTarget(str, enum.Enum):
@@ -186,6 +192,66 @@ class InputSpec(_Keyed):
             if data[key] == unset:
                 del data[key]
         return data
+
+
+class Feedback(str, enum.Enum):
+    """What `generate` feeds back as the next input: the id it chose, or the output's features."""
+
+    IDS = "ids"
+    FEATURES = "features"
+
+
+class Scores(str, enum.Enum):
+    """What the output of an id-generating model holds: probabilities (sampled as their logarithm)
+    or logits (sampled as they are)."""
+
+    PROBABILITIES = "probabilities"
+    LOGITS = "logits"
+
+
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GenerateSpec:
+    """What the `generate` signature does: its loop feeds the (first) output back as the next input.
+
+    Attributes:
+        feedback: `ids` (a distribution over the ids the first `Embedding` reads: the chosen id goes
+            back) or `features` (a float output of the input's feature shape goes back, on request).
+        scores: for `ids`, whether the output holds probabilities or logits; None for `features`.
+        vocab: for `ids`, the number of ids (the output's last size); None for `features`.
+        max_new_tokens: the most steps one call may generate (fixed at export).
+        source: one line naming what makes it so (the layers), for reports.
+    """
+
+    feedback: Feedback
+    scores: Scores | None = None
+    vocab: int | None = None
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    source: str = ""
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"`max_new_tokens` must be at least 1. Got: {self.max_new_tokens}")
+        ids = self.feedback is Feedback.IDS
+        if ids != (self.scores is not None) or ids != (self.vocab is not None):
+            raise ValueError("`scores` and `vocab` are set for `ids` feedback only. "
+                             f"Got: feedback={self.feedback.value}, scores={self.scores}, vocab={self.vocab}")
+
+    @property
+    def output_key(self) -> str:
+        """The key of what `generate` returns besides the states."""
+        return "tokens" if self.feedback is Feedback.IDS else "predictions"
+
+    def to_json(self) -> dict:
+        return {"feedback": self.feedback.value, "scores": self.scores.value if self.scores else None,
+                "vocab": self.vocab, "max_new_tokens": self.max_new_tokens, "source": self.source}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "GenerateSpec":
+        return cls(feedback=Feedback(data["feedback"]), scores=Scores(data["scores"]) if data.get("scores") else None,
+                   vocab=data.get("vocab"), max_new_tokens=int(data["max_new_tokens"]), source=data.get("source", ""))
 
 
 def check_sequence_chunk(name: str, array, chunk_shape: tuple[int, ...]) -> None:
@@ -344,6 +410,10 @@ class ExportOptions:
             second derivative in TF then gets a "not supported" row instead of a failure.
         require_stream: refuse a model that cannot run step by step (exit 2) instead of exporting
             it whole-sequence.
+        generate: export `generate` for a model whose float output feeds its next input (an id
+            model whose output is a distribution over its input ids gets it anyway); a model that
+            cannot is refused (exit 2).
+        max_new_tokens: the bound `generate` puts on its `max_new_tokens` input.
     """
 
     with_input_gradients: bool = False
@@ -359,6 +429,8 @@ class ExportOptions:
     targets: tuple[str, ...] = ()
     hvp_auto: bool = False
     require_stream: bool = False
+    generate: bool = False
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
 
     def __post_init__(self):
         unknown = [t for t in self.targets if t not in EXPORT_TARGETS]
@@ -371,6 +443,8 @@ class ExportOptions:
             raise ValueError(f"`probe_batch` must be at least 2 (batch independence needs 2 rows). Got: {self.probe_batch}")
         if self.probe_steps < 2:
             raise ValueError(f"`probe_steps` must be at least 2 (chunking needs 2 chunks). Got: {self.probe_steps}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"`max_new_tokens` must be at least 1. Got: {self.max_new_tokens}")
 
     def resolved(self, *, dtype: str, float_inputs: bool) -> "ExportOptions":
         """These options with every None replaced by the default for this model."""
@@ -389,7 +463,12 @@ class ExportOptions:
         )
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        # Written only when asked for or changed: manifests of older formats stay key for key.
+        for key, unset in (("generate", False), ("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)):
+            if data[key] == unset:
+                del data[key]
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> "ExportOptions":
@@ -428,7 +507,10 @@ class Manifest:
     returned whole). `context_inputs` (an encoder's inputs, `[B, S, ...]` with a time length of their own:
     `steps`, -1 for any) are input keys of `serving_default`, `input_gradients` and `initial_state` only:
     the states `initial_state` returns carry what the encoder computed. `mask_pad_value` (masked exports) is
-    the value that marks a padded step in `inputs`: a step past a row's `lengths` is that padding. DO NOT
+    the value that marks a padded step in `inputs`: a step past a row's `lengths` is that padding. `generate`
+    (None: no `generate` signature) says what that signature feeds back and its bound on `max_new_tokens`:
+    it takes `prompt`, `max_new_tokens` (and, for ids, `temperature`, `top_k`, `seed`) with the static and
+    context inputs, and returns `tokens` (ids) or `predictions` (features) and every final state. DO NOT
     RELY on `checks` beyond
     reading them: rows may be added. `batch_independent` is None until that check
     ran; only `True` allows server-side batching (`batch_offdiag_max` is the largest
@@ -459,6 +541,7 @@ class Manifest:
     whole_sequence: str = ""
     context_inputs: tuple[InputSpec, ...] = ()
     mask_pad_value: float = 0.0
+    generate: GenerateSpec | None = None
 
     @property
     def streams(self) -> bool:
@@ -502,7 +585,8 @@ class Manifest:
             {"fixed_steps": self.fixed_steps} if self.fixed_steps is not None else {}) | (
             {"whole_sequence": self.whole_sequence} if self.whole_sequence else {}) | (
             {"context_inputs": [i.to_json() for i in self.context_inputs]} if self.context_inputs else {}) | (
-            {"mask_pad_value": self.mask_pad_value} if self.masked else {})
+            {"mask_pad_value": self.mask_pad_value} if self.masked else {}) | (
+            {"generate": self.generate.to_json()} if self.generate is not None else {})
 
     @classmethod
     def from_json(cls, data: dict) -> "Manifest":
@@ -538,6 +622,7 @@ class Manifest:
             whole_sequence=data.get("whole_sequence", ""),
             context_inputs=tuple(InputSpec.from_json(i) for i in data.get("context_inputs", [])),
             mask_pad_value=float(data.get("mask_pad_value", 0.0)),
+            generate=GenerateSpec.from_json(data["generate"]) if data.get("generate") else None,
         )
 
 
