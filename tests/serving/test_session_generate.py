@@ -87,3 +87,13 @@ def test_generate_starts_a_sequence_and_refuses_a_fed_session(generate_exports):
         session.generate(np.ones((1, 2), np.int32), 4)
     session.reset()
     assert session.generate(np.ones((1, 2), np.int32), 4).shape == (1, 4)
+
+
+def test_one_rest_request_in_the_readmes_form_generates(generate_server):
+    body = {"signature_name": "generate",
+            "inputs": {"prompt": [[5, 12, 7]], "max_new_tokens": 16, "temperature": 0.8, "top_k": 10, "seed": 1}}
+    with RestClient(generate_server.rest_url) as client:
+        first = client.request("POST", "/v1/models/word_gru_logits:predict", body)
+        again = client.request("POST", "/v1/models/word_gru_logits:predict", body)
+    assert np.asarray(first["outputs"]["tokens"]).shape == (1, 16)
+    assert first["outputs"]["tokens"] == again["outputs"]["tokens"]
