@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from exporter.artifact.specs import POSITION_STATE, ExportOptions, SignatureName
+from exporter.artifact.specs import POSITION_STATE, ExportOptions, GenerateSpec, SignatureName
+from exporter.generate_reference import capture_generate
 from exporter.gradients import is_float, outputs_and_gradients, second_order
 from exporter.step_model import StepModel
 from exporter.trace import TracedExport
@@ -157,8 +158,11 @@ def _feed_for(signature: SignatureName, model: StepModel, predict_feed: dict, rn
     return {"batch_size": np.int32(batch), **statics, **{k: predict_feed[k] for k in contexts}}
 
 
-def capture(model: StepModel, traced: TracedExport, options: ExportOptions) -> dict[str, np.ndarray]:
-    """Runs every signature (and the source model) on probe inputs; returns the golden arrays."""
+def capture(model: StepModel, traced: TracedExport, options: ExportOptions,
+            generate: GenerateSpec | None = None) -> dict[str, np.ndarray]:
+    """Runs every signature (and the source model) on probe inputs; returns the golden arrays.
+
+    `generate`: the export's `generate` signature, whose goldens `exporter.generate_reference` captures."""
     rng = np.random.default_rng(options.seed + 1)
     predict_feed = probe_inputs(model, options)
     golden: dict[str, np.ndarray] = {}
@@ -168,6 +172,8 @@ def capture(model: StepModel, traced: TracedExport, options: ExportOptions) -> d
 
     for spec in traced.specs:
         signature = SignatureName(spec.name)
+        if signature is SignatureName.GENERATE:
+            continue
         names = [t.name for t in spec.inputs]
         feed = _feed_for(signature, model, predict_feed, rng)
         call = _caller(traced.functions[spec.name], names)
@@ -193,6 +199,8 @@ def capture(model: StepModel, traced: TracedExport, options: ExportOptions) -> d
         golden.update(_changed_inputs(model, predict_feed, rng))
     if options.check_hvp:
         golden.update(_higher_order(model, traced, predict_feed, golden, rng))
+    if generate is not None:
+        golden.update(capture_generate(model, traced, generate, options))
     return golden
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import keras
 
 from exporter.artifact.errors import CannotStream, UnsupportedModel
+from exporter.keras_generate import with_generation
 from exporter.keras_graph import graph_step_model
 from exporter.keras_step import NotAChain, chain_step_model, from_step_model, is_graph_model, is_step_model
 from exporter.step_model import StepModel
@@ -40,6 +41,10 @@ def step_model_from_keras(model: keras.Model, description: str = "", *, fall_bac
     """
     if not isinstance(model, keras.Model):
         raise UnsupportedModel(f"Expected a Keras model, got {type(model).__name__}.")
+    return with_generation(model, _step_model(model, description, fall_back=fall_back))
+
+
+def _step_model(model: keras.Model, description: str, *, fall_back: bool) -> StepModel:
     try:
         if not is_graph_model(model):
             return subclassed_step_model(model, description)

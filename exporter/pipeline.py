@@ -26,6 +26,7 @@ from exporter.artifact.specs import (
 )
 from exporter.artifact.version import VERSION
 from exporter.convert.targets import TRITON_TARGETS, check_dependencies, convert_in_export
+from exporter.generate import add_generate, plan as plan_generate
 from exporter.golden import capture
 from exporter.load import load_step_model, source_info
 from exporter.publish import staged_version
@@ -113,8 +114,11 @@ def write_export(
     progress("trace")
     traced = trace(step_model, with_input_gradients=options.with_input_gradients, jit=options.jit,
                    fused=options.fused)
+    generate = plan_generate(step_model, requested=options.generate, max_new_tokens=options.max_new_tokens)
+    if generate is not None:
+        traced = add_generate(traced, step_model, generate, fused=options.fused)
     progress("golden")
-    golden = capture(step_model, traced, options)
+    golden = capture(step_model, traced, options, generate)
     progress("save")
     save_saved_model(traced, export_dir, custom_gradients=custom_gradients)
     golden_io.save(golden, golden_path(export_dir))
@@ -123,7 +127,8 @@ def write_export(
             static_inputs=bool(step_model.static_inputs), sequence_inputs=bool(step_model.sequence_inputs),
             fixed_steps_or_masks=(step_model.fixed_steps is not None or not step_model.streams
                                   or any(i.mask or i.steps for i in step_model.sequence_inputs)),
-            context_inputs=bool(step_model.context_inputs), key_value_cache=step_model.max_length is not None),
+            context_inputs=bool(step_model.context_inputs), key_value_cache=step_model.max_length is not None,
+            generate=generate is not None),
         name=name,
         source=source,
         signatures=traced.specs,
@@ -141,6 +146,7 @@ def write_export(
         trainable_variables=step_model.variable_names(),
         options=options,
         versions=_tool_versions(),
+        generate=generate,
     )
     write_manifest(manifest, export_dir)
     write_warmup(export_dir, manifest, golden)  # part of the version: it must exist before publish

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from exporter.artifact.specs import InputSpec, OutputSpec, StateSpec
+from exporter.artifact.specs import GenerateSpec, InputSpec, OutputSpec, StateSpec
 
 StepFn = Callable[[Any, tuple], tuple[Any, tuple]]
 MaskedStepFn = Callable[[Any, tuple, Any], tuple[Any, tuple]]
@@ -113,6 +113,11 @@ class StepModel:
             sequence): the words its probes are made of.
         trackables: objects the traced functions read besides the variables (the lookup tables
             of a `TextVectorization`): the SavedModel must track them.
+        generation: the (first) output is a distribution over the input ids (`Feedback.IDS`): the
+            export gets a `generate` signature feeding the chosen id back (exporter/generate.py). None:
+            only on request, for a float output of the input's shape (`generation_refusal` then says
+            why an id model cannot have it).
+        generation_refusal: why the output cannot feed the next input (the layers and sizes), or "".
 
     Example:
         >>> import tensorflow as tf
@@ -161,6 +166,8 @@ class StepModel:
     sequence_masked: bool = False
     text_vocabulary: tuple[str, ...] = ()
     trackables: tuple = ()
+    generation: GenerateSpec | None = None
+    generation_refusal: str = ""
 
     def __post_init__(self):
         if self.sequence_fn is not None:

@@ -391,8 +391,8 @@ class RestClient:
             version, label = served, None
 
         def call(signature, inputs):
-            # `initial_state` takes a scalar, which has no row format.
-            scalar_input = signature == SignatureName.INITIAL_STATE.value
+            # `initial_state` and `generate` take scalars, which have no row format.
+            scalar_input = signature in (SignatureName.INITIAL_STATE.value, SignatureName.GENERATE.value)
             return self.predict(model, inputs, signature=signature, version=version, label=label,
                                 format="columnar" if scalar_input else None, timeout=timeout)
 
@@ -439,6 +439,7 @@ class RemoteBackend:
         stream = views[SignatureName.STREAM.value]
         self._dtypes = _input_dtypes(views)
         self._state_shapes = {key: stream.inputs[key].shape[1:] for key in self.keys.states}
+        self._generate_view = views.get(SignatureName.GENERATE.value)
 
     def initial_state(self, batch_size: int, statics: Mapping[str, np.ndarray] | None = None,
                       context: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
@@ -463,6 +464,12 @@ class RemoteBackend:
 
     def stream(self, inputs, states, lengths=None, statics=None, sequences=None):
         return _stream(self._call, self.keys, self._dtypes, inputs, states, lengths, statics, sequences)
+
+    def generate(self, prompt, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0, seed: int = 0,
+                 statics=None, context=None):
+        """One `generate` request; returns (tokens or predictions, final states)."""
+        return _generate(self._call, self._generate_view, self.keys, prompt, max_new_tokens, temperature=temperature,
+                         top_k=top_k, seed=seed, statics=statics, context=context)
 
 
 def _stream(call, keys: SequenceKeys, dtypes: Mapping[str, np.dtype], inputs, states, lengths, statics=None,
@@ -517,6 +524,33 @@ class SavedModelBackend:
     def stream(self, inputs, states, lengths=None, statics=None, sequences=None):
         return _stream(lambda signature, feed: self.predict(feed, signature=signature),
                        self.keys, self._dtypes, inputs, states, lengths, statics, sequences)
+
+    def generate(self, prompt, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0, seed: int = 0,
+                 statics=None, context=None):
+        """One `generate` call; returns (tokens or predictions, final states)."""
+        return _generate(lambda signature, feed: self.predict(feed, signature=signature),
+                         self.served.views.get(SignatureName.GENERATE.value), self.keys, prompt, max_new_tokens,
+                         temperature=temperature, top_k=top_k, seed=seed, statics=statics, context=context)
+
+
+def _generate(call, view: SignatureView | None, keys: SequenceKeys, prompt, max_new_tokens: int, *, temperature,
+              top_k, seed, statics, context):
+    """The `generate` request from the signature's own keys and dtypes (ids exports take the sampling knobs,
+    feedback exports do not); (what it generated, final states by name)."""
+    if view is None:
+        raise ValueError("this export has no `generate` signature (its output does not feed its next input; "
+                         "a float model gets one when exported with --generate).")
+    dtypes = {key: np.dtype(sig.dtype) for key, sig in view.inputs.items()}
+    prompt = np.asarray(prompt, dtype=dtypes["prompt"])
+    batch = prompt.shape[0] if prompt.ndim else 0
+    feed = {"prompt": prompt, "max_new_tokens": np.asarray(max_new_tokens, dtypes["max_new_tokens"])}
+    knobs = {"temperature": temperature, "top_k": top_k, "seed": seed}
+    feed.update({key: np.asarray(value, dtypes[key]) for key, value in knobs.items() if key in dtypes})
+    feed.update(static_feed(keys.statics, statics, dtypes, batch))
+    feed.update(context_feed(keys.contexts, context, dtypes, batch))
+    out = call(SignatureName.GENERATE.value, feed)
+    produced = "tokens" if "tokens" in view.outputs else "predictions"
+    return out[produced], {key: out[key] for key in keys.states}
 
 
 def _input_dtypes(views: Mapping[str, SignatureView]) -> dict[str, np.dtype]:

@@ -199,6 +199,37 @@ class StreamingSession:
         self.steps_seen += chunk.shape[1]
         return outputs
 
+    def generate(self, prompt: np.ndarray, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
+                 seed: int = 0) -> np.ndarray:
+        """Continues each sequence from `prompt` for `max_new_tokens` steps in ONE call of the export's
+        `generate` signature; the session then carries the state after the last new step, so `feed`
+        goes on after what was generated.
+
+        `generate` starts from the initial state (from the session's static and context inputs): call it
+        first, on a fresh or `reset` session.
+
+        Args:
+            prompt: `[B, P]` ids (`[B, P, F]` features for a feedback export), P >= 1.
+            max_new_tokens: steps to generate (at most the export's bound).
+            temperature, top_k, seed: sampling (ids only): 0 is greedy; `top_k` 0 keeps every id; a seed
+                gives the same ids on every call and server.
+
+        Returns:
+            `[B, max_new_tokens]` ids (`[B, max_new_tokens, F]` predictions for a feedback export).
+        """
+        prompt = np.asarray(prompt)
+        if prompt.ndim < 2 or prompt.shape[0] != self.batch_size:
+            raise ValueError(f"prompt has shape {list(prompt.shape)}; it needs the session batch size "
+                             f"{self.batch_size} first, then its steps.")
+        if self.steps_seen:
+            raise ValueError(f"this session has seen {self.steps_seen} steps, and `generate` starts from the initial "
+                             "state; call session.reset() first, or feed the rest through session.feed().")
+        context = {"context": self.context} if self.context else {}
+        produced, self.states = self.backend.generate(prompt, max_new_tokens, temperature=temperature, top_k=top_k,
+                                                      seed=seed, **self._static_kwargs(), **context)
+        self.steps_seen += prompt.shape[1] + produced.shape[1]
+        return produced
+
     def reset(self) -> None:
         """Back to the initial state (from the same static and context inputs)."""
         self.states = self._initial_state()

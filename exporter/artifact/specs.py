@@ -25,7 +25,10 @@ import re
 #       taken by `serving_default` and `initial_state` only). Written only by exports that have them.
 #   Version 8, 2026-12-06: adds `max_length` (the positions of a causal attention's key/value cache, the
 #       longest sequence a session streams). Written only by exports that have one.
-MANIFEST_FORMAT_VERSION = 8
+#   Version 9, 2026-12-06: adds `generate` (what the `generate` signature feeds back, its bound on
+#       `max_new_tokens`) and the options `generate` and `max_new_tokens`. Written only by exports that have it.
+MANIFEST_FORMAT_VERSION = 9
+GENERATE_FORMAT_VERSION = 9
 KEY_VALUE_CACHE_FORMAT_VERSION = 8
 CONTEXT_INPUTS_FORMAT_VERSION = 7
 FIXED_STEPS_OR_MASK_INPUTS_FORMAT_VERSION = 6
@@ -35,8 +38,11 @@ NO_STATIC_INPUTS_FORMAT_VERSION = 3
 
 
 def manifest_format_version(*, static_inputs: bool, sequence_inputs: bool, fixed_steps_or_masks: bool = False,
-                            context_inputs: bool = False, key_value_cache: bool = False) -> int:
+                            context_inputs: bool = False, key_value_cache: bool = False,
+                            generate: bool = False) -> int:
     """The oldest format that holds what an export has (older readers keep reading the others)."""
+    if generate:
+        return GENERATE_FORMAT_VERSION
     if key_value_cache:
         return KEY_VALUE_CACHE_FORMAT_VERSION
     if context_inputs:
@@ -60,6 +66,7 @@ class SignatureName(str, enum.Enum):
     STEP = "step"
     INITIAL_STATE = "initial_state"
     INPUT_GRADIENTS = "input_gradients"
+    GENERATE = "generate"
 
 
 class RuntimeTarget(str, enum.Enum):
@@ -191,6 +198,66 @@ class InputSpec(_Keyed):
             if data[key] == unset:
                 del data[key]
         return data
+
+
+class Feedback(str, enum.Enum):
+    """What `generate` feeds back as the next input: the id it chose, or the output's features."""
+
+    IDS = "ids"
+    FEATURES = "features"
+
+
+class Scores(str, enum.Enum):
+    """What the output of an id-generating model holds: probabilities (sampled as their logarithm)
+    or logits (sampled as they are)."""
+
+    PROBABILITIES = "probabilities"
+    LOGITS = "logits"
+
+
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GenerateSpec:
+    """What the `generate` signature does: its loop feeds the (first) output back as the next input.
+
+    Attributes:
+        feedback: `ids` (a distribution over the ids the first `Embedding` reads: the chosen id goes
+            back) or `features` (a float output of the input's feature shape goes back, on request).
+        scores: for `ids`, whether the output holds probabilities or logits; None for `features`.
+        vocab: for `ids`, the number of ids (the output's last size); None for `features`.
+        max_new_tokens: the most steps one call may generate (fixed at export).
+        source: one line naming what makes it so (the layers), for reports.
+    """
+
+    feedback: Feedback
+    scores: Scores | None = None
+    vocab: int | None = None
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    source: str = ""
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"`max_new_tokens` must be at least 1. Got: {self.max_new_tokens}")
+        ids = self.feedback is Feedback.IDS
+        if ids != (self.scores is not None) or ids != (self.vocab is not None):
+            raise ValueError("`scores` and `vocab` are set for `ids` feedback only. "
+                             f"Got: feedback={self.feedback.value}, scores={self.scores}, vocab={self.vocab}")
+
+    @property
+    def output_key(self) -> str:
+        """The key of what `generate` returns besides the states."""
+        return "tokens" if self.feedback is Feedback.IDS else "predictions"
+
+    def to_json(self) -> dict:
+        return {"feedback": self.feedback.value, "scores": self.scores.value if self.scores else None,
+                "vocab": self.vocab, "max_new_tokens": self.max_new_tokens, "source": self.source}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "GenerateSpec":
+        return cls(feedback=Feedback(data["feedback"]), scores=Scores(data["scores"]) if data.get("scores") else None,
+                   vocab=data.get("vocab"), max_new_tokens=int(data["max_new_tokens"]), source=data.get("source", ""))
 
 
 def check_sequence_chunk(name: str, array, chunk_shape: tuple[int, ...]) -> None:
@@ -351,6 +418,10 @@ class ExportOptions:
             it whole-sequence.
         max_length: positions of a causal attention's key/value cache (streaming past them fails);
             None: the model's fixed input length, where it has one (else such a model is refused).
+        generate: export `generate` for a model whose float output feeds its next input (an id
+            model whose output is a distribution over its input ids gets it anyway); a model that
+            cannot is refused (exit 2).
+        max_new_tokens: the bound `generate` puts on its `max_new_tokens` input.
     """
 
     with_input_gradients: bool = False
@@ -367,6 +438,8 @@ class ExportOptions:
     hvp_auto: bool = False
     require_stream: bool = False
     max_length: int | None = None
+    generate: bool = False
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
 
     def __post_init__(self):
         unknown = [t for t in self.targets if t not in EXPORT_TARGETS]
@@ -381,6 +454,8 @@ class ExportOptions:
             raise ValueError(f"`probe_steps` must be at least 2 (chunking needs 2 chunks). Got: {self.probe_steps}")
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"`max_length` must be at least 2 (chunking needs 2 chunks). Got: {self.max_length}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"`max_new_tokens` must be at least 1. Got: {self.max_new_tokens}")
 
     def resolved(self, *, dtype: str, float_inputs: bool) -> "ExportOptions":
         """These options with every None replaced by the default for this model."""
@@ -399,7 +474,12 @@ class ExportOptions:
         )
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        # Written only when asked for or changed: manifests of older formats stay key for key.
+        for key, unset in (("generate", False), ("max_new_tokens", DEFAULT_MAX_NEW_TOKENS), ("max_length", None)):
+            if data[key] == unset:
+                del data[key]
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> "ExportOptions":
@@ -441,7 +521,9 @@ class Manifest:
     the value that marks a padded step in `inputs`: a step past a row's `lengths` is that padding.
     `max_length` (None: no cache) is the number of positions of the key/value caches of causal
     attention (states `<layer>_key`, `<layer>_value`, and `position`): a session streams at most that many
-    steps. DO NOT
+    steps. `generate` (None: no `generate` signature) says what that signature feeds back and its bound on `max_new_tokens`:
+    it takes `prompt`, `max_new_tokens` (and, for ids, `temperature`, `top_k`, `seed`) with the static and
+    context inputs, and returns `tokens` (ids) or `predictions` (features) and every final state. DO NOT
     RELY on `checks` beyond
     reading them: rows may be added. `batch_independent` is None until that check
     ran; only `True` allows server-side batching (`batch_offdiag_max` is the largest
@@ -473,6 +555,7 @@ class Manifest:
     context_inputs: tuple[InputSpec, ...] = ()
     mask_pad_value: float = 0.0
     max_length: int | None = None
+    generate: GenerateSpec | None = None
 
     @property
     def streams(self) -> bool:
@@ -524,7 +607,8 @@ class Manifest:
             {"whole_sequence": self.whole_sequence} if self.whole_sequence else {}) | (
             {"context_inputs": [i.to_json() for i in self.context_inputs]} if self.context_inputs else {}) | (
             {"mask_pad_value": self.mask_pad_value} if self.masked else {}) | (
-            {"max_length": self.max_length} if self.max_length is not None else {})
+            {"max_length": self.max_length} if self.max_length is not None else {}) | (
+            {"generate": self.generate.to_json()} if self.generate is not None else {})
 
     @classmethod
     def from_json(cls, data: dict) -> "Manifest":
@@ -561,6 +645,7 @@ class Manifest:
             context_inputs=tuple(InputSpec.from_json(i) for i in data.get("context_inputs", [])),
             mask_pad_value=float(data.get("mask_pad_value", 0.0)),
             max_length=data.get("max_length"),
+            generate=GenerateSpec.from_json(data["generate"]) if data.get("generate") else None,
         )
 
 

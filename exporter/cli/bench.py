@@ -25,8 +25,12 @@ def bench(
                                            "the growing prefix (N = 128, 512; --quick: 32).")] = False,
     beam: Annotated[bool, typer.Option("--beam/--no-beam", help="Chunks/s and keys/s of serving.beam.StreamSessions "
                                        "at 100..10,000 keys vs the session client over gRPC (needs the beam extra).")] = False,
+    generate: Annotated[bool, typer.Option("--generate/--no-generate", help="Time generate in one gRPC request against "
+                                           "a client loop of step requests and a Python loop over Keras (B=1, 8; 64 "
+                                           "new tokens).")] = False,
 ) -> None:
-    """Time Keras vs the exported signatures (plain and XLA), gradients, peak memory, export cost, the kv cache."""
+    """Time Keras vs the exported signatures (plain and XLA), gradients, peak memory, export cost; on request the
+    kv cache, Apache Beam and generate."""
     from exporter.tools.benchmark import BenchConfig, run_and_write  # numpy, TensorFlow: not for --help
     from exporter.tools.cache_bench import CacheBenchConfig
     from exporter.tools.export_cost import ExportCostConfig
@@ -39,13 +43,35 @@ def bench(
         from exporter.tools.beam_bench import BeamBenchConfig
 
         beam_config = BeamBenchConfig.quick() if quick else BeamBenchConfig()
-    with stderr.status("benchmark", spinner="dots") as status:
-        paths = run_and_write(config, out, progress=lambda p: status.update(f"[bold]{p}[/] ..."),
-                              export_cost_config=cost_config, cache_config=cache_config, beam_config=beam_config)
+    if any(c is not None for c in (config, cost_config, cache_config, beam_config)):
+        with stderr.status("benchmark", spinner="dots") as status:
+            paths = run_and_write(config, out, progress=lambda p: status.update(f"[bold]{p}[/] ..."),
+                                  export_cost_config=cost_config, cache_config=cache_config, beam_config=beam_config)
+        for section in bench_tables(json.loads(paths["json"].read_text())):
+            stdout.print(section)
+        stdout.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)
+    if generate:
+        from exporter.tools.generate_bench import run_in_temp
 
-    for section in bench_tables(json.loads(paths["json"].read_text())):
-        stdout.print(section)
-    stdout.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)
+        with stderr.status("generate benchmark", spinner="dots") as status:
+            results = run_in_temp(progress=lambda p: status.update(f"[bold]{p}[/] ..."))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "generate.json").write_text(json.dumps(results, indent=2))
+        stdout.print(generate_table(results))
+        stdout.print(f"wrote {out / 'generate.json'}", highlight=False)
+
+
+def generate_table(results: dict):
+    """`generate.json` as a table: tokens/s of each variant, and generate's speed-up over each loop."""
+    numbers = ("B", "generate tok/s", "step loop tok/s", "keras loop tok/s", "x step loop", "x keras")
+    rows = table(title=f"generate, 64 new tokens: one gRPC request vs loops ({results['model']})")
+    add_columns(rows, (*numbers, "same ids"), right=numbers, no_wrap=numbers)
+    for row in results["rows"]:
+        rate = row["tokens_per_s"]
+        rows.add_row(str(row["batch"]), f"{rate['generate']:.0f}", f"{rate['step loop']:.0f}",
+                     f"{rate['keras loop']:.0f}", f"{row['vs_step_loop']:.1f}", f"{row['vs_keras_loop']:.1f}",
+                     "yes" if row["ids_agree"] else "[bold red]NO[/]")
+    return rows
 
 
 def bench_tables(results: dict) -> list:

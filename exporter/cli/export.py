@@ -12,7 +12,7 @@ from rich.markup import escape
 from exporter.artifact.errors import EXIT_CHECK_FAILED, BadInput
 from exporter.artifact.manifest import read_manifest
 from exporter.artifact.paths import SAVED_MODEL_FILE, is_saved_model_dir, manifest_path
-from exporter.artifact.specs import Check, ExportOptions, Tolerance
+from exporter.artifact.specs import DEFAULT_MAX_NEW_TOKENS, Check, ExportOptions, Tolerance
 from exporter.cli.convert import print_conversion
 from exporter.cli.options import TOLERANCES, AllRowsOption, JsonOption, VerifyTimeoutOption
 from exporter.cli.render import notice, print_checks, progress_display, stderr, stdout, user_errors
@@ -72,6 +72,13 @@ def export(
         Optional[int], typer.Option("--max-length", min=2, help="Positions of a causal attention's key/value cache: "
                                     "the longest sequence a session streams (default: the model's fixed input length).")
     ] = None,
+    generate: Annotated[
+        bool, typer.Option("--generate", help="Export the generate signature for a model whose float output feeds its "
+                           "next input (an id model whose output ranges over its input ids gets it anyway).")
+    ] = False,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", min=1, help="The most steps one generate call may produce.")
+    ] = DEFAULT_MAX_NEW_TOKENS,
     imports: Annotated[
         Optional[list[str]], typer.Option("--import", help="Import MODULE first (registers custom layers; runs its code).")
     ] = None,
@@ -113,6 +120,8 @@ def export(
                 fused=fused,
                 require_stream=require_stream,
                 max_length=max_length,
+                generate=generate,
+                max_new_tokens=max_new_tokens,
                 targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
             )
         except ValueError as exc:

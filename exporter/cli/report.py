@@ -309,6 +309,13 @@ def manifest_tables(manifest: Manifest) -> list:
         facts.append(("whole sequence only", f"serving_default only, no streaming: {manifest.whole_sequence}"))
     if manifest.fixed_steps is not None:
         facts.append(("fixed length (serving_default)", f"{manifest.fixed_steps} steps; stream takes any chunk"))
+    if manifest.generate is not None:
+        spec = manifest.generate
+        fed = (f"the chosen id ({spec.scores.value} over {spec.vocab} ids)" if spec.vocab is not None
+               else "the output's features")
+        facts.append(("generate", f"feeds back {fed}; max_new_tokens <= {spec.max_new_tokens}; {spec.source}"))
+    else:
+        facts.append(("generate", "not exported"))
     if manifest.batch_independent is not None:
         facts.append(("batch independent", f"{manifest.batch_independent} (largest off-diagonal |J| "
                                            f"{compact(manifest.batch_offdiag_max)})"))

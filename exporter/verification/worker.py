@@ -31,6 +31,7 @@ from exporter.artifact.specs import POSITION_STATE, CheckResult, Manifest, Signa
 from exporter.verification.batch import offdiagonal_blocks
 from exporter.verification.run import PARENT_PID_VARIABLE
 from exporter.verification.explain import explain
+from exporter.verification.generate_check import check_generate
 from exporter.verification.foreign import generic_checks
 
 
@@ -427,7 +428,7 @@ def _probe_batch(feed: dict, descs, rng, *, batch: int, steps: int | None = None
 
 # The checks in the order they run, by the name the progress display and the timings use.
 CHECK_ORDER = ("weights", "reload and gradients", "source", "inputs", "chunked", "fused", "higher order",
-               "batch independence")
+               "batch independence", "generate")
 
 
 def _peak_rss_mb() -> float:
@@ -465,7 +466,8 @@ def run_checks(export_dir: Path, on_check=_report_progress) -> dict:
                 "timings": {"load": time.monotonic() - started}, "properties": {}, "peak_rss_mb": _peak_rss_mb()}
     timings = {"load": time.monotonic() - started}
     checks = (checker.weights, checker.reload_and_gradients, checker.ground_truth, checker.every_input,
-              checker.chunking, checker.fused, checker.higher_order, checker.batch_independence)
+              checker.chunking, checker.fused, checker.higher_order, checker.batch_independence,
+              lambda: check_generate(checker))
     for done, (label, check) in enumerate(zip(CHECK_ORDER, checks)):
         on_check(export_dir, label, done)
         started = time.monotonic()

@@ -521,3 +521,41 @@ def cross_attention_translator() -> keras.Model:
     attended = L.MultiHeadAttention(num_heads=2, key_dim=8)(query=decoded, value=memory)
     normed = L.LayerNormalization()(L.Add()([decoded, attended]))
     return keras.Model([source, target], L.Dense(TARGET_VOCAB)(normed))
+
+
+# Embeddings of the scale training gives them (Keras starts them within +-0.05, where the next id hardly
+# depends on the last one and a generator that feeds back the wrong id would go unnoticed).
+_TRAINED = keras.initializers.RandomNormal(stddev=1.5)
+
+
+def character_lstm_ids() -> keras.Model:
+    """keras.io "Character-level text generation with LSTM" with character ids into an `Embedding` instead of
+    one-hot vectors (as the TensorFlow text-generation tutorial feeds its model): LSTM, then a softmax over
+    the characters (15 here)."""
+    return keras.Sequential([keras.Input(shape=(None,), dtype="int32"), L.Embedding(15, 8, embeddings_initializer=_TRAINED),
+                             L.LSTM(16), L.Dense(15, activation="softmax")])
+
+
+def word_gru_logits() -> keras.Model:
+    """TensorFlow tutorial "Text generation with an RNN" written functional: ids into `Embedding(vocab_size,
+    embedding_dim)`, `GRU(rnn_units, return_sequences=True)`, `Dense(vocab_size)` logits (30 words here)."""
+    inputs = keras.Input(shape=(None,), dtype="int32", name="ids")
+    x = L.Embedding(30, 8, embeddings_initializer=_TRAINED)(inputs)
+    x = L.GRU(16, return_sequences=True)(x)
+    return keras.Model(inputs, L.Dense(30)(x))
+
+
+def feedback_lstm() -> keras.Model:
+    """TensorFlow tutorial "Time series forecasting", the `FeedBack` model's step as a functional model: its
+    LSTM over a window of 5 features and its `Dense(num_features)` per step; `generate` feeds each prediction
+    back as the next input, as `FeedBack.call` does."""
+    inputs = keras.Input(shape=(None, 5), name="window")
+    x = L.LSTM(16, return_sequences=True)(inputs)
+    return keras.Model(inputs, L.Dense(5)(x))
+
+
+def mismatched_vocab_gru() -> keras.Model:
+    """An id model whose output does not range over its input ids (40 scores, 30 ids): no `generate`."""
+    inputs = keras.Input(shape=(None,), dtype="int32")
+    x = L.GRU(8, return_sequences=True)(L.Embedding(30, 4)(inputs))
+    return keras.Model(inputs, L.Dense(40, activation="softmax")(x))

@@ -54,7 +54,7 @@ def test_verify_cli_on_published_export(demo_export):
     # The progress display named each check as it started (stderr is not a terminal here: lines).
     started = [line.split("verify: ", 1)[1] for line in result.stderr.splitlines() if "verify: " in line]
     assert [s.split(" (")[0] for s in started] == ["load", *CHECK_ORDER], result.stderr
-    assert started[-1] == f"batch independence ({len(CHECK_ORDER) - 1}/{len(CHECK_ORDER)} done)"
+    assert started[-1] == f"{CHECK_ORDER[-1]} ({len(CHECK_ORDER) - 1}/{len(CHECK_ORDER)} done)"
 
 
 def test_export_records_per_check_timings_in_the_manifest(demo_export):

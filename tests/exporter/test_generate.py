@@ -1,0 +1,155 @@
+"""`generate` (exporter/generate.py): exported from the models users generate with, verified in a fresh
+process against the source model's own loop, refused with a reason where the output cannot feed the input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from typer.testing import CliRunner
+
+from exporter.artifact.manifest import read_manifest
+from exporter.artifact.specs import ExportOptions, Feedback, Scores
+from exporter.cli.app import app
+from exporter.keras_model import step_model_from_keras
+from exporter.verification.run import verify_in_fresh_process
+from tests.exporter import official_examples
+from tests.fixtures.generate import GENERATE_MODELS, MAX_NEW_TOKENS
+
+runner = CliRunner()
+
+
+def _rows(report, check="generate"):
+    return [c for c in report.checks if c.check == check]
+
+
+@pytest.mark.parametrize("name", GENERATE_MODELS)
+def test_generate_verifies_against_the_source_models_greedy_loop(generate_exports, name):
+    report = generate_exports[name].report
+    assert report.passed, report.summary()
+    rows = _rows(report)
+    for row in rows:  # the measured errors, for the record
+        print(f"{name}: {row.signature} {row.tensor}: max abs {row.max_abs} (atol {row.atol}, rtol {row.rtol})")
+    greedy = [r for r in rows if r.signature.startswith("greedy vs source")]
+    assert [r.signature.split("source ")[1] for r in greedy] == ["B=1 P=1", "B=2 P=4", "B=3 P=7"]
+    if name != "feedback_lstm":  # ids: id for id
+        assert all(r.atol == 0 and r.rtol == 0 and r.max_abs == 0 for r in greedy)
+    manifest = read_manifest(generate_exports[name].path)
+    states = {r.tensor for r in rows if r.signature.startswith("states vs stream")}
+    assert states == {s.name for s in manifest.states}
+    assert any(r.signature.startswith("seeded twice") for r in rows)
+    assert any(r.signature.startswith("seeded vs step loop") for r in rows)
+    # The seeded, sampled call captured at export equals the reloaded one (reproducible across reloads).
+    reload_rows = [c for c in report.checks if c.check == "reload" and c.signature == "generate"]
+    assert reload_rows and all(r.passed for r in reload_rows)
+
+
+@pytest.mark.parametrize("name, feedback, scores, vocab", [
+    ("character_lstm_ids", Feedback.IDS, Scores.PROBABILITIES, 15),
+    ("word_gru_logits", Feedback.IDS, Scores.LOGITS, 30),
+    ("feedback_lstm", Feedback.FEATURES, None, None),
+])
+def test_manifest_records_what_generate_feeds_back_and_inspect_shows_it(generate_exports, name, feedback, scores,
+                                                                       vocab):
+    path = generate_exports[name].path
+    manifest = read_manifest(path)
+    assert (manifest.generate.feedback, manifest.generate.scores, manifest.generate.vocab) == (feedback, scores, vocab)
+    assert manifest.generate.max_new_tokens == MAX_NEW_TOKENS and manifest.format_version == 8
+    result = runner.invoke(app, ["inspect", str(path)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert f"max_new_tokens <= {MAX_NEW_TOKENS}" in result.output and "generate" in result.output
+
+
+def _generate(path):
+    return tf.saved_model.load(str(path)).signatures["generate"]
+
+
+@pytest.mark.parametrize("inputs, named", [
+    (dict(max_new_tokens=MAX_NEW_TOKENS + 1), "input max_new_tokens must be at most 32"),
+    (dict(max_new_tokens=-1), "input max_new_tokens must be >= 0"),
+    (dict(temperature=-0.5), "input temperature must be >= 0"),
+    (dict(top_k=31), "input top_k must be at most the vocabulary, 30"),
+    (dict(prompt=np.full((1, 2), 30, np.int32)), "input prompt: ids must be below the vocabulary, 30"),
+])
+def test_bad_inputs_fail_the_call_naming_the_input(generate_exports, inputs, named):
+    generate = _generate(generate_exports["word_gru_logits"].path)
+    feed = dict(prompt=np.ones((2, 3), np.int32), max_new_tokens=4, temperature=0.0, top_k=0, seed=0) | inputs
+    dtypes = dict(prompt=tf.int32, max_new_tokens=tf.int32, temperature=tf.float32, top_k=tf.int32, seed=tf.int64)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=named):
+        generate(**{k: tf.constant(v, dtypes[k]) for k, v in feed.items()})
+
+
+def test_zero_new_tokens_returns_the_prompts_states_and_no_ids(generate_exports):
+    path = generate_exports["word_gru_logits"].path
+    loaded = tf.saved_model.load(str(path))
+    prompt = tf.constant([[1, 2, 3], [4, 5, 6]], tf.int32)
+    result = loaded.signatures["generate"](prompt=prompt, max_new_tokens=tf.constant(0), temperature=tf.constant(0.0),
+                                           top_k=tf.constant(0), seed=tf.constant(0, tf.int64))
+    assert result["tokens"].shape == (2, 0)
+    initial = loaded.signatures["initial_state"](batch_size=tf.constant(2))
+    want = loaded.signatures["stream"](inputs=prompt, **initial)["gru_h"].numpy()
+    error = float(np.max(np.abs(result["gru_h"].numpy() - want)))
+    print(f"gru_h after the prompt: max abs error {error} (atol 1e-5)")
+    assert error <= 1e-5
+
+
+def test_sampling_depends_on_the_seed_and_temperature_and_top_k_one_is_greedy(generate_exports):
+    generate = _generate(generate_exports["word_gru_logits"].path)
+    prompt = tf.constant(np.arange(1, 9, dtype=np.int32).reshape(2, 4))
+
+    def run(temperature, top_k, seed):
+        return generate(prompt=prompt, max_new_tokens=tf.constant(16), temperature=tf.constant(temperature),
+                        top_k=tf.constant(top_k), seed=tf.constant(seed, tf.int64))["tokens"].numpy()
+
+    greedy = run(0.0, 0, 0)
+    assert not np.array_equal(run(5.0, 0, 1), run(5.0, 0, 2))
+    np.testing.assert_array_equal(run(5.0, 1, 3), greedy)  # top_k=1 keeps the argmax alone
+
+
+def test_an_id_model_whose_output_does_not_range_over_its_ids_gets_no_generate():
+    step_model = step_model_from_keras(official_examples.build("mismatched_vocab_gru"))
+    assert step_model.generation is None
+    assert "has [40] float32 values per step but Embedding" in step_model.generation_refusal
+    assert "reads 30 ids" in step_model.generation_refusal
+
+
+def test_generate_on_request_exits_2_saying_why(tmp_path):
+    model = official_examples.build("mismatched_vocab_gru")
+    path = tmp_path / "mismatched.keras"
+    model.save(path)
+    result = runner.invoke(app, ["export", str(path), "--name", "m", "--base", str(tmp_path / "base"), "--generate"],
+                           terminal_width=400)
+    assert result.exit_code == 2, result.output
+    assert "--generate" in result.output and "reads 30 ids" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "base" / "m" / "1").exists()
+
+
+def test_a_float_model_gets_generate_only_on_request():
+    from exporter.generate import plan
+
+    step_model = step_model_from_keras(official_examples.build("feedback_lstm"))
+    assert plan(step_model, requested=False, max_new_tokens=8) is None
+    assert plan(step_model, requested=True, max_new_tokens=8).feedback is Feedback.FEATURES
+
+
+@pytest.mark.slow
+def test_the_check_fails_on_an_export_whose_generate_feeds_back_the_wrong_id(tmp_path, monkeypatch):
+    """A `generate` that feeds back the next id instead of the chosen one: its own reload golden agrees with
+    it, the source model's loop and `stream` over what it generated do not."""
+    import exporter.generate as generate
+    from exporter.pipeline import write_export
+
+    fed_back = generate._fed_back
+    monkeypatch.setattr(generate, "_fed_back", lambda chosen, model: fed_back(
+        (chosen + 1) % 30 if chosen.dtype == tf.int32 and len(chosen.shape) == 1 else chosen, model))
+    step_model = step_model_from_keras(official_examples.build("word_gru_logits"))
+    write_export(step_model, tmp_path / "broken", name="broken", source={"kind": "test"},
+                 options=ExportOptions(check_hvp=False, max_new_tokens=16))
+    report = verify_in_fresh_process(tmp_path / "broken")
+    failures = {(r.signature.split(" B=")[0], r.tensor) for r in report.failures}
+    print(report.summary())
+    assert ("greedy vs source", "tokens") in failures
+    state = read_manifest(tmp_path / "broken").states[0].name
+    assert ("states vs stream", state) in failures
+    assert all(r.check == "generate" for r in report.failures)
