@@ -41,10 +41,10 @@ def step_model_from_keras(model: keras.Model, description: str = "", *, fall_bac
     """
     if not isinstance(model, keras.Model):
         raise UnsupportedModel(f"Expected a Keras model, got {type(model).__name__}.")
-    return with_generation(model, _step_model(model, description, fall_back=fall_back))
+    return with_generation(model, _step_model(model, description, fall_back=fall_back, max_length=max_length))
 
 
-def _step_model(model: keras.Model, description: str, *, fall_back: bool) -> StepModel:
+def _step_model(model: keras.Model, description: str, *, fall_back: bool, max_length: int | None) -> StepModel:
     try:
         if not is_graph_model(model):
             return subclassed_step_model(model, description)

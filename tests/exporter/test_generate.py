@@ -9,7 +9,7 @@ import tensorflow as tf
 from typer.testing import CliRunner
 
 from exporter.artifact.manifest import read_manifest
-from exporter.artifact.specs import ExportOptions, Feedback, Scores
+from exporter.artifact.specs import GENERATE_FORMAT_VERSION, ExportOptions, Feedback, Scores
 from exporter.cli.app import app
 from exporter.keras_model import step_model_from_keras
 from exporter.verification.run import verify_in_fresh_process
@@ -54,7 +54,7 @@ def test_manifest_records_what_generate_feeds_back_and_inspect_shows_it(generate
     path = generate_exports[name].path
     manifest = read_manifest(path)
     assert (manifest.generate.feedback, manifest.generate.scores, manifest.generate.vocab) == (feedback, scores, vocab)
-    assert manifest.generate.max_new_tokens == MAX_NEW_TOKENS and manifest.format_version == 8
+    assert manifest.generate.max_new_tokens == MAX_NEW_TOKENS and manifest.format_version == GENERATE_FORMAT_VERSION
     result = runner.invoke(app, ["inspect", str(path)], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert f"max_new_tokens <= {MAX_NEW_TOKENS}" in result.output and "generate" in result.output
