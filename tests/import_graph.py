@@ -22,7 +22,7 @@ PACKAGES = ("exporter", "serving")
 # ml_dtypes), which `seqexport --help` does without (a third of its time).
 HEAVY = frozenset({
     "tensorflow", "keras", "tensorflow_serving", "grpc", "aiohttp", "matplotlib", "onnx", "onnxruntime",
-    "tf2onnx", "ai_edge_litert", "tritonclient", "pytriton", "threadpoolctl", "numpy", "ml_dtypes",
+    "tf2onnx", "ai_edge_litert", "tritonclient", "pytriton", "threadpoolctl", "numpy", "ml_dtypes", "apache_beam",
 })
 
 

@@ -18,6 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from exporter.artifact.manifest import read_manifest
+from serving.client import GrpcClient
+from serving.server.server import server_process
+from serving.session import StreamingSession
 from exporter.tools.timing import interleaved_medians
 
 
@@ -86,9 +89,6 @@ def _check_count(got: int, want: int) -> None:
 
 
 def _client_run(target: str, elements: list, n_keys: int) -> Callable[[], float]:
-    from serving.client import GrpcClient
-    from serving.session import StreamingSession
-
     ordered = sorted(elements, key=lambda e: (e[0], e[1][0]))[: n_keys * (len(elements) // max(1, len(
         {e[0] for e in elements})))]
 
@@ -108,8 +108,6 @@ def _client_run(target: str, elements: list, n_keys: int) -> Callable[[], float]
 def run(config: BeamBenchConfig, base: Path, name: str = "demo",
         progress: Callable[[str], None] = lambda _: None) -> list[dict]:
     """One row per key count: chunks/s and keys/s of the pipeline and of the client, their ratio."""
-    from serving.server.server import server_process
-
     export_dir = max((p for p in (base / name).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
     manifest = read_manifest(export_dir)
     features = next(s for s in manifest.signature("stream").inputs if s.name == "inputs").shape[-1]

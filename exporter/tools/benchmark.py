@@ -45,7 +45,8 @@ from exporter.artifact.errors import SeqExportError
 from exporter.artifact.specs import ExportOptions
 from exporter.convert.runtimes import LiteRTModel, OrtModel, SequenceBackend, StepLoopBackend
 from exporter.convert.targets import convert_export
-from exporter.tools import bench_targets, cache_bench, export_cost
+from exporter.tools import beam_bench, bench_targets, cache_bench, export_cost
+from exporter.tools.demo import train_demo_model
 from exporter.tools.timing import interleaved_medians
 from exporter.verification.run import fresh_process_env
 
@@ -666,8 +667,6 @@ def run_and_write(config: BenchConfig | None, out_dir: Path, progress=lambda _: 
             results["kv_cache"] = cache_bench.run(cache_config, Path(tmp), progress)
         if beam_config is not None:
             from exporter.pipeline import export
-            from exporter.tools import beam_bench
-            from exporter.tools.demo import train_demo_model
 
             progress("beam: the demo export")
             export(str(train_demo_model(Path(tmp) / "beam" / "demo.keras", seconds=2.0)), name="demo",

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from exporter.artifact.manifest import read_manifest
+from exporter.artifact.specs import ExportOptions
 from exporter.tools.timing import interleaved_medians
 
 VOCAB, WIDTH, HEADS, BLOCKS = 256, 64, 4, 2
@@ -77,8 +79,6 @@ def run(config: CacheBenchConfig, workdir: Path | None = None, progress: Callabl
     """One row per N: seconds of each variant, the ratios, and the cache's bytes per sequence."""
     import tensorflow as tf
 
-    from exporter.artifact.manifest import read_manifest
-    from exporter.artifact.specs import ExportOptions
     from exporter.keras_model import step_model_from_keras
     from exporter.pipeline import write_export
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from exporter.tools.timing import interleaved_medians
+from serving.client import GrpcClient
+from serving.server.server import server_process
 
 VOCAB, PROMPT, NEW_TOKENS, BATCHES, REPEATS = 64, 16, 64, (1, 8), 5
 
@@ -59,8 +61,6 @@ def run(workdir: Path, progress=lambda _: None) -> dict:
     """The `generate` rows: per batch size, tokens/s of each variant and the speed-ups."""
     from exporter.keras_model import step_model_from_keras
     from exporter.pipeline import write_export
-    from serving.client import GrpcClient
-    from serving.server.server import server_process
 
     progress("generate: export")
     model = build_model()
