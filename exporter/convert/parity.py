@@ -127,3 +127,46 @@ def driver_checks(
             else:
                 rows.append(compare(check, signature, name, states[name], want[name], tolerance))
     return rows
+
+
+GENERATE_DRIVER = "generate driver"
+
+
+def generate_driver_checks(check: str, backend, manifest: Manifest, golden: dict,
+                           tolerance: Tolerance) -> list[CheckResult]:
+    """The export's `generate` loop run by the runtime: `backend` over each greedy case of the goldens (the
+    prompt, then one step per new id: the argmax of the last step's scores fed back, or the last step's
+    features), against the source model's own greedy loop. Ids must be equal; features within `tolerance`.
+    None of it without a `generate` signature."""
+    spec = manifest.generate
+    if spec is None:
+        return []
+    ids = spec.feedback.value == "ids"
+    key = manifest.output_keys()[0][0]
+    cases = sorted({int(k.split("/")[2]) for k in golden if k.startswith("generate/case/")})
+    rows: list[CheckResult] = []
+    for case in cases:
+        feed = _section(golden, f"generate/case/{case}/in/")
+        want = golden[f"generate/case/{case}/want"]
+        prompt = feed["prompt"]
+        signature = f"{GENERATE_DRIVER} B={prompt.shape[0]} P={prompt.shape[1]}"
+        statics = {i.name: feed[i.name] for i in manifest.static_inputs}
+        context = {i.name: feed[i.name] for i in manifest.context_inputs}
+        static_kwargs = {"statics": statics} if statics else {}
+        try:
+            states = backend.initial_state(prompt.shape[0], **static_kwargs, **({"context": context} if context else {}))
+            outputs, states = backend.stream(prompt, states, None, **static_kwargs)
+            chosen = []
+            for _ in range(want.shape[1]):
+                last = np.asarray(outputs[key] if isinstance(outputs, dict) else outputs)[:, -1]
+                following = np.argmax(last, axis=-1).astype(np.int32) if ids else last.astype(prompt.dtype)
+                chosen.append(following)
+                outputs, states = backend.stream(following[:, None], states, None, **static_kwargs)
+        except Exception as exc:  # noqa: BLE001
+            rows.append(failed(check, signature, "tokens", f"driver failed: {type(exc).__name__}: {exc}"))
+            continue
+        got = np.stack(chosen, axis=1)
+        exact = Tolerance(atol=0.0, rtol=0.0)
+        rows.append(compare(check, signature, "tokens" if ids else "predictions", got, want,
+                            exact if ids else tolerance))
+    return rows

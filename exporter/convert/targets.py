@@ -44,7 +44,7 @@ from exporter.artifact.paths import SEQEXPORT_DIR
 from exporter.artifact.specs import CheckResult, CheckRows, RuntimeTarget, Tolerance
 from exporter.convert import onnx, tflite, triton
 from exporter.convert.graph import custom_gradient_ops, load_export
-from exporter.convert.parity import driver_checks, model_checks
+from exporter.convert.parity import driver_checks, generate_driver_checks, model_checks
 from exporter.convert.runtimes import LiteRTModel, OrtModel, SequenceBackend, StepLoopBackend
 
 # The optional packages each target imports: (module, pip package).
@@ -235,6 +235,8 @@ class _Run:
             backend, label, exact = SequenceBackend(model, initial, sequences=sequences), STREAM_DRIVER, True
         self.checks.extend(driver_checks(name, label, backend, manifest, golden, self.tolerance,
                                          batch=batch, exact_padding=exact))
+        if signature == "step":  # the `generate` loop over the converted step model, against the source's
+            self.checks.extend(generate_driver_checks(name, backend, manifest, golden, self.tolerance))
 
     def report(self, started: float) -> ConversionReport:
         return ConversionReport(

@@ -153,3 +153,27 @@ def test_the_check_fails_on_an_export_whose_generate_feeds_back_the_wrong_id(tmp
     state = read_manifest(tmp_path / "broken").states[0].name
     assert ("states vs stream", state) in failures
     assert all(r.check == "generate" for r in report.failures)
+
+
+@pytest.mark.parametrize("target", ["onnx", "tflite"])
+def test_runtimes_run_the_generate_loop_over_their_step_model(generate_exports, tmp_path, target):
+    """The converted step model driven as `generate` drives `step` (the prompt, then the argmax fed back) makes the
+    source model's greedy ids exactly; with one wanted id changed in the goldens, the row fails."""
+    import shutil
+
+    from exporter.artifact import golden_io
+    from exporter.artifact.paths import golden_path
+    from exporter.convert.targets import convert_export
+
+    path = generate_exports["word_gru_logits"].path
+    report = convert_export(path, target, tmp_path / "ok")
+    rows = [c for c in report.checks if c.signature.startswith("generate driver")]
+    print(report.summary())
+    assert report.passed and len(rows) == 3 and all(c.max_abs == 0 for c in rows), report.failures
+    broken = tmp_path / "broken"
+    shutil.copytree(path, broken)
+    golden = golden_io.load(golden_path(broken))
+    golden["generate/case/1/want"][0, -1] = (golden["generate/case/1/want"][0, -1] + 1) % 30
+    golden_io.save(golden, golden_path(broken))
+    failing = [c for c in convert_export(broken, target, tmp_path / "bad").checks if not c.passed]
+    assert [c.signature for c in failing] == ["generate driver B=2 P=4"], failing
