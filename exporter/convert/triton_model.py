@@ -128,25 +128,26 @@ class TritonPythonModel:
             self.logger.log_info(f"seqexport: dropped the state of sequence {key} after "
                                  f"{self.idle_seconds:g} s idle")
 
-    def _static_values(self, request):
+    @staticmethod
+    def _values(request, names, missing):
+        """Each of `names` from the request (a copy: the request's memory is Triton's); `missing(name)`: the
+        error when one is absent."""
         values = {}
-        for name in self.statics:
+        for name in names:
             value = _from_triton(request, name)
             if value is None:
-                raise SequenceError(f"the request has no static input {name!r}: send {self.statics} with every "
-                                    "request of a sequence")
-            values[name] = np.array(value)  # a copy: the request's memory is Triton's
-        return values
-
-    def _context_values(self, request):
-        values = {}
-        for name in self.contexts:
-            value = _from_triton(request, name)
-            if value is None:
-                raise SequenceError(f"the START request has no context input {name!r}: send {self.contexts} with "
-                                    "the first request of a sequence (the encoder runs once, there)")
+                raise SequenceError(missing(name))
             values[name] = np.array(value)
         return values
+
+    def _static_values(self, request):
+        return self._values(request, self.statics, lambda name: (
+            f"the request has no static input {name!r}: send {self.statics} with every request of a sequence"))
+
+    def _context_values(self, request):
+        return self._values(request, self.contexts, lambda name: (
+            f"the START request has no context input {name!r}: send {self.contexts} with the first request of a "
+            "sequence (the encoder runs once, there)"))
 
     def _start_states(self, statics, request):
         if self.initial is None:

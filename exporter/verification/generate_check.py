@@ -91,6 +91,8 @@ class GenerateCheck:
         stream = self.checker.signature(SignatureName.STREAM.value)
         dtype = self.manifest.signature(SignatureName.STREAM.value).inputs[0].dtype
         statics = {i.name: tf.constant(feed[i.name]) for i in self.manifest.static_inputs}
+        if self.manifest.masked:  # every step is real: `generate` feeds no padding
+            statics["lengths"] = tf.fill([inputs.shape[0]], tf.constant(inputs.shape[1], tf.int32))
         return dict(stream(inputs=tf.constant(inputs.astype(dtype)), **statics, **states))
 
     def step_loop(self, feed: dict, steps: int) -> dict:
