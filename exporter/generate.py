@@ -5,7 +5,8 @@ whole-sequence path from the initial states (`trace.unroll`, fused kernels where
 has them), then ONE `tf.while_loop` calls the step N times, feeding back the id it chose
 (or the output's features). Sampling uses stateless random ops seeded from `seed` and the
 step index, so a seeded call gives the same ids after any reload and equals the same sampler
-driven through `step` from Python (`choose` is that sampler).
+driven through `step` from Python (`choose` is that sampler). `generate_from` is the same loop
+from the states it is given (as `stream` takes them), so a session that streamed already goes on.
 """
 
 from __future__ import annotations
@@ -99,18 +100,20 @@ def _desc(name: str, shape, dtype: str) -> TensorDesc:
     return TensorDesc(name=name, shape=tuple(shape), dtype=dtype)
 
 
-def signature_descs(model: StepModel, spec: GenerateSpec) -> tuple[list[TensorDesc], list[TensorDesc]]:
-    """The inputs and outputs of `generate`, by serving key."""
+def signature_descs(model: StepModel, spec: GenerateSpec, *,
+                    from_states: bool = False) -> tuple[list[TensorDesc], list[TensorDesc]]:
+    """The inputs and outputs of `generate`, by serving key (`from_states`: of `generate_from`, which takes
+    the states, as `stream` does, instead of what `initial_state` takes)."""
     ids = spec.feedback is Feedback.IDS
     prompt = (_desc("prompt", (None, None), "int32") if ids
               else _desc("prompt", (None, None, *model.input_shape), model.input_dtype))
     knobs = [_desc("temperature", (), "float32"), _desc("top_k", (), "int32"), _desc("seed", (), "int64")] if ids else []
     statics = [_desc(i.name, (None, *i.shape), i.dtype) for i in model.static_inputs]
     contexts = [_desc(i.name, (None, i.steps if i.steps > 0 else None, *i.shape), i.dtype) for i in model.context_inputs]
-    inputs = [prompt, _desc("max_new_tokens", (), "int32"), *knobs, *statics, *contexts]
+    states = [_desc(s.name, (None, *s.shape), s.dtype) for s in model.states]
+    inputs = [prompt, _desc("max_new_tokens", (), "int32"), *knobs, *statics, *(states if from_states else contexts)]
     produced = (_desc("tokens", (None, None), "int32") if ids
                 else _desc("predictions", (None, None, *_first_output_shape(model)), _first_output_dtype(model)))
-    states = [_desc(s.name, (None, *s.shape), s.dtype) for s in model.states]
     return inputs, [produced, *states]
 
 
@@ -147,8 +150,14 @@ def _fed_back(chosen, model: StepModel):
     return tf.cast(chosen, model.input_dtype)
 
 
-def generate_body(model: StepModel, spec: GenerateSpec, *, fused: bool = False):
-    """`feed -> {tokens|predictions, *final states}`: the prompt, then the step N times in one while_loop."""
+def given_states(model: StepModel, feed: dict) -> tuple:
+    """The states `generate_from` was given."""
+    return tuple(feed[s.name] for s in model.states)
+
+
+def generate_body(model: StepModel, spec: GenerateSpec, *, fused: bool = False, from_states: bool = False):
+    """`feed -> {tokens|predictions, *final states}`: the prompt, then the step N times in one while_loop
+    (`from_states`: from the states in `feed`, else from what `initial_state` makes of it)."""
     ids = spec.feedback is Feedback.IDS
     state_names = [s.name for s in model.states]
     state_shapes = [tf.TensorShape([None, *s.shape]) for s in model.states]
@@ -162,8 +171,10 @@ def generate_body(model: StepModel, spec: GenerateSpec, *, fused: bool = False):
             steps = tf.identity(feed["max_new_tokens"])
         batch = tf.shape(prompt)[0]
         statics = tuple(feed[i.name] for i in model.static_inputs)
-        initial_values = tuple(feed[i.name] for i in model.initial_inputs)
-        if model.initial_states_fn is not None:
+        initial_values = () if from_states else tuple(feed[i.name] for i in model.initial_inputs)
+        if from_states:
+            states = given_states(model, feed)
+        elif model.initial_states_fn is not None:
             states = tuple(model.initial_states_fn(initial_values))
         else:
             states = tuple(tf.zeros(tf.stack([batch, *s.shape]), dtype=s.dtype) for s in model.states)
@@ -199,17 +210,23 @@ def generate_body(model: StepModel, spec: GenerateSpec, *, fused: bool = False):
 
 
 def add_generate(traced: TracedExport, model: StepModel, spec: GenerateSpec, *, fused: bool = False) -> TracedExport:
-    """`traced` with the `generate` signature added to its module, functions and specs."""
-    inputs, outputs = signature_descs(model, spec)
+    """`traced` with the `generate` and `generate_from` signatures added to its module, functions and specs."""
+    for name, from_states in ((SignatureName.GENERATE.value, False), (SignatureName.GENERATE_FROM.value, True)):
+        traced = _add(traced, name, model, spec, fused=fused, from_states=from_states)
+    return traced
+
+
+def _add(traced: TracedExport, name: str, model: StepModel, spec: GenerateSpec, *, fused: bool,
+         from_states: bool) -> TracedExport:
+    inputs, outputs = signature_descs(model, spec, from_states=from_states)
     names = [t.name for t in inputs]
-    body = generate_body(model, spec, fused=fused)
+    body = generate_body(model, spec, fused=fused, from_states=from_states)
 
     def fn(*args):
         return body(dict(zip(names, args)))
 
     function = tf.function(fn, input_signature=[tf.TensorSpec(t.shape, tf.as_dtype(t.dtype), name=t.name)
                                                 for t in inputs], autograph=False)
-    name = SignatureName.GENERATE.value
     setattr(traced.module, name, function)
     concrete = function.get_concrete_function()
     return dataclasses.replace(

@@ -1,7 +1,8 @@
 """Goldens of the `generate` signature, from the source model (checked in a fresh process).
 
 `generate/in/*`, `generate/out/*`: a seeded, sampled call of the traced signature (the reload check
-then shows sampling is reproducible across reloads). `generate/case/<i>/in/*` and
+then shows sampling is reproducible across reloads); `generate_from/...`: the same prompt again from
+the states that call ended in. `generate/case/<i>/in/*` and
 `generate/case/<i>/want`: prompts of several batch sizes and lengths and what the source model's
 own greedy loop makes of them: run the model on the sequence, append the argmax of its last step
 (or the last step's features), run it again on the longer sequence.
@@ -87,6 +88,13 @@ def capture_generate(model: StepModel, traced, spec: GenerateSpec, options: Expo
     outputs = function(*[tf.constant(feed[n]) for n in names])
     golden.update({f"generate/in/{k}": np.asarray(v) for k, v in feed.items()})
     golden.update({f"generate/out/{k}": v.numpy() for k, v in outputs.items()})
+    # `generate_from` going on from where that call ended (its reload golden): the same prompt again.
+    from_names = [t.name for t in next(s for s in traced.specs if s.name == "generate_from").inputs]
+    carried = {k: v.numpy() for k, v in outputs.items()}
+    from_feed = {n: (carried[n] if n in carried else feed[n]) for n in from_names}
+    from_outputs = traced.functions["generate_from"](*[tf.constant(from_feed[n]) for n in from_names])
+    golden.update({f"generate_from/in/{k}": np.asarray(v) for k, v in from_feed.items()})
+    golden.update({f"generate_from/out/{k}": v.numpy() for k, v in from_outputs.items()})
 
     if model.reference_fn is None:
         return golden

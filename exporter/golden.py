@@ -172,7 +172,7 @@ def capture(model: StepModel, traced: TracedExport, options: ExportOptions,
 
     for spec in traced.specs:
         signature = SignatureName(spec.name)
-        if signature is SignatureName.GENERATE:
+        if signature in (SignatureName.GENERATE, SignatureName.GENERATE_FROM):  # exporter.generate_reference's
             continue
         names = [t.name for t in spec.inputs]
         feed = _feed_for(signature, model, predict_feed, rng)

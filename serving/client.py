@@ -392,7 +392,8 @@ class RestClient:
 
         def call(signature, inputs):
             # `initial_state` and `generate` take scalars, which have no row format.
-            scalar_input = signature in (SignatureName.INITIAL_STATE.value, SignatureName.GENERATE.value)
+            scalar_input = signature in (SignatureName.INITIAL_STATE.value, SignatureName.GENERATE.value,
+                                         SignatureName.GENERATE_FROM.value)
             return self.predict(model, inputs, signature=signature, version=version, label=label,
                                 format="columnar" if scalar_input else None, timeout=timeout)
 
@@ -439,7 +440,7 @@ class RemoteBackend:
         stream = views[SignatureName.STREAM.value]
         self._dtypes = _input_dtypes(views)
         self._state_shapes = {key: stream.inputs[key].shape[1:] for key in self.keys.states}
-        self._generate_view = views.get(SignatureName.GENERATE.value)
+        self._views = views
 
     def initial_state(self, batch_size: int, statics: Mapping[str, np.ndarray] | None = None,
                       context: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
@@ -466,10 +467,11 @@ class RemoteBackend:
         return _stream(self._call, self.keys, self._dtypes, inputs, states, lengths, statics, sequences)
 
     def generate(self, prompt, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0, seed: int = 0,
-                 statics=None, context=None):
-        """One `generate` request; returns (tokens or predictions, final states)."""
-        return _generate(self._call, self._generate_view, self.keys, prompt, max_new_tokens, temperature=temperature,
-                         top_k=top_k, seed=seed, statics=statics, context=context)
+                 statics=None, context=None, states=None):
+        """One `generate` request (`generate_from` when given `states`); returns (tokens or predictions, final
+        states)."""
+        return _generate(self._call, self._views, self.keys, prompt, max_new_tokens, temperature=temperature,
+                         top_k=top_k, seed=seed, statics=statics, context=context, states=states)
 
 
 def _stream(call, keys: SequenceKeys, dtypes: Mapping[str, np.dtype], inputs, states, lengths, statics=None,
@@ -526,17 +528,23 @@ class SavedModelBackend:
                        self.keys, self._dtypes, inputs, states, lengths, statics, sequences)
 
     def generate(self, prompt, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0, seed: int = 0,
-                 statics=None, context=None):
-        """One `generate` call; returns (tokens or predictions, final states)."""
-        return _generate(lambda signature, feed: self.predict(feed, signature=signature),
-                         self.served.views.get(SignatureName.GENERATE.value), self.keys, prompt, max_new_tokens,
-                         temperature=temperature, top_k=top_k, seed=seed, statics=statics, context=context)
+                 statics=None, context=None, states=None):
+        """One `generate` call (`generate_from` when given `states`); returns (tokens or predictions, final
+        states)."""
+        return _generate(lambda signature, feed: self.predict(feed, signature=signature), self.served.views,
+                         self.keys, prompt, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed,
+                         statics=statics, context=context, states=states)
 
 
-def _generate(call, view: SignatureView | None, keys: SequenceKeys, prompt, max_new_tokens: int, *, temperature,
-              top_k, seed, statics, context):
-    """The `generate` request from the signature's own keys and dtypes (ids exports take the sampling knobs,
-    feedback exports do not); (what it generated, final states by name)."""
+def _generate(call, views: Mapping[str, SignatureView], keys: SequenceKeys, prompt, max_new_tokens: int, *,
+              temperature, top_k, seed, statics, context, states=None):
+    """The `generate` request (`generate_from` with `states`) from the signature's own keys and dtypes (ids
+    exports take the sampling knobs, feedback exports do not); (what it generated, final states by name)."""
+    signature = SignatureName.GENERATE.value if states is None else SignatureName.GENERATE_FROM.value
+    view = views.get(signature)
+    if view is None and states is not None and SignatureName.GENERATE.value in views:
+        raise ValueError("this export has `generate` but no `generate_from` (exported by an older seqexport): it "
+                         "starts from the initial state only; reset the session, or export it again.")
     if view is None:
         raise ValueError("this export has no `generate` signature (its output does not feed its next input; "
                          "a float model gets one when exported with --generate).")
@@ -547,8 +555,11 @@ def _generate(call, view: SignatureView | None, keys: SequenceKeys, prompt, max_
     knobs = {"temperature": temperature, "top_k": top_k, "seed": seed}
     feed.update({key: np.asarray(value, dtypes[key]) for key, value in knobs.items() if key in dtypes})
     feed.update(static_feed(keys.statics, statics, dtypes, batch))
-    feed.update(context_feed(keys.contexts, context, dtypes, batch))
-    out = call(SignatureName.GENERATE.value, feed)
+    if states is None:
+        feed.update(context_feed(keys.contexts, context, dtypes, batch))
+    else:  # the states carry the context already
+        feed.update({key: np.asarray(states[key], dtypes[key]) for key in keys.states})
+    out = call(signature, feed)
     produced = "tokens" if "tokens" in view.outputs else "predictions"
     return out[produced], {key: out[key] for key in keys.states}
 

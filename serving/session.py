@@ -205,8 +205,8 @@ class StreamingSession:
         `generate` signature; the session then carries the state after the last new step, so `feed`
         goes on after what was generated.
 
-        `generate` starts from the initial state (from the session's static and context inputs): call it
-        first, on a fresh or `reset` session.
+        A fresh (or `reset`) session calls `generate` (from its static and context inputs); one that has
+        streamed already calls `generate_from` with the states it carries.
 
         Args:
             prompt: `[B, P]` ids (`[B, P, F]` features for a feedback export), P >= 1.
@@ -221,12 +221,10 @@ class StreamingSession:
         if prompt.ndim < 2 or prompt.shape[0] != self.batch_size:
             raise ValueError(f"prompt has shape {list(prompt.shape)}; it needs the session batch size "
                              f"{self.batch_size} first, then its steps.")
-        if self.steps_seen:
-            raise ValueError(f"this session has seen {self.steps_seen} steps, and `generate` starts from the initial "
-                             "state; call session.reset() first, or feed the rest through session.feed().")
-        context = {"context": self.context} if self.context else {}
+        start = ({"states": self.states} if self.steps_seen
+                 else {"context": self.context} if self.context else {})
         produced, self.states = self.backend.generate(prompt, max_new_tokens, temperature=temperature, top_k=top_k,
-                                                      seed=seed, **self._static_kwargs(), **context)
+                                                      seed=seed, **self._static_kwargs(), **start)
         self.steps_seen += prompt.shape[1] + produced.shape[1]
         return produced
 

@@ -67,6 +67,7 @@ class SignatureName(str, enum.Enum):
     INITIAL_STATE = "initial_state"
     INPUT_GRADIENTS = "input_gradients"
     GENERATE = "generate"
+    GENERATE_FROM = "generate_from"  # `generate` from given states (a session that streamed already)
 
 
 class RuntimeTarget(str, enum.Enum):

@@ -5,7 +5,10 @@
 2. seeded: two seeded, sampled calls agree, and equal the same sampler (`exporter.generate.choose`)
    driven through `stream` and `step` from Python (for a feedback model: the step loop's features);
 3. states: the final states `generate` returns equal those of `stream` over prompt + what it generated,
-   from `initial_state`.
+   from `initial_state`;
+4. continued: `generate_from` given the states `stream` left after the first part of a prompt, on the
+   rest of it, equals the source model's own loop over the whole prompt (golden), for every case of
+   at least two prompt steps, and its final states equal `stream`'s over prompt + generated.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ class GenerateCheck:
         self.add(compare(CHECK, f"seeded twice {label}", key, again[key], first[key], EXACT))
         self.add(compare(CHECK, f"seeded vs step loop {label}", key, first[key], self.step_loop(feed, steps)[key],
                          tolerance))
+        self.continued(cases, key, tolerance)
         self.states(feed, first, label)
 
     def initial(self, feed: dict) -> dict:
@@ -121,6 +125,29 @@ class GenerateCheck:
             states = {n: result[n] for n in self.state_names}
             y = result[step_key]
         return {self.spec.output_key: np.stack(chosen, axis=1)}
+
+    def continued(self, cases, key: str, tolerance) -> None:
+        """Row 4 (module docstring): the greedy cases again, the prompt's first half through `stream` first."""
+        tf = self.tf
+        generate_from = self.checker.signature(SignatureName.GENERATE_FROM.value)
+        for _, feed, want in cases:
+            prompt = feed["prompt"]
+            if prompt.shape[1] < 2:
+                continue
+            half = prompt.shape[1] // 2
+            streamed = self.stream(feed, prompt[:, :half], self.initial(feed))
+            knobs = dict(temperature=tf.constant(0.0), top_k=tf.constant(0, tf.int32),
+                         seed=tf.constant(0, tf.int64)) if self.ids else {}
+            statics = {i.name: tf.constant(feed[i.name]) for i in self.manifest.static_inputs}
+            got = generate_from(prompt=tf.constant(prompt[:, half:]), max_new_tokens=tf.constant(want.shape[1]),
+                                **knobs, **statics, **{n: streamed[n] for n in self.state_names})
+            label = f"continued after {half} streamed {self.label(feed)}"
+            self.add(compare(CHECK, label, key, got[key].numpy(), want, tolerance))
+            # and its final states: `stream` over the whole prompt + what it generated, from `initial_state`
+            produced = got[key].numpy().astype(prompt.dtype)
+            whole = self.stream(feed, np.concatenate([prompt, produced], axis=1), self.initial(feed))
+            for name in self.state_names:
+                self.add(compare(CHECK, label, name, got[name].numpy(), whole[name].numpy(), self.checker.tol))
 
     def states(self, feed: dict, generated: dict, label: str) -> None:
         """`generate`'s final states against `stream` over prompt + generated, from `initial_state`."""

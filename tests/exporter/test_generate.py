@@ -156,6 +156,24 @@ def test_the_check_fails_on_an_export_whose_generate_feeds_back_the_wrong_id(tmp
     assert all(r.check == "generate" for r in report.failures)
 
 
+@pytest.mark.slow
+def test_the_check_fails_on_an_export_whose_generate_from_ignores_the_states_it_is_given(tmp_path, monkeypatch):
+    """A `generate_from` that starts from zeros whatever states it is given: `generate` itself is right, the rows
+    that continue a streamed prompt are not."""
+    import exporter.generate as generate
+    from exporter.pipeline import write_export
+
+    monkeypatch.setattr(generate, "given_states", lambda model, feed: tuple(tf.zeros_like(feed[s.name])
+                                                                              for s in model.states))
+    step_model = step_model_from_keras(official_examples.build("word_gru_logits"))
+    write_export(step_model, tmp_path / "broken", name="broken", source={"kind": "test"},
+                 options=ExportOptions(check_hvp=False, max_new_tokens=16))
+    report = verify_in_fresh_process(tmp_path / "broken")
+    print(report.summary())
+    assert report.failures and all(r.signature.startswith("continued after") for r in report.failures), \
+        report.failures
+
+
 @pytest.mark.parametrize("target", ["onnx", "tflite"])
 def test_runtimes_run_the_generate_loop_over_their_step_model(generate_exports, tmp_path, target):
     """The converted step model driven as `generate` drives `step` (the prompt, then the argmax fed back) makes the

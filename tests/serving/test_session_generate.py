@@ -80,13 +80,20 @@ def test_bad_inputs_are_invalid_argument_naming_the_input(backend_for, knobs, na
     assert caught.value.code is Code.INVALID_ARGUMENT
 
 
-def test_generate_starts_a_sequence_and_refuses_a_fed_session(generate_exports):
-    session = StreamingSession(SavedModelBackend(generate_exports["word_gru_logits"].path), batch_size=1)
-    session.feed(np.ones((1, 2), np.int32))
-    with pytest.raises(ValueError, match="call session.reset"):
-        session.generate(np.ones((1, 2), np.int32), 4)
-    session.reset()
-    assert session.generate(np.ones((1, 2), np.int32), 4).shape == (1, 4)
+def test_a_session_that_streamed_goes_on_with_generate_from(backend_for, generate_exports):
+    """Fed 3 ids, then `generate` on 2 more: `generate_from` with the session's states, the same greedy ids as one
+    `generate` over all 5 from the start (and the same states)."""
+    backend = backend_for("word_gru_logits")
+    prompt = np.array([[3, 9, 1, 4, 7], [2, 2, 8, 5, 6]], np.int32)
+    session = StreamingSession(backend, batch_size=2)
+    session.feed(prompt[:, :3])
+    tokens = session.generate(prompt[:, 3:], 8)
+    want = _direct(generate_exports["word_gru_logits"].path, prompt=prompt, max_new_tokens=np.int32(8),
+                   temperature=np.float32(0), top_k=np.int32(0), seed=np.int64(0))
+    assert np.array_equal(tokens, want["tokens"]), (tokens, want["tokens"])
+    error = max(float(np.max(np.abs(session.states[k] - want[k]))) for k in session.states)
+    print(f"states after generate_from vs generate from the start: max abs {error} (atol 1e-5)")
+    assert error <= 1e-5 and session.steps_seen == 5 + 8
 
 
 def test_one_rest_request_in_the_readmes_form_generates(generate_server):
