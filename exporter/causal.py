@@ -48,6 +48,11 @@ class Clock:
         self.caches: list[str] = []  # layers that keep a key/value cache
         self.findings: list[str] = []  # what the probes found, one line per layer, for the user
 
+    @property
+    def cache_length(self) -> int | None:
+        """The caches' positions, None when no layer keeps a cache (the step model's `max_length`)."""
+        return self.max_length if self.caches else None
+
     @staticmethod
     def spec() -> StateSpec:
         return StateSpec(name=POSITION_STATE, layer=POSITION_STATE, index=0, shape=(), dtype="float32")

@@ -18,7 +18,7 @@ import tensorflow as tf
 from exporter.artifact.errors import BadInput
 from exporter.artifact.specs import Feedback, GenerateSpec, Scores, SignatureName, SignatureSpec, TensorDesc
 from exporter.step_model import StepModel
-from exporter.trace import TracedExport, unroll
+from exporter.trace import TracedExport, initial_states, unroll
 
 
 def plan(model: StepModel, *, requested: bool, max_new_tokens: int) -> GenerateSpec | None:
@@ -171,13 +171,8 @@ def generate_body(model: StepModel, spec: GenerateSpec, *, fused: bool = False, 
             steps = tf.identity(feed["max_new_tokens"])
         batch = tf.shape(prompt)[0]
         statics = tuple(feed[i.name] for i in model.static_inputs)
-        initial_values = () if from_states else tuple(feed[i.name] for i in model.initial_inputs)
-        if from_states:
-            states = given_states(model, feed)
-        elif model.initial_states_fn is not None:
-            states = tuple(model.initial_states_fn(initial_values))
-        else:
-            states = tuple(tf.zeros(tf.stack([batch, *s.shape]), dtype=s.dtype) for s in model.states)
+        states = (given_states(model, feed) if from_states
+                  else initial_states(model, batch, tuple(feed[i.name] for i in model.initial_inputs)))
         outputs, states = unroll(model, _fed_back(prompt, model), states, None, fused=fused, statics=statics)
         last = _first(outputs, model)[:, -1]
         step = model.bound_step()  # outside the loop: variables are read here, once

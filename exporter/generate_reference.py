@@ -60,12 +60,9 @@ def source_greedy(model: StepModel, spec: GenerateSpec, prompt: np.ndarray, side
         outputs = np.asarray(outputs)
         rank = 1 + len(model.outputs[0].shape if model.outputs else model.output_shape)
         last = outputs[:, -1] if outputs.ndim > rank else outputs  # a last-step-only output is the last step
-        if spec.feedback is Feedback.IDS:
-            following = np.argmax(last, axis=-1).astype(np.int32)
-            sequence = np.concatenate([sequence, following[:, None]], axis=1)
-        else:
-            following = last.astype(prompt.dtype)
-            sequence = np.concatenate([sequence, following[:, None]], axis=1)
+        following = (np.argmax(last, axis=-1).astype(np.int32) if spec.feedback is Feedback.IDS
+                     else last.astype(prompt.dtype))
+        sequence = np.concatenate([sequence, following[:, None]], axis=1)
         chosen.append(following)
     return np.stack(chosen, axis=1)
 

@@ -485,7 +485,7 @@ def graph_step_model(model: keras.Model, description: str, *, max_length: int | 
         context_inputs=context_specs,
         initial_states_fn=(_initial_states_fn(nodes, static_ids, split, clock.used) if any(n.initial for n in nodes)
                            else None),
-        max_length=clock.max_length if clock.caches else None,
+        max_length=clock.cache_length,
         findings=tuple(clock.findings),
     )
 

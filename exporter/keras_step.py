@@ -759,6 +759,6 @@ def chain_step_model(model: keras.Model, description: str = "", *, max_length: i
         fixed_steps=fixed_steps(model, input_spec),
         input_vocab=next((l.input_dim for l in layers if isinstance(l, keras.layers.Embedding)), None),
         description=description or f"Keras model {model.name!r}",
-        max_length=clock.max_length if clock.caches else None,
+        max_length=clock.cache_length,
         findings=tuple(clock.findings),
     )

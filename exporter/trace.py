@@ -171,7 +171,7 @@ def _zero_states(model: StepModel, batch) -> tuple:
     return tuple(tf.zeros(tf.stack([batch, *s.shape]), dtype=s.dtype) for s in model.states)
 
 
-def _initial_states(model: StepModel, batch, statics: tuple) -> tuple:
+def initial_states(model: StepModel, batch, statics: tuple) -> tuple:
     """The states before the first step: from the static inputs where the model says so, else zeros."""
     if model.initial_states_fn is not None:
         return tuple(model.initial_states_fn(statics))
@@ -279,7 +279,7 @@ def trace(
             outputs = model.sequence_fn(inputs, feed.get("lengths"), (*statics, *sequences_of(feed)))
             return (named(outputs) if model.outputs else {"outputs": outputs}), ()
         outputs, final = unroll(
-            model, inputs, _initial_states(model, tf.shape(inputs)[0], initial_of(feed)), feed.get("lengths"), fused=fused,
+            model, inputs, initial_states(model, tf.shape(inputs)[0], initial_of(feed)), feed.get("lengths"), fused=fused,
             statics=statics, sequences=sequences_of(feed),
         )
         return named(outputs, last=True), final
@@ -311,7 +311,7 @@ def trace(
             message=f"input {spec.name} must have batch_size rows (axis 0): the states start from it, one row each")
             for spec, value in zip(model.initial_inputs, values)]
         with tf.control_dependencies(checks):
-            return state_outputs(tuple(tf.identity(s) for s in _initial_states(model, feed["batch_size"], values)))
+            return state_outputs(tuple(tf.identity(s) for s in initial_states(model, feed["batch_size"], values)))
 
     def input_gradients(feed):
         inputs = feed["inputs"]
