@@ -42,6 +42,8 @@ def probe_inputs(model: StepModel, options: ExportOptions) -> dict[str, np.ndarr
     shape = (batch, steps, *model.input_shape)
     if model.text_input:
         return {"inputs": text_probe(model, (batch, *model.input_shape), rng, steps)}
+    if model.text_tokens:
+        return {"inputs": text_probe(model, shape, rng, 1)}
     if model.input_dtype.startswith("int"):
         inputs = rng.integers(1, model.input_vocab or 2, size=shape).astype(model.input_dtype)
     else:
@@ -71,7 +73,7 @@ def probe_inputs(model: StepModel, options: ExportOptions) -> dict[str, np.ndarr
 
 def text_probe(model: StepModel, shape: tuple, rng, words: int) -> np.ndarray:
     """Sentences of 1 to `words` words of the model's vocabulary (and an unknown one), one per element:
-    rows of other lengths, so the padding and the mask it makes are exercised."""
+    rows of other lengths, so the padding and the mask it makes are exercised (`words=1`: tokens)."""
     vocabulary = [*model.text_vocabulary, "zyzzyva"]
     count = int(np.prod(shape))
     lengths = [words, 1, max(1, words // 2), *rng.integers(1, words + 1, size=max(0, count - 3))][:count]

@@ -512,10 +512,7 @@ def _split_inputs(model: keras.Model):
     if sequences and id(sequences[0]) in masks:  # the main input is the first that is not a mask
         main = next((t for t in sequences if id(t) not in masks), None)
         sequences = [main, *(t for t in sequences if t is not main)] if main is not None else []
-    text = next((t for t in model.inputs if str(t.dtype) == "string"), None)
-    if not sequences and text is not None:
-        raise cannot_stream(model, f"takes raw text ({text.name!r} {list(text.shape)}, a string): the sequence is "
-                            "made from the whole text (a `TextVectorization`), so there is no step to stream.")
+    refuse_strings(model)
     if not sequences:
         found = ", ".join(f"{t.name} {list(t.shape)}" for t in model.inputs)
         raise UnsupportedModel(
@@ -539,6 +536,24 @@ def _layers_of(nodes) -> list:
         if all(node.operation is not l for l in layers):
             layers.append(node.operation)
     return layers
+
+
+def refuse_strings(model: keras.Model) -> None:
+    """Raises `CannotStream` for a model that takes strings: raw text has no step, and string tokens
+    `[B, T]` none that a probe could prove (probes are numbers)."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):  # a Sequential not built yet: its rebuild says so
+        return
+    text = next((t for t in inputs or () if str(t.dtype) == "string"), None)
+    if text is None:
+        return
+    if has_time_axis(model, text):
+        raise cannot_stream(model, f"takes string tokens ({text.name!r} {list(text.shape)}, one per step): the probes "
+                            "that prove a step are numbers, so the tokens are served whole-sequence (DT_STRING [B, T]); "
+                            "to stream, map them to ids (a `StringLookup`) before the model")
+    raise cannot_stream(model, f"takes raw text ({text.name!r} {list(text.shape)}, a string): the sequence is "
+                        "made from the whole text (a `TextVectorization`), so there is no step to stream.")
 
 
 def has_time_axis(model: keras.Model, tensor) -> bool:

@@ -15,7 +15,7 @@ import keras
 
 from exporter.artifact.errors import CannotStream, UnsupportedModel
 from exporter.keras_generate import with_generation
-from exporter.keras_graph import graph_step_model
+from exporter.keras_graph import graph_step_model, refuse_strings
 from exporter.keras_step import NotAChain, chain_step_model, from_step_model, is_graph_model, is_step_model
 from exporter.step_model import StepModel
 from exporter.subclassed import subclassed_step_model
@@ -50,6 +50,7 @@ def _step_model(model: keras.Model, description: str, *, fall_back: bool, max_le
             return subclassed_step_model(model, description)
         if is_step_model(model):
             return from_step_model(model, description)
+        refuse_strings(model)
         try:
             return chain_step_model(model, description, max_length=max_length)
         except NotAChain:

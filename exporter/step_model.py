@@ -108,9 +108,10 @@ class StepModel:
         sequence_masked: a whole-sequence model marks padding in its inputs (`Masking`,
             `Embedding(mask_zero=True)`): its export takes `lengths` too, the steps past a row's
             length then padded with `mask_pad_value` before the call.
-        text_vocabulary: a whole-sequence model whose main input is raw text (`input_dtype`
-            "string", `[B, *input_shape]` with no time axis: a `TextVectorization` makes the
-            sequence): the words its probes are made of.
+        text_vocabulary: a whole-sequence model whose main input is strings (`input_dtype`
+            "string"): the words its probes are made of. Raw text, `[B, *input_shape]` with no
+            time axis (a `TextVectorization` makes the sequence), unless `text_tokens`.
+        text_tokens: the strings are tokens, one per step, `[B, T]` (a `StringLookup` reads them).
         trackables: objects the traced functions read besides the variables (the lookup tables
             of a `TextVectorization`): the SavedModel must track them.
         generation: the (first) output is a distribution over the input ids (`Feedback.IDS`): the
@@ -165,6 +166,7 @@ class StepModel:
     findings: tuple[str, ...] = ()
     sequence_masked: bool = False
     text_vocabulary: tuple[str, ...] = ()
+    text_tokens: bool = False
     trackables: tuple = ()
     generation: GenerateSpec | None = None
     generation_refusal: str = ""
@@ -209,7 +211,7 @@ class StepModel:
     @property
     def text_input(self) -> bool:
         """The main input is raw text `[B, *input_shape]` (no time axis)."""
-        return self.input_dtype == "string"
+        return self.input_dtype == "string" and not self.text_tokens
 
     @property
     def streams(self) -> bool:

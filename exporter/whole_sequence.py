@@ -39,7 +39,9 @@ def whole_sequence_model(model: keras.Model, why: str, description: str = "") ->
     layers = _all_layers(model)
     graph = getattr(model, "_functional", None) or model  # a Sequential's layers as a functional graph
     main, statics, sequences = _split_inputs(graph)
-    text = str(main.dtype) == "string"
+    strings = str(main.dtype) == "string"
+    tokens = strings and has_time_axis(graph, main)  # `[B, T]` string tokens; else raw text `[B, 1]`
+    text = strings and not tokens
     masked, pad_value = mask_source(layers)
     given = {id(t) for t in mask_inputs(graph)}
     main_steps = main.shape[1]
@@ -67,11 +69,12 @@ def whole_sequence_model(model: keras.Model, why: str, description: str = "") ->
         step_fn=None,
         sequence_fn=sequence_fn,
         whole_sequence_reason=why,
-        sequence_masked=masked and not text,  # raw text has no steps to count
+        sequence_masked=masked and not strings,  # strings: no pad value a client would send
         mask_pad_value=pad_value,
         input_shape=tuple(int(d) for d in main.shape[1 if text else 2:]),
         input_dtype=tf.as_dtype(main.dtype).name,
-        text_vocabulary=_vocabulary(layers) if text else (),
+        text_vocabulary=_vocabulary(layers) if strings else (),
+        text_tokens=tokens,
         trackables=tuple(l for l in layers if ".preprocessing." in type(l).__module__),
         output_shape=first.shape,
         output_dtype=first.dtype,

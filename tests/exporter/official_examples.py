@@ -9,6 +9,7 @@ test_official_examples.py).
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 L = keras.layers
 
@@ -427,6 +428,18 @@ def text_classifier() -> keras.Model:
     x = L.Bidirectional(L.LSTM(8))(x)
     x = L.Dense(8, activation="relu")(x)
     return keras.Model(inputs, L.Dense(1)(x))
+
+
+def token_tagger() -> keras.Model:
+    """Tokens as strings `[B, T]` (the Keras preprocessing-layers guide: the lookup inside the model, so the
+    served model takes the strings): `StringLookup` adapted on words, an `Embedding`, an LSTM, a softmax per
+    token."""
+    lookup = L.StringLookup(name="word_lookup")
+    lookup.adapt(np.array(" ".join(REVIEWS).split()))
+    tokens = keras.Input(shape=(None,), dtype="string", name="tokens")
+    x = L.Embedding(lookup.vocabulary_size(), 8)(lookup(tokens))
+    x = L.LSTM(8, return_sequences=True)(x)
+    return keras.Model(tokens, L.Dense(3, activation="softmax")(x))
 
 
 def speech_ctc() -> keras.Model:
