@@ -32,6 +32,7 @@ from exporter.load import load_step_model, source_info
 from exporter.publish import staged_version
 from exporter.save import save_saved_model
 from exporter.trace import trace, will_fuse
+from exporter.vocabulary import golden_words, vocabularies_as_assets
 from exporter.verification.run import DEFAULT_TIMEOUT_S, verify_in_fresh_process
 from exporter.warmup import write_warmup
 
@@ -97,6 +98,7 @@ def write_export(
     source: dict,
     options: ExportOptions = ExportOptions(),
     progress: Callable[[str], None] = _noop,
+    notice: Callable[[str], None] = _noop,
     custom_gradients: bool = True,
 ) -> Manifest:
     """Traces, captures goldens and saves one export into `export_dir` (not yet verified).
@@ -112,15 +114,20 @@ def write_export(
     # The manifest says what was done: fused only where the model has the kernels for it.
     options = dataclasses.replace(options, fused=will_fuse(step_model, jit=options.jit, fused=options.fused))
     progress("trace")
-    traced = trace(step_model, with_input_gradients=options.with_input_gradients, jit=options.jit,
-                   fused=options.fused)
-    generate = plan_generate(step_model, requested=options.generate, max_new_tokens=options.max_new_tokens)
-    if generate is not None:
-        traced = add_generate(traced, step_model, generate, fused=options.fused)
-    progress("golden")
-    golden = capture(step_model, traced, options, generate)
-    progress("save")
-    save_saved_model(traced, export_dir, custom_gradients=custom_gradients)
+    # Lookup tables read their vocabulary from a file while traced and saved: the save keeps it in assets/.
+    with vocabularies_as_assets(step_model.trackables) as (vocabularies, kept_in_graph):
+        for note in kept_in_graph:
+            notice(note)
+        traced = trace(step_model, with_input_gradients=options.with_input_gradients, jit=options.jit,
+                       fused=options.fused)
+        generate = plan_generate(step_model, requested=options.generate, max_new_tokens=options.max_new_tokens)
+        if generate is not None:
+            traced = add_generate(traced, step_model, generate, fused=options.fused)
+        progress("golden")
+        golden = capture(step_model, traced, options, generate)
+        golden.update(golden_words(vocabularies, step_model.trackables))
+        progress("save")
+        save_saved_model(traced, export_dir, custom_gradients=custom_gradients)
     golden_io.save(golden, golden_path(export_dir))
     manifest = Manifest(
         format_version=manifest_format_version(
@@ -128,7 +135,7 @@ def write_export(
             fixed_steps_or_masks=(step_model.fixed_steps is not None or not step_model.streams
                                   or any(i.mask or i.steps for i in step_model.sequence_inputs)),
             context_inputs=bool(step_model.context_inputs), key_value_cache=step_model.max_length is not None,
-            generate=generate is not None),
+            generate=generate is not None, vocabularies=bool(vocabularies)),
         name=name,
         source=source,
         signatures=traced.specs,
@@ -147,6 +154,7 @@ def write_export(
         options=options,
         versions=_tool_versions(),
         generate=generate,
+        vocabularies=vocabularies,
     )
     write_manifest(manifest, export_dir)
     write_warmup(export_dir, manifest, golden)  # part of the version: it must exist before publish
@@ -211,7 +219,7 @@ def export(
         with _disk_errors(staged.path, base):
             source = source_info(model_ref, kind) | {"description": step_model.description}
             manifest = write_export(step_model, staged.path, name=name, source=source, options=options,
-                                    progress=phase)
+                                    progress=phase, notice=notice)
         phase("verify")
         report = verify_in_fresh_process(staged.path, timeout_s=verify_timeout_s,
                                          progress=lambda check: progress(f"verify: {check}"))

@@ -27,7 +27,10 @@ import re
 #       longest sequence a session streams). Written only by exports that have one.
 #   Version 9, 2026-12-06: adds `generate` (what the `generate` signature feeds back, its bound on
 #       `max_new_tokens`) and the options `generate` and `max_new_tokens`. Written only by exports that have it.
-MANIFEST_FORMAT_VERSION = 9
+#   Version 10, 2026-12-06: adds `vocabularies` (each lookup layer's vocabulary, a file in the SavedModel's
+#       `assets/`). Written only by exports that have one.
+MANIFEST_FORMAT_VERSION = 10
+VOCABULARY_ASSETS_FORMAT_VERSION = 10
 GENERATE_FORMAT_VERSION = 9
 KEY_VALUE_CACHE_FORMAT_VERSION = 8
 CONTEXT_INPUTS_FORMAT_VERSION = 7
@@ -39,8 +42,10 @@ NO_STATIC_INPUTS_FORMAT_VERSION = 3
 
 def manifest_format_version(*, static_inputs: bool, sequence_inputs: bool, fixed_steps_or_masks: bool = False,
                             context_inputs: bool = False, key_value_cache: bool = False,
-                            generate: bool = False) -> int:
+                            generate: bool = False, vocabularies: bool = False) -> int:
     """The oldest format that holds what an export has (older readers keep reading the others)."""
+    if vocabularies:
+        return VOCABULARY_ASSETS_FORMAT_VERSION
     if generate:
         return GENERATE_FORMAT_VERSION
     if key_value_cache:
@@ -524,7 +529,8 @@ class Manifest:
     attention (states `<layer>_key`, `<layer>_value`, and `position`): a session streams at most that many
     steps. `generate` (None: no `generate` signature) says what that signature feeds back and its bound on `max_new_tokens`:
     it takes `prompt`, `max_new_tokens` (and, for ids, `temperature`, `top_k`, `seed`) with the static and
-    context inputs, and returns `tokens` (ids) or `predictions` (features) and every final state. DO NOT
+    context inputs, and returns `tokens` (ids) or `predictions` (features) and every final state.
+    `vocabularies` lists each lookup layer's vocabulary file in the SavedModel's `assets/`. DO NOT
     RELY on `checks` beyond
     reading them: rows may be added. `batch_independent` is None until that check
     ran; only `True` allows server-side batching (`batch_offdiag_max` is the largest
@@ -557,6 +563,7 @@ class Manifest:
     mask_pad_value: float = 0.0
     max_length: int | None = None
     generate: GenerateSpec | None = None
+    vocabularies: tuple[VocabularyAsset, ...] = ()
 
     @property
     def streams(self) -> bool:
@@ -609,7 +616,8 @@ class Manifest:
             {"context_inputs": [i.to_json() for i in self.context_inputs]} if self.context_inputs else {}) | (
             {"mask_pad_value": self.mask_pad_value} if self.masked else {}) | (
             {"max_length": self.max_length} if self.max_length is not None else {}) | (
-            {"generate": self.generate.to_json()} if self.generate is not None else {})
+            {"generate": self.generate.to_json()} if self.generate is not None else {}) | (
+            {"vocabularies": [v.to_json() for v in self.vocabularies]} if self.vocabularies else {})
 
     @classmethod
     def from_json(cls, data: dict) -> "Manifest":
@@ -647,6 +655,7 @@ class Manifest:
             mask_pad_value=float(data.get("mask_pad_value", 0.0)),
             max_length=data.get("max_length"),
             generate=GenerateSpec.from_json(data["generate"]) if data.get("generate") else None,
+            vocabularies=tuple(VocabularyAsset.from_json(v) for v in data.get("vocabularies", [])),
         )
 
 
@@ -662,6 +671,24 @@ def state_bytes(state: StateSpec) -> int:
     for d in state.shape:
         count *= d
     return count * _ITEM_BYTES.get(state.dtype, 4)
+
+
+@dataclasses.dataclass(frozen=True)
+class VocabularyAsset:
+    """A lookup layer's vocabulary saved as `assets/<file>`, one token a line (exporter/vocabulary.py):
+    `words` lines whose text hashes (each ended by a line break) to `sha256`."""
+
+    layer: str
+    file: str
+    words: int
+    sha256: str
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "VocabularyAsset":
+        return cls(layer=data["layer"], file=data["file"], words=int(data["words"]), sha256=data["sha256"])
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

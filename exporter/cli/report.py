@@ -307,6 +307,9 @@ def manifest_tables(manifest: Manifest) -> list:
                                          "fails"))
     if not manifest.streams:
         facts.append(("whole sequence only", f"serving_default only, no streaming: {manifest.whole_sequence}"))
+    if manifest.vocabularies:
+        facts.append(("vocabulary (assets)", ", ".join(
+            f"assets/{v.file} ({v.words:,} words, {v.layer!r})" for v in manifest.vocabularies)))
     if manifest.fixed_steps is not None:
         facts.append(("fixed length (serving_default)", f"{manifest.fixed_steps} steps; stream takes any chunk"))
     if manifest.generate is not None:

@@ -33,6 +33,7 @@ from exporter.verification.run import PARENT_PID_VARIABLE
 from exporter.verification.explain import explain
 from exporter.verification.generate_check import check_generate
 from exporter.verification.foreign import generic_checks
+from exporter.vocabulary import vocabulary_checks
 
 
 def _section(golden: dict, prefix: str) -> dict:
@@ -44,6 +45,7 @@ class _Checker:
         import tensorflow as tf
 
         self.tf = tf
+        self.export_dir = Path(export_dir)
         self.manifest = manifest
         self.golden = golden
         self.tol = manifest.options.tolerance
@@ -122,6 +124,8 @@ class _Checker:
         for i, variable in enumerate(self.variables):
             self.add(compare("weights", "-", self.manifest.trainable_variables[i], variable.numpy(),
                              self.golden[f"var/{i}"], exact))
+        for row in vocabulary_checks(self.export_dir, self.manifest.vocabularies, self.golden):
+            self.add(row)  # what the model is made of besides its weights: its lookup tables' files
 
     def reload_and_gradients(self):
         for spec in self.manifest.signatures:

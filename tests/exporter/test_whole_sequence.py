@@ -11,7 +11,7 @@ import tensorflow as tf
 from typer.testing import CliRunner
 
 from exporter.artifact.manifest import read_manifest
-from exporter.artifact.specs import ExportOptions
+from exporter.artifact.specs import VOCABULARY_ASSETS_FORMAT_VERSION, ExportOptions
 from exporter.cli.app import app
 from exporter.keras_model import step_model_from_keras
 from tests.exporter import official_examples, real_models
@@ -29,6 +29,7 @@ WHOLE = {
     "conv1d_forecaster": "(Conv1D): it does not keep the time axis",
     "feedback_forecaster": "(FeedBack) is subclassed and returns",
     "text_classifier": "takes raw text",
+    "token_tagger": "takes string tokens ('tokens' [None, None], one per step)",
 }
 
 
@@ -78,6 +79,8 @@ def test_the_reloaded_whole_sequence_export_matches_keras_on_new_data(exported, 
         values = [np.random.default_rng(1).normal(size=(3, 11, 5)).astype("float32")]
     elif name == "text_classifier":
         values = [np.array([[b"great acting and a great cast"], [b"boring"], [b"the film made sense"]])]
+    elif name == "token_tagger":  # 11 tokens a row, one the vocabulary lacks
+        values = [np.array([b"the plot was great and the cast made no sense zyzzyva".split()] * 3)]
     else:
         values = _new_inputs(model, np.random.default_rng(1), steps=11)
     got = loaded.signatures["serving_default"](inputs=tf.constant(values[0]))["outputs"].numpy()
@@ -183,6 +186,77 @@ def test_a_text_model_is_served_on_strings_over_rest_and_grpc(exported):
         worst = float(np.max(np.abs(np.asarray(got, np.float32) - want)))
         print(f"{label}: max abs vs Keras {worst:.2e}")
         assert worst <= 1e-5
+
+
+def test_string_tokens_are_served_as_a_string_tensor_b_t(exported):
+    """Tokens as strings, `[B, T]` DT_STRING (a `StringLookup` in the model): whole-sequence (the probes that
+    prove a step are numbers), served over gRPC (`string_val`) and REST (plain and b64) as TF Serving takes
+    them, each equal to Keras on the same tokens."""
+    import base64
+
+    from serving.client import GrpcClient, RestClient
+    from serving.server.server import ModelServer, ServerOptions
+
+    manifest = read_manifest(exported["token_tagger"].path)
+    (inputs,) = manifest.signature("serving_default").inputs
+    assert (inputs.dtype, inputs.shape) == ("string", (None, None))
+    rows = [b"the acting was great".split(), b"boring film zyzzyva no".split()]
+    want = np.asarray(official_examples.build("token_tagger")(np.array(rows)))
+    base = exported["token_tagger"].path.parents[1]
+    with ModelServer(ServerOptions(base=base, poll_seconds=0.2, names=("token_tagger",))) as server:
+        server.wait_until_available("token_tagger", timeout=60)
+        with GrpcClient(server.grpc_target) as grpc_client:
+            by_grpc = grpc_client.predict("token_tagger", {"inputs": np.array(rows, dtype=object)})
+        with RestClient(server.rest_url) as rest:
+            plain = rest.request("POST", "/v1/models/token_tagger:predict",
+                                 {"inputs": {"inputs": [[t.decode() for t in row] for row in rows]}})
+            b64 = rest.request("POST", "/v1/models/token_tagger:predict",
+                               {"inputs": {"inputs": [[{"b64": base64.b64encode(t).decode()} for t in row]
+                                                      for row in rows]}})
+    for label, got in (("gRPC", by_grpc["outputs"]), ("REST", plain["outputs"]), ("REST b64", b64["outputs"])):
+        worst = float(np.max(np.abs(np.asarray(got, np.float32) - want)))
+        print(f"tokens {label}: max abs vs Keras {worst:.2e}")
+        assert np.shape(got) == want.shape and worst <= 1e-5
+
+
+@pytest.mark.parametrize("name, layer", [("text_classifier", "text_vectorization"), ("token_tagger", "word_lookup")])
+def test_the_vocabulary_is_an_asset_of_the_savedmodel(exported, name, layer):
+    """The lookup table reads `assets/<layer>.vocabulary.txt` (TF Serving re-points it at load), not constants
+    in the graph; the manifest, the check and `inspect` say which file; the user's layer keeps its list."""
+    path = exported[name].path
+    manifest = read_manifest(path)
+    (asset,) = manifest.vocabularies
+    assert manifest.format_version == VOCABULARY_ASSETS_FORMAT_VERSION
+    model = official_examples.build(name)
+    lookup = next(l for l in model.layers if hasattr(l, "get_vocabulary"))  # another build: another name
+    words = [str(w) for w in lookup.get_vocabulary(include_special_tokens=False)]
+    assert (asset.layer, asset.file, asset.words) == (layer, f"{layer}.vocabulary.txt", len(words))
+    assert (path / "assets" / asset.file).read_text().splitlines() == words
+    (row,) = [c for c in exported[name].report.checks if c.check == "vocabulary"]
+    print(row.tensor, row.message)
+    assert row.passed and row.tensor == f"assets/{asset.file}"
+    inspected = CliRunner().invoke(app, ["inspect", str(path)], env={"COLUMNS": "200"})
+    assert f"assets/{asset.file} ({len(words)} words" in inspected.stdout
+
+
+def test_an_edited_vocabulary_asset_fails_verification(exported, tmp_path):
+    """Two words of the asset swapped: the `vocabulary` row names the first line that differs, and the
+    source check on real strings fails too (the served model maps them by that file)."""
+    import shutil
+
+    import exporter
+
+    path = tmp_path / "1"
+    shutil.copytree(exported["token_tagger"].path, path)
+    (asset,) = read_manifest(path).vocabularies
+    lines = (path / "assets" / asset.file).read_text().splitlines()
+    lines[0], lines[1] = lines[1], lines[0]
+    (path / "assets" / asset.file).write_text("".join(f"{w}\n" for w in lines))
+    report = exporter.verify(path)
+    failures = {(c.check, c.tensor): c.message for c in report.failures}
+    print(failures)
+    assert f"line 1 is {lines[0]!r}, expected {lines[1]!r}" in failures[("vocabulary", f"assets/{asset.file}")]
+    assert ("source", "outputs") in failures
 
 
 @pytest.mark.parametrize("target", ["onnx", "tflite"])
