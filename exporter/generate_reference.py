@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from exporter.artifact.specs import ExportOptions, Feedback, GenerateSpec
+from exporter.probes import context_probes, static_probes
 from exporter.step_model import StepModel
 
 # (batch, prompt length) of the greedy cases; each generates GREEDY_TOKENS new steps.
@@ -30,20 +31,10 @@ def _prompt(model: StepModel, spec: GenerateSpec, rng, batch: int, steps: int) -
 
 
 def _side_inputs(model: StepModel, rng, batch: int, steps: int) -> dict[str, np.ndarray]:
-    """The static and context inputs of one call (as `initial_state` takes them)."""
-    feed = {}
-    for spec in model.static_inputs:
-        if spec.dtype.startswith("int") or spec.dtype == "bool":
-            feed[spec.name] = rng.integers(0, 2, size=(batch, *spec.shape)).astype(spec.dtype)
-        else:
-            feed[spec.name] = rng.normal(size=(batch, *spec.shape)).astype(spec.dtype)
-    for spec in model.context_inputs:
-        length = spec.steps if spec.steps > 0 else steps + 3
-        if spec.dtype.startswith("int"):
-            feed[spec.name] = rng.integers(1, spec.vocab or 2, size=(batch, length, *spec.shape)).astype(spec.dtype)
-        else:
-            feed[spec.name] = rng.normal(size=(batch, length, *spec.shape)).astype(spec.dtype)
-    return feed
+    """The static and context inputs of one call (as `initial_state` takes them), drawn as the goldens'
+    probes are; contexts unpadded, the values `generate`'s goldens have always had."""
+    return {**static_probes(model.static_inputs, rng, batch),
+            **context_probes(model.context_inputs, rng, batch, steps, padded=False)}
 
 
 def source_greedy(model: StepModel, spec: GenerateSpec, prompt: np.ndarray, sides: dict, new: int) -> np.ndarray:

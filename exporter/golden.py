@@ -21,6 +21,7 @@ import tensorflow as tf
 from exporter.artifact.specs import POSITION_STATE, ExportOptions, GenerateSpec, SignatureName
 from exporter.generate_reference import capture_generate
 from exporter.gradients import is_float, outputs_and_gradients, second_order
+from exporter.probes import context_probes, mask_probe, static_probes, timed_probe
 from exporter.step_model import StepModel
 from exporter.trace import TracedExport
 
@@ -48,14 +49,9 @@ def probe_inputs(model: StepModel, options: ExportOptions) -> dict[str, np.ndarr
         inputs = rng.integers(1, model.input_vocab or 2, size=shape).astype(model.input_dtype)
     else:
         inputs = rng.normal(size=shape).astype(model.input_dtype)
-    feed = {"inputs": inputs}
-    for spec in model.static_inputs:  # one value per example, seen at every step
-        if spec.dtype.startswith("int") or spec.dtype == "bool":
-            feed[spec.name] = rng.integers(0, 2, size=(batch, *spec.shape)).astype(spec.dtype)
-        else:
-            feed[spec.name] = rng.normal(size=(batch, *spec.shape)).astype(spec.dtype)
+    feed = {"inputs": inputs, **static_probes(model.static_inputs, rng, batch)}
     feed.update(_sequence_probes(model, rng, batch, steps))
-    feed.update(_context_probes(model, rng, batch, steps))
+    feed.update(context_probes(model.context_inputs, rng, batch, steps, padded=True))
     if model.masked:
         pad = model.mask_pad_value
         lengths = rng.integers(1, steps + 1, size=batch).astype(np.int32)
@@ -81,59 +77,11 @@ def text_probe(model: StepModel, shape: tuple, rng, words: int) -> np.ndarray:
     return np.array([s.encode() for s in sentences], dtype=object).reshape(shape)
 
 
-def mask_probe(batch: int, steps: int, rng, shift: int = 0) -> np.ndarray:
-    """`[B, T]` bool with false steps where users have them: row 0 whole, row 1 false at the start,
-    row 2 false in the middle and at the end, further rows at random (each row keeps a true step).
-    `shift` moves the patterns one row down (another probe, as the `inputs` check needs)."""
-    rows = [np.ones(steps, bool)]
-    start = np.ones(steps, bool)
-    start[: max(1, steps // 3)] = False
-    rows.append(start)
-    holes = np.ones(steps, bool)
-    holes[[steps // 2, steps - 1]] = False
-    holes[0] = True
-    rows.append(holes)
-    while len(rows) < batch + shift:
-        row = rng.random(steps) < 0.7
-        row[rng.integers(steps)] = True
-        rows.append(row)
-    return np.stack(rows[shift:shift + batch])
-
-
 def _sequence_probes(model: StepModel, rng, batch: int, steps: int) -> dict[str, np.ndarray]:
     """The other sequence inputs' probes, `[B, T, ...]` each (ids drawn from their vocabulary; a mask given
     as an input with false steps at the start, the middle and the end)."""
-    return {spec.name: _timed_probe(spec, rng, batch, spec.steps if spec.steps and spec.steps > 0 else steps)
+    return {spec.name: timed_probe(spec, rng, batch, spec.steps if spec.steps and spec.steps > 0 else steps)
             for spec in model.sequence_inputs}  # a whole-sequence input may have its own fixed length
-
-
-def context_steps(spec, steps: int) -> int:
-    """A context's probe length: its own fixed length, else longer than the decoder's `steps` (an
-    encoder and a decoder of different lengths are the common case)."""
-    return spec.steps if spec.steps > 0 else steps + 3
-
-
-def _context_probes(model: StepModel, rng, batch: int, steps: int) -> dict[str, np.ndarray]:
-    """The context inputs' probes, `[B, S, ...]` each, id rows post-padded with 0 (a padded source
-    sentence: `Embedding(mask_zero=True)` masks it)."""
-    return {spec.name: _timed_probe(spec, rng, batch, context_steps(spec, steps), padded=True)
-            for spec in model.context_inputs}
-
-
-def _timed_probe(spec, rng, batch: int, steps: int, *, padded: bool = False) -> np.ndarray:
-    """`[B, steps, *spec.shape]` of the input's kind: a mask's false steps, bools, ids drawn from its
-    vocabulary (rows after the first post-padded with 0 when `padded`), floats at random."""
-    shape = (batch, steps, *spec.shape)
-    if spec.mask:
-        return mask_probe(batch, steps, rng).astype(spec.dtype)
-    if spec.dtype == "bool":
-        return rng.integers(0, 2, size=shape).astype(bool)
-    if spec.dtype.startswith("int"):
-        ids = rng.integers(1, spec.vocab or 2, size=shape).astype(spec.dtype)
-        for row in range(1, batch if padded else 0):
-            ids[row, max(1, steps - row):] = 0
-        return ids
-    return rng.normal(size=shape).astype(spec.dtype)
 
 
 def _loss_weights(rng, outputs: dict) -> dict[str, np.ndarray]:

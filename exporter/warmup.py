@@ -11,6 +11,11 @@ none: with `--enable_batching` TF Serving wraps every signature in its batching
 session, which rejects rank-0 inputs ("Batching Run() input tensors must have at
 least one dimension", tensorflow_serving/batching/batching_util.h), and the
 warmup is written at export time, before anyone knows whether batching will be on.
+Asking for fewer outputs (`output_filter`) does not get such a record past the
+batcher: warmup runs `RunPredict` on the wrapped session, and `WrapSessionForBatching`
+(servables/tensorflow/bundle_factory_util.cc) gives `BatchingSession` a default
+scheduler creator, so a Run matching no signature's tensors gets a scheduler of its
+own (`BatchingSession::InternalRun`), which rejects the scalar all the same.
 
 Written at export time (`exporter.pipeline.write_export`), so a version folder is
 complete the moment it is published; `serving.warmup` reads it as TF Serving does.
