@@ -27,6 +27,10 @@ chunk (`[1, *state shape]`). An export with static inputs takes each, `[1, *shap
 every request too, fed to every step. Each
 step runs the exported step model (ONNX, weights frozen) in ONNX Runtime.
 
+A whole-sequence export (its config's settings name a `whole_sequence_model`) has no state:
+each request is whole sequences, every input of its `serving_default` by name (`inputs [B, T, F]`,
+`lengths [B]` of a masked export), run once through that ONNX model; no control inputs.
+
 Only numpy, onnxruntime and Triton's `triton_python_backend_utils` are imported:
 the file runs inside Triton's Python stub, not in seqexport.
 
@@ -73,8 +77,32 @@ class SequenceError(Exception):
     """A request that names no live sequence."""
 
 
+def _error_response(exc):
+    """The client gets the reason; the server keeps serving."""
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
+
+
+class WholeSequence:
+    """A whole-sequence export's `serving_default`: one run per request, nothing kept between them."""
+
+    def __init__(self, session, spec):
+        self.session = session
+        self.inputs = list(spec["inputs"])
+        self.outputs = list(spec["outputs"])
+
+    def respond(self, request):
+        feed = {}
+        for name in self.inputs:
+            value = _from_triton(request, name)
+            if value is None:
+                raise SequenceError(f"the request has no input {name!r}: send {self.inputs}")
+            feed[name] = np.array(value)  # a copy: the request's memory is Triton's
+        values = self.session.run(self.outputs, feed)
+        return pb_utils.InferenceResponse(output_tensors=[_to_triton(n, v) for n, v in zip(self.outputs, values)])
+
+
 class TritonPythonModel:
-    """One step model, one state per live sequence."""
+    """One step model, one state per live sequence (or, whole-sequence, one model run per request)."""
 
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -83,6 +111,11 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(spec.get("threads", 1))
         options.inter_op_num_threads = 1
+        self.whole = None
+        if spec.get("whole_sequence_model"):
+            self.whole = WholeSequence(ort.InferenceSession(os.path.join(folder, spec["whole_sequence_model"]),
+                                                            options, providers=["CPUExecutionProvider"]), spec)
+            return
         self.session = ort.InferenceSession(os.path.join(folder, spec["step_model"]), options,
                                             providers=["CPUExecutionProvider"])
         self.input = spec["input"]  # the ONNX step model's per-step input
@@ -192,6 +225,14 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def execute(self, requests):
+        if self.whole is not None:
+            responses = []
+            for request in requests:
+                try:
+                    responses.append(self.whole.respond(request))
+                except Exception as exc:  # noqa: BLE001  the client gets the reason, the server keeps serving
+                    responses.append(_error_response(exc))
+            return responses
         responses = []
         with self.lock:
             now = time.monotonic()
@@ -214,9 +255,9 @@ class TritonPythonModel:
                         self.live.move_to_end(key)
                     responses.append(self._response(outputs, states))
                 except Exception as exc:  # noqa: BLE001  the client gets the reason, the server keeps serving
-                    responses.append(pb_utils.InferenceResponse(
-                        output_tensors=[], error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}")))
+                    responses.append(_error_response(exc))
         return responses
 
     def finalize(self):
-        self.live.clear()
+        if self.whole is None:
+            self.live.clear()
