@@ -387,8 +387,10 @@ def _triton_python(run: _Run, name: str, version: int, options) -> None:
 
     def make() -> bytes:
         content = onnx.convert_signature(run.loaded, "step")
+        manifest = run.loaded.manifest
         step_path, code_path, config_path = triton.write_python_repository(
-            run.out_dir, name=name, version=version, onnx_model=content, options=options, initial_model=initial_bytes)
+            run.out_dir, name=name, version=version, onnx_model=content, options=options, initial_model=initial_bytes,
+            generate=manifest.generate, feedback_output=manifest.output_keys()[0][0])
         for path in (code_path, config_path):
             relative = path.relative_to(run.out_dir).as_posix()
             run.files.append(ModelFile(path=relative, signature="step", batch=None, size=path.stat().st_size,
@@ -407,6 +409,12 @@ def _triton_python(run: _Run, name: str, version: int, options) -> None:
         run.notes.append(
             f"Context inputs {[i.name for i in run.loaded.manifest.context_inputs]}: inputs of the START request "
             f"only ([1, S, ...]); {triton.PYTHON_INITIAL_FILE} encodes them there into the sequence's first states.")
+    if run.loaded.manifest.generate is not None:
+        spec = run.loaded.manifest.generate
+        run.notes.append(
+            f"generate: a request with {triton.GENERATE_INPUT} [1, 1] = N (at most {spec.max_new_tokens}) runs its "
+            f"chunk, then N steps fed back {'the argmax id' if spec.feedback.value == 'ids' else 'the output'}, "
+            f"greedy, and returns {spec.output_key} [1, N]; the sequence goes on from the state after them.")
     run.notes.append(
         "Triton Python backend: model.py keeps each sequence's state by correlation id (created on START, "
         "dropped on END, after max_sequence_idle_microseconds idle, and past max_sequences live ones); one "

@@ -94,6 +94,8 @@ CHUNK_INPUT = "inputs"
 CHUNK_OUTPUT = "outputs"
 # Control inputs of the Python-backend model (`ModelSequenceBatching.Control` kinds).
 START, END, READY = "START", "END", "READY"
+# Python backend, exports with `generate`: the optional input that asks for N new steps after the chunk.
+GENERATE_INPUT = "max_new_tokens"
 
 _DATA_TYPES = {
     np.dtype(np.float32): "TYPE_FP32",
@@ -435,7 +437,8 @@ def check_config(config, model) -> list[str]:
     return problems
 
 
-def python_model_config(name: str, model, options: TritonOptions = TritonOptions(), initial=None):
+def python_model_config(name: str, model, options: TritonOptions = TritonOptions(), initial=None, *,
+                        generate=None, feedback_output: str = CHUNK_OUTPUT):
     """The `ModelConfig` of the Python-backend model (`triton_model.py`) for an ONNX step model.
 
     Args:
@@ -445,6 +448,11 @@ def python_model_config(name: str, model, options: TritonOptions = TritonOptions
         initial: an `OrtModel` of the export's `initial_state` signature (`PYTHON_INITIAL_FILE`):
             needed when the step model takes static inputs (each is then an input of every request,
             and a sequence's state starts from `initial_state` of the START request's values).
+        generate: the export's `GenerateSpec` (`manifest.generate`), or None: declares the optional input
+            `max_new_tokens` (`[1, 1]` int32) and the output `tokens` (`[1, N]`; `predictions`, `[1, N, ...]`,
+            for features): a request carrying N > 0 runs its chunk (the prompt), then N more steps, each
+            fed the argmax of the last step's `feedback_output` (or those features), as `generate` does.
+        feedback_output: the output fed back (by its name in the response: the export's first output).
 
     Raises:
         BadInput: the step model takes static inputs and `initial` is None.
@@ -485,6 +493,10 @@ def python_model_config(name: str, model, options: TritonOptions = TritonOptions
                                             # one number per sequence (a position): Triton needs dims, the
                                             # model gives [B]
                                             reshape=None if dims else pb.ModelTensorReshape(shape=[])))
+    if generate is not None:
+        config.input.append(pb.ModelInput(name=GENERATE_INPUT, data_type="TYPE_INT32", dims=_dims((one, 1), batched),
+                                          optional=True))
+        config.output.append(_generated_output(generate, model, outputs, feedback_output, one, batched))
     batching = _sequence_batching(config, options)
     for input_name, kind in ((START, control.CONTROL_SEQUENCE_START), (END, control.CONTROL_SEQUENCE_END),
                              (READY, control.CONTROL_SEQUENCE_READY)):
@@ -512,9 +524,31 @@ def python_model_config(name: str, model, options: TritonOptions = TritonOptions
         "idle_seconds": options.max_sequence_idle_microseconds / 1e6,
         "max_sequences": options.max_sequences,
         "controls": {"start": START, "end": END, "ready": READY, "corrid": CORRELATION_ID},
+        "generate": None if generate is None else {
+            "input": GENERATE_INPUT, "output": generate.output_key, "feedback": generate.feedback.value,
+            "from_output": feedback_output, "max_new_tokens": generate.max_new_tokens},
     }
     config.parameters[PYTHON_PARAMETER].string_value = json.dumps(spec, sort_keys=True)
     return config
+
+
+def _generated_output(generate, model, outputs, feedback_output: str, one, batched: bool):
+    """The config output of what a `generate` request returns: ids `[1, N]` of the input's dtype, or the fed-back
+    output's features `[1, N, ...]`."""
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    served = dict(outputs)
+    if feedback_output not in served:
+        raise ConversionFailed(f"generate feeds back output {feedback_output!r}; the model has {sorted(served)}")
+    if generate.output_key in served:
+        raise BadInput(f"The Triton Python-backend model cannot name an output {generate.output_key!r}: its "
+                       "`generate` requests return their new steps under that name. Rename that Keras output.")
+    if generate.feedback.value == "ids":
+        dtype, shape = model.inputs["x"].dtype, ()
+    else:
+        info = model.outputs[served[feedback_output]]
+        dtype, shape = info.dtype, info.shape[1:]
+    return pb.ModelOutput(name=generate.output_key, data_type=data_type(dtype), dims=_dims((one, None, *shape), batched))
 
 
 def chunk_outputs(model) -> list[tuple[str, str]]:
@@ -562,12 +596,13 @@ def python_spec(config) -> dict:
 
 def write_python_repository(
     repo: Path, *, name: str, version: int, onnx_model: bytes, options: TritonOptions = TritonOptions(),
-    initial_model: bytes | None = None,
+    initial_model: bytes | None = None, generate=None, feedback_output: str = CHUNK_OUTPUT,
 ) -> tuple[Path, Path, Path]:
     """Writes `repo/name/version/{model.py,step.onnx}` and `repo/name/config.pbtxt`; returns their paths.
 
     `onnx_model` is the converted step model (`onnx.convert_signature(..., "step")`); `initial_model`,
-    for an export with static inputs, its converted `initial_state` (written as `PYTHON_INITIAL_FILE`).
+    for an export with static inputs, its converted `initial_state` (written as `PYTHON_INITIAL_FILE`);
+    `generate`, `feedback_output`: see `python_model_config`.
     """
     model_dir = Path(repo) / name
     (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
@@ -579,7 +614,8 @@ def write_python_repository(
         initial = OrtModel(initial_model)
     code_path = model_dir / str(version) / PYTHON_MODEL_FILE
     code_path.write_text((Path(__file__).parent / "triton_model.py").read_text())
-    config = python_model_config(name, OrtModel(onnx_model), options, initial)
+    config = python_model_config(name, OrtModel(onnx_model), options, initial, generate=generate,
+                                 feedback_output=feedback_output)
     config_path = model_dir / CONFIG_FILE
     write_config(config, config_path)
     return step_path, code_path, config_path

@@ -15,6 +15,9 @@ For every model of the repository (a folder with a `config.pbtxt`):
   each row as its own request, every output compared with `golden.npz` at the export's
   tolerance; the onnxruntime one gets the rows below plus an offline row: `model.onnx` in
   ONNX Runtime on the same golden inputs, fed as Triton would (by config input name).
+  An export with `generate`: each greedy case of its goldens (`generate/case/<i>/...`) is sent
+  as `generate` requests too (the prompt and `max_new_tokens`, one sequence per row), the ids
+  compared with the source model's exactly.
 - `onnxruntime` (the default `--to triton`): the wheel's server has no ONNX Runtime
   backend, so it can check the config only as far as Triton's core goes before it
   needs the backend (text format, names, batch size, sequence-batching controls: a
@@ -156,8 +159,10 @@ def find_export(model_folder: Path, export: Path | None = None) -> Path:
 
 
 def _load_export(folder: Path) -> tuple[Manifest, dict]:
+    """The export's manifest and its golden `serving_default` and greedy `generate/case/` arrays."""
     golden = golden_io.load(golden_path(folder))
-    return read_manifest(folder), {k: v for k, v in golden.items() if k.startswith(f"{SignatureName.PREDICT.value}/")}
+    return read_manifest(folder), {k: v for k, v in golden.items()
+                                   if k.startswith((f"{SignatureName.PREDICT.value}/", "generate/case/"))}
 
 
 def _chunks(length: int, count: int) -> list[tuple[int, int]]:
@@ -292,6 +297,37 @@ def _python_rows(server, model: _Model, export: Path | None, tolerance: Toleranc
                 else:
                     rows.extend(golden_rows(label, outputs, states, manifest, golden, tolerance))
                 first_id += inputs.shape[0]
+            if manifest.generate is not None:
+                rows.extend(generate_rows(client, model.name, manifest, golden, tolerance, first_id=first_id))
+                first_id += 1000
+    return rows
+
+
+def generate_rows(client, model: str, manifest: Manifest, golden: dict, tolerance: Tolerance, *,
+                  first_id: int) -> list[CheckResult]:
+    """Each greedy case of the goldens (`generate/case/<i>/...`) as `generate` requests: every prompt row its own
+    sequence, the prompt and `max_new_tokens` in its START request, against the source model's greedy ids (ids
+    exactly; features within `tolerance`)."""
+    spec = manifest.generate
+    cases = sorted({int(k.split("/")[2]) for k in golden if k.startswith("generate/case/")})
+    statics = [i.name for i in (*manifest.static_inputs, *manifest.context_inputs)]
+    rows = []
+    for case in cases:
+        prompt, want = golden[f"generate/case/{case}/in/prompt"], golden[f"generate/case/{case}/want"]
+        label = f"{model} {client.protocol} generate B={prompt.shape[0]} P={prompt.shape[1]}"
+        count = np.array([[want.shape[1]]], np.int32)
+        try:
+            got = np.concatenate([client.infer_tensors(model, {
+                triton.CHUNK_INPUT: prompt[b:b + 1], triton.GENERATE_INPUT: count,
+                **{n: golden[f"generate/case/{case}/in/{n}"][b:b + 1] for n in statics}},
+                sequence_id=first_id + 100 * case + b, sequence_start=True, sequence_end=True)[spec.output_key]
+                for b in range(prompt.shape[0])])
+        except Exception as exc:  # noqa: BLE001  the server's refusal is the finding
+            rows.append(failed(CHECK, label, spec.output_key, f"{type(exc).__name__}: {exc}"))
+            continue
+        exact = spec.feedback.value == "ids"
+        rows.append(compare(CHECK, label, spec.output_key, got, want,
+                            Tolerance(atol=0.0, rtol=0.0) if exact else tolerance))
     return rows
 
 
