@@ -48,7 +48,9 @@ state after the chunk. Static inputs are inputs of every request (`[1, K]`); STA
 the state from `initial_state.onnx` of them. The onnxruntime backend refuses static inputs:
 Triton's implicit state starts from zeros or a data file only. `model.py` creates a
 sequence's state (zeros, or `initial_state` of the static inputs) on START, drops it on END, after the idle timeout, and
-past `max_sequences` live sequences (least recently used first); see its docstring.
+past `max_sequences` live sequences (least recently used first); see its docstring. An export with
+`generate` gets the optional input `max_new_tokens` and the output `tokens` (`predictions` for
+features): the request's chunk, then that many greedy steps (`python_model_config`).
 
 Whole-sequence exports
 ----------------------

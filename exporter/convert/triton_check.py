@@ -8,16 +8,16 @@ For every model of the repository (a folder with a `config.pbtxt`):
   id), the sequences interleaved request by request, over gRPC and over HTTP; every
   output (by name, for an export with several) and the states after the last chunk
   are compared with `golden.npz` (same rows as `verify`, at the export's own tolerance,
-  `manifest.options.tolerance`; each row carries its max abs error).
+  `manifest.options.tolerance`; each row carries its max abs error). An export with `generate`:
+  each greedy case of its goldens (`generate/case/<i>/...`) is sent as `generate` requests too
+  (the prompt and `max_new_tokens`, one sequence per row), the ids compared with the source
+  model's exactly.
 - a whole-sequence export's model (no sequence batcher: `backend: "python"` with a
   `whole_sequence_model`, or `onnxruntime` without `sequence_batching`): the Python one is
   sent the golden `serving_default` inputs over gRPC and HTTP, all rows in one request and
   each row as its own request, every output compared with `golden.npz` at the export's
   tolerance; the onnxruntime one gets the rows below plus an offline row: `model.onnx` in
   ONNX Runtime on the same golden inputs, fed as Triton would (by config input name).
-  An export with `generate`: each greedy case of its goldens (`generate/case/<i>/...`) is sent
-  as `generate` requests too (the prompt and `max_new_tokens`, one sequence per row), the ids
-  compared with the source model's exactly.
 - `onnxruntime` (the default `--to triton`): the wheel's server has no ONNX Runtime
   backend, so it can check the config only as far as Triton's core goes before it
   needs the backend (text format, names, batch size, sequence-batching controls: a
@@ -349,6 +349,10 @@ def whole_sequence_rows(label: str, got: dict[str, np.ndarray], config, golden: 
     to the model's shape) vs the golden `serving_default` outputs of `rows`."""
     checks = []
     for tensor in config.output:
+        if f"serving_default/out/{tensor.name}" not in golden:
+            checks.append(failed(CHECK, label, tensor.name, f"config output {tensor.name!r} is no golden "
+                                                            "serving_default output"))
+            continue
         want = golden[f"serving_default/out/{tensor.name}"][rows]
         if tensor.name not in got:
             checks.append(failed(CHECK, label, tensor.name, f"the server returned no output {tensor.name!r} "
