@@ -11,7 +11,7 @@ import pytest
 # Fixtures used by tests in several folders (a module's tests live where the module does).
 pytest_plugins = ["tests.fixtures.serving", "tests.fixtures.runtimes", "tests.fixtures.several_outputs",
                   "tests.fixtures.static_inputs", "tests.fixtures.masked_graphs",
-                  "tests.fixtures.sequence_inputs", "tests.fixtures.generate"]
+                  "tests.fixtures.sequence_inputs", "tests.fixtures.generate", "tests.fixtures.whole_sequence"]
 
 
 @pytest.fixture(scope="session")

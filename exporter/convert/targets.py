@@ -9,6 +9,11 @@ What each target gets (files relative to the output folder):
 | `triton` | `NAME/VERSION/model.onnx` + `NAME/config.pbtxt` (a model repository, ONNX Runtime backend) | no: Triton keeps the state and feeds one step per request |
 | `triton-python` | `NAME/VERSION/{model.py,step.onnx}` (+ `initial_state.onnx` with static inputs) + `NAME/config.pbtxt` (Python backend) | a chunk per request; `model.py` keeps the state per correlation id |
 
+A whole-sequence export (it cannot stream) gets its `serving_default` only: `serving_default.onnx`,
+`serving_default_b<N>.tflite`, and, for both Triton targets, a repository without a sequence
+batcher (`model.onnx`, or `serving_default.onnx` run by `model.py`), one request of whole sequences
+(`exporter/convert/triton.py`).
+
 Several outputs: each is an output of the converted models, by name, and every one is
 checked. Static inputs: an input of each converted model, by name, fed with every call; the
 `initial_state` signature is converted too (its states may start from them). Other sequence
@@ -309,16 +314,51 @@ def _onnx(run: _Run) -> None:
             run.check(signature, lambda c=content: OrtModel(c), initial=initial)
 
 
-def _whole_sequence(run: _Run, suffix: str, convert, load, *, batch: int | None = None) -> None:
-    """A whole-sequence export: its `serving_default` converted, and checked on the golden probe."""
-    relative = f"serving_default{f'_b{batch}' if batch else ''}.{suffix}"
-    content = run.convert("serving_default", relative, lambda: convert(run.loaded, "serving_default", batch),
-                          batch=batch)
+def _whole_sequence(run: _Run, relative: str, make, load, *, batch: int | None = None) -> bool:
+    """A whole-sequence export: its `serving_default` converted by `make()` into `relative`, and checked on
+    the golden probe; False when the conversion failed (its row says why)."""
+    content = run.convert("serving_default", relative, make, batch=batch)
     model = None if content is None else run.load("serving_default", lambda: load(content))
     if model is not None:
         run.checks.extend(model_checks(run.target.value, "serving_default", model, run.loaded.golden, run.tolerance))
     run.notes.append(f"Whole-sequence export ({run.loaded.manifest.whole_sequence}): serving_default converted, "
                      "one call per whole sequence.")
+    return content is not None
+
+
+def _triton_whole_sequence(run: _Run, name: str, version: int, options) -> None:
+    """A whole-sequence export's Triton repository (no sequence batcher: nothing to keep between requests)."""
+    python = run.target is RuntimeTarget.TRITON_PYTHON
+    backend = triton.Backend.PYTHON if python else triton.Backend.ONNXRUNTIME
+    proven = run.loaded.manifest.batch_independent
+
+    def make() -> bytes:
+        content = onnx.convert_signature(run.loaded, "serving_default")
+        model_path, *others = triton.write_whole_sequence_repository(
+            run.out_dir, name=name, version=version, onnx_model=content, options=options, batch_independent=proven,
+            backend=backend)
+        for path in others if python else ():
+            run.files.append(ModelFile(path=path.relative_to(run.out_dir).as_posix(), signature="serving_default",
+                                       batch=None, size=path.stat().st_size, seconds=0.0))
+        return model_path.read_bytes()
+
+    relative = f"{name}/{version}/{triton.PYTHON_WHOLE_FILE if python else triton.MODEL_FILE}"
+    if not _whole_sequence(run, relative, make, OrtModel):
+        return
+    inputs = ", ".join(f"{i.name} [{', '.join(['B', *('T' if d is None else str(d) for d in i.shape[1:])])}]"
+                       for i in run.loaded.manifest.signature("serving_default").inputs)
+    if python:
+        run.notes.append(
+            f"Triton Python backend, no sequence batcher: model.py runs {triton.PYTHON_WHOLE_FILE} once per request "
+            f"of whole sequences ({inputs}); requests are not batched together. Check it on the real server: "
+            f"seqexport check triton {run.out_dir}")
+        return
+    batching = ("dynamic_batching on (batch independence proven): requests batched together must share T, since "
+                "Triton concatenates them on the batch dimension" if proven is True and options.max_batch_size > 0
+                else f"no dynamic_batching (batch independence not proven: batch_independent is {proven})")
+    run.notes.append(
+        f"Triton onnxruntime backend, no sequence batcher: one request is whole sequences ({inputs}); {batching}. "
+        f"Start it with: {triton.START_COMMAND.format(repo=run.out_dir)}")
 
 
 def _triton(run: _Run, name: str, version: int, options) -> None:
@@ -347,8 +387,10 @@ def _triton_python(run: _Run, name: str, version: int, options) -> None:
 
     def make() -> bytes:
         content = onnx.convert_signature(run.loaded, "step")
+        manifest = run.loaded.manifest
         step_path, code_path, config_path = triton.write_python_repository(
-            run.out_dir, name=name, version=version, onnx_model=content, options=options, initial_model=initial_bytes)
+            run.out_dir, name=name, version=version, onnx_model=content, options=options, initial_model=initial_bytes,
+            generate=manifest.generate, feedback_output=manifest.output_keys()[0][0])
         for path in (code_path, config_path):
             relative = path.relative_to(run.out_dir).as_posix()
             run.files.append(ModelFile(path=relative, signature="step", batch=None, size=path.stat().st_size,
@@ -367,6 +409,12 @@ def _triton_python(run: _Run, name: str, version: int, options) -> None:
         run.notes.append(
             f"Context inputs {[i.name for i in run.loaded.manifest.context_inputs]}: inputs of the START request "
             f"only ([1, S, ...]); {triton.PYTHON_INITIAL_FILE} encodes them there into the sequence's first states.")
+    if run.loaded.manifest.generate is not None:
+        spec = run.loaded.manifest.generate
+        run.notes.append(
+            f"generate: a request with {triton.GENERATE_INPUT} [1, 1] = N (at most {spec.max_new_tokens}) runs its "
+            f"chunk, then N steps fed back {'the argmax id' if spec.feedback.value == 'ids' else 'the output'}, "
+            f"greedy, and returns {spec.output_key} [1, N]; the sequence goes on from the state after them.")
     run.notes.append(
         "Triton Python backend: model.py keeps each sequence's state by correlation id (created on START, "
         "dropped on END, after max_sequence_idle_microseconds idle, and past max_sequences live ones); one "
@@ -435,16 +483,18 @@ def convert_export(
     parity_dir = out_dir
     if not loaded.manifest.streams:
         if target in TRITON_TARGETS:
-            raise BadInput(f"Converting to {target.value}: this export is whole-sequence only "
-                           f"({loaded.manifest.whole_sequence}), and the Triton repositories seqexport writes stream "
-                           "(a sequence batcher keeps the state). Convert it with --to onnx or --to tflite, or serve "
-                           "its SavedModel (TF Serving, `seqexport serve`).")
-        if target is RuntimeTarget.TFLITE:
-            _whole_sequence(run, "tflite",
-                            lambda export, name, batch: tflite.convert_signature(export, name, batch=batch),
-                            LiteRTModel, batch=_predict_batch(loaded) if stream_batch is None else stream_batch)
+            name = check_name(triton_name or loaded.manifest.name)
+            _triton_whole_sequence(run, name, triton_version or triton.version_of(loaded.path),
+                                   triton_options or triton.TritonOptions())
+            parity_dir = out_dir / name
+        elif target is RuntimeTarget.TFLITE:
+            batch = _predict_batch(loaded) if stream_batch is None else stream_batch
+            _whole_sequence(run, f"serving_default_b{batch}.tflite",
+                            lambda: tflite.convert_signature(loaded, "serving_default", batch=batch), LiteRTModel,
+                            batch=batch)
         else:
-            _whole_sequence(run, "onnx", lambda export, name, batch: onnx.convert_signature(export, name), OrtModel)
+            _whole_sequence(run, "serving_default.onnx", lambda: onnx.convert_signature(loaded, "serving_default"),
+                            OrtModel)
         report = run.report(started)
         _write(parity_dir / PARITY_FILE, json.dumps(report.to_json(), indent=2).encode())
         return report

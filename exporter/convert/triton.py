@@ -48,7 +48,24 @@ state after the chunk. Static inputs are inputs of every request (`[1, K]`); STA
 the state from `initial_state.onnx` of them. The onnxruntime backend refuses static inputs:
 Triton's implicit state starts from zeros or a data file only. `model.py` creates a
 sequence's state (zeros, or `initial_state` of the static inputs) on START, drops it on END, after the idle timeout, and
-past `max_sequences` live sequences (least recently used first); see its docstring.
+past `max_sequences` live sequences (least recently used first); see its docstring. An export with
+`generate` gets the optional input `max_new_tokens` and the output `tokens` (`predictions` for
+features): the request's chunk, then that many greedy steps (`python_model_config`).
+
+Whole-sequence exports
+----------------------
+
+An export that cannot stream (`manifest.whole_sequence`: a Bidirectional LSTM, an attention
+classifier) has no state to keep, so its repositories have no sequence batcher: one request is
+whole sequences, `inputs [B, T, F]` (and `lengths [B]` of a masked export), answered with
+`outputs` (or each output by name), as its `serving_default` signature takes and answers them.
+
+    onnxruntime  REPO/NAME/VERSION/model.onnx            the `serving_default` signature
+    python       REPO/NAME/VERSION/{model.py,serving_default.onnx}   `model.py` runs it per request
+
+`dynamic_batching` (onnxruntime only) is declared only when the export proved batch independence
+(`manifest.batch_independent`), as `serving/serving_files.py` decides for TF Serving; Triton
+concatenates the requests it batches on the batch dimension, so they must share T.
 """
 
 from __future__ import annotations
@@ -72,12 +89,15 @@ PYTHON_BACKEND = "python"
 PYTHON_MODEL_FILE = "model.py"
 PYTHON_STEP_FILE = "step.onnx"
 PYTHON_INITIAL_FILE = "initial_state.onnx"  # the `initial_state` signature, for exports with static inputs
+PYTHON_WHOLE_FILE = "serving_default.onnx"  # a whole-sequence export's `serving_default`
 PYTHON_PARAMETER = "seqexport"  # `triton_model.PARAMETER`
 # Tensor names of the Python-backend model: one chunk in, its outputs and every state out.
 CHUNK_INPUT = "inputs"
 CHUNK_OUTPUT = "outputs"
 # Control inputs of the Python-backend model (`ModelSequenceBatching.Control` kinds).
 START, END, READY = "START", "END", "READY"
+# Python backend, exports with `generate`: the optional input that asks for N new steps after the chunk.
+GENERATE_INPUT = "max_new_tokens"
 
 _DATA_TYPES = {
     np.dtype(np.float32): "TYPE_FP32",
@@ -165,6 +185,21 @@ def data_type(dtype) -> str:
 def _dims(shape: tuple[int | None, ...], batched: bool) -> list[int]:
     dims = shape[1:] if batched else shape
     return [-1 if d is None else int(d) for d in dims]
+
+
+def _model_dims(tensor) -> list[int]:
+    """The dims the model sees of a config tensor: its `reshape` when it has one (a `[B]` tensor is
+    declared `dims: [1]`, `reshape: {shape: []}`: Triton needs non-empty dims)."""
+    return list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
+
+
+def _tensor(message, name: str, info, batched: bool):
+    """A `ModelInput` / `ModelOutput` for the ONNX tensor `info` (shape as the model takes it)."""
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    dims = _dims(info.shape, batched)
+    return message(name=name, data_type=data_type(info.dtype), dims=dims or [1],
+                   reshape=None if dims else pb.ModelTensorReshape(shape=[]))
 
 
 def add_correlation_id_input(onnx_model: bytes, *, batched: bool) -> bytes:
@@ -256,6 +291,89 @@ def write_repository(
     return model_path, config_path
 
 
+def whole_sequence_config(name: str, model, options: TritonOptions = TritonOptions(), *,
+                          batch_independent: bool | None = None):
+    """The `ModelConfig` of a whole-sequence export's `serving_default` ONNX model (onnxruntime backend).
+
+    No `sequence_batching` (nothing to keep between requests): every model input and output by
+    name, `-1` for the batch (unless `options.max_batch_size` is 0) and time axes.
+
+    Args:
+        name: the model's name in the repository.
+        model: an `OrtModel` of the converted `serving_default`.
+        options: `max_batch_size` and `max_queue_delay_microseconds` apply; the sequence-batcher
+            settings do not.
+        batch_independent: `manifest.batch_independent`; only True declares `dynamic_batching`
+            (batching rows whose independence was never proven could mix them).
+    """
+    from tritonclient.grpc import model_config_pb2 as pb  # optional dependency
+
+    batched = options.max_batch_size > 0
+    config = pb.ModelConfig(name=name, platform=PLATFORM, max_batch_size=options.max_batch_size)
+    config.input.extend(_tensor(pb.ModelInput, key, info, batched) for key, info in model.inputs.items())
+    config.output.extend(_tensor(pb.ModelOutput, key, model.outputs[key], batched) for key in model.output_names)
+    if batched and batch_independent is True:
+        config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_microseconds
+    config.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=1)
+    return config
+
+
+def write_whole_sequence_repository(
+    repo: Path, *, name: str, version: int, onnx_model: bytes, options: TritonOptions = TritonOptions(),
+    batch_independent: bool | None = None, backend: Backend = Backend.ONNXRUNTIME,
+) -> tuple[Path, ...]:
+    """Writes a whole-sequence export's repository; returns the paths written, the ONNX model first.
+
+    `onnx_model` is the converted `serving_default` (`onnx.convert_signature(..., "serving_default")`).
+    onnxruntime: `repo/name/version/model.onnx` + `config.pbtxt` (`whole_sequence_config`); python:
+    `repo/name/version/{serving_default.onnx,model.py}` + `config.pbtxt` (`python_whole_sequence_config`).
+    """
+    model_dir = Path(repo) / name
+    (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
+    model = OrtModel(onnx_model)
+    written = []
+    if backend is Backend.PYTHON:
+        model_path = model_dir / str(version) / PYTHON_WHOLE_FILE
+        code_path = model_dir / str(version) / PYTHON_MODEL_FILE
+        code_path.write_text((Path(__file__).parent / "triton_model.py").read_text())
+        config = python_whole_sequence_config(name, model, options)
+        written.append(code_path)
+    else:
+        model_path = model_dir / str(version) / MODEL_FILE
+        config = whole_sequence_config(name, model, options, batch_independent=batch_independent)
+        problems = check_config(config, model)
+        if problems:  # a bug here, not a user error: the config is built from the model
+            raise ConversionFailed(f"Triton config for {name!r} disagrees with its ONNX model: {'; '.join(problems)}")
+    model_path.write_bytes(onnx_model)
+    config_path = model_dir / CONFIG_FILE
+    write_config(config, config_path)
+    return (model_path, *written, config_path)
+
+
+def python_whole_sequence_config(name: str, model, options: TritonOptions = TritonOptions()):
+    """The `ModelConfig` of the Python-backend model (`triton_model.py`, whole-sequence mode) for a
+    whole-sequence export: the tensors of `whole_sequence_config`, `backend: "python"`, no batcher.
+
+    `model.py` runs `serving_default.onnx` once per request, so requests are never batched together
+    (no `dynamic_batching`); a request may hold up to `options.max_batch_size` sequences.
+    """
+    from tritonclient.grpc import model_config_pb2 as pb  # optional dependency
+
+    batched = options.max_batch_size > 0
+    config = pb.ModelConfig(name=name, backend=PYTHON_BACKEND, max_batch_size=options.max_batch_size)
+    config.input.extend(_tensor(pb.ModelInput, key, info, batched) for key, info in model.inputs.items())
+    config.output.extend(_tensor(pb.ModelOutput, key, model.outputs[key], batched) for key in model.output_names)
+    config.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=1)
+    spec = {
+        "whole_sequence_model": PYTHON_WHOLE_FILE,
+        "inputs": list(model.inputs),
+        # Each output: its name in the response and in the ONNX model (the same: `serving_default`'s keys).
+        "outputs": list(model.output_names),
+    }
+    config.parameters[PYTHON_PARAMETER].string_value = json.dumps(spec, sort_keys=True)
+    return config
+
+
 def check_config(config, model) -> list[str]:
     """What in `config` disagrees with the ONNX model as ONNX Runtime reports it (empty: all agree).
 
@@ -283,9 +401,9 @@ def check_config(config, model) -> list[str]:
     states = set(model.state_names)
     raw_outputs = {(k + STATE_OUTPUT_SUFFIX if k in states else k): v for k, v in model.outputs.items()}
     for tensor in config.input:
-        expect("config input", tensor.name, raw_inputs, tensor.data_type, tensor.dims)
+        expect("config input", tensor.name, raw_inputs, tensor.data_type, _model_dims(tensor))
     for tensor in config.output:
-        expect("config output", tensor.name, raw_outputs, tensor.data_type, tensor.dims)
+        expect("config output", tensor.name, raw_outputs, tensor.data_type, _model_dims(tensor))
     for state in config.sequence_batching.state:
         expect("state input", state.input_name, raw_inputs, state.data_type, state.dims)
         expect("state output", state.output_name, raw_outputs, state.data_type, state.dims)
@@ -314,12 +432,15 @@ def check_config(config, model) -> list[str]:
     problems += [f"model input {n!r} is neither a config input nor a state" for n in raw_inputs if n not in covered_in]
     problems += [f"model output {n!r} is neither a config output nor a state" for n in raw_outputs
                  if n not in covered_out]
-    if not config.sequence_batching.WhichOneof("strategy_choice"):
+    if config.HasField("sequence_batching") and not config.sequence_batching.WhichOneof("strategy_choice"):
         problems.append("sequence_batching has no strategy (direct or oldest)")
+    if not config.HasField("sequence_batching") and states:
+        problems.append(f"the model has states {sorted(states)} but the config no sequence_batching to keep them")
     return problems
 
 
-def python_model_config(name: str, model, options: TritonOptions = TritonOptions(), initial=None):
+def python_model_config(name: str, model, options: TritonOptions = TritonOptions(), initial=None, *,
+                        generate=None, feedback_output: str = CHUNK_OUTPUT):
     """The `ModelConfig` of the Python-backend model (`triton_model.py`) for an ONNX step model.
 
     Args:
@@ -329,6 +450,11 @@ def python_model_config(name: str, model, options: TritonOptions = TritonOptions
         initial: an `OrtModel` of the export's `initial_state` signature (`PYTHON_INITIAL_FILE`):
             needed when the step model takes static inputs (each is then an input of every request,
             and a sequence's state starts from `initial_state` of the START request's values).
+        generate: the export's `GenerateSpec` (`manifest.generate`), or None: declares the optional input
+            `max_new_tokens` (`[1, 1]` int32) and the output `tokens` (`[1, N]`; `predictions`, `[1, N, ...]`,
+            for features): a request carrying N > 0 runs its chunk (the prompt), then N more steps, each
+            fed the argmax of the last step's `feedback_output` (or those features), as `generate` does.
+        feedback_output: the output fed back (by its name in the response: the export's first output).
 
     Raises:
         BadInput: the step model takes static inputs and `initial` is None.
@@ -369,6 +495,10 @@ def python_model_config(name: str, model, options: TritonOptions = TritonOptions
                                             # one number per sequence (a position): Triton needs dims, the
                                             # model gives [B]
                                             reshape=None if dims else pb.ModelTensorReshape(shape=[])))
+    if generate is not None:
+        config.input.append(pb.ModelInput(name=GENERATE_INPUT, data_type="TYPE_INT32", dims=_dims((one, 1), batched),
+                                          optional=True))
+        config.output.append(_generated_output(generate, model, outputs, feedback_output, one, batched))
     batching = _sequence_batching(config, options)
     for input_name, kind in ((START, control.CONTROL_SEQUENCE_START), (END, control.CONTROL_SEQUENCE_END),
                              (READY, control.CONTROL_SEQUENCE_READY)):
@@ -396,9 +526,31 @@ def python_model_config(name: str, model, options: TritonOptions = TritonOptions
         "idle_seconds": options.max_sequence_idle_microseconds / 1e6,
         "max_sequences": options.max_sequences,
         "controls": {"start": START, "end": END, "ready": READY, "corrid": CORRELATION_ID},
+        "generate": None if generate is None else {
+            "input": GENERATE_INPUT, "output": generate.output_key, "feedback": generate.feedback.value,
+            "from_output": feedback_output, "max_new_tokens": generate.max_new_tokens},
     }
     config.parameters[PYTHON_PARAMETER].string_value = json.dumps(spec, sort_keys=True)
     return config
+
+
+def _generated_output(generate, model, outputs, feedback_output: str, one, batched: bool):
+    """The config output of what a `generate` request returns: ids `[1, N]` of the input's dtype, or the fed-back
+    output's features `[1, N, ...]`."""
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    served = dict(outputs)
+    if feedback_output not in served:
+        raise ConversionFailed(f"generate feeds back output {feedback_output!r}; the model has {sorted(served)}")
+    if generate.output_key in served:
+        raise BadInput(f"The Triton Python-backend model cannot name an output {generate.output_key!r}: its "
+                       "`generate` requests return their new steps under that name. Rename that Keras output.")
+    if generate.feedback.value == "ids":
+        dtype, shape = model.inputs["x"].dtype, ()
+    else:
+        info = model.outputs[served[feedback_output]]
+        dtype, shape = info.dtype, info.shape[1:]
+    return pb.ModelOutput(name=generate.output_key, data_type=data_type(dtype), dims=_dims((one, None, *shape), batched))
 
 
 def chunk_outputs(model) -> list[tuple[str, str]]:
@@ -446,12 +598,13 @@ def python_spec(config) -> dict:
 
 def write_python_repository(
     repo: Path, *, name: str, version: int, onnx_model: bytes, options: TritonOptions = TritonOptions(),
-    initial_model: bytes | None = None,
+    initial_model: bytes | None = None, generate=None, feedback_output: str = CHUNK_OUTPUT,
 ) -> tuple[Path, Path, Path]:
     """Writes `repo/name/version/{model.py,step.onnx}` and `repo/name/config.pbtxt`; returns their paths.
 
     `onnx_model` is the converted step model (`onnx.convert_signature(..., "step")`); `initial_model`,
-    for an export with static inputs, its converted `initial_state` (written as `PYTHON_INITIAL_FILE`).
+    for an export with static inputs, its converted `initial_state` (written as `PYTHON_INITIAL_FILE`);
+    `generate`, `feedback_output`: see `python_model_config`.
     """
     model_dir = Path(repo) / name
     (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
@@ -463,7 +616,8 @@ def write_python_repository(
         initial = OrtModel(initial_model)
     code_path = model_dir / str(version) / PYTHON_MODEL_FILE
     code_path.write_text((Path(__file__).parent / "triton_model.py").read_text())
-    config = python_model_config(name, OrtModel(onnx_model), options, initial)
+    config = python_model_config(name, OrtModel(onnx_model), options, initial, generate=generate,
+                                 feedback_output=feedback_output)
     config_path = model_dir / CONFIG_FILE
     write_config(config, config_path)
     return step_path, code_path, config_path

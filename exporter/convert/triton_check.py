@@ -8,7 +8,16 @@ For every model of the repository (a folder with a `config.pbtxt`):
   id), the sequences interleaved request by request, over gRPC and over HTTP; every
   output (by name, for an export with several) and the states after the last chunk
   are compared with `golden.npz` (same rows as `verify`, at the export's own tolerance,
-  `manifest.options.tolerance`; each row carries its max abs error).
+  `manifest.options.tolerance`; each row carries its max abs error). An export with `generate`:
+  each greedy case of its goldens (`generate/case/<i>/...`) is sent as `generate` requests too
+  (the prompt and `max_new_tokens`, one sequence per row), the ids compared with the source
+  model's exactly.
+- a whole-sequence export's model (no sequence batcher: `backend: "python"` with a
+  `whole_sequence_model`, or `onnxruntime` without `sequence_batching`): the Python one is
+  sent the golden `serving_default` inputs over gRPC and HTTP, all rows in one request and
+  each row as its own request, every output compared with `golden.npz` at the export's
+  tolerance; the onnxruntime one gets the rows below plus an offline row: `model.onnx` in
+  ONNX Runtime on the same golden inputs, fed as Triton would (by config input name).
 - `onnxruntime` (the default `--to triton`): the wheel's server has no ONNX Runtime
   backend, so it can check the config only as far as Triton's core goes before it
   needs the backend (text format, names, batch size, sequence-batching controls: a
@@ -150,8 +159,10 @@ def find_export(model_folder: Path, export: Path | None = None) -> Path:
 
 
 def _load_export(folder: Path) -> tuple[Manifest, dict]:
+    """The export's manifest and its golden `serving_default` and greedy `generate/case/` arrays."""
     golden = golden_io.load(golden_path(folder))
-    return read_manifest(folder), {k: v for k, v in golden.items() if k.startswith(f"{SignatureName.PREDICT.value}/")}
+    return read_manifest(folder), {k: v for k, v in golden.items()
+                                   if k.startswith((f"{SignatureName.PREDICT.value}/", "generate/case/"))}
 
 
 def _chunks(length: int, count: int) -> list[tuple[int, int]]:
@@ -286,10 +297,122 @@ def _python_rows(server, model: _Model, export: Path | None, tolerance: Toleranc
                 else:
                     rows.extend(golden_rows(label, outputs, states, manifest, golden, tolerance))
                 first_id += inputs.shape[0]
+            if manifest.generate is not None:
+                rows.extend(generate_rows(client, model.name, manifest, golden, tolerance, first_id=first_id))
+                first_id += 1000
     return rows
 
 
-def _onnxruntime_rows(model: _Model, reason: str) -> list[CheckResult]:
+def generate_rows(client, model: str, manifest: Manifest, golden: dict, tolerance: Tolerance, *,
+                  first_id: int) -> list[CheckResult]:
+    """Each greedy case of the goldens (`generate/case/<i>/...`) as `generate` requests: every prompt row its own
+    sequence, the prompt and `max_new_tokens` in its START request, against the source model's greedy ids (ids
+    exactly; features within `tolerance`)."""
+    spec = manifest.generate
+    cases = sorted({int(k.split("/")[2]) for k in golden if k.startswith("generate/case/")})
+    statics = [i.name for i in (*manifest.static_inputs, *manifest.context_inputs)]
+    rows = []
+    for case in cases:
+        prompt, want = golden[f"generate/case/{case}/in/prompt"], golden[f"generate/case/{case}/want"]
+        label = f"{model} {client.protocol} generate B={prompt.shape[0]} P={prompt.shape[1]}"
+        count = np.array([[want.shape[1]]], np.int32)
+        try:
+            got = np.concatenate([client.infer_tensors(model, {
+                triton.CHUNK_INPUT: prompt[b:b + 1], triton.GENERATE_INPUT: count,
+                **{n: golden[f"generate/case/{case}/in/{n}"][b:b + 1] for n in statics}},
+                sequence_id=first_id + 100 * case + b, sequence_start=True, sequence_end=True)[spec.output_key]
+                for b in range(prompt.shape[0])])
+        except Exception as exc:  # noqa: BLE001  the server's refusal is the finding
+            rows.append(failed(CHECK, label, spec.output_key, f"{type(exc).__name__}: {exc}"))
+            continue
+        exact = spec.feedback.value == "ids"
+        rows.append(compare(CHECK, label, spec.output_key, got, want,
+                            Tolerance(atol=0.0, rtol=0.0) if exact else tolerance))
+    return rows
+
+
+def _whole_feed(config, golden: dict, rows: slice = slice(None)) -> dict[str, np.ndarray]:
+    """The golden `serving_default` inputs by config input name, `rows` of them, shaped as the config
+    declares them (a `[B]` tensor declared `dims: [1]` with a `reshape` goes as `[B, 1]`)."""
+    feed = {}
+    for tensor in config.input:
+        if f"serving_default/in/{tensor.name}" not in golden:
+            raise KeyError(f"config input {tensor.name!r} is no golden serving_default input")
+        value = golden[f"serving_default/in/{tensor.name}"][rows]
+        feed[tensor.name] = value.reshape(len(value), *tensor.dims) if tensor.HasField("reshape") else value
+    return feed
+
+
+def whole_sequence_rows(label: str, got: dict[str, np.ndarray], config, golden: dict,
+                        tolerance: Tolerance, rows: slice = slice(None)) -> list[CheckResult]:
+    """Every output of a whole-sequence model's response (by config output name; a reshaped one back
+    to the model's shape) vs the golden `serving_default` outputs of `rows`."""
+    checks = []
+    for tensor in config.output:
+        if f"serving_default/out/{tensor.name}" not in golden:
+            checks.append(failed(CHECK, label, tensor.name, f"config output {tensor.name!r} is no golden "
+                                                            "serving_default output"))
+            continue
+        want = golden[f"serving_default/out/{tensor.name}"][rows]
+        if tensor.name not in got:
+            checks.append(failed(CHECK, label, tensor.name, f"the server returned no output {tensor.name!r} "
+                                                            f"({sorted(got)})"))
+            continue
+        value = got[tensor.name]
+        if tensor.HasField("reshape") and value.size == want.size:  # `[B, 1]` back to the model's `[B]`
+            value = value.reshape(want.shape)
+        checks.append(compare(CHECK, label, tensor.name, value, want, tolerance))
+    return checks
+
+
+def is_whole_sequence(config) -> bool:
+    """A repository model of a whole-sequence export: no sequence batcher (`convert` writes one for every
+    streaming export), or a Python-backend model that runs `serving_default`."""
+    if config.backend == triton.PYTHON_BACKEND:
+        return bool(triton.python_spec(config).get("whole_sequence_model"))
+    return not config.HasField("sequence_batching")
+
+
+def _python_whole_rows(server, model: _Model, export: Path | None, tolerance: Tolerance | None) -> list[CheckResult]:
+    try:
+        manifest, golden = _load_export(find_export(model.folder, export))
+    except BadInput as exc:
+        return [failed(CHECK, f"{model.name} goldens", "golden.npz", str(exc))]
+    tolerance = tolerance or manifest.options.tolerance
+    batch = len(golden["serving_default/in/inputs"])
+    requests = [(f"{batch} rows", slice(None))] + [(f"row {b}", slice(b, b + 1)) for b in range(batch)]
+    rows: list[CheckResult] = []
+    for protocol in PROTOCOLS:
+        url = server.grpc_url if protocol == "grpc" else server.http_url
+        with SequenceClient(protocol, url) as client:
+            for what, part in requests:
+                label = f"{model.name} {protocol} {what}"
+                try:
+                    got = client.infer_tensors(model.name, _whole_feed(model.config, golden, part))
+                except Exception as exc:  # noqa: BLE001  the server's refusal is the finding
+                    rows.append(failed(CHECK, label, "*", f"{type(exc).__name__}: {exc}"))
+                else:
+                    rows.extend(whole_sequence_rows(label, got, model.config, golden, tolerance, part))
+    return rows
+
+
+def _offline_whole_rows(model: _Model, onnx_file: Path, export: Path | None,
+                        tolerance: Tolerance | None) -> list[CheckResult]:
+    """`model.onnx` in ONNX Runtime on the golden inputs, fed by config input name as Triton feeds it."""
+    try:
+        manifest, golden = _load_export(find_export(model.folder, export))
+    except BadInput as exc:
+        return [failed(CHECK, f"{model.name} goldens", "golden.npz", str(exc))]
+    try:
+        got = OrtModel.load(onnx_file)({t.name: golden[f"serving_default/in/{t.name}"] for t in model.config.input})
+    except Exception as exc:  # noqa: BLE001  a model that does not run on the config's inputs is the finding
+        return [failed(CHECK, f"{model.name} offline", triton.MODEL_FILE, f"ONNX Runtime: {type(exc).__name__}: {exc}")]
+    return whole_sequence_rows(f"{model.name} offline goldens", got, model.config, golden,
+                               tolerance or manifest.options.tolerance)
+
+
+def _onnxruntime_rows(model: _Model, reason: str, export: Path | None = None,
+                      tolerance: Tolerance | None = None) -> list[CheckResult]:
     rows = []
     if _NO_BACKEND in reason:
         rows.append(CheckResult(check=CHECK, signature=f"{model.name} server", tensor="config.pbtxt", passed=True,
@@ -306,6 +429,8 @@ def _onnxruntime_rows(model: _Model, reason: str) -> list[CheckResult]:
     else:
         rows.append(CheckResult(check=CHECK, signature=f"{model.name} offline", tensor="config vs model.onnx",
                                 passed=True, message="states, dims and data types agree (ONNX Runtime)"))
+    if is_whole_sequence(model.config):
+        rows += _offline_whole_rows(model, onnx_files[-1], export, tolerance)
     return rows
 
 
@@ -368,7 +493,15 @@ def check_repository(repo: Path, *, export: Path | None = None, tolerance: Toler
                     continue
                 rows.append(CheckResult(check=CHECK, signature=f"{model.name} server", tensor="load", passed=True,
                                         message=f"loaded by tritonserver (nvidia-pytriton {files.version})"))
-                rows.extend(_python_rows(server, model, export, tolerance))
+                whole = is_whole_sequence(model.config)
+                rows.extend((_python_whole_rows if whole else _python_rows)(server, model, export, tolerance))
+            elif model.backend == "onnxruntime" and is_whole_sequence(model.config):
+                rows.extend(_onnxruntime_rows(model, failures.get(model.name, ""), export, tolerance))
+                notes.append(
+                    f"{model.name}: onnxruntime backend, whole-sequence export (no sequence batcher). The real "
+                    "server here checked config.pbtxt as far as Triton's core goes; the config was checked offline "
+                    "against model.onnx, and model.onnx run in ONNX Runtime on the golden inputs, fed by config "
+                    "input name; only the official Triton container runs it in Triton.")
             elif model.backend == "onnxruntime":
                 rows.extend(_onnxruntime_rows(model, failures.get(model.name, "")))
                 notes.append(

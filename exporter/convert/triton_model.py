@@ -27,6 +27,15 @@ chunk (`[1, *state shape]`). An export with static inputs takes each, `[1, *shap
 every request too, fed to every step. Each
 step runs the exported step model (ONNX, weights frozen) in ONNX Runtime.
 
+An export with a `generate` signature takes the optional input `max_new_tokens` (`[1, 1]` int32): a
+request carrying N > 0 runs its chunk (the prompt), then N more steps, each fed the argmax id of the
+last step's output (features: the output itself), as the export's greedy `generate` does, and returns
+them as `tokens` `[1, N]` (`predictions`); the sequence keeps the state after them and goes on.
+
+A whole-sequence export (its config's settings name a `whole_sequence_model`) has no state:
+each request is whole sequences, every input of its `serving_default` by name (`inputs [B, T, F]`,
+`lengths [B]` of a masked export), run once through that ONNX model; no control inputs.
+
 Only numpy, onnxruntime and Triton's `triton_python_backend_utils` are imported:
 the file runs inside Triton's Python stub, not in seqexport.
 
@@ -59,7 +68,11 @@ _set_destructor.restype = ctypes.c_int
 
 
 def _to_triton(name, array):
-    capsule = np.ascontiguousarray(array).__dlpack__()
+    array = np.ascontiguousarray(array)
+    if array.size == 0:  # numpy gives an empty array zero strides, which the stub refuses as "not contiguous"
+        strides = [array.itemsize * int(np.prod(array.shape[i + 1:])) for i in range(array.ndim)]
+        array = np.lib.stride_tricks.as_strided(array, strides=strides)
+    capsule = array.__dlpack__()
     _set_destructor(capsule, None)
     return pb_utils.Tensor.from_dlpack(name, capsule)
 
@@ -73,8 +86,32 @@ class SequenceError(Exception):
     """A request that names no live sequence."""
 
 
+def _error_response(exc):
+    """The client gets the reason; the server keeps serving."""
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
+
+
+class WholeSequence:
+    """A whole-sequence export's `serving_default`: one run per request, nothing kept between them."""
+
+    def __init__(self, session, spec):
+        self.session = session
+        self.inputs = list(spec["inputs"])
+        self.outputs = list(spec["outputs"])
+
+    def respond(self, request):
+        feed = {}
+        for name in self.inputs:
+            value = _from_triton(request, name)
+            if value is None:
+                raise SequenceError(f"the request has no input {name!r}: send {self.inputs}")
+            feed[name] = np.array(value)  # a copy: the request's memory is Triton's
+        values = self.session.run(self.outputs, feed)
+        return pb_utils.InferenceResponse(output_tensors=[_to_triton(n, v) for n, v in zip(self.outputs, values)])
+
+
 class TritonPythonModel:
-    """One step model, one state per live sequence."""
+    """One step model, one state per live sequence (or, whole-sequence, one model run per request)."""
 
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -83,6 +120,11 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(spec.get("threads", 1))
         options.inter_op_num_threads = 1
+        self.whole = None
+        if spec.get("whole_sequence_model"):
+            self.whole = WholeSequence(ort.InferenceSession(os.path.join(folder, spec["whole_sequence_model"]),
+                                                            options, providers=["CPUExecutionProvider"]), spec)
+            return
         self.session = ort.InferenceSession(os.path.join(folder, spec["step_model"]), options,
                                             providers=["CPUExecutionProvider"])
         self.input = spec["input"]  # the ONNX step model's per-step input
@@ -105,6 +147,7 @@ class TritonPythonModel:
         names = {i.name for i in self.session.get_inputs()}
         if spec.get("correlation_id_input") in names:  # an unused CORRID input of the step model
             self.extra[spec["correlation_id_input"]] = np.zeros((1, 1), np.uint64)
+        self.generate = spec.get("generate")  # None, or what a `max_new_tokens` request feeds back
         self.fetch = ([step for _, step, _, _ in self.outputs]
                       + [name + spec["state_output_suffix"] for name, _, _ in self.states])
         self.idle_seconds = float(spec["idle_seconds"])
@@ -186,12 +229,48 @@ class TritonPythonModel:
             return self._empty(), states
         return {name: np.stack(kept, axis=1) for (name, _, _, _), kept in zip(self.outputs, steps)}, states
 
-    def _response(self, outputs, states):
+    def _generated(self, request, chunk, outputs, states, statics):
+        """`{tokens: [1, N]}` (or `predictions`) and the states after them: the request's `max_new_tokens`
+        greedy steps, each fed what the last one chose ({} and the same states without a generate export)."""
+        if self.generate is None:
+            return {}, states
+        value = _from_triton(request, self.generate["input"])
+        count = 0 if value is None else int(np.array(value).reshape(-1)[0])
+        bound = int(self.generate["max_new_tokens"])
+        if not 0 <= count <= bound:
+            raise SequenceError(f"{self.generate['input']} is {count}; the export generates 0 to {bound} new steps")
+        ids = self.generate["feedback"] == "ids"
+        if count and chunk.shape[1] == 0:
+            raise SequenceError(f"{self.generate['input']} needs a chunk of at least one step (the prompt) to "
+                                "choose the first new step from")
+        last = outputs[self.generate["from_output"]][:, -1] if count else None
+        chosen = []
+        for _ in range(count):
+            following = np.argmax(last, axis=-1) if ids else last
+            following = following.astype(chunk.dtype)
+            chosen.append(following)
+            step_outputs, states = self._run(following[:, None], states, statics)
+            last = step_outputs[self.generate["from_output"]][:, -1]
+        if chosen:
+            return {self.generate["output"]: np.stack(chosen, axis=1)}, states
+        shape = () if ids else outputs[self.generate["from_output"]].shape[2:]
+        return {self.generate["output"]: np.zeros((1, 0, *shape), chunk.dtype)}, states
+
+    def _response(self, outputs, states, extra=None):
         tensors = [_to_triton(name, outputs[name]) for name, _, _, _ in self.outputs]
         tensors += [_to_triton(name, states[name]) for name, _, _ in self.states]
+        tensors += [_to_triton(name, value) for name, value in (extra or {}).items()]
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def execute(self, requests):
+        if self.whole is not None:
+            responses = []
+            for request in requests:
+                try:
+                    responses.append(self.whole.respond(request))
+                except Exception as exc:  # noqa: BLE001  the client gets the reason, the server keeps serving
+                    responses.append(_error_response(exc))
+            return responses
         responses = []
         with self.lock:
             now = time.monotonic()
@@ -207,16 +286,17 @@ class TritonPythonModel:
                     states = self._states_for(key, self._flag(request, "start") == 1, now, statics, request)
                     chunk = np.array(_from_triton(request, "inputs"))  # a copy: the request's memory is Triton's
                     outputs, states = self._run(chunk, states, statics)
+                    generated, states = self._generated(request, chunk, outputs, states, statics)
                     if self._flag(request, "end") == 1:
                         self.live.pop(key, None)
                     else:
                         self.live[key] = (states, now)
                         self.live.move_to_end(key)
-                    responses.append(self._response(outputs, states))
+                    responses.append(self._response(outputs, states, generated))
                 except Exception as exc:  # noqa: BLE001  the client gets the reason, the server keeps serving
-                    responses.append(pb_utils.InferenceResponse(
-                        output_tensors=[], error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}")))
+                    responses.append(_error_response(exc))
         return responses
 
     def finalize(self):
-        self.live.clear()
+        if self.whole is None:
+            self.live.clear()

@@ -10,7 +10,8 @@ and finds numpy and onnxruntime), waits until it is live, and stops it by its pi
 whose starting process dies (even by SIGKILL) is killed by the kernel.
 
 `SequenceClient` sends one chunk of one sequence per request over gRPC or HTTP
-(`tritonclient`), with the correlation id and the START / END flags.
+(`tritonclient`), with the correlation id and the START / END flags (or, to a whole-sequence
+export's model, whole sequences with no flags: `infer_tensors`).
 """
 
 from __future__ import annotations
@@ -339,17 +340,20 @@ class SequenceClient:
         Raises:
             tritonclient.utils.InferenceServerException: the server refused it or could not be reached.
         """
+        return self.infer_tensors(model, {triton.CHUNK_INPUT: chunk, **(statics or {})}, outputs=outputs,
+                                  sequence_id=sequence_id, sequence_start=start, sequence_end=end)
+
+    def infer_tensors(self, model: str, feed: dict[str, np.ndarray], *, outputs: tuple[str, ...] | None = None,
+                      **kwargs) -> dict[str, np.ndarray]:
+        """Sends every array of `feed` by name in one request (a whole-sequence model's: no sequence
+        flags; `kwargs` go to `tritonclient`'s `infer`); returns every output by name."""
         from tritonclient.utils import np_to_triton_dtype
 
-        chunk = np.ascontiguousarray(chunk)
-        tensor = self.module.InferInput(triton.CHUNK_INPUT, list(chunk.shape), np_to_triton_dtype(chunk.dtype))
-        tensor.set_data_from_numpy(chunk)
-        tensors = [tensor]
-        for name, value in (statics or {}).items():
+        tensors = []
+        for name, value in feed.items():
             value = np.ascontiguousarray(value)
             tensors.append(self.module.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype)))
             tensors[-1].set_data_from_numpy(value)
-        kwargs = dict(sequence_id=sequence_id, sequence_start=start, sequence_end=end)
         if self.protocol == "grpc":
             result = self.client.infer(model, tensors, client_timeout=self.timeout, **kwargs)
             names = outputs or [o.name for o in result.get_response().outputs]

@@ -70,6 +70,14 @@ UNSUPPORTED = {
     "rnn_after_last_step": (lambda: _sequential(L.LSTM(4), L.RepeatVector(2), L.LSTM(3)), "RepeatVector"),
 }
 
+# Models that cannot stream, exported whole-sequence (`fall_back=True`): a Bidirectional LSTM, and one masked
+# (a whole-sequence export of it takes `lengths` too).
+WHOLE_SEQUENCE = {
+    "bidirectional": UNSUPPORTED["bidirectional"][0],
+    "masked_bidirectional": lambda: _sequential(L.Masking(0.0), L.Bidirectional(L.LSTM(4, return_sequences=True)),
+                                                L.Dense(2)),
+}
+
 
 def build(name: str, table=SUPPORTED) -> keras.Model:
     keras.utils.set_random_seed(7)

@@ -196,3 +196,56 @@ def test_runtimes_run_the_generate_loop_over_their_step_model(generate_exports, 
     golden_io.save(golden, golden_path(broken))
     failing = [c for c in convert_export(broken, target, tmp_path / "bad").checks if not c.passed]
     assert [c.signature for c in failing] == ["generate driver B=2 P=4"], failing
+
+
+def test_triton_python_backend_answers_a_generate_request_with_the_greedy_ids(generate_exports, tmp_path):
+    """`convert --to triton --backend python` of an id model (and a features one): a request carrying
+    `max_new_tokens` runs the prompt then N steps fed back; `check triton` on the real server gets the source
+    model's greedy ids exactly over gRPC and HTTP (the forecaster's features within tolerance). A prompt sent in
+    two requests of one sequence generates the same ids (the state goes on); one wanted id changed fails."""
+    import shutil
+
+    from tritonclient.utils import InferenceServerException
+
+    from exporter.artifact import golden_io
+    from exporter.artifact.paths import golden_path
+    from exporter.convert import triton
+    from exporter.convert.targets import convert_export
+    from exporter.convert.triton_check import check_repository
+    from exporter.convert.triton_server import SequenceClient, TritonServer
+
+    repo = tmp_path / "repo"
+    for name in ("word_gru_logits", "feedback_lstm"):
+        report = convert_export(generate_exports[name].path, "triton-python", repo)
+        assert report.passed, report.failures
+        assert any("generate: a request with max_new_tokens" in n for n in report.notes)
+    config = triton.read_config(repo / "word_gru_logits" / triton.CONFIG_FILE)
+    assert [(t.name, list(t.dims), t.optional) for t in config.input] == [
+        ("inputs", [-1], False), ("max_new_tokens", [1], True)]
+    assert config.output[-1].name == "tokens" and list(config.output[-1].dims) == [-1]
+    with TritonServer(repo) as server:
+        report = check_repository(repo, server=server)
+        rows = [c for c in report.checks if " generate " in c.signature]
+        for row in rows:
+            print(row.signature, row.tensor, row.max_abs, row.atol)
+        assert report.passed, report.failures
+        assert len(rows) == 12  # 3 greedy cases x gRPC, HTTP x 2 models
+        assert all(c.max_abs == 0 and c.atol == 0 for c in rows if c.tensor == "tokens")
+        golden = golden_io.load(golden_path(generate_exports["word_gru_logits"].path))
+        prompt, want = golden["generate/case/2/in/prompt"][:1], golden["generate/case/2/want"][:1]
+        count = np.array([[want.shape[1]]], np.int32)
+        with SequenceClient("grpc", server.grpc_url) as client:
+            client.infer_tensors("word_gru_logits", {"inputs": prompt[:, :3]}, sequence_id=7, sequence_start=True)
+            rest = client.infer_tensors("word_gru_logits", {"inputs": prompt[:, 3:], "max_new_tokens": count},
+                                        sequence_id=7, sequence_end=True)
+            assert np.array_equal(rest["tokens"], want), (rest["tokens"], want)
+            with pytest.raises(InferenceServerException, match="the export generates 0 to 32 new steps"):
+                client.infer_tensors("word_gru_logits", {"inputs": prompt, "max_new_tokens": count * 100},
+                                     sequence_id=8, sequence_start=True, sequence_end=True)
+        broken = tmp_path / "broken"
+        shutil.copytree(generate_exports["word_gru_logits"].path, broken)
+        golden["generate/case/1/want"][0, -1] = (golden["generate/case/1/want"][0, -1] + 1) % 30
+        golden_io.save(golden, golden_path(broken))
+        failing = check_repository(repo, server=server, export=broken, names=("word_gru_logits",)).failures
+    assert [(c.signature, c.tensor) for c in failing] == [
+        ("word_gru_logits grpc generate B=2 P=4", "tokens"), ("word_gru_logits http generate B=2 P=4", "tokens")]
