@@ -473,7 +473,7 @@ def convert_export(
         why = ("; LiteRT has no kernel for the TensorList ops of the encoder's loop at a dynamic batch"
                if target is RuntimeTarget.TFLITE else "")
         refuse_context_inputs(f"Converting to {target.value}", [i.name for i in loaded.manifest.context_inputs], why)
-    if target in TRITON_TARGETS:  # LiteRT and ONNX take them all
+    if target in TRITON_TARGETS and loaded.manifest.streams:  # LiteRT, ONNX, whole-sequence Triton take them all
         statics = [i.name for i in loaded.manifest.static_inputs] if target is RuntimeTarget.TRITON else []
         refuse_extra_inputs(f"Converting to {target.value}", statics,
                             sequence_inputs=[i.name for i in loaded.manifest.sequence_inputs])

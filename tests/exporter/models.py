@@ -70,12 +70,25 @@ UNSUPPORTED = {
     "rnn_after_last_step": (lambda: _sequential(L.LSTM(4), L.RepeatVector(2), L.LSTM(3)), "RepeatVector"),
 }
 
-# Models that cannot stream, exported whole-sequence (`fall_back=True`): a Bidirectional LSTM, and one masked
-# (a whole-sequence export of it takes `lengths` too).
+
+
+def _summary_along_target():
+    """Two inputs: a source of any length summarised by an LSTM, repeated along a target of 6 steps
+    (keras.io's `addition_rnn` way of conditioning a decoder): whole-sequence, inputs `inputs`, `target`."""
+    source = keras.Input((None, F), name="source")
+    target = keras.Input((6, 3), name="target")
+    summary = L.RepeatVector(6)(L.LSTM(4)(source))
+    decoded = L.LSTM(4, return_sequences=True)(L.Concatenate()([target, summary]))
+    return keras.Model([source, target], L.Dense(2)(decoded))
+
+
+# Models that cannot stream, exported whole-sequence (`fall_back=True`): a Bidirectional LSTM, one masked
+# (a whole-sequence export of it takes `lengths` too), and one of two inputs.
 WHOLE_SEQUENCE = {
     "bidirectional": UNSUPPORTED["bidirectional"][0],
     "masked_bidirectional": lambda: _sequential(L.Masking(0.0), L.Bidirectional(L.LSTM(4, return_sequences=True)),
                                                 L.Dense(2)),
+    "two_inputs": _summary_along_target,
 }
 
 

@@ -1,4 +1,5 @@
-"""Triton repositories of whole-sequence exports (a Bidirectional LSTM, plain and masked): no sequence
+"""Triton repositories of whole-sequence exports (a Bidirectional LSTM, plain and masked; a model of two
+inputs, the second with a time length of its own): no sequence
 batcher, one request of whole sequences; checked on the real `tritonserver` of the nvidia-pytriton wheel
 (one server shared by the module's tests, broken copies in the same repository)."""
 
@@ -19,7 +20,8 @@ from exporter.convert.runtimes import OrtModel
 from exporter.convert.targets import convert_export
 from tests.exporter.convert.common import describe
 
-KINDS = ("bidirectional", "masked_bidirectional")
+KINDS = ("bidirectional", "masked_bidirectional", "two_inputs")
+INPUTS = {"bidirectional": ["inputs"], "masked_bidirectional": ["inputs", "lengths"], "two_inputs": ["inputs", "target"]}
 TARGETS = {"triton": "ort", "triton-python": "py"}  # model name suffix in the shared repository
 
 
@@ -85,7 +87,9 @@ def test_onnxruntime_repository_has_no_sequence_batcher(repo, whole_sequence_exp
     config = triton.read_config(path / name / triton.CONFIG_FILE)
     assert (config.name, config.platform, config.max_batch_size) == (name, "onnxruntime_onnx", 8)
     assert not config.HasField("sequence_batching") and not config.HasField("dynamic_batching")
-    want_in = [("inputs", [-1, 3], False)] + ([("lengths", [1], True)] if kind.startswith("masked") else [])
+    want_in = {"bidirectional": [("inputs", [-1, 3], False)],
+               "masked_bidirectional": [("inputs", [-1, 3], False), ("lengths", [1], True)],
+               "two_inputs": [("inputs", [-1, 3], False), ("target", [6, 3], False)]}[kind]
     assert [(t.name, list(t.dims), t.HasField("reshape")) for t in config.input] == want_in
     assert [(t.name, list(t.dims)) for t in config.output] == [("outputs", [-1, 8 if kind == "bidirectional" else 2])]
     assert triton.check_config(config, OrtModel.load(path / name / "1" / triton.MODEL_FILE)) == []
@@ -114,7 +118,7 @@ def test_python_repository_runs_serving_default_per_request(repo, kind):
     assert (config.backend, config.max_batch_size) == ("python", 8)
     assert not config.HasField("sequence_batching") and not config.HasField("dynamic_batching")
     assert triton.python_spec(config)["whole_sequence_model"] == "serving_default.onnx"
-    assert [t.name for t in config.input] == (["inputs", "lengths"] if kind.startswith("masked") else ["inputs"])
+    assert [t.name for t in config.input] == INPUTS[kind]
 
 
 def test_check_on_the_real_server_equals_golden(repo, server):
