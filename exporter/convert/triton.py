@@ -496,6 +496,11 @@ def python_model_config(name: str, model, options: TritonOptions = TritonOptions
                                             # model gives [B]
                                             reshape=None if dims else pb.ModelTensorReshape(shape=[])))
     if generate is not None:
+        taken = sorted({t.name for t in (*config.input, *config.output)} & {GENERATE_INPUT})
+        if taken:
+            raise BadInput(f"The Triton Python-backend model cannot name a tensor {taken[0]!r}: its `generate` "
+                           "requests carry their number of new steps under that name. Rename that Keras "
+                           "input or output and export again.")
         config.input.append(pb.ModelInput(name=GENERATE_INPUT, data_type="TYPE_INT32", dims=_dims((one, 1), batched),
                                           optional=True))
         config.output.append(_generated_output(generate, model, outputs, feedback_output, one, batched))
