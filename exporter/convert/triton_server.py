@@ -17,7 +17,6 @@ export's model, whole sequences with no flags: `infer_tensors`).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import importlib.util
 import json
@@ -99,13 +98,24 @@ def find_server() -> ServerFiles:
     return files
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the process that started it dies (Linux
-    `PR_SET_PDEATHSIG`), so a killed seqexport never leaves a server behind. The signal follows
-    the starting *thread*: start servers from a thread that outlives them."""
-    PR_SET_PDEATHSIG = 1
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+# A fresh interpreter that arms Linux's PR_SET_PDEATHSIG (SIGKILL when the starting thread dies), then
+# becomes the server (`os.execv` keeps the pid and the armed signal), so a killed seqexport never leaves a
+# server behind. Not a `preexec_fn`: Python between fork and exec is unsafe in a process with threads
+# (gRPC's). The signal follows the starting *thread*: start servers from a thread that outlives them.
+_EXEC_DYING_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)\n"  # 1: PR_SET_PDEATHSIG
+    "if os.getppid() != int(sys.argv[1]):\n"  # the parent died before the signal was armed
+    "    os._exit(1)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def _dying_with_parent(command: list[str]) -> list[str]:
+    """`command` started through `_EXEC_DYING_WITH_PARENT` (Linux; elsewhere as it is)."""
+    if sys.platform != "linux":
+        return command
+    return [sys.executable, "-I", "-c", _EXEC_DYING_WITH_PARENT, str(os.getpid()), *command]
 
 
 def _remove_dead_regions() -> None:
@@ -226,10 +236,9 @@ class TritonServer:
             self.ports = tuple(_free_ports(3))
         started = time.monotonic()
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+            self.process = subprocess.Popen(_dying_with_parent(self.command()), stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, env=self._environment(),
-                                            start_new_session=True, cwd=self.work_dir,
-                                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                                            start_new_session=True, cwd=self.work_dir)
         try:
             self._wait_live(started + timeout)
         except BaseException:
