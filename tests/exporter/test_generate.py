@@ -135,6 +135,37 @@ def test_a_float_model_gets_generate_only_on_request():
 
 
 @pytest.mark.slow
+def test_a_generated_padding_id_is_masked_as_keras_masks_it(tmp_path):
+    """`Embedding(mask_zero=True)` and a model whose likeliest next id is 0: Keras's loop masks each generated
+    0 (the state stays, the output repeats), and so does `step` in the `generate` loop: the greedy ids, the
+    0s included, and the states after them match the source's."""
+    from exporter.pipeline import write_export
+
+    keras_model = official_examples.build("word_gru_logits")
+    inputs = tf.keras.Input(shape=(None,), dtype="int32")
+    masked = tf.keras.layers.Embedding(30, 8, mask_zero=True)
+    x = masked(inputs)
+    for layer in keras_model.layers[2:]:
+        x = layer(x)
+    model = tf.keras.Model(inputs, x)
+    masked.set_weights(keras_model.layers[1].get_weights())
+    bias = model.layers[-1].bias
+    bias.assign(tf.tensor_scatter_nd_update(bias, [[0]], [1.5]))  # 0, the padding id, soon leads the logits
+    write_export(step_model_from_keras(model), tmp_path / "masked", name="masked", source={"kind": "test"},
+                 options=ExportOptions(check_hvp=False, max_new_tokens=8))
+    report = verify_in_fresh_process(tmp_path / "masked")
+    from exporter.artifact.golden_io import load
+    from exporter.artifact.paths import golden_path
+
+    golden = load(golden_path(tmp_path / "masked"))
+    wanted = np.concatenate([v.ravel() for k, v in golden.items() if k.startswith("generate/case/") and
+                             k.endswith("/want")])
+    print(f"{report.summary()}; source's greedy ids: {np.count_nonzero(wanted == 0)} of {wanted.size} are 0")
+    assert report.passed, report.failures
+    assert 0 < np.count_nonzero(wanted == 0) < wanted.size  # masked steps and unmasked ones, both checked
+    assert any(r.check == "generate" and r.signature.startswith("greedy vs source") for r in report.checks)
+
+
 def test_the_check_fails_on_an_export_whose_generate_feeds_back_the_wrong_id(tmp_path, monkeypatch):
     """A `generate` that feeds back the next id instead of the chosen one: its own reload golden agrees with
     it, the source model's loop and `stream` over what it generated do not."""
