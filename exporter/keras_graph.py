@@ -512,7 +512,6 @@ def _split_inputs(model: keras.Model):
     if sequences and id(sequences[0]) in masks:  # the main input is the first that is not a mask
         main = next((t for t in sequences if id(t) not in masks), None)
         sequences = [main, *(t for t in sequences if t is not main)] if main is not None else []
-    refuse_strings(model)
     if not sequences:
         found = ", ".join(f"{t.name} {list(t.shape)}" for t in model.inputs)
         raise UnsupportedModel(

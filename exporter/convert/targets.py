@@ -334,13 +334,13 @@ def _triton_whole_sequence(run: _Run, name: str, version: int, options) -> None:
 
     def make() -> bytes:
         content = onnx.convert_signature(run.loaded, "serving_default")
-        model_path, *others = triton.write_whole_sequence_repository(
+        _, *others = triton.write_whole_sequence_repository(
             run.out_dir, name=name, version=version, onnx_model=content, options=options, batch_independent=proven,
             backend=backend)
         for path in others if python else ():
             run.files.append(ModelFile(path=path.relative_to(run.out_dir).as_posix(), signature="serving_default",
                                        batch=None, size=path.stat().st_size, seconds=0.0))
-        return model_path.read_bytes()
+        return content  # what the repository's model file holds
 
     relative = f"{name}/{version}/{triton.PYTHON_WHOLE_FILE if python else triton.MODEL_FILE}"
     if not _whole_sequence(run, relative, make, OrtModel):

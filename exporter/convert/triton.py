@@ -308,14 +308,28 @@ def whole_sequence_config(name: str, model, options: TritonOptions = TritonOptio
     """
     from tritonclient.grpc import model_config_pb2 as pb  # optional dependency
 
-    batched = options.max_batch_size > 0
-    config = pb.ModelConfig(name=name, platform=PLATFORM, max_batch_size=options.max_batch_size)
-    config.input.extend(_tensor(pb.ModelInput, key, info, batched) for key, info in model.inputs.items())
-    config.output.extend(_tensor(pb.ModelOutput, key, model.outputs[key], batched) for key in model.output_names)
-    if batched and batch_independent is True:
+    config = _whole_sequence_tensors(pb.ModelConfig(name=name, platform=PLATFORM,
+                                                    max_batch_size=options.max_batch_size), model)
+    if options.max_batch_size > 0 and batch_independent is True:
         config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_microseconds
     config.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=1)
     return config
+
+
+def _whole_sequence_tensors(config, model):
+    """`config` with every input and output of the `serving_default` ONNX `model`, by name."""
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    batched = config.max_batch_size > 0
+    config.input.extend(_tensor(pb.ModelInput, key, info, batched) for key, info in model.inputs.items())
+    config.output.extend(_tensor(pb.ModelOutput, key, model.outputs[key], batched) for key in model.output_names)
+    return config
+
+
+def _copy_model_code(path: Path) -> Path:
+    """`triton_model.py` written to `path` (the Python backend's `model.py`)."""
+    path.write_text((Path(__file__).parent / "triton_model.py").read_text())
+    return path
 
 
 def write_whole_sequence_repository(
@@ -334,8 +348,7 @@ def write_whole_sequence_repository(
     written = []
     if backend is Backend.PYTHON:
         model_path = model_dir / str(version) / PYTHON_WHOLE_FILE
-        code_path = model_dir / str(version) / PYTHON_MODEL_FILE
-        code_path.write_text((Path(__file__).parent / "triton_model.py").read_text())
+        code_path = _copy_model_code(model_dir / str(version) / PYTHON_MODEL_FILE)
         config = python_whole_sequence_config(name, model, options)
         written.append(code_path)
     else:
@@ -359,10 +372,8 @@ def python_whole_sequence_config(name: str, model, options: TritonOptions = Trit
     """
     from tritonclient.grpc import model_config_pb2 as pb  # optional dependency
 
-    batched = options.max_batch_size > 0
-    config = pb.ModelConfig(name=name, backend=PYTHON_BACKEND, max_batch_size=options.max_batch_size)
-    config.input.extend(_tensor(pb.ModelInput, key, info, batched) for key, info in model.inputs.items())
-    config.output.extend(_tensor(pb.ModelOutput, key, model.outputs[key], batched) for key in model.output_names)
+    config = _whole_sequence_tensors(pb.ModelConfig(name=name, backend=PYTHON_BACKEND,
+                                                    max_batch_size=options.max_batch_size), model)
     config.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=1)
     spec = {
         "whole_sequence_model": PYTHON_WHOLE_FILE,
@@ -619,8 +630,7 @@ def write_python_repository(
     if initial_model is not None:
         (model_dir / str(version) / PYTHON_INITIAL_FILE).write_bytes(initial_model)
         initial = OrtModel(initial_model)
-    code_path = model_dir / str(version) / PYTHON_MODEL_FILE
-    code_path.write_text((Path(__file__).parent / "triton_model.py").read_text())
+    code_path = _copy_model_code(model_dir / str(version) / PYTHON_MODEL_FILE)
     config = python_model_config(name, OrtModel(onnx_model), options, initial, generate=generate,
                                  feedback_output=feedback_output)
     config_path = model_dir / CONFIG_FILE
