@@ -64,7 +64,7 @@ def test_a_model_that_cannot_stream_exports_whole_sequence_and_verifies(exported
 def _new_inputs(model, rng, steps):
     values = []
     for tensor in model.inputs:
-        shape = [3, *(steps if d is None else d for d in tensor.shape[1:])]
+        shape = [4, *(steps if d is None else d for d in tensor.shape[1:])]
         values.append(rng.integers(1, 20, size=shape).astype("int32") if "int" in str(tensor.dtype)
                       else rng.normal(size=shape).astype("float32"))
     return values
@@ -72,15 +72,15 @@ def _new_inputs(model, rng, steps):
 
 @pytest.mark.parametrize("name", sorted(WHOLE))
 def test_the_reloaded_whole_sequence_export_matches_keras_on_new_data(exported, name):
-    """Another draw, of another length where the model's is free (the probes had 6 steps)."""
+    """Another draw, of another batch and length where the model's is free (the probes had 3 rows of 6 steps)."""
     model = official_examples.build(name)
     loaded = tf.saved_model.load(str(exported[name].path))
     if name == "feedback_forecaster":  # subclassed: no `inputs` to read the shapes from
-        values = [np.random.default_rng(1).normal(size=(3, 11, 5)).astype("float32")]
+        values = [np.random.default_rng(1).normal(size=(4, 11, 5)).astype("float32")]
     elif name == "text_classifier":
-        values = [np.array([[b"great acting and a great cast"], [b"boring"], [b"the film made sense"]])]
+        values = [np.array([[b"great acting and a great cast"], [b"boring"], [b"the film made sense"], [b"zyzzyva"]])]
     elif name == "token_tagger":  # 11 tokens a row, one the vocabulary lacks
-        values = [np.array([b"the plot was great and the cast made no sense zyzzyva".split()] * 3)]
+        values = [np.array([b"the plot was great and the cast made no sense zyzzyva".split()] * 4)]
     else:
         values = _new_inputs(model, np.random.default_rng(1), steps=11)
     got = loaded.signatures["serving_default"](inputs=tf.constant(values[0]))["outputs"].numpy()
